@@ -1,0 +1,169 @@
+"""The one place where `manual` touches a specific array library.
+
+Everything else in `manual` is written against the Array API standard through
+`array-api-compat`: `xp = namespace(x)` at the top of each op. This module holds
+
+* `namespace`: `array_namespace`, cached per array type and with a clear error for
+  mixed backends (a NumPy array next to a torch tensor);
+* the functions the standard does not have (`erf` for GELU);
+* placement: turning a `device=` / `dtype=` pair into arrays of the right backend.
+
+Backends: NumPy (the default, `device=None` or `"numpy"`) and torch tensors on any torch
+device (`"cpu"`, `"cuda"`, `"cuda:1"`, a `torch.device`). Torch tensors are used as plain
+arrays: `manual` never asks torch for a gradient.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from array_api_compat import array_namespace
+
+try:  # torch is a dependency, but keep `manual` importable in a NumPy-only environment
+    import torch
+except ImportError:  # pragma: no cover
+    torch = None
+
+_NAMESPACES: dict[type, object] = {}
+
+
+def backend_name(x) -> str:
+    """'numpy' or 'torch'; raises TypeError for anything else."""
+    if isinstance(x, np.ndarray) or isinstance(x, np.generic):
+        return "numpy"
+    if torch is not None and isinstance(x, torch.Tensor):
+        return "torch"
+    raise TypeError(f"expected a NumPy array or a torch tensor, got {type(x).__name__}")
+
+
+def namespace(*arrays, op: str = "manual"):
+    """The Array API namespace of `arrays`, all of which must share one backend and device.
+
+    Cached per array type: `array_namespace` costs microseconds per call, and the hot
+    path (one training step of a small MLP) makes hundreds of calls.
+    """
+    first = None
+    for a in arrays:
+        if a is None:
+            continue
+        if first is None:
+            first = a
+            continue
+        if type(a) is not type(first) and backend_name(a) != backend_name(first):
+            raise TypeError(
+                f"{op}: mixed backends: expected every array on {backend_name(first)} "
+                f"(like the first argument), got a {backend_name(a)} array"
+            )
+        if backend_name(a) == "torch" and a.device != first.device:
+            raise ValueError(
+                f"{op}: mixed devices: expected every tensor on {first.device}, got one on {a.device}"
+            )
+    if first is None:
+        raise TypeError(f"{op}: expected at least one array")
+    t = type(first)
+    xp = _NAMESPACES.get(t)
+    if xp is None:
+        backend_name(first)  # raises a clear TypeError for lists, scalars, ...
+        xp = _NAMESPACES[t] = array_namespace(first)
+    return xp
+
+
+def check_same_dtype(op: str, **arrays) -> None:
+    """Raise TypeError naming `op` when floating arrays disagree in dtype (no silent promotion)."""
+    dtypes = {name: a.dtype for name, a in arrays.items() if a is not None}
+    if len(set(map(str, dtypes.values()))) > 1:
+        got = ", ".join(f"{n}={d}" for n, d in dtypes.items())
+        raise TypeError(f"{op}: mixed dtypes: expected one floating dtype for all inputs, got {got}")
+
+
+def erf(x):
+    """Error function, elementwise, on either backend (not in the Array API standard)."""
+    if backend_name(x) == "torch":
+        return torch.special.erf(x)
+    from scipy.special import erf as _erf  # accurate to float64 rounding
+
+    return _erf(x).astype(x.dtype, copy=False)
+
+
+SQRT_2 = math.sqrt(2.0)
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+# -- placement: device= and dtype= -------------------------------------------------------
+
+_DTYPE_NAMES = {"float32": "float32", "float": "float32", "float64": "float64", "double": "float64"}
+
+
+def dtype_name(dtype) -> str:
+    """'float32' or 'float64' from a string, a NumPy dtype or a torch dtype."""
+    if dtype is None:
+        return "float32"  # torch's default, so that both twins start alike
+    if isinstance(dtype, str):
+        key = dtype
+    elif torch is not None and isinstance(dtype, torch.dtype):
+        key = str(dtype).replace("torch.", "")
+    else:
+        key = np.dtype(dtype).name
+    if key not in _DTYPE_NAMES:
+        raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}")
+    return _DTYPE_NAMES[key]
+
+
+def parse_device(device):
+    """('numpy', None) or ('torch', torch.device) from a device= argument."""
+    if device is None or (isinstance(device, str) and device == "numpy"):
+        return "numpy", None
+    if torch is None:  # pragma: no cover
+        raise ValueError(f"device={device!r} needs torch, which is not installed")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(
+            f"device: expected None or 'numpy' (NumPy), or a torch device such as 'cpu' or 'cuda', "
+            f"got {device!r}"
+        ) from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r}: CUDA was asked for, but torch sees no CUDA GPU")
+    return "torch", dev
+
+
+def device_of(x):
+    """The device= value that places a new array next to `x` ('numpy' or a torch.device)."""
+    return "numpy" if backend_name(x) == "numpy" else x.device
+
+
+def place(data, device=None, dtype=None):
+    """Convert `data` (NumPy array, torch tensor, list, scalar) to the given backend/device/dtype."""
+    kind, dev = parse_device(device)
+    name = dtype_name(dtype)
+    if kind == "numpy":
+        if torch is not None and isinstance(data, torch.Tensor):
+            data = data.detach().cpu().numpy()
+        return np.asarray(data, dtype=name)
+    tdtype = getattr(torch, name)
+    if isinstance(data, torch.Tensor):
+        return data.detach().to(device=dev, dtype=tdtype)
+    return torch.as_tensor(np.asarray(data), dtype=tdtype, device=dev)
+
+
+def to_numpy(x) -> np.ndarray:
+    """A NumPy copy-or-view of an array from either backend (for logging and comparisons)."""
+    if torch is not None and isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def fill_(dst, values: np.ndarray):
+    """Write NumPy `values` into the existing array `dst` in place (used by manual.init)."""
+    if backend_name(dst) == "torch":
+        dst.copy_(torch.from_numpy(np.ascontiguousarray(values)))
+    else:
+        dst[...] = values
+    return dst
+
+
+def zeros_like(x):
+    xp = namespace(x)
+    return xp.zeros_like(x)

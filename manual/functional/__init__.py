@@ -1,0 +1,35 @@
+"""Hand-written forward and backward ops: the twin of torch.nn.functional.
+
+Each op `f` has `f_backward(grad_output, <f's args>)`, named as in PyTorch's derivative
+table, returning the gradient of the first input (or a tuple, for `linear`).
+"""
+
+from .activations import (
+    elu,
+    elu_backward,
+    gelu,
+    gelu_backward,
+    leaky_relu,
+    leaky_relu_backward,
+    log_softmax,
+    log_softmax_backward,
+    relu,
+    relu_backward,
+    sigmoid,
+    sigmoid_backward,
+    softmax,
+    softmax_backward,
+    tanh,
+    tanh_backward,
+)
+from .linear import linear, linear_backward
+from .losses import (
+    binary_cross_entropy_with_logits,
+    binary_cross_entropy_with_logits_backward,
+    cross_entropy,
+    cross_entropy_backward,
+    mse_loss,
+    mse_loss_backward,
+)
+
+__all__ = [n for n in dir() if not n.startswith("_") and n not in ("activations", "losses")]

@@ -1,0 +1,145 @@
+"""Activations (guide: "Activation Functions"), each forward beside its derivative.
+
+Conventions at the kinks follow torch: relu'(0) = 0, leaky_relu'(0) = negative_slope,
+elu'(0) = alpha. Backward functions are pure and avoid `xp.where` on the hot path: a mask
+multiply (`g * astype(x > 0)`) is several times faster in NumPy and equally exact.
+"""
+
+from __future__ import annotations
+
+from .. import _backend as B
+from .._backend import namespace
+
+
+def _mask(cond, like, xp):
+    return xp.astype(cond, like.dtype)
+
+
+def relu(input):
+    """relu(x) = max(0, x)."""
+    xp = namespace(input, op="relu")
+    return xp.clip(input, min=0.0)
+
+
+def relu_backward(grad_output, input):
+    """d relu/dx = 1 if x > 0 else 0."""
+    xp = namespace(grad_output, input, op="relu_backward")
+    return grad_output * _mask(input > 0, grad_output, xp)
+
+
+def leaky_relu(input, negative_slope=0.01):
+    """leaky_relu(x) = x if x > 0 else negative_slope * x."""
+    xp = namespace(input, op="leaky_relu")
+    return xp.where(input > 0, input, input * negative_slope)
+
+
+def leaky_relu_backward(grad_output, input, negative_slope=0.01):
+    """d leaky_relu/dx = 1 if x > 0 else negative_slope."""
+    xp = namespace(grad_output, input, op="leaky_relu_backward")
+    pos = _mask(input > 0, grad_output, xp)
+    return grad_output * (pos + (1.0 - pos) * negative_slope)
+
+
+def elu(input, alpha=1.0):
+    """elu(x) = x if x > 0 else alpha * (e^x - 1)."""
+    xp = namespace(input, op="elu")
+    neg = alpha * xp.expm1(xp.clip(input, max=0.0))  # clip: no overflow in the unused branch
+    return xp.where(input > 0, input, neg)
+
+
+def elu_backward(grad_output, input, alpha=1.0):
+    """d elu/dx = 1 if x > 0 else alpha * e^x."""
+    xp = namespace(grad_output, input, op="elu_backward")
+    pos = _mask(input > 0, grad_output, xp)
+    neg = alpha * xp.exp(xp.clip(input, max=0.0))
+    return grad_output * (pos + (1.0 - pos) * neg)
+
+
+_GELU_APPROX = ("none", "tanh")
+_KAPPA = 0.044715
+
+
+def _check_approx(op, approximate):
+    if approximate not in _GELU_APPROX:
+        raise ValueError(f"{op}: expected approximate to be one of {_GELU_APPROX}, got {approximate!r}")
+
+
+def gelu(input, approximate="none"):
+    """gelu(x) = x * Phi(x);  tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    namespace(input, op="gelu")
+    _check_approx("gelu", approximate)
+    if approximate == "tanh":
+        xp = namespace(input)
+        inner = B.SQRT_2_OVER_PI * (input + _KAPPA * input * input * input)
+        return 0.5 * input * (1.0 + xp.tanh(inner))
+    return 0.5 * input * (1.0 + B.erf(input / B.SQRT_2))
+
+
+def gelu_backward(grad_output, input, approximate="none"):
+    """d gelu/dx = Phi(x) + x phi(x);  tanh form: 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)."""
+    xp = namespace(grad_output, input, op="gelu_backward")
+    _check_approx("gelu_backward", approximate)
+    if approximate == "tanh":
+        x2 = input * input
+        t = xp.tanh(B.SQRT_2_OVER_PI * (input + _KAPPA * x2 * input))
+        d = 0.5 * (1.0 + t) + 0.5 * input * (1.0 - t * t) * B.SQRT_2_OVER_PI * (1.0 + 3.0 * _KAPPA * x2)
+        return grad_output * d
+    cdf = 0.5 * (1.0 + B.erf(input / B.SQRT_2))
+    pdf = B.INV_SQRT_2PI * xp.exp(-0.5 * input * input)
+    return grad_output * (cdf + input * pdf)
+
+
+def sigmoid(input):
+    """sigmoid(x) = 1 / (1 + e^-x), computed from e^-|x| so that no exp overflows."""
+    xp = namespace(input, op="sigmoid")
+    e = xp.exp(-xp.abs(input))  # in (0, 1]
+    r = 1.0 / (1.0 + e)
+    return xp.where(input >= 0, r, e * r)
+
+
+def sigmoid_backward(grad_output, input=None, *, output=None):
+    """d sigmoid/dx = s (1 - s), with s = sigmoid(x) (pass output= to reuse the forward's)."""
+    namespace(grad_output, input, output, op="sigmoid_backward")
+    s = sigmoid(input) if output is None else output
+    return grad_output * s * (1.0 - s)
+
+
+def tanh(input):
+    """tanh(x) = (e^x - e^-x) / (e^x + e^-x)."""
+    xp = namespace(input, op="tanh")
+    return xp.tanh(input)
+
+
+def tanh_backward(grad_output, input=None, *, output=None):
+    """d tanh/dx = 1 - tanh(x)^2 (pass output= to reuse the forward's)."""
+    xp = namespace(grad_output, input, output, op="tanh_backward")
+    t = xp.tanh(input) if output is None else output
+    return grad_output * (1.0 - t * t)
+
+
+def softmax(input, dim):
+    """softmax(x)_i = e^(x_i - m) / sum_j e^(x_j - m), m = max_j x_j (log-sum-exp shift)."""
+    xp = namespace(input, op="softmax")
+    e = xp.exp(input - xp.max(input, axis=dim, keepdims=True))
+    return e / xp.sum(e, axis=dim, keepdims=True)
+
+
+def softmax_backward(grad_output, input=None, dim=-1, *, output=None):
+    """d softmax: dx = y * (g - sum(g * y)), the sum along dim."""
+    xp = namespace(grad_output, input, output, op="softmax_backward")
+    y = softmax(input, dim) if output is None else output
+    return y * (grad_output - xp.sum(grad_output * y, axis=dim, keepdims=True))
+
+
+def log_softmax(input, dim):
+    """log_softmax(x)_i = x_i - m - log sum_j e^(x_j - m)."""
+    xp = namespace(input, op="log_softmax")
+    shifted = input - xp.max(input, axis=dim, keepdims=True)
+    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=dim, keepdims=True))
+
+
+def log_softmax_backward(grad_output, input=None, dim=-1, *, output=None):
+    """d log_softmax: dx = g - softmax(x) * sum(g), the sum along dim."""
+    xp = namespace(grad_output, input, output, op="log_softmax_backward")
+    p = softmax(input, dim) if output is None else xp.exp(output)
+    return grad_output - p * xp.sum(grad_output, axis=dim, keepdims=True)

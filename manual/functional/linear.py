@@ -1,0 +1,42 @@
+"""Affine layer: forward and hand-derived backward."""
+
+from __future__ import annotations
+
+from .._backend import check_same_dtype, namespace
+
+
+def _check(op, input, weight, bias):
+    if weight.ndim != 2:
+        raise ValueError(f"{op}: expected weight of shape (out_features, in_features), got {tuple(weight.shape)}")
+    if input.ndim < 1 or input.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"{op}: expected input with {weight.shape[1]} features in its last dimension "
+            f"(weight is {tuple(weight.shape)}), got input of shape {tuple(input.shape)}"
+        )
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"{op}: expected bias of shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    check_same_dtype(op, input=input, weight=weight, bias=bias)
+
+
+def linear(input, weight, bias=None):
+    """y = x W^T + b, for x of shape (..., in), W (out, in), b (out,) -> y (..., out)."""
+    namespace(input, weight, bias, op="linear")
+    _check("linear", input, weight, bias)
+    out = input @ weight.T  # (..., in) @ (in, out) -> (..., out)
+    return out if bias is None else out + bias
+
+
+def linear_backward(grad_output, input, weight, bias=None):
+    """dL/dx = g W;  dL/dW = g^T x (summed over the batch);  dL/db = sum of g over the batch.
+
+    Returns (grad_input, grad_weight, grad_bias); grad_bias is None when bias is None.
+    """
+    xp = namespace(grad_output, input, weight, bias, op="linear_backward")
+    _check("linear_backward", input, weight, bias)
+    out_f, in_f = weight.shape
+    grad_input = grad_output @ weight  # (..., out) @ (out, in) -> (..., in)
+    g2 = xp.reshape(grad_output, (-1, out_f))  # (B, out), B = product of the batch dims
+    x2 = xp.reshape(input, (-1, in_f))  # (B, in)
+    grad_weight = g2.T @ x2  # (out, in)
+    grad_bias = None if bias is None else xp.sum(g2, axis=0)
+    return grad_input, grad_weight, grad_bias

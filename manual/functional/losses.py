@@ -1,0 +1,218 @@
+"""Losses (guide: "MSE and Cost Functions"), forward beside hand-derived backward.
+
+Every loss takes reduction "mean" | "sum" | "none" as torch does. Each `<loss>_backward`
+returns the gradient of the input (targets are data, not parameters).
+"""
+
+from __future__ import annotations
+
+from .._backend import check_same_dtype, namespace, to_numpy
+from ._util import check_reduction, check_same_shape, reduce, reduce_backward
+from .activations import log_softmax, sigmoid, softmax
+
+
+# -- mean squared error ------------------------------------------------------------------
+
+def mse_loss(input, target, reduction="mean"):
+    """MSE = (1/n) sum_i (y_i - yhat_i)^2."""
+    xp = namespace(input, target, op="mse_loss")
+    _check_mse("mse_loss", input, target, reduction)
+    diff = input - target
+    return reduce(diff * diff, reduction, xp)
+
+
+def mse_loss_backward(grad_output, input, target, reduction="mean"):
+    """d MSE/d yhat_i = (2/n) (yhat_i - y_i)  (the guide's -2/n (y_i - yhat_i))."""
+    namespace(grad_output, input, target, op="mse_loss_backward")
+    _check_mse("mse_loss_backward", input, target, reduction)
+    n = _numel(input)
+    return 2.0 * (input - target) * reduce_backward(grad_output, reduction, n)
+
+
+def _check_mse(op, input, target, reduction):
+    check_reduction(op, reduction)
+    check_same_shape(op, input, target)
+    check_same_dtype(op, input=input, target=target)
+
+
+def _numel(x):
+    n = 1
+    for s in x.shape:
+        n *= s
+    return n
+
+
+# -- binary cross-entropy on logits --------------------------------------------------------
+
+def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean", pos_weight=None):
+    """l = -w [p t log s(x) + (1 - t) log(1 - s(x))], p = pos_weight, via softplus(-x) = log1p(e^-|x|) + max(-x, 0)."""
+    xp = namespace(input, target, weight, pos_weight, op="binary_cross_entropy_with_logits")
+    _check_bce("binary_cross_entropy_with_logits", input, target, weight, pos_weight, reduction)
+    softplus_neg = xp.log1p(xp.exp(-xp.abs(input))) + xp.clip(-input, min=0.0)  # -log s(x), never overflows
+    if pos_weight is None:
+        loss = (1.0 - target) * input + softplus_neg
+    else:
+        loss = (1.0 - target) * input + (1.0 + (pos_weight - 1.0) * target) * softplus_neg
+    if weight is not None:
+        loss = loss * weight
+    return reduce(loss, reduction, xp)
+
+
+def binary_cross_entropy_with_logits_backward(
+    grad_output, input, target, weight=None, reduction="mean", pos_weight=None
+):
+    """d l/dx = w [(1 + (p - 1) t) s(x) - p t]  (= w (s(x) - t) when p = 1)."""
+    namespace(grad_output, input, target, weight, pos_weight, op="binary_cross_entropy_with_logits_backward")
+    _check_bce("binary_cross_entropy_with_logits_backward", input, target, weight, pos_weight, reduction)
+    s = sigmoid(input)
+    if pos_weight is None:
+        d = s - target
+    else:
+        d = (1.0 + (pos_weight - 1.0) * target) * s - pos_weight * target
+    if weight is not None:
+        d = d * weight
+    return d * reduce_backward(grad_output, reduction, _numel(input))
+
+
+def _check_bce(op, input, target, weight, pos_weight, reduction):
+    check_reduction(op, reduction)
+    check_same_shape(op, input, target)
+    check_same_dtype(op, input=input, target=target, weight=weight, pos_weight=pos_weight)
+    for name, w in (("weight", weight), ("pos_weight", pos_weight)):
+        if w is not None and not _broadcasts(w.shape, input.shape):
+            raise ValueError(f"{op}: expected {name} broadcastable to the input's shape {tuple(input.shape)}, got {tuple(w.shape)}")
+
+
+def _broadcasts(shape, to):
+    if len(shape) > len(to):
+        return False
+    return all(s in (1, t) for s, t in zip(reversed(shape), reversed(to)))
+
+
+# -- cross-entropy over classes ------------------------------------------------------------
+# Shapes as in torch: input (C,), (N, C) or (N, C, d1, ...); target class indices of the
+# input's shape without C (an integer dtype), or class probabilities of the input's shape.
+# Internally the class dim is moved last and the rest flattened: x2 (M, C).
+
+def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """l_i = -(1 - eps) w_y log p_y - (eps/C) sum_c w_c log p_c,  p = softmax(x) over classes."""
+    xp = namespace(input, target, weight, op="cross_entropy")
+    x2, t, C, is_index = _ce_prepare("cross_entropy", xp, input, target, weight, ignore_index, reduction, label_smoothing)
+    logp = log_softmax(x2, -1)  # (M, C)
+    eps = label_smoothing
+    if is_index:
+        onehot, valid, wy = _ce_index_weights(xp, t, C, weight, ignore_index, x2)
+        loss = -xp.sum(onehot * logp, axis=1) * wy  # (M,), zero where ignored
+        if eps > 0:
+            wlogp = logp if weight is None else logp * weight
+            loss = (1.0 - eps) * loss - (eps / C) * xp.sum(wlogp, axis=1) * valid
+        denom = xp.sum(wy)
+    else:
+        wt = _ce_prob_weights(t, C, weight, eps)
+        loss = -xp.sum(logp * wt, axis=1)  # (M,)
+        denom = loss.shape[0]
+    if reduction == "none":
+        return xp.reshape(loss, _ce_loss_shape(input))
+    total = xp.sum(loss)
+    return total if reduction == "sum" else total / denom
+
+
+def cross_entropy_backward(
+    grad_output, input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0
+):
+    """dl_i/dx = (1 - eps) w_y (p - onehot(y)) + (eps/C) (W p - w), W = sum_c w_c; probabilities: (sum_c w_c t_c) p - w t."""
+    xp = namespace(grad_output, input, target, weight, op="cross_entropy_backward")
+    x2, t, C, is_index = _ce_prepare(
+        "cross_entropy_backward", xp, input, target, weight, ignore_index, reduction, label_smoothing
+    )
+    p = softmax(x2, -1)  # (M, C)
+    eps = label_smoothing
+    if reduction == "none":
+        a = xp.reshape(grad_output, (-1,))  # (M,)
+    if is_index:
+        onehot, valid, wy = _ce_index_weights(xp, t, C, weight, ignore_index, x2)
+        if reduction != "none":
+            a = grad_output / xp.sum(wy) if reduction == "mean" else grad_output
+        w_total = float(C) if weight is None else xp.sum(weight)
+        coef_p = (1.0 - eps) * wy + (eps / C) * w_total * valid  # (M,)
+        g = coef_p[:, None] * p - (1.0 - eps) * wy[:, None] * onehot
+        if eps > 0:
+            w_row = 1.0 if weight is None else weight[None, :]
+            g = g - (eps / C) * valid[:, None] * w_row
+    else:
+        wt = _ce_prob_weights(t, C, weight, eps)
+        if reduction != "none":
+            a = grad_output / x2.shape[0] if reduction == "mean" else grad_output
+        g = xp.sum(wt, axis=1)[:, None] * p - wt
+    g = (a[:, None] if reduction == "none" else a) * g
+    return _ce_restore(xp, g, input)
+
+
+def _ce_prepare(op, xp, input, target, weight, ignore_index, reduction, label_smoothing):
+    check_reduction(op, reduction)
+    if input.ndim < 1:
+        raise ValueError(f"{op}: expected input of shape (C,), (N, C) or (N, C, d1, ...), got a 0-d array")
+    if not (0.0 <= label_smoothing <= 1.0):
+        raise ValueError(f"{op}: expected label_smoothing in [0, 1], got {label_smoothing}")
+    C = input.shape[0] if input.ndim == 1 else input.shape[1]
+    if weight is not None and tuple(weight.shape) != (C,):
+        raise ValueError(f"{op}: expected weight of shape ({C},) (one per class), got {tuple(weight.shape)}")
+    is_index = xp.isdtype(target.dtype, "integral")
+    if is_index:
+        expected = tuple(input.shape[:1]) + tuple(input.shape[2:]) if input.ndim > 1 else ()
+        if tuple(target.shape) != expected:
+            raise ValueError(
+                f"{op}: expected class-index target of shape {expected} (the input's without its class "
+                f"dim of size {C}), got {tuple(target.shape)}"
+            )
+        bad = (target != ignore_index) & ((target < 0) | (target >= C))
+        if bool(xp.any(bad)):
+            got = to_numpy(target)[to_numpy(bad)][0]
+            raise IndexError(
+                f"{op}: expected class indices in [0, {C}) or ignore_index={ignore_index}, got {int(got)}"
+            )
+        check_same_dtype(op, input=input, weight=weight)
+    else:
+        check_same_shape(op, input, target, what="class-probability target")
+        check_same_dtype(op, input=input, target=target, weight=weight)
+    x2 = _ce_flatten(xp, input, C)
+    t = xp.reshape(target, (-1,)) if is_index else _ce_flatten(xp, target, C)
+    return x2, t, C, is_index
+
+
+def _ce_flatten(xp, a, C):
+    """(C,) -> (1, C); (N, C) -> (N, C); (N, C, d1, ...) -> (N*d1*..., C)."""
+    if a.ndim > 2:
+        a = xp.permute_dims(a, (0,) + tuple(range(2, a.ndim)) + (1,))
+    return xp.reshape(a, (-1, C))
+
+
+def _ce_restore(xp, g2, input):
+    """Inverse of _ce_flatten for a gradient of shape (M, C)."""
+    if input.ndim <= 2:
+        return xp.reshape(g2, tuple(input.shape))
+    moved = (input.shape[0],) + tuple(input.shape[2:]) + (input.shape[1],)
+    g = xp.reshape(g2, moved)
+    nd = input.ndim
+    return xp.permute_dims(g, (0, nd - 1) + tuple(range(1, nd - 1)))
+
+
+def _ce_loss_shape(input):
+    return () if input.ndim == 1 else (input.shape[0],) + tuple(input.shape[2:])
+
+
+def _ce_index_weights(xp, t, C, weight, ignore_index, like):
+    """onehot (M, C) (all zeros where ignored), valid (M,) in {0, 1}, wy (M,) = w[y] or 0 where ignored."""
+    dev = like.device
+    classes = xp.arange(C, device=dev)
+    onehot = xp.astype(t[:, None] == classes[None, :], like.dtype)
+    valid = xp.astype(t != ignore_index, like.dtype)
+    wy = valid if weight is None else xp.sum(onehot * weight, axis=1)
+    return onehot, valid, wy
+
+
+def _ce_prob_weights(t, C, weight, eps):
+    """Smoothed, class-weighted probability target (M, C)."""
+    if eps > 0:
+        t = t * (1.0 - eps) + eps / C
+    return t if weight is None else t * weight

@@ -1,0 +1,398 @@
+"""Modules: twins of torch.nn, with a hand-written `backward` on every one.
+
+The training step differs from torch's in one line:
+
+    loss = criterion(model(x), y)
+    model.backward(criterion.backward())   # torch: loss.backward()
+    optimizer.step()
+
+`forward` caches what `backward` needs (the input, or the output where the derivative is
+cheaper from it); `backward(grad_output)` returns the gradient of the input and accumulates
+into each `Parameter.grad`, as torch does.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from . import _backend as B
+from . import functional as F
+from . import init as I
+from .functional._util import check_reduction
+
+
+class Parameter:
+    """A learnable array: `.data` (NumPy array or torch tensor) and its `.grad` (None until backward)."""
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data):
+        B.backend_name(data)
+        self.data = data
+        self.grad = None
+
+    @property
+    def shape(self):
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def __repr__(self):
+        return f"Parameter(shape={self.shape}, dtype={self.dtype}, device={B.device_of(self.data)})"
+
+
+class Module:
+    """Base class: parameters, buffers and children registered by attribute assignment."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__}: call Module.__init__() before assigning attributes")
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name, value):
+        """A non-learnable array that belongs in state_dict (a loss's class weights, ...)."""
+        self._buffers[name] = value
+        object.__setattr__(self, name, value)
+
+    # -- the two passes ------------------------------------------------------------------
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, grad_output):
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def _saved(self, name):
+        value = self.__dict__.get(name)
+        if value is None:
+            raise RuntimeError(f"{self!r}: backward() called before forward(); nothing was saved for it")
+        return value
+
+    # -- traversal -----------------------------------------------------------------------
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def children(self):
+        return iter(self._modules.values())
+
+    def named_parameters(self, prefix=""):
+        for mod_name, mod in self.named_modules(prefix):
+            for name, p in mod._parameters.items():
+                yield (f"{mod_name}.{name}" if mod_name else name), p
+
+    def parameters(self):
+        for _, p in self.named_parameters():
+            yield p
+
+    def named_buffers(self):
+        for mod_name, mod in self.named_modules():
+            for name, b in mod._buffers.items():
+                if b is not None:
+                    yield (f"{mod_name}.{name}" if mod_name else name), b
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self):
+        """Parameter and buffer arrays by torch's names ("0.weight", ...); the arrays themselves, not copies."""
+        out = OrderedDict((n, p.data) for n, p in self.named_parameters())
+        out.update(self.named_buffers())
+        return out
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy arrays (NumPy or torch, any device) into this module's own backend, device and dtype."""
+        own = dict(self.named_parameters())
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own and k not in dict(self.named_buffers())]
+        if strict and (missing or unexpected):
+            raise KeyError(
+                f"{type(self).__name__}.load_state_dict: expected keys {list(own)}, "
+                f"missing {missing}, unexpected {unexpected}"
+            )
+        for name, p in own.items():
+            if name not in state_dict:
+                continue
+            value = state_dict[name]
+            if tuple(value.shape) != p.shape:
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: {name}: expected shape {p.shape}, got {tuple(value.shape)}"
+                )
+            p.data = B.place(value, B.device_of(p.data), p.data.dtype)
+        return self
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.parameters():
+            p.grad = None if set_to_none or p.grad is None else p.grad * 0
+
+    def train(self, mode=True):
+        for _, m in self.named_modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # -- placement -------------------------------------------------------------------------
+    def to(self, *args, device=None, dtype=None):
+        """Move to a backend/device and/or dtype: .to("cuda"), .to("float64"), .to(device="numpy", dtype=...)."""
+        for a in args:
+            if _is_dtype(a):
+                dtype = a
+            else:
+                device = a
+        for _, m in self.named_modules():
+            for p in m._parameters.values():
+                dev = B.device_of(p.data) if device is None else device
+                dt = p.data.dtype if dtype is None else dtype
+                p.data = B.place(p.data, dev, dt)
+                if p.grad is not None:
+                    p.grad = B.place(p.grad, dev, dt)
+            for name, b in list(m._buffers.items()):
+                if b is not None:
+                    dev = B.device_of(b) if device is None else device
+                    m.register_buffer(name, B.place(b, dev, b.dtype if dtype is None else dtype))
+        return self
+
+    def double(self):
+        return self.to(dtype="float64")
+
+    def float(self):
+        return self.to(dtype="float32")
+
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        if not self._modules:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        lines = [f"  ({n}): " + repr(m).replace("\n", "\n  ") for n, m in self._modules.items()]
+        return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
+
+
+def _is_dtype(a):
+    try:
+        B.dtype_name(a)
+        return True
+    except TypeError:
+        return False
+
+
+def _accumulate(p, g):
+    p.grad = g if p.grad is None else p.grad + g
+
+
+class Linear(Module):
+    """y = x W^T + b, W of shape (out_features, in_features), initialised as torch does."""
+
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, generator=None):
+        super().__init__()
+        if in_features < 0 or out_features < 0:
+            raise ValueError(f"Linear: expected non-negative feature counts, got ({in_features}, {out_features})")
+        self.in_features, self.out_features = in_features, out_features
+        import numpy as np
+
+        self.weight = Parameter(B.place(np.zeros((out_features, in_features)), device, dtype))
+        self.bias = Parameter(B.place(np.zeros(out_features), device, dtype)) if bias else None
+        I.default_linear_init_(self.weight, self.bias, generator)
+
+    def forward(self, input):
+        if input.ndim < 1 or input.shape[-1] != self.in_features:
+            raise ValueError(
+                f"{self!r}: expected input with {self.in_features} features in its last dimension, "
+                f"got input of shape {tuple(input.shape)}"
+            )
+        self._input = input
+        return F.linear(input, self.weight.data, None if self.bias is None else self.bias.data)
+
+    def backward(self, grad_output):
+        b = None if self.bias is None else self.bias.data
+        gi, gw, gb = F.linear_backward(grad_output, self._saved("_input"), self.weight.data, b)
+        _accumulate(self.weight, gw)
+        if self.bias is not None:
+            _accumulate(self.bias, gb)
+        return gi
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class _Activation(Module):
+    """An elementwise activation: caches its input (or output) for backward."""
+
+    _fn = _bwd = None
+    _from_output = False
+
+    def _kwargs(self):
+        return {}
+
+    def forward(self, input):
+        out = type(self)._fn(input, **self._kwargs())
+        self._input, self._output = input, out
+        return out
+
+    def backward(self, grad_output):
+        if self._from_output:
+            return type(self)._bwd(grad_output, output=self._saved("_output"))
+        return type(self)._bwd(grad_output, self._saved("_input"), **self._kwargs())
+
+
+class ReLU(_Activation):
+    _fn, _bwd = F.relu, F.relu_backward
+
+
+class LeakyReLU(_Activation):
+    _fn, _bwd = F.leaky_relu, F.leaky_relu_backward
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def _kwargs(self):
+        return {"negative_slope": self.negative_slope}
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class ELU(_Activation):
+    _fn, _bwd = F.elu, F.elu_backward
+
+    def __init__(self, alpha=1.0):
+        super().__init__()
+        self.alpha = alpha
+
+    def _kwargs(self):
+        return {"alpha": self.alpha}
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}"
+
+
+class GELU(_Activation):
+    _fn, _bwd = F.gelu, F.gelu_backward
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        F.gelu(B.place([0.0]), approximate)  # validates `approximate` now, not at the first forward
+        self.approximate = approximate
+
+    def _kwargs(self):
+        return {"approximate": self.approximate}
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
+
+
+class Sigmoid(_Activation):
+    _fn, _bwd, _from_output = F.sigmoid, F.sigmoid_backward, True
+
+
+class Tanh(_Activation):
+    _fn, _bwd, _from_output = F.tanh, F.tanh_backward, True
+
+
+class Sequential(Module):
+    """Children named "0", "1", ...; forward in order, backward in reverse."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        for i, m in enumerate(modules):
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential: expected manual.nn.Module children, got {type(m).__name__} at {i}")
+            setattr(self, str(i), m)
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def forward(self, input):
+        for m in self._modules.values():
+            input = m(input)
+        return input
+
+    def backward(self, grad_output):
+        for m in reversed(self._modules.values()):
+            grad_output = m.backward(grad_output)
+        return grad_output
+
+
+class _Loss(Module):
+    """criterion(input, target) -> loss; criterion.backward(grad_output=1) -> d loss / d input."""
+
+    _fn = _bwd = None
+
+    def __init__(self, reduction="mean"):
+        super().__init__()
+        check_reduction(type(self).__name__, reduction)
+        self.reduction = reduction
+
+    def _kwargs(self):
+        return {"reduction": self.reduction}
+
+    def forward(self, input, target):
+        self._input, self._target = input, target
+        return type(self)._fn(input, target, **self._kwargs())
+
+    def backward(self, grad_output=None):
+        input = self._saved("_input")
+        if grad_output is None:
+            if self.reduction == "none":
+                raise ValueError(f"{type(self).__name__}(reduction='none').backward: expected a grad_output of the loss's shape")
+            xp = B.namespace(input)
+            grad_output = xp.ones((), dtype=input.dtype, device=input.device)  # d loss / d loss
+        return type(self)._bwd(grad_output, input, self._target, **self._kwargs())
+
+    def extra_repr(self):
+        return f"reduction={self.reduction!r}"
+
+
+class MSELoss(_Loss):
+    _fn, _bwd = F.mse_loss, F.mse_loss_backward
+
+
+class BCEWithLogitsLoss(_Loss):
+    _fn, _bwd = F.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits_backward
+
+    def __init__(self, weight=None, reduction="mean", pos_weight=None):
+        super().__init__(reduction)
+        self.register_buffer("weight", weight)
+        self.register_buffer("pos_weight", pos_weight)
+
+    def _kwargs(self):
+        return {"weight": self.weight, "reduction": self.reduction, "pos_weight": self.pos_weight}
+
+
+class CrossEntropyLoss(_Loss):
+    _fn, _bwd = F.cross_entropy, F.cross_entropy_backward
+
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+        super().__init__(reduction)
+        self.register_buffer("weight", weight)
+        self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
+
+    def _kwargs(self):
+        return {
+            "weight": self.weight,
+            "ignore_index": self.ignore_index,
+            "reduction": self.reduction,
+            "label_smoothing": self.label_smoothing,
+        }

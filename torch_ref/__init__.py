@@ -1,0 +1,113 @@
+"""torch_ref: the torch.nn + autograd twin of any manual model: the independent oracle.
+
+It reads a manual model's structure (class names and constructor arguments) and weights
+(`state_dict()`), and never imports manual's math.
+
+    tmodel = twin(model)                  # same architecture, same weights, same dtype
+    tloss = twin_loss(criterion)          # torch.nn loss with the same arguments
+    topt = twin_optimizer(optimizer, tmodel.parameters())
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["to_torch", "twin", "twin_loss", "twin_optimizer", "load_weights", "DTYPES"]
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def to_torch(array, device=None, dtype=None):
+    """A new torch tensor (always a copy) from a NumPy array or a torch tensor."""
+    if isinstance(array, torch.Tensor):
+        t = array.detach().clone()
+    else:
+        t = torch.tensor(np.asarray(array))
+    if dtype is not None and isinstance(dtype, str):
+        dtype = DTYPES[dtype]
+    return t.to(device=device if device is not None else t.device, dtype=dtype if dtype is not None else t.dtype)
+
+
+def _device_dtype(model, device):
+    for _, v in model.state_dict().items():
+        dtype = DTYPES[str(v.dtype).replace("torch.", "")]
+        if device is None and isinstance(v, torch.Tensor):
+            device = v.device
+        return (device if device is not None else "cpu"), dtype
+    return (device if device is not None else "cpu"), torch.float32
+
+
+def _build(module):
+    name = type(module).__name__
+    nn = torch.nn
+    if name == "Sequential":
+        return nn.Sequential(*[_build(m) for m in module.children()])
+    if name == "Linear":
+        return nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+    if name == "ReLU":
+        return nn.ReLU()
+    if name == "LeakyReLU":
+        return nn.LeakyReLU(module.negative_slope)
+    if name == "ELU":
+        return nn.ELU(module.alpha)
+    if name == "GELU":
+        return nn.GELU(approximate=module.approximate)
+    if name in ("Sigmoid", "Tanh"):
+        return getattr(nn, name)()
+    raise TypeError(f"torch_ref.twin: no torch twin for module type {name}")
+
+
+def twin(model, device=None):
+    """torch.nn twin of a manual model: same layout, state_dict names, weights, dtype and device."""
+    device, dtype = _device_dtype(model, device)
+    tmodel = _build(model).to(device=device, dtype=dtype)
+    load_weights(tmodel, model.state_dict())
+    return tmodel
+
+
+def load_weights(tmodel, state_dict):
+    """Copy a manual state_dict (NumPy or torch arrays) into a torch model, by name."""
+    own = tmodel.state_dict()
+    if set(own) != set(state_dict):
+        raise KeyError(f"torch_ref.load_weights: expected keys {sorted(own)}, got {sorted(state_dict)}")
+    with torch.no_grad():
+        for k, t in own.items():
+            t.copy_(to_torch(state_dict[k], device=t.device, dtype=t.dtype))
+    return tmodel
+
+
+def twin_loss(criterion, device=None):
+    """torch.nn loss with the same arguments as a manual loss module."""
+    name = type(criterion).__name__
+    nn = torch.nn
+    conv = lambda a: None if a is None else to_torch(a, device=device)  # noqa: E731
+    if name == "MSELoss":
+        return nn.MSELoss(reduction=criterion.reduction)
+    if name == "BCEWithLogitsLoss":
+        return nn.BCEWithLogitsLoss(weight=conv(criterion.weight), reduction=criterion.reduction,
+                                    pos_weight=conv(criterion.pos_weight))
+    if name == "CrossEntropyLoss":
+        return nn.CrossEntropyLoss(weight=conv(criterion.weight), ignore_index=criterion.ignore_index,
+                                   reduction=criterion.reduction, label_smoothing=criterion.label_smoothing)
+    raise TypeError(f"torch_ref.twin_loss: no torch twin for loss type {name}")
+
+
+def twin_optimizer(optimizer, params):
+    """torch.optim optimizer with a manual optimizer's hyperparameters, over `params` (in the same order).
+
+    The guide's velocity-form momentum (GuideMomentum) maps to SGD(momentum=beta): the same
+    trajectory at a constant learning rate.
+    """
+    name = type(optimizer).__name__
+    d = optimizer.defaults
+    params = list(params)
+    if name == "SGD":
+        return torch.optim.SGD(params, lr=d["lr"], momentum=d["momentum"], dampening=d["dampening"],
+                               weight_decay=d["weight_decay"], nesterov=d["nesterov"], foreach=False)
+    if name == "GuideMomentum":
+        return torch.optim.SGD(params, lr=d["lr"], momentum=d["beta"], foreach=False)
+    if name == "Adam":
+        return torch.optim.Adam(params, lr=d["lr"], betas=d["betas"], eps=d["eps"],
+                                weight_decay=d["weight_decay"], foreach=False)
+    raise TypeError(f"torch_ref.twin_optimizer: no torch twin for optimizer type {name}")
