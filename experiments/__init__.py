@@ -1,0 +1,1 @@
+"""experiments: the guide as runnable experiments, and the `backprop-lab` command line."""

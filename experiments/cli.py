@@ -1,0 +1,43 @@
+"""`backprop-lab` (= `python -m experiments`): one subcommand per module.
+
+Each command module exposes `register(subparsers)`, which adds its parser and sets
+`func=<callable(args) -> exit code>` as the parser's default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Subcommand modules, in the order `--help` lists them.
+COMMANDS = ["verify"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a bad option; make the message list what is valid."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n(see `{self.prog} --help` for the valid options)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="backprop-lab",
+        description="Hand-written backprop next to its torch autograd twin: verify, run, benchmark.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(f"experiments.{name}").register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
