@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `--help` lists them.
-COMMANDS = ["verify"]
+COMMANDS = ["runner"]
 
 
 class _Parser(argparse.ArgumentParser):

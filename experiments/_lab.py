@@ -1,0 +1,363 @@
+"""The experiment bench: config, devices, TensorBoard logging, and side-by-side training.
+
+Every experiment trains the hand-written model (`manual`) and its autograd twin
+(`torch_ref.twin`) from identical weights on identical batches, logs both under
+`runs/<experiment>/<timestamp>/{manual,torch}` with the same tags, and records the drift
+between them. A NaN/inf loss or Ctrl-C ends the run cleanly: event files are flushed and
+closed, and the run is reported as diverged or interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import io
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+import manual
+from manual import _backend as B
+from torch_ref import to_torch, twin, twin_loss, twin_optimizer
+
+IMPLS = ("manual", "torch")
+# Max |manual param - torch param| tolerated over a whole training run, by dtype: the
+# per-op parity tolerance accumulated over many steps (float64 stays near 1e-12).
+DRIFT_TOL = {"float64": 1e-8, "float32": 1e-3}
+
+
+def opt(default, help, **kw):
+    """A dataclass field with a one-line description (shown by `backprop-lab run NAME --help`)."""
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class RunConfig:
+    """Options every experiment shares."""
+
+    impl: str = opt("both", "which implementation(s) to train", choices=("manual", "torch", "both"))
+    device: str = opt("auto", "auto takes CUDA when present; manual then runs on CUDA tensors", choices=("auto", "cpu", "cuda"))
+    dtype: str = opt("float64", "floating dtype of both implementations", choices=("float32", "float64"))
+    seed: int = opt(0, "seed for weights, data and batch order")
+    logdir: str = opt("runs", "TensorBoard log root: runs go to LOGDIR/<experiment>/<timestamp>/<impl>")
+    quick: bool = opt(False, "a smaller, faster profile (used by `all --quick` and the tests)")
+    progress: bool = opt(True, "show progress bars")
+
+    @property
+    def impls(self):
+        return IMPLS if self.impl == "both" else (self.impl,)
+
+
+def config_table(cfg) -> str:
+    """The config as a Markdown table (TensorBoard's text plugin renders it)."""
+    rows = ["| option | value |", "|---|---|"]
+    rows += [f"| {k} | {v} |" for k, v in dataclasses.asdict(cfg).items()]
+    return "\n".join(rows)
+
+
+def resolve_device(device: str):
+    """(torch device, manual device): CPU -> ('cpu', 'numpy'); CUDA -> ('cuda', 'cuda')."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA GPU here (try --device auto or cpu)")
+    if device not in ("cpu", "cuda"):
+        raise SystemExit(f"--device: expected auto, cpu or cuda, got {device!r}")
+    return device, ("numpy" if device == "cpu" else "cuda")
+
+
+# -- TensorBoard -------------------------------------------------------------------------
+
+class RunLogger:
+    """One SummaryWriter per implementation under LOGDIR/<experiment>/<timestamp>/<impl>."""
+
+    def __init__(self, experiment: str, cfg: RunConfig):
+        from torch.utils.tensorboard import SummaryWriter
+
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        root = os.path.join(cfg.logdir, experiment, stamp)
+        n = 1
+        while os.path.exists(root):  # never overwrite an earlier run
+            n += 1
+            root = os.path.join(cfg.logdir, experiment, f"{stamp}-{n}")
+        self.root = root
+        self.writers = {impl: SummaryWriter(os.path.join(root, impl)) for impl in cfg.impls}
+        self.status = "ok"
+        self.notes: list[str] = []
+        for w in self.writers.values():
+            w.add_text("config", config_table(cfg), 0)
+        self._layout()
+
+    def _layout(self):
+        """Custom-scalars layout: each chart overlays manual and torch (same tag, two runs)."""
+        charts = {
+            "loss": ["Multiline", ["(.*/)?loss/.*"]],
+            "accuracy": ["Multiline", ["(.*/)?accuracy/.*"]],
+            "parity drift": ["Multiline", ["(.*/)?parity/.*"]],
+            "gradient norms": ["Multiline", ["(.*/)?grad_norm/.*"]],
+        }
+        first = next(iter(self.writers.values()))
+        first.add_custom_scalars({"manual vs torch": charts})
+
+    def scalar(self, tag, values: dict, step):
+        """values: impl -> number (impls not running are skipped)."""
+        for impl, v in values.items():
+            if impl in self.writers and v is not None:
+                self.writers[impl].add_scalar(tag, float(v), step)
+
+    def scalar_all(self, tag, value, step):
+        for w in self.writers.values():
+            w.add_scalar(tag, float(value), step)
+
+    def histogram(self, impl, tag, array, step):
+        if impl in self.writers:
+            a = B.to_numpy(array).astype(np.float64, copy=False)
+            if a.size and np.all(np.isfinite(a)):
+                self.writers[impl].add_histogram(tag, a, step)
+
+    def image(self, impl, tag, img, step=0):
+        """img: HxWx3 uint8/float array, or a matplotlib Figure."""
+        targets = self.writers.items() if impl is None else [(impl, self.writers.get(impl))]
+        for _, w in targets:
+            if w is None:
+                continue
+            if hasattr(img, "savefig"):
+                w.add_image(tag, figure_to_array(img), step, dataformats="HWC")
+            else:
+                w.add_image(tag, np.asarray(img), step, dataformats="HWC")
+
+    def text(self, tag, text, step=0):
+        for w in self.writers.values():
+            w.add_text(tag, text, step)
+
+    def note(self, message, step=0):
+        """A line that ends up in the run's text log and in the returned metrics."""
+        self.notes.append(message)
+        self.text("events", message, step)
+
+    def hparams(self, hparams: dict, metrics: dict, run_name: str, impl="manual"):
+        w = self.writers.get(impl) or next(iter(self.writers.values()))
+        w.add_hparams(hparams, metrics, run_name=run_name)
+
+    def close(self):
+        for w in self.writers.values():
+            w.flush()
+            w.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is KeyboardInterrupt:
+            self.status = "interrupted"
+            self.text("events", "interrupted by the user (Ctrl-C); logs up to here are complete")
+        self.close()
+        return False
+
+
+def figure_to_array(fig) -> np.ndarray:
+    """Render a matplotlib figure to an HxWx3 uint8 array (Agg, no display needed)."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    buf.seek(0)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# -- side-by-side training ------------------------------------------------------------------
+
+class Twins:
+    """A manual model and its torch twin, stepped in lockstep from the same weights.
+
+    The two training steps differ in one line (DESIGN.md):
+        loss = criterion(model(x), y); model.backward(criterion.backward()); opt.step()
+        loss = criterion(model(x), y); loss.backward();                     opt.step()
+    """
+
+    def __init__(self, model, criterion, optimizer, cfg: RunConfig):
+        self.impls = cfg.impls
+        self.tdev, self.mdev = resolve_device(cfg.device)
+        self.dtype = cfg.dtype
+        self.model = model.to(self.mdev, cfg.dtype)
+        if getattr(criterion, "weight", None) is not None:
+            criterion.to(self.mdev, cfg.dtype)
+        self.criterion = criterion
+        self.optimizer = optimizer(self.model.parameters())
+        self.tmodel = twin(self.model, device=self.tdev)
+        self.tcriterion = twin_loss(criterion, device=self.tdev)
+        self.toptimizer = twin_optimizer(self.optimizer, self.tmodel.parameters())
+        self.names = [n for n, _ in self.model.named_parameters()]
+
+    # data placement: NumPy in, each side's arrays out
+    def place(self, x, y=None):
+        xm = B.place(x, self.mdev, self.dtype)
+        xt = to_torch(np.asarray(x), device=self.tdev, dtype=self.dtype)
+        if y is None:
+            return xm, xt
+        if np.issubdtype(np.asarray(y).dtype, np.integer):
+            ym = np.asarray(y, dtype=np.int64) if self.mdev == "numpy" else torch.as_tensor(y, dtype=torch.int64, device=self.mdev)
+            yt = torch.as_tensor(np.asarray(y), dtype=torch.int64, device=self.tdev)
+        else:
+            ym = B.place(y, self.mdev, self.dtype)
+            yt = to_torch(np.asarray(y), device=self.tdev, dtype=self.dtype)
+        return (xm, ym), (xt, yt)
+
+    def step(self, x, y):
+        """One training step on each implementation; returns impl -> {loss, grad_norm/<name>...}."""
+        (xm, ym), (xt, yt) = self.place(x, y)
+        out = {}
+        if "manual" in self.impls:
+            self.optimizer.zero_grad()
+            loss = self.criterion(self.model(xm), ym)
+            self.model.backward(self.criterion.backward())
+            grads = {n: float(np.linalg.norm(B.to_numpy(p.grad))) for n, p in self.model.named_parameters()}
+            self.optimizer.step()
+            out["manual"] = {"loss": float(B.to_numpy(loss)), "grad_norm": grads}
+        if "torch" in self.impls:
+            self.toptimizer.zero_grad()
+            tloss = self.tcriterion(self.tmodel(xt), yt)
+            tloss.backward()
+            grads = {n: float(p.grad.norm()) for n, p in self.tmodel.named_parameters()}
+            self.toptimizer.step()
+            out["torch"] = {"loss": float(tloss.detach()), "grad_norm": grads}
+        return out
+
+    def forward(self, x):
+        """impl -> NumPy outputs (no training state touched)."""
+        xm, xt = self.place(x)
+        out = {}
+        if "manual" in self.impls:
+            out["manual"] = B.to_numpy(self.model(xm))
+        if "torch" in self.impls:
+            with torch.no_grad():
+                out["torch"] = self.tmodel(xt).cpu().numpy()
+        return out
+
+    def params(self, impl):
+        if impl == "manual":
+            return {n: B.to_numpy(p.data) for n, p in self.model.named_parameters()}
+        return {n: p.detach().cpu().numpy() for n, p in self.tmodel.named_parameters()}
+
+    def drift(self):
+        """max |manual param - torch param| over all parameters (None with one implementation)."""
+        if len(self.impls) < 2:
+            return None
+        pm, pt = self.params("manual"), self.params("torch")
+        return max(float(np.max(np.abs(pm[n] - pt[n]), initial=0.0)) for n in self.names)
+
+
+def train(twins: Twins, log: RunLogger, batches, steps: int, *, evaluate=None, eval_every=10,
+          log_histograms_every=None, desc="train", progress=True, lr=None, prefix=""):
+    """Train both implementations for `steps` steps.
+
+    batches(step) -> (x, y) NumPy arrays; evaluate(step) -> {tag: {impl: value}} logged as scalars.
+    prefix namespaces the tags of a second model in one run ("linear/" -> "linear/loss/train").
+    Returns a history: {"loss": {impl: [...]}, "drift": [...], "steps": n_done, "status": ...}.
+    Stops early (status "diverged") when a loss is NaN/inf; Ctrl-C propagates after the
+    logger has been told (the caller's `with RunLogger(...)` flushes the files).
+    """
+    from tqdm.auto import tqdm
+
+    hist = {"loss": {i: [] for i in twins.impls}, "drift": [], "steps": 0, "status": "ok"}
+    bar = tqdm(range(steps), desc=desc, leave=False, disable=not progress or None, dynamic_ncols=True)
+    for step in bar:
+        x, y = batches(step)
+        out = twins.step(x, y)
+        for impl, o in out.items():
+            hist["loss"][impl].append(o["loss"])
+        log.scalar(f"{prefix}loss/train", {i: o["loss"] for i, o in out.items()}, step)
+        if lr is not None:
+            log.scalar(f"{prefix}lr", {i: lr for i in out}, step)
+        for impl, o in out.items():
+            for name, g in o["grad_norm"].items():
+                log.scalar(f"{prefix}grad_norm/{name}", {impl: g}, step)
+        d = twins.drift()
+        if d is not None:
+            hist["drift"].append(d)
+            log.scalar_all(f"{prefix}parity/max_abs_param_diff", d, step)
+        if evaluate is not None and (step % eval_every == 0 or step == steps - 1):
+            for tag, vals in evaluate(step).items():
+                log.scalar(prefix + tag, vals, step)
+        if log_histograms_every and (step % log_histograms_every == 0 or step == steps - 1):
+            log_histograms(twins, log, step, prefix)
+        hist["steps"] = step + 1
+        bad = [i for i, o in out.items() if not math.isfinite(o["loss"])]
+        if bad:
+            hist["status"] = "diverged"
+            log.status = "diverged"
+            log.note(f"diverged at step {step}: loss is {out[bad[0]]['loss']} for {', '.join(bad)}", step)
+            break
+    bar.close()
+    return hist
+
+
+def log_histograms(twins: Twins, log: RunLogger, step, prefix=""):
+    for impl in twins.impls:
+        if impl == "manual":
+            items = [(n, p.data, p.grad) for n, p in twins.model.named_parameters()]
+        else:
+            items = [(n, p, p.grad) for n, p in twins.tmodel.named_parameters()]
+        for name, w, g in items:
+            log.histogram(impl, f"{prefix}weights/{name}", w, step)
+            if g is not None:
+                log.histogram(impl, f"{prefix}grads/{name}", g, step)
+
+
+def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
+    """Fraction correct: argmax for (N, C) logits, sign for (N, 1) binary logits."""
+    if logits.ndim == 2 and logits.shape[1] > 1:
+        pred = logits.argmax(1)
+    else:
+        pred = (logits.reshape(-1) > 0).astype(np.int64)
+    return float(np.mean(pred == np.asarray(y).reshape(-1)))
+
+
+def claim(text: str, holds_manual, holds_torch, manual=None, torch_=None, holds=None):
+    """One of the guide's claims checked on each implementation's own results."""
+    parts = [h for h in (holds_manual, holds_torch) if h is not None]
+    return {
+        "claim": text,
+        "manual": manual,
+        "torch": torch_,
+        "holds_manual": holds_manual,
+        "holds_torch": holds_torch,
+        "holds": bool(all(parts) if holds is None else holds) and bool(parts or holds is not None),
+    }
+
+
+def result(cfg, log: RunLogger, results: dict, claims: list, drift=None, **extra):
+    """The dict every experiment's main() returns (and `--json` writes)."""
+    tol = DRIFT_TOL[cfg.dtype]
+    return {
+        "config": dataclasses.asdict(cfg),
+        "logdir": log.root,
+        "status": log.status,
+        "notes": list(log.notes),
+        "results": results,
+        "max_drift": drift,
+        "drift_tolerance": tol,
+        "drift_ok": None if drift is None else bool(drift <= tol),
+        "claims": claims,
+        **extra,
+    }
+
+
+def seeded(cfg):
+    """Seed manual's initialiser and return a NumPy generator for data and batch order."""
+    manual.init.manual_seed(cfg.seed)
+    return np.random.default_rng(cfg.seed)

@@ -1,0 +1,80 @@
+"""XOR (guide: "What Hidden Layers Solve"): no straight line separates XOR; one hidden layer does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from manual import nn, optim
+
+from . import _lab
+from ._lab import opt
+
+NAME = "xor"
+SUMMARY = "a linear model stays at or below 75% on XOR; one hidden layer reaches 100%"
+SECTION = "What Hidden Layers Solve"
+
+X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float64)
+Y = np.array([[0], [1], [1], [0]], dtype=np.float64)
+
+
+@dataclass
+class Config(_lab.RunConfig):
+    hidden: int = opt(8, "hidden units of the MLP")
+    steps: int = opt(600, "full-batch Adam steps per model (quick: 300)")
+    lr: float = opt(0.05, "Adam learning rate")
+
+
+def boundary_figure(forward, title, lo=-0.5, hi=1.5, n=121):
+    """Decision boundary of a binary logit model over the unit square, with the four XOR points."""
+    plt = _lab.pyplot()
+    g = np.linspace(lo, hi, n)
+    gx, gy = np.meshgrid(g, g)
+    grid = np.stack([gx.ravel(), gy.ravel()], 1)
+    prob = 1 / (1 + np.exp(-forward(grid).reshape(n, n)))
+    fig, ax = plt.subplots(figsize=(3.2, 3.2))
+    ax.contourf(gx, gy, prob, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.8)
+    ax.contour(gx, gy, prob, levels=[0.5], colors="k")
+    ax.scatter(X[:, 0], X[:, 1], c=Y[:, 0], cmap="RdBu_r", edgecolors="k", s=80)
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def fit(cfg, log, model, prefix, steps):
+    twins = _lab.Twins(model, nn.BCEWithLogitsLoss(), lambda p: optim.Adam(p, lr=cfg.lr), cfg)
+
+    def evaluate(step):
+        return {"accuracy/train": {i: _lab.accuracy(o, Y) for i, o in twins.forward(X).items()}}
+
+    hist = _lab.train(twins, log, lambda s: (X, Y), steps, evaluate=evaluate, eval_every=25, lr=cfg.lr,
+                      log_histograms_every=max(steps // 5, 1), desc=f"xor {prefix or 'mlp/'}",
+                      progress=cfg.progress, prefix=prefix)
+    out = twins.forward(X)
+    acc = {i: _lab.accuracy(o, Y) for i, o in out.items()}
+    for impl in twins.impls:
+        fwd = lambda g, impl=impl: twins.forward(g)[impl]  # noqa: E731
+        log.image(impl, f"{prefix}boundary", boundary_figure(fwd, f"{impl}: {prefix or 'mlp/'} acc {acc[impl]:.2f}"), steps)
+    return twins, hist, acc
+
+
+def main(cfg: Config):
+    _lab.seeded(cfg)
+    steps = min(cfg.steps, 300) if cfg.quick else cfg.steps
+    with _lab.RunLogger(NAME, cfg) as log:
+        lin, lin_hist, lin_acc = fit(cfg, log, nn.Linear(2, 1), "linear/", steps)
+        mlp_model = nn.Sequential(nn.Linear(2, cfg.hidden), nn.Tanh(), nn.Linear(cfg.hidden, 1))
+        mlp, mlp_hist, mlp_acc = fit(cfg, log, mlp_model, "", steps)
+    drifts = [d for h in (lin_hist, mlp_hist) for d in h["drift"]]
+    get = lambda acc, i: acc.get(i)  # noqa: E731
+    claims = [
+        _lab.claim("a linear model cannot solve XOR (accuracy <= 75%)",
+                   *(None if i not in lin_acc else lin_acc[i] <= 0.75 for i in _lab.IMPLS),
+                   manual=get(lin_acc, "manual"), torch_=get(lin_acc, "torch")),
+        _lab.claim("one hidden layer solves XOR (accuracy 100%)",
+                   *(None if i not in mlp_acc else mlp_acc[i] == 1.0 for i in _lab.IMPLS),
+                   manual=get(mlp_acc, "manual"), torch_=get(mlp_acc, "torch")),
+    ]
+    results = {i: {"linear_accuracy": lin_acc[i], "mlp_accuracy": mlp_acc[i],
+                   "mlp_final_loss": mlp_hist["loss"][i][-1]} for i in cfg.impls}
+    return _lab.result(cfg, log, results, claims, drift=max(drifts) if drifts else None)
