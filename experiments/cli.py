@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `--help` lists them.
-COMMANDS = ["runner"]
+COMMANDS = ["runner", "bench", "verify"]
 
 
 class _Parser(argparse.ArgumentParser):

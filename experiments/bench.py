@@ -1,0 +1,455 @@
+"""`backprop-lab bench`: one training step (forward, loss, backward, SGD update) of ReLU MLPs,
+hand-written (`manual` on NumPy, `manual` on torch tensors) against torch autograd.
+
+Protocol: before any timing, each model checks that all implementations give the same loss
+and the same updated weights from the same start. Then paired rounds: in each round every
+implementation times a block of steps (the order rotates per round); we report the median
+step time per implementation and the median of the per-round ratios to autograd. OpenBLAS's
+idle threads keep spinning ~0.1 s after a NumPy matmul and slow a torch step that follows
+(~2x seen here), so the bench sleeps SETTLE_S whenever it switches from NumPy to torch.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+SETTLE_S = 0.15
+MODELS = [  # name, layer sizes, batch
+    ("2-4-1", (2, 4, 1), 4),
+    ("2-16-16-1", (2, 16, 16, 1), 64),
+    ("64-256-256-10", (64, 256, 256, 10), 256),
+    ("784-1024-1024-10", (784, 1024, 1024, 10), 512),
+]
+LR = 1e-3
+CHECK_TOL = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=1e-4, atol=1e-5)}
+
+
+def register(sub):
+    p = sub.add_parser("bench", help="time a training step: manual (NumPy, torch tensors) vs torch autograd",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer rounds and sizes (under a minute)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto adds CUDA rows when a GPU is present (default: auto)")
+    p.add_argument("--dtype", choices=("float32", "float64", "all"), default="all", help="(default: all)")
+    p.add_argument("--rounds", type=int, default=None, help="paired rounds per model (default: 7, quick: 3)")
+    p.add_argument("--models", nargs="+", choices=[m[0] for m in MODELS], metavar="MODEL",
+                   help="subset of " + ", ".join(m[0] for m in MODELS))
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (child processes)")
+    p.add_argument("--json", metavar="PATH", help="write every figure as JSON")
+    p.add_argument("--logdir", default="runs", help="TensorBoard root; figures go to LOGDIR/bench/<timestamp>/<impl>")
+    p.set_defaults(func=run)
+
+
+# -- the models and their steps ------------------------------------------------------------
+
+def build(sizes, dtype, device=None, seed=0):
+    """A manual ReLU MLP, its loss and SGD; same weights for the same seed on any backend."""
+    import manual
+
+    manual.init.manual_seed(seed)
+    nn = manual.nn
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b, device=device, dtype=dtype))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    model = nn.Sequential(*layers)
+    crit = nn.MSELoss() if sizes[-1] == 1 else nn.CrossEntropyLoss()
+    return model, crit, manual.optim.SGD(model.parameters(), lr=LR)
+
+
+def data(sizes, batch, seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, sizes[0]))
+    y = rng.standard_normal((batch, 1)) if sizes[-1] == 1 else rng.integers(0, sizes[-1], batch)
+    return x, y
+
+
+def make_steps(sizes, batch, dtype, device, only=None):
+    """impl -> (step(), params()) closures, all starting from the same weights and batch."""
+    from manual import _backend as B
+    from torch_ref import to_torch, twin, twin_loss, twin_optimizer
+
+    x, y = data(sizes, batch)
+    steps = {}
+
+    def manual_step(device_):
+        model, crit, opt = build(sizes, dtype, device_)
+        xm = B.place(x, device_, dtype)
+        ym = B.place(y, device_, dtype) if y.dtype.kind == "f" else (
+            y if device_ is None else torch.as_tensor(y, device=device_))
+
+        def step():
+            opt.zero_grad()
+            loss = crit(model(xm), ym)
+            model.backward(crit.backward())
+            opt.step()
+            return loss
+
+        return step, lambda: {n: B.to_numpy(p.data) for n, p in model.named_parameters()}
+
+    def autograd_step(tdev):
+        model, crit, opt = build(sizes, dtype)
+        tmodel, tcrit = twin(model, device=tdev), twin_loss(crit, device=tdev)
+        topt = twin_optimizer(opt, tmodel.parameters())
+        xt = to_torch(x, device=tdev, dtype=dtype)
+        yt = to_torch(y, device=tdev, dtype=dtype) if y.dtype.kind == "f" else torch.as_tensor(y, device=tdev)
+
+        def step():
+            topt.zero_grad()
+            loss = tcrit(tmodel(xt), yt)
+            loss.backward()
+            topt.step()
+            return loss.detach()
+
+        return step, lambda: {n: p.detach().cpu().numpy() for n, p in tmodel.named_parameters()}
+
+    makers = {"manual-numpy": lambda: manual_step(None), "manual-torch": lambda: manual_step("cpu"),
+              "autograd": lambda: autograd_step("cpu")} if device == "cpu" else {
+        "manual-torch-cuda": lambda: manual_step("cuda"), "autograd-cuda": lambda: autograd_step("cuda")}
+    for name, make in makers.items():
+        if only is None or name == only:
+            steps[name] = make()
+    return steps
+
+
+def check_agree(steps, dtype):
+    """One step on each implementation: same loss and same updated weights (raises if not)."""
+    ref_name = next(n for n in steps if n.startswith("autograd"))
+    losses, params = {}, {}
+    for name, (step, get) in steps.items():
+        out = step()
+        losses[name] = float(out.cpu()) if isinstance(out, torch.Tensor) else float(out)
+        params[name] = get()
+    tol = CHECK_TOL[dtype]
+    worst = 0.0
+    for name in steps:
+        np.testing.assert_allclose(losses[name], losses[ref_name], **tol,
+                                   err_msg=f"bench check: {name} loss differs from {ref_name} ({dtype})")
+        for k, v in params[ref_name].items():
+            np.testing.assert_allclose(params[name][k], v, **tol,
+                                       err_msg=f"bench check: {name} updated {k} differs from {ref_name} ({dtype})")
+            worst = max(worst, float(np.max(np.abs(params[name][k] - v), initial=0.0)))
+    return worst
+
+
+def _sync(name):
+    if name.endswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_block(name, step, n):
+    _sync(name)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    _sync(name)
+    return (time.perf_counter() - t0) / n
+
+
+def calibrate(name, step, target_s):
+    n = 1
+    while True:
+        t = time_block(name, step, n)
+        if t * n >= target_s or n >= 1 << 16:
+            return n
+        n = max(n * 2, int(target_s / max(t, 1e-7)))
+
+
+def paired_rounds(steps, rounds, target_s):
+    """impl -> list of per-step seconds, one per round; the order rotates every round."""
+    names = list(steps)
+    for n in names:  # warm-up: caches, allocator, OpenBLAS threads
+        for _ in range(3):
+            steps[n][0]()
+    counts = {n: calibrate(n, steps[n][0], target_s) for n in names}
+    times = {n: [] for n in names}
+    prev = None
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for n in order:
+            if prev == "manual-numpy" and n != prev:
+                time.sleep(SETTLE_S)
+            times[n].append(time_block(n, steps[n][0], counts[n]))
+            prev = n
+    return times
+
+
+def step_flops(sizes, batch):
+    """Forward 2BKN + backward 4BKN multiply-adds per Linear (grad input + grad weight)."""
+    return 6 * batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def matmul_peak(n, dtype, rounds=5):
+    """Median GFLOP/s of an n x n matmul, NumPy and torch (CPU), in this process."""
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
+    out = {}
+    ts = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        a @ a
+        ts.append(time.perf_counter() - t0)
+    out["numpy"] = 2 * n**3 / statistics.median(ts) / 1e9
+    time.sleep(SETTLE_S)
+    ta = torch.from_numpy(a)
+    ta @ ta
+    ts = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        ta @ ta
+        ts.append(time.perf_counter() - t0)
+    out["torch"] = 2 * n**3 / statistics.median(ts) / 1e9
+    if torch.cuda.is_available():
+        tc = ta.cuda()
+        tc @ tc
+        torch.cuda.synchronize()
+        ts = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            tc @ tc
+            torch.cuda.synchronize()
+            ts.append(time.perf_counter() - t0)
+        out["cuda"] = 2 * n**3 / statistics.median(ts) / 1e9
+    return out
+
+
+def _peak_of(impl):
+    return "numpy" if impl == "manual-numpy" else ("cuda" if impl.endswith("cuda") else "torch")
+
+
+# -- peak memory: a fresh child process per (model, impl) -------------------------------------
+
+def _proc_status_kib(key):
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith(key + ":"))
+
+
+def _memory_child(args):
+    """Peak extra memory (MiB) of one training step, measured on the FIRST step of `impl` in
+    this fresh process, so no allocator cache from an earlier step hides it. A step of a tiny
+    model first warms thread pools and the autograd engine."""
+    import gc
+
+    sizes, batch, dtype, impl = args
+    device = "cuda" if impl.endswith("cuda") else "cpu"
+    warm = make_steps((2, 4, 1), 4, dtype, device, only=impl)[impl][0]
+    warm(), warm()
+    step = make_steps(sizes, batch, dtype, device, only=impl)[impl][0]
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    base = _proc_status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
+    step()
+    return (_proc_status_kib("VmHWM") - base) / 1024
+
+
+def peak_memory_mb(cases):
+    """[(sizes, batch, dtype, impl)] -> [MiB]: peak RSS growth over model + data during a first
+    step (CPU), or max_memory_allocated growth (CUDA); None where Linux's /proc is missing."""
+    import multiprocessing as mp
+
+    if not os.path.exists("/proc/self/clear_refs"):
+        return [None] * len(cases)
+    with mp.get_context("spawn").Pool(min(2, os.cpu_count() or 1)) as pool:
+        return [round(v, 1) for v in pool.map(_memory_child, cases)]
+
+
+# -- machine facts -------------------------------------------------------------------------
+
+def machine_info():
+    import threadpoolctl
+
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        cpu = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name")), cpu)
+        flags = next((l for l in text.splitlines() if l.startswith("flags")), "")
+        simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f" {f}" in flags]
+    except OSError:
+        simd = []
+    blas = [
+        {k: d.get(k) for k in ("internal_api", "version", "num_threads", "architecture", "threading_layer")}
+        for d in threadpoolctl.threadpool_info()
+    ]
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "simd": simd,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numpy_blas": blas,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_blas": "BLAS " + (re.search(r"BLAS_INFO=(\w+)", torch.__config__.show()) or [None, "?"])[1],
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "env": {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_CORETYPE",
+                                         "MKL_NUM_THREADS") if k in os.environ},
+    }
+    return info
+
+
+# -- the command -----------------------------------------------------------------------------
+
+def run(args):
+    from tqdm.auto import tqdm
+
+    quick = args.quick
+    rounds = args.rounds or (3 if quick else 7)
+    target_s = 0.02 if quick else 0.05
+    dtypes = ["float32", "float64"] if args.dtype == "all" else [args.dtype]
+    devices = ["cpu"]
+    if args.device in ("auto", "cuda") and torch.cuda.is_available():
+        devices.append("cuda")
+    elif args.device == "cuda":
+        print("bench --device cuda: torch sees no CUDA GPU", file=sys.stderr)
+        return 2
+    models = [m for m in MODELS if not args.models or m[0] in args.models]
+
+    np.ones((2, 2)) @ np.ones((2, 2))  # load BLAS so threadpoolctl can see it
+    info = machine_info()
+    print_machine(info)
+
+    n_peak = 1024 if quick else 2048
+    peaks = {dt: matmul_peak(n_peak, dt, rounds=3 if quick else 5) for dt in dtypes}
+    print(f"\nmatmul ceiling (n={n_peak}, median GFLOP/s): " + "; ".join(
+        f"{dt}: " + ", ".join(f"{k} {v:.0f}" for k, v in p.items()) for dt, p in peaks.items()))
+
+    rows = []
+    work = [(m, dt, dev) for m in models for dt in dtypes for dev in devices]
+    for (name, sizes, batch), dtype, device in tqdm(work, desc="bench", leave=False, disable=None):
+        steps = make_steps(sizes, batch, dtype, device)
+        err = check_agree(steps, dtype)
+        times = paired_rounds(steps, rounds, target_s)
+        ref = next(n for n in steps if n.startswith("autograd"))
+        flops = step_flops(sizes, batch)
+        for impl, ts in times.items():
+            med = statistics.median(ts)
+            ratio = statistics.median(t / r for t, r in zip(ts, times[ref]))
+            peak = peaks[dtype][_peak_of(impl)]
+            rows.append({
+                "model": name, "batch": batch, "dtype": dtype, "device": device, "impl": impl,
+                "median_ms": med * 1e3, "ratio_vs_autograd": ratio, "rounds": len(ts),
+                "gflops": flops / med / 1e9, "peak_fraction": flops / med / 1e9 / peak,
+                "check_max_abs_diff": err,
+            })
+
+    if not args.no_memory:  # float32 only; quick: the largest model only
+        mem_models = {m[0]: m for m in (models[-1:] if quick else models)}
+        mem_rows = [r for r in rows if r["model"] in mem_models and r["dtype"] == "float32"]
+        cases = [(mem_models[r["model"]][1], r["batch"], "float32", r["impl"]) for r in mem_rows]
+        for r, mb in zip(mem_rows, peak_memory_mb(cases)):
+            r["peak_mem_mb"] = mb
+
+    print_table(rows)
+    scaling = measure_scaling(devices, quick, target_s)
+    print_scaling(scaling)
+    out = {"machine": info, "matmul_peak_gflops": peaks, "rows": rows, "scaling": scaling,
+           "protocol": {"rounds": rounds, "block_target_s": target_s, "settle_s": SETTLE_S}}
+    logdir = log_tensorboard(args.logdir, out)
+    print(f"\nTensorBoard: tensorboard --logdir {logdir}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def measure_scaling(devices, quick, target_s):
+    """float32 step time as batch grows (64-256-256-10) and as width grows (64-w-w-10, batch 256)."""
+    batches = [16, 256, 2048] if quick else [16, 64, 256, 1024, 4096]
+    widths = [64, 512] if quick else [64, 128, 256, 512, 1024]
+    cases = [("batch", b, (64, 256, 256, 10), b) for b in batches]
+    cases += [("width", w, (64, w, w, 10), 256) for w in widths]
+    out = []
+    for axis, value, sizes, batch in cases:
+        for device in devices:
+            steps = make_steps(sizes, batch, "float32", device)
+            times = paired_rounds(steps, 3, target_s / 2)
+            for impl, ts in times.items():
+                out.append({"axis": axis, "value": value, "device": device, "impl": impl,
+                            "median_ms": statistics.median(ts) * 1e3,
+                            "gflops": step_flops(sizes, batch) / statistics.median(ts) / 1e9})
+    return out
+
+
+def print_machine(info):
+    blas = "; ".join(f"{b['internal_api']} {b['version']} {b.get('architecture') or ''} x{b['num_threads']}"
+                     for b in info["numpy_blas"]) or "?"
+    print(f"machine: {info['cpu']}, {info['cores']} cores, SIMD {'/'.join(info['simd']) or '-'}"
+          + (f", GPU {info['cuda']}" if info["cuda"] else ", no GPU"))
+    print(f"numpy {info['numpy']} (BLAS: {blas}); torch {info['torch']} ({info['torch_threads']} threads, "
+          f"{info['torch_blas']}); python {info['python']}" + (f"; env {info['env']}" if info["env"] else ""))
+
+
+def print_table(rows):
+    hdr = ("model", "batch", "dtype", "device", "impl", "median ms", "vs autograd", "GFLOP/s", "% of peak", "peak MiB")
+    lines = [hdr]
+    for r in rows:
+        lines.append((r["model"], str(r["batch"]), r["dtype"], r["device"], r["impl"], f"{r['median_ms']:.4g}",
+                      f"{r['ratio_vs_autograd']:.2f}x", f"{r['gflops']:.3g}", f"{100 * r['peak_fraction']:.1f}",
+                      "-" if r.get("peak_mem_mb") is None else f"{r['peak_mem_mb']:.1f}"))
+    _print_rows(lines)
+
+
+def print_scaling(scaling):
+    print("\nscaling (float32, median ms per step):")
+    impls = list(dict.fromkeys(s["impl"] for s in scaling))
+    lines = [("axis", "value", *impls)]
+    keys = list(dict.fromkeys((s["axis"], s["value"]) for s in scaling))
+    for axis, value in keys:
+        cells = {s["impl"]: s for s in scaling if s["axis"] == axis and s["value"] == value}
+        label = f"batch {value} (64-256-256-10)" if axis == "batch" else f"width {value} (64-w-w-10, b=256)"
+        lines.append((axis, label, *[f"{cells[i]['median_ms']:.3g}" if i in cells else "-" for i in impls]))
+    _print_rows(lines)
+
+
+def _print_rows(lines):
+    print()
+    widths = [max(len(str(l[i])) for l in lines) for i in range(len(lines[0]))]
+    for j, l in enumerate(lines):
+        print("  ".join(str(c).ljust(w) for c, w in zip(l, widths)).rstrip())
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def log_tensorboard(logroot, out):
+    from torch.utils.tensorboard import SummaryWriter
+
+    root = os.path.join(logroot, "bench", _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    base, n = root, 1
+    while os.path.exists(root):  # never overwrite an earlier run
+        n += 1
+        root = f"{base}-{n}"
+    writers = {}
+    for r in out["rows"]:
+        w = writers.setdefault(r["impl"], SummaryWriter(os.path.join(root, r["impl"])))
+        key = f"{r['model']}/{r['dtype']}/{r['device']}"
+        w.add_scalar(f"step_ms/{key}", r["median_ms"], 0)
+        w.add_scalar(f"ratio_vs_autograd/{key}", r["ratio_vs_autograd"], 0)
+        w.add_scalar(f"peak_fraction/{key}", r["peak_fraction"], 0)
+    for s in out["scaling"]:
+        w = writers.setdefault(s["impl"], SummaryWriter(os.path.join(root, s["impl"])))
+        w.add_scalar(f"scaling_{s['axis']}/step_ms_{s['device']}", s["median_ms"], s["value"])
+    for w in writers.values():
+        w.add_text("machine", "```\n" + json.dumps(out["machine"], indent=1) + "\n```", 0)
+        w.flush()
+        w.close()
+    return root
