@@ -37,6 +37,10 @@ def backend_name(x) -> str:
     raise TypeError(f"expected a NumPy array or a torch tensor, got {type(x).__name__}")
 
 
+def _is_array(x) -> bool:
+    return isinstance(x, (np.ndarray, np.generic)) or (torch is not None and isinstance(x, torch.Tensor))
+
+
 def namespace(*arrays, op: str = "manual"):
     """The Array API namespace of `arrays`, all of which must share one backend and device.
 
@@ -44,16 +48,18 @@ def namespace(*arrays, op: str = "manual"):
     path (one training step of a small MLP) makes hundreds of calls.
     """
     first = None
-    for a in arrays:
+    for i, a in enumerate(arrays, 1):
         if a is None:
             continue
+        if type(a) not in _NAMESPACES and not _is_array(a):
+            raise TypeError(f"{op}: expected a NumPy array or a torch tensor as argument {i}, got {type(a).__name__}")
         if first is None:
             first = a
             continue
         if type(a) is not type(first) and backend_name(a) != backend_name(first):
             raise TypeError(
                 f"{op}: mixed backends: expected every array on {backend_name(first)} "
-                f"(like the first argument), got a {backend_name(a)} array"
+                f"(like the first argument), got a {backend_name(a)} array as argument {i}"
             )
         if backend_name(a) == "torch" and a.device != first.device:
             raise ValueError(

@@ -117,9 +117,15 @@ def tanh_backward(grad_output, input=None, *, output=None):
     return grad_output * (1.0 - t * t)
 
 
+def _check_dim(op, x, dim):
+    if not -x.ndim <= dim < x.ndim:
+        raise IndexError(f"{op}: expected dim in [{-x.ndim}, {x.ndim}) for input of shape {tuple(x.shape)}, got {dim}")
+
+
 def softmax(input, dim):
     """softmax(x)_i = e^(x_i - m) / sum_j e^(x_j - m), m = max_j x_j (log-sum-exp shift)."""
     xp = namespace(input, op="softmax")
+    _check_dim("softmax", input, dim)
     e = xp.exp(input - xp.max(input, axis=dim, keepdims=True))
     return e / xp.sum(e, axis=dim, keepdims=True)
 
@@ -127,6 +133,7 @@ def softmax(input, dim):
 def softmax_backward(grad_output, input=None, dim=-1, *, output=None):
     """d softmax: dx = y * (g - sum(g * y)), the sum along dim."""
     xp = namespace(grad_output, input, output, op="softmax_backward")
+    _check_dim("softmax_backward", grad_output, dim)
     y = softmax(input, dim) if output is None else output
     return y * (grad_output - xp.sum(grad_output * y, axis=dim, keepdims=True))
 
@@ -134,6 +141,7 @@ def softmax_backward(grad_output, input=None, dim=-1, *, output=None):
 def log_softmax(input, dim):
     """log_softmax(x)_i = x_i - m - log sum_j e^(x_j - m)."""
     xp = namespace(input, op="log_softmax")
+    _check_dim("log_softmax", input, dim)
     shifted = input - xp.max(input, axis=dim, keepdims=True)
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=dim, keepdims=True))
 
@@ -141,5 +149,6 @@ def log_softmax(input, dim):
 def log_softmax_backward(grad_output, input=None, dim=-1, *, output=None):
     """d log_softmax: dx = g - softmax(x) * sum(g), the sum along dim."""
     xp = namespace(grad_output, input, output, op="log_softmax_backward")
+    _check_dim("log_softmax_backward", grad_output, dim)
     p = softmax(input, dim) if output is None else xp.exp(output)
     return grad_output - p * xp.sum(grad_output, axis=dim, keepdims=True)

@@ -205,8 +205,9 @@ def _ce_index_weights(xp, t, C, weight, ignore_index, like):
     """onehot (M, C) (all zeros where ignored), valid (M,) in {0, 1}, wy (M,) = w[y] or 0 where ignored."""
     dev = like.device
     classes = xp.arange(C, device=dev)
-    onehot = xp.astype(t[:, None] == classes[None, :], like.dtype)
-    valid = xp.astype(t != ignore_index, like.dtype)
+    kept = t != ignore_index  # ignore_index may be a real class (0 <= ignore_index < C)
+    onehot = xp.astype((t[:, None] == classes[None, :]) & kept[:, None], like.dtype)
+    valid = xp.astype(kept, like.dtype)
     wy = valid if weight is None else xp.sum(onehot * weight, axis=1)
     return onehot, valid, wy
 

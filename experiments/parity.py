@@ -1,0 +1,403 @@
+"""The parity engine behind parity_tests and `backprop-lab verify`.
+
+`check_op`: one op on one sample, dtype and backend, manual forward + `<op>_backward` against
+torch autograd, with the same random upstream gradient g on both sides (llm.c's
+`fakeloss = (out * g).sum()`): the backward is d<g, f(x)>/dx, never d sum f(x)/dx.
+`check_model`: a whole manual model against `torch_ref.twin(model)`, naming the first layer
+whose gradient diverges in backward order. `finite_diff`: central differences in float64.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.testing import assert_close
+
+import manual.functional as MF
+from manual import _backend as B
+from torch_ref import to_torch, twin, twin_loss
+from torch_ref.opinfo import OpInfo, Sample, Tol
+
+BACKENDS = ("numpy", "torch-cpu", "torch-cuda")
+DEVICE = {"numpy": "numpy", "torch-cpu": "cpu", "torch-cuda": "cuda"}  # manual's device=
+TORCH_DEVICE = {"numpy": "cpu", "torch-cpu": "cpu", "torch-cuda": "cuda"}  # where the oracle runs
+FROM_OUTPUT = "grad_input(output=)"  # key of the gradient computed by <op>_backward(g, output=y)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run torch single-threaded: on these tiny tensors intra-op threads only add barrier waits
+    (measured 4x slower on a loaded 2-core machine). Restores the previous count."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def available_backends() -> list[str]:
+    return [b for b in BACKENDS if b != "torch-cuda" or torch.cuda.is_available()]
+
+
+def seed_of(*parts) -> int:
+    """A stable seed from names (Python's hash() is salted per process)."""
+    return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+def upstream(shape, seed) -> np.ndarray:
+    """A random upstream gradient in float64: never ones, so no error can cancel in a sum."""
+    return np.random.default_rng(seed).standard_normal(tuple(shape))
+
+
+def place(value, backend: str, dtype: str):
+    """A sample value on a backend: floating arrays in `dtype`, integer arrays stay int64."""
+    if not isinstance(value, np.ndarray):
+        return value
+    if np.issubdtype(value.dtype, np.integer):
+        return value.copy() if backend == "numpy" else torch.as_tensor(value, device=DEVICE[backend])
+    return B.place(value, DEVICE[backend], dtype)
+
+
+def _errors(actual: np.ndarray, expected: np.ndarray, floor: float = 0.0) -> tuple[float, float]:
+    """(max |a - e|, max |a - e| / |e| over |e| > floor), in float64; inf on shape mismatch or NaN.
+
+    floor = atol: the relative error is reported where the relative part of the tolerance decides.
+    """
+    if actual.shape != expected.shape:
+        return float("inf"), float("inf")
+    a, e = actual.astype(np.float64), expected.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        d = np.where(a == e, 0.0, np.abs(a - e))  # equal infinities count as exact
+    if d.size == 0:
+        return 0.0, 0.0
+    if np.isnan(d).any():
+        return float("inf"), float("inf")
+    nz = np.abs(e) > floor
+    rel = float(np.max(d[nz] / np.abs(e[nz]))) if nz.any() else 0.0
+    return float(d.max()), rel
+
+
+def _used(actual, expected, tol: Tol) -> float:
+    if actual.shape != expected.shape:
+        return float("inf")
+    a, e = actual.astype(np.float64), expected.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = np.where(a == e, 0.0, np.abs(a - e))
+        u = np.where(d == 0, 0.0, d / (tol.atol + tol.rtol * np.abs(e)))
+    return float(np.nan_to_num(u, nan=np.inf).max()) if u.size else 0.0
+
+
+@dataclass
+class Result:
+    """Manual (`actual`) against the oracle (`expected`), as NumPy, keyed "output", "grad_input", ..."""
+
+    op: str
+    sample: str
+    dtype: str
+    backend: str
+    actual: dict
+    expected: dict
+    tol: Tol
+    native: dict = field(default_factory=dict)  # manual's results as returned (backend arrays)
+    errors: dict = field(default_factory=dict)  # key -> (max abs error, max relative error)
+    problems: list = field(default_factory=list)  # warnings, wrong dtype/device, missing keys
+    passed: bool = False
+
+    @property
+    def header(self) -> str:
+        return f"{self.op}[{self.sample}] on {self.backend} in {self.dtype}"
+
+    @property
+    def abs_err(self) -> float:
+        return max((a for a, _ in self.errors.values()), default=0.0)
+
+    @property
+    def rel_err(self) -> float:
+        return max((r for _, r in self.errors.values()), default=0.0)
+
+    @property
+    def used(self) -> dict:
+        """Per key, the largest share of its tolerance an element uses: max |a - e| / (atol + rtol |e|)."""
+        return {k: _used(self.actual[k], self.expected[k], self.tol) for k in self.errors}
+
+    @property
+    def worst(self) -> str:
+        """The key closest to (or furthest beyond) its tolerance."""
+        used = self.used
+        return max(used, key=used.get) if used else ""
+
+    def assert_close(self):
+        """torch.testing.assert_close on the mappings, the message naming op, sample, backend, dtype, tensor."""
+        assert not self.problems, f"{self.header}: " + "; ".join(self.problems)
+        assert_close(self.actual, self.expected, rtol=self.tol.rtol, atol=self.tol.atol,
+                     msg=lambda m: f"{self.header}: {m}\n(tolerance: {self.tol})")
+
+
+def _name_grads(info: OpInfo, grads) -> dict:
+    if not isinstance(grads, tuple):
+        grads = (grads,)
+    return {f"grad_{n}": g for n, g in zip(info.arg_names, grads) if g is not None}
+
+
+def _placement_problems(native: dict, dtype: str, backend: str) -> list[str]:
+    out = []
+    for k, v in native.items():
+        got = str(v.dtype).replace("torch.", "")
+        if got != dtype:
+            out.append(f"{k}: expected dtype {dtype} (the input's), got {got}")
+        if backend == "numpy" and not isinstance(v, (np.ndarray, np.generic)):
+            out.append(f"{k}: expected a NumPy array, got {type(v).__name__}")
+        if backend != "numpy" and not (isinstance(v, torch.Tensor) and v.device.type == TORCH_DEVICE[backend]):
+            out.append(f"{k}: expected a torch tensor on {TORCH_DEVICE[backend]}, got {type(v).__name__} "
+                       f"on {getattr(v, 'device', 'numpy')}")
+    return out
+
+
+def run_manual(info: OpInfo, sample: Sample, dtype: str, backend: str, backward=None, seed=None):
+    """(placed args, placed kwargs, upstream g, {key: manual result}, [warnings]) for one case."""
+    fwd = getattr(MF, info.name)
+    bwd = backward if backward is not None else getattr(MF, info.name + "_backward")
+    args = [place(a, backend, dtype) for a in sample.args]
+    kwargs = {k: place(v, backend, dtype) for k, v in sample.kwargs.items()}
+    seed = seed_of(info.name, sample.id) if seed is None else seed
+    with warnings.catch_warnings(record=True) as caught, np.errstate(all="warn", under="ignore"):
+        warnings.simplefilter("always")
+        out = fwd(*args, **kwargs)
+        g = place(upstream(out.shape, seed), backend, dtype)
+        native = {"output": out, **_name_grads(info, bwd(g, *args, **kwargs))}
+        if info.from_output:
+            native[FROM_OUTPUT] = bwd(g, output=out, **kwargs)
+    return args, kwargs, g, native, [f"{w.category.__name__}: {w.message}" for w in caught]
+
+
+def run_reference(info: OpInfo, sample: Sample, dtype: str, backend: str, g) -> dict:
+    """The torch reference under autograd, on the matching device and dtype, backward with g."""
+    dev, tdtype = TORCH_DEVICE[backend], getattr(torch, dtype)
+
+    def t(v, grad=False):
+        if not isinstance(v, np.ndarray):
+            return v
+        if np.issubdtype(v.dtype, np.integer):
+            return torch.as_tensor(v, device=dev)
+        return torch.tensor(v, dtype=tdtype, device=dev, requires_grad=grad)
+
+    with torch.enable_grad():
+        targs = [t(a, n in sample.diff) for n, a in zip(info.arg_names, sample.args)]
+        out = info.ref(*targs, **{k: t(v) for k, v in sample.kwargs.items()})
+        out.backward(to_torch(g, device=dev, dtype=tdtype))
+    expected = {"output": out.detach()}
+    for n, a in zip(info.arg_names, targs):
+        if n in sample.diff:
+            expected[f"grad_{n}"] = a.grad if a.grad is not None else torch.zeros_like(a)
+    if info.from_output:
+        expected[FROM_OUTPUT] = expected["grad_input"]
+    return expected
+
+
+def check_op(info: OpInfo, sample: Sample, dtype: str, backend: str, backward=None, seed=None) -> Result:
+    """Manual forward and backward (or the substitute `backward`) against torch autograd."""
+    with one_thread():
+        _, _, g, native, caught = run_manual(info, sample, dtype, backend, backward, seed)
+        expected = {k: B.to_numpy(v) for k, v in run_reference(info, sample, dtype, backend, g).items()}
+    actual = {k: np.array(B.to_numpy(v)) for k, v in native.items()}
+    r = Result(info.name, sample.id, dtype, backend, actual, expected, info.tol(dtype), native)
+    r.problems = caught + _placement_problems(native, dtype, backend)
+    if set(actual) != set(expected):
+        r.problems.append(f"expected results {sorted(expected)}, got {sorted(actual)}")
+    r.errors = {k: _errors(actual[k], expected[k], r.tol.atol) for k in expected if k in actual}
+    try:
+        r.assert_close()
+        r.passed = True
+    except AssertionError:
+        r.passed = False
+    return r
+
+
+# -- finite differences ------------------------------------------------------------------------
+
+FD_STEP = 1e-3
+FD_TOL = Tol(1e-8, 1e-9, "4th-order central difference, h=1e-3: truncation ~h^4 f^(5), rounding ~eps |f| / h; "
+                         "measured 3.5e-10 beyond rtol 1e-8 (BCE on logits 1e3, where |f| ~ 1e3)")
+
+
+def finite_diff(fn, args, kwargs, arg_names, diff, grad_output, h=FD_STEP) -> dict:
+    """d<g, fn(args)>/d arg by the 4th-order central difference [-f(+2h) + 8f(+h) - 8f(-h) + f(-2h)] / 12h.
+
+    float64 NumPy throughout; the outputs are subtracted before the dot with g, so an element
+    the perturbation does not touch contributes exactly zero.
+    """
+    args = [np.array(a, dtype=np.float64) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a
+            for a in args]
+    grads = {}
+    for name in diff:
+        i = arg_names.index(name)
+        x = args[i]
+        grad = np.zeros_like(x)
+        for idx in np.ndindex(x.shape):
+            f = {}
+            for k in (-2, -1, 1, 2):
+                xk = x.copy()
+                xk[idx] += k * h
+                f[k] = np.asarray(fn(*args[:i], xk, *args[i + 1:], **kwargs), dtype=np.float64)
+            slope = (f[-2] - f[2] + 8.0 * (f[1] - f[-1])) / (12.0 * h)
+            grad[idx] = np.sum(grad_output * slope)
+        grads[f"grad_{name}"] = grad
+    return grads
+
+
+# -- whole models -------------------------------------------------------------------------------
+
+MODEL_TOL = {  # measured over every mlp_case on NumPy and torch-cpu (`backprop-lab verify --json` records them)
+    "float64": Tol(1e-13, 1e-16, "three layers of rounding in a different order; measured 4e-19 beyond rtol 1e-13"),
+    "float32": Tol(2e-6, 2e-7, "three layers of float32 rounding; measured 5e-8 beyond rtol 1e-6"),
+}
+
+
+@dataclass
+class ModelResult:
+    dtype: str
+    backend: str
+    tol: Tol
+    errors: dict = field(default_factory=dict)  # name -> (max abs, max rel, passed), in backward order
+    actual: dict = field(default_factory=dict)  # name -> NumPy (manual)
+    expected: dict = field(default_factory=dict)  # name -> NumPy (torch twin)
+    first_divergent: str | None = None  # the layer (module name) where a wrong gradient enters
+    first_divergent_tensor: str | None = None
+    passed: bool = False
+
+
+def _leaves(model):
+    return [(n, m) for n, m in model.named_modules() if not list(m.children())]
+
+
+def check_model(model, criterion, x, y, tol: Tol | None = None, seed=0) -> ModelResult:
+    """Loss, output and every gradient of a manual model against torch_ref.twin(model), by name.
+
+    Per leaf layer, in backward order (closest to the loss first): its parameters' gradients
+    ("2.weight", "2.bias") and the gradient of its input ("2.grad_input"). The first layer with
+    a diverging tensor is where a wrong derivative enters: its upstream gradient still agreed.
+    """
+    with one_thread():
+        return _check_model(model, criterion, x, y, tol, seed)
+
+
+def _check_model(model, criterion, x, y, tol, seed):
+    first = next(iter(model.state_dict().values()))
+    backend = "numpy" if B.backend_name(first) == "numpy" else f"torch-{first.device.type}"
+    dtype = str(first.dtype).replace("torch.", "")
+    tol = tol or MODEL_TOL[dtype]
+    dev = TORCH_DEVICE[backend]
+    leaves = _leaves(model)
+
+    # manual: record each leaf's returned grad_input by wrapping its backward for this call
+    grad_in = {}
+    saved = {}
+    for name, m in leaves:
+        saved[name] = m.__dict__.get("backward")
+        inner = m.backward
+        object.__setattr__(m, "backward",
+                           lambda g, _n=name, _f=inner: grad_in.setdefault(_n, _f(g)))
+    try:
+        out = model(x)
+        loss = criterion(out, y)
+        c = upstream(np.shape(loss), seed)
+        model.zero_grad()
+        model.backward(criterion.backward(B.place(c, B.device_of(out), dtype)))
+    finally:
+        for name, m in leaves:
+            if saved[name] is None:
+                del m.__dict__["backward"]
+            else:
+                object.__setattr__(m, "backward", saved[name])
+
+    # torch: the twin, with each leaf's input kept for its .grad
+    tmodel = twin(model, device=dev)
+    tcrit = twin_loss(criterion, device=dev)
+    tin = {}
+
+    def keep(name):
+        def hook(_mod, inputs):
+            inputs[0].retain_grad()
+            tin[name] = inputs[0]
+        return hook
+
+    handles = [m.register_forward_pre_hook(keep(n)) for n, m in tmodel.named_modules() if n in dict(leaves)]
+    tx = to_torch(x, device=dev).requires_grad_(True)
+    with torch.enable_grad():
+        tout = tmodel(tx)
+        tloss = tcrit(tout, to_torch(y, device=dev))
+        tloss.backward(torch.as_tensor(c, dtype=tloss.dtype, device=dev))
+    for h in handles:
+        h.remove()
+    tgrads = {n: p.grad for n, p in tmodel.named_parameters()}
+    mgrads = {n: p.grad for n, p in model.named_parameters()}
+
+    pairs = [("loss", loss, tloss.detach()), ("output", out, tout.detach())]
+    order = []
+    for name, m in reversed(leaves):
+        for pname, _ in m.named_parameters():
+            full = f"{name}.{pname}" if name else pname
+            pairs.append((full, mgrads[full], tgrads[full]))
+            order.append((name, full))
+        key = f"{name}.grad_input" if name else "grad_input"
+        pairs.append((key, grad_in.get(name), tin[name].grad))
+        order.append((name, key))
+
+    res = ModelResult(dtype, backend, tol)
+    for key, a, e in pairs:
+        if a is None or e is None:
+            res.errors[key] = (float("inf"), float("inf"), a is None and e is None)
+            continue
+        a, e = np.asarray(B.to_numpy(a)), B.to_numpy(e)
+        res.actual[key], res.expected[key] = a, e
+        ab, rel = _errors(a, e, tol.atol)
+        ok = a.shape == e.shape and bool(np.all(np.abs(a.astype(float) - e) <= tol.atol + tol.rtol * np.abs(e)))
+        res.errors[key] = (ab, rel, ok)
+    for layer, key in order:
+        if not res.errors[key][2]:
+            res.first_divergent, res.first_divergent_tensor = layer, key
+            break
+    res.passed = all(ok for _, _, ok in res.errors.values())
+    return res
+
+
+ACTIVATIONS = {  # name -> manual.nn class name and its arguments
+    "relu": ("ReLU", {}),
+    "leaky_relu": ("LeakyReLU", {"negative_slope": 0.1}),
+    "elu": ("ELU", {"alpha": 0.7}),
+    "gelu": ("GELU", {}),
+    "gelu_tanh": ("GELU", {"approximate": "tanh"}),
+    "sigmoid": ("Sigmoid", {}),
+    "tanh": ("Tanh", {}),
+}
+LOSSES = ("mse", "bce", "cross_entropy")
+
+
+def mlp_case(activation: str, loss: str, dtype: str, backend: str, seed=0, batch=7):
+    """(model, criterion, x, y): Linear(5, 8), act, Linear(8, 6), act, Linear(6, 3) and a loss, seeded."""
+    from manual import nn
+
+    rng = np.random.default_rng(seed_of("mlp", activation, loss, seed))
+    dev = DEVICE[backend]
+    cls, kw = ACTIVATIONS[activation]
+    act = lambda: getattr(nn, cls)(**kw)  # noqa: E731
+    model = nn.Sequential(nn.Linear(5, 8, device=dev, dtype=dtype, generator=rng), act(),
+                          nn.Linear(8, 6, device=dev, dtype=dtype, generator=rng), act(),
+                          nn.Linear(6, 3, device=dev, dtype=dtype, generator=rng))
+    x = place(rng.normal(size=(batch, 5)) * 2, backend, dtype)
+    if loss == "mse":
+        return model, nn.MSELoss(), x, place(rng.normal(size=(batch, 3)), backend, dtype)
+    if loss == "bce":
+        pw = place(rng.uniform(0.5, 2.0, size=3), backend, dtype)
+        return model, nn.BCEWithLogitsLoss(pos_weight=pw), x, place(rng.uniform(size=(batch, 3)), backend, dtype)
+    if loss == "cross_entropy":
+        w = place(rng.uniform(0.5, 2.0, size=3), backend, dtype)
+        crit = nn.CrossEntropyLoss(weight=w, label_smoothing=0.05)
+        return model, crit, x, place(rng.integers(0, 3, size=batch), backend, dtype)
+    raise ValueError(f"mlp_case: expected loss in {LOSSES}, got {loss!r}")

@@ -1,0 +1,110 @@
+"""The contracts every manual op keeps (DESIGN.md, manual.functional), on every sample and backend.
+
+Backward is pure: inputs are unchanged, results are new arrays (never views of an input) with
+the input's dtype and device; on torch tensors no autograd graph is built.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import BACKENDS, DTYPES
+
+import manual.functional as MF
+from experiments.parity import FROM_OUTPUT, TORCH_DEVICE, mlp_case, place, upstream
+from manual._backend import to_numpy
+from torch_ref.opinfo import OPS, samples
+
+TORCH_BACKENDS = [b for b in BACKENDS if b.values[0] != "numpy"]
+by_name = pytest.mark.parametrize("op", OPS, ids=lambda op: op.name)
+
+
+def _is_array(v):
+    return isinstance(v, (np.ndarray, torch.Tensor))
+
+
+def _run(op, s, dtype, backend):
+    """Forward and backward (and backward from output=), with snapshots taken before each call."""
+    args = [place(a, backend, dtype) for a in s.args]
+    kwargs = {k: place(v, backend, dtype) for k, v in s.kwargs.items()}
+    inputs = {**dict(zip(op.arg_names, args)), **{k: v for k, v in kwargs.items() if _is_array(v)}}
+    before = {n: np.array(to_numpy(a)) for n, a in inputs.items()}
+    out = getattr(MF, op.name)(*args, **kwargs)
+    g = place(upstream(out.shape, 0), backend, dtype)
+    inputs.update(grad_output=g, output=out)
+    before.update(grad_output=np.array(to_numpy(g)), output=np.array(to_numpy(out)))
+    bwd = getattr(MF, op.name + "_backward")
+    grads = bwd(g, *args, **kwargs)
+    grads = dict(zip((f"grad_{n}" for n in op.arg_names), grads if isinstance(grads, tuple) else (grads,)))
+    if op.from_output:
+        grads[FROM_OUTPUT] = bwd(g, output=out, **kwargs)
+    return inputs, before, out, {k: v for k, v in grads.items() if v is not None}
+
+
+def _shares(a, b):
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        if a.numel() == 0 or b.numel() == 0:
+            return False
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return False
+    return bool(np.shares_memory(a, b))
+
+
+@by_name
+def test_inputs_unchanged(op, backend):
+    for s in samples(op):
+        inputs, before, _, _ = _run(op, s, "float64", backend)
+        for name, a in inputs.items():
+            assert np.array_equal(to_numpy(a), before[name], equal_nan=True), (
+                f"{op.name}[{s.id}] on {backend}: {name} was modified by forward or backward")
+
+
+@by_name
+def test_backward_returns_new_arrays(op, backend):
+    for s in samples(op):
+        inputs, _, out, grads = _run(op, s, "float32", backend)
+        for k, gr in grads.items():
+            for name, a in inputs.items():
+                assert not _shares(gr, a), f"{op.name}[{s.id}] on {backend}: {k} shares memory with {name}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@by_name
+def test_results_keep_input_dtype_and_device(op, dtype, backend):
+    for s in samples(op):
+        _, _, out, grads = _run(op, s, dtype, backend)
+        for k, v in {"output": out, **grads}.items():
+            where = f"{op.name}[{s.id}] on {backend} in {dtype}: {k}"
+            assert str(v.dtype).replace("torch.", "") == dtype, f"{where}: expected dtype {dtype}, got {v.dtype}"
+            if backend == "numpy":
+                assert isinstance(v, (np.ndarray, np.generic)), f"{where}: expected NumPy, got {type(v).__name__}"
+            else:
+                assert isinstance(v, torch.Tensor) and v.device.type == TORCH_DEVICE[backend], (
+                    f"{where}: expected a tensor on {TORCH_DEVICE[backend]}, got {type(v).__name__} "
+                    f"on {getattr(v, 'device', None)}")
+
+
+@pytest.mark.parametrize("backend", TORCH_BACKENDS)
+@by_name
+def test_no_autograd_graph(op, backend):
+    with torch.enable_grad():  # even where autograd is on, manual must not use it
+        for s in samples(op):
+            inputs, _, out, grads = _run(op, s, "float32", backend)
+            for k, v in {"output": out, **grads}.items():
+                assert not v.requires_grad and v.grad_fn is None, f"{op.name}[{s.id}]: {k} carries an autograd graph"
+            for name, a in inputs.items():
+                assert a.grad is None, f"{op.name}[{s.id}]: {name}.grad was set"
+
+
+@pytest.mark.parametrize("backend", TORCH_BACKENDS)
+def test_model_on_torch_builds_no_graph(backend):
+    model, crit, x, y = mlp_case("gelu", "cross_entropy", "float32", backend)
+    with torch.enable_grad():
+        loss = crit(model(x), y)
+        grad_x = model.backward(crit.backward())
+    assert loss.grad_fn is None and grad_x.grad_fn is None and not grad_x.requires_grad
+    for name, p in model.named_parameters():
+        assert p.data.grad is None and not p.data.requires_grad, f"{name}: torch autograd was used"
+        assert p.grad.grad_fn is None, f"{name}.grad carries an autograd graph"

@@ -1,0 +1,165 @@
+"""Tests that prove the tests work: a deliberately wrong derivative must make the suite fail.
+
+Each mutant is passed to check_op as `backward=`; the result must not pass and assert_close must
+raise, naming the op. The mutants are small on purpose (a relative error of 1e-4, the wrong
+convention at one kink): if the tolerances were loose enough to let them through, this fails.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import test_contracts as contracts
+from conftest import DTYPES
+from torch.testing import assert_close
+
+import manual.functional as MF
+from experiments.parity import FD_TOL, check_model, check_op, finite_diff, mlp_case, run_manual
+from manual import nn
+from torch_ref.opinfo import OPS_BY_NAME, samples
+
+CPU = ["numpy", "torch-cpu"]
+
+
+def _scaled(fn, factor, which=None):
+    """fn's result times `factor` (only the tuple entry `which`, if given)."""
+    def wrong(*a, **k):
+        r = fn(*a, **k)
+        if which is None:
+            return r * factor
+        return tuple(x * factor if i == which else x for i, x in enumerate(r))
+    return wrong
+
+
+MUTANTS = {  # id -> (op, sample id, wrong backward)
+    "relu'(0)=1": ("relu", "kink0", lambda g, x: MF.relu_backward(g, x) + g * (x == 0)),
+    "leaky_relu'(0)=1": ("leaky_relu", "kink0-negative_slope=0.2",
+                         lambda g, x, negative_slope: MF.leaky_relu_backward(g, x, negative_slope)
+                         + g * (x == 0) * (1 - negative_slope)),
+    "elu'(0)=1": ("elu", "kink0-alpha=0.5",
+                  lambda g, x, alpha: MF.elu_backward(g, x, alpha) + g * (x == 0) * (1 - alpha)),
+    "sigmoid sign flip": ("sigmoid", "2d", _scaled(MF.sigmoid_backward, -1.0)),
+    "tanh sign flip": ("tanh", "3d", _scaled(MF.tanh_backward, -1.0)),
+    "mse factor 0.5 (the 2 forgotten)": ("mse_loss", "2d-none", _scaled(MF.mse_loss_backward, 0.5)),
+    "bce mean as sum": ("binary_cross_entropy_with_logits", "soft-mean",
+                        lambda g, x, t, reduction: MF.binary_cross_entropy_with_logits_backward(g, x, t, reduction="sum")),
+    "bce pos_weight ignored": ("binary_cross_entropy_with_logits", "pos_weight-none",
+                               lambda g, x, t, pos_weight, reduction:
+                               MF.binary_cross_entropy_with_logits_backward(g, x, t, reduction=reduction)),
+    "linear grad_weight 1e-4": ("linear", "3d", _scaled(MF.linear_backward, 1 + 1e-4, which=1)),
+    "linear grad_input 1e-4": ("linear", "2d", _scaled(MF.linear_backward, 1 + 1e-4, which=0)),
+    "softmax 1e-4": ("softmax", "3d-dim1", _scaled(MF.softmax_backward, 1 + 1e-4)),
+    "log_softmax with softmax's formula": ("log_softmax", "2d-dim1", MF.softmax_backward),
+    "gelu exact with tanh's derivative": ("gelu", "2d-approximate=none",
+                                          lambda g, x, approximate: MF.gelu_backward(g, x, approximate="tanh")),
+    "elu 1e-4": ("elu", "2d", _scaled(MF.elu_backward, 1 + 1e-4)),
+    "cross_entropy 1e-4": ("cross_entropy", "index-mean", _scaled(MF.cross_entropy_backward, 1 + 1e-4)),
+    "cross_entropy weight ignored": ("cross_entropy", "weight-sum",
+                                     lambda g, x, t, weight, reduction: MF.cross_entropy_backward(g, x, t, reduction=reduction)),
+    "cross_entropy smoothing ignored": ("cross_entropy", "smoothing-none",
+                                        lambda g, x, t, label_smoothing, reduction:
+                                        MF.cross_entropy_backward(g, x, t, reduction=reduction)),
+}
+
+
+def _sample(op, sid):
+    return next(s for s in samples(OPS_BY_NAME[op]) if s.id == sid)
+
+
+@pytest.mark.parametrize("backend", CPU)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mutant", MUTANTS)
+def test_wrong_backward_fails(mutant, dtype, backend):
+    op, sid, wrong = MUTANTS[mutant]
+    r = check_op(OPS_BY_NAME[op], _sample(op, sid), dtype, backend, backward=wrong)
+    assert not r.problems, r.problems  # it must be the values that fail, not a side issue
+    assert r.passed is False, f"{mutant} passed: max abs {r.abs_err:.2e} under tolerance {r.tol}"
+    header = re.escape(f"{op}[{sid}] on {backend} in {dtype}")
+    with pytest.raises(AssertionError, match=rf"(?s){header}.*failure occurred for item \['grad_"):
+        r.assert_close()
+
+
+@pytest.mark.parametrize("mutant", ["linear grad_weight 1e-4", "elu 1e-4", "cross_entropy 1e-4", "softmax 1e-4"])
+def test_finite_differences_catch_a_1e4_error(mutant):
+    op, sid, wrong = MUTANTS[mutant]
+    info, s = OPS_BY_NAME[op], _sample(op, sid)
+    _, _, g, native, _ = run_manual(info, s, "float64", "numpy", backward=wrong)
+    fd = finite_diff(getattr(MF, op), list(s.args), s.kwargs, info.arg_names, s.diff, g)
+    with pytest.raises(AssertionError):
+        assert_close({k: native[k] for k in fd}, fd, rtol=FD_TOL.rtol, atol=FD_TOL.atol)
+
+
+def test_random_upstream_gradient_is_needed():
+    """With g = ones, softmax's true gradient is y (1 - sum y) = 0: a backward returning zeros would pass."""
+    info, s = OPS_BY_NAME["softmax"], _sample("softmax", "2d-dim1")
+    zeros = lambda g, x=None, dim=-1, output=None: g * 0.0  # noqa: E731
+    x = s.args[0]
+    assert_close(zeros(np.ones_like(x)), MF.softmax_backward(np.ones_like(x), x, 1), atol=1e-15, rtol=0)
+    assert check_op(info, s, "float64", "numpy", backward=zeros).passed is False
+
+
+# -- whole models: the first diverging layer is the one whose backward is wrong ----------------
+
+@pytest.mark.parametrize("backend", CPU)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_model_names_the_layer_with_a_wrong_weight_gradient(dtype, backend, monkeypatch):
+    model, crit, x, y = mlp_case("tanh", "mse", dtype, backend)
+    assert check_model(model, crit, x, y).passed
+    lin = model[2]
+    real = lin.backward
+
+    def wrong(g):  # layer "2" accumulates a weight gradient 1e-4 too large
+        gi = real(g)
+        lin.weight.grad = lin.weight.grad * (1 + 1e-4)
+        return gi
+
+    monkeypatch.setattr(lin, "backward", wrong)
+    r = check_model(model, crit, x, y)
+    assert r.passed is False
+    assert (r.first_divergent, r.first_divergent_tensor) == ("2", "2.weight"), r.errors
+
+
+@pytest.mark.parametrize("backend", CPU)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_model_names_the_activation_with_a_wrong_derivative(dtype, backend, monkeypatch):
+    model, crit, x, y = mlp_case("tanh", "cross_entropy", dtype, backend)
+    monkeypatch.setattr(nn.Tanh, "_bwd", _scaled(MF.tanh_backward, 1 + 1e-4))  # both Tanh layers, "1" and "3"
+    r = check_model(model, crit, x, y)
+    assert r.passed is False
+    assert r.first_divergent == "3" and r.first_divergent_tensor == "3.grad_input", r.errors
+    assert r.errors["4.weight"][2] and r.errors["4.grad_input"][2], "layer 4 is above the mutant and must agree"
+
+
+# -- the contract tests catch what they claim to ---------------------------------------------
+
+def test_contracts_catch_a_view(monkeypatch):
+    monkeypatch.setattr(MF, "relu_backward", lambda g, x: g[...])  # right on x > 0 only, and a view of g
+    with pytest.raises(AssertionError, match="shares memory with grad_output"):
+        contracts.test_backward_returns_new_arrays(OPS_BY_NAME["relu"], "numpy")
+
+
+def test_contracts_catch_an_input_written_in_place(monkeypatch):
+    real = MF.relu_backward
+
+    def writes_input(g, x):
+        out = real(g, x)
+        x[...] = MF.relu(x)  # a masked write into the caller's array
+        return out
+
+    monkeypatch.setattr(MF, "relu_backward", writes_input)
+    with pytest.raises(AssertionError, match="input was modified"):
+        contracts.test_inputs_unchanged(OPS_BY_NAME["relu"], "torch-cpu")
+
+
+def test_an_overflow_warning_fails_the_check():
+    """Naive 1 / (1 + e^-x) gives the right value at x = -1e4 in float32, but only through an overflow."""
+    def naive(g, x=None, output=None):
+        s = 1.0 / (1.0 + np.exp(-x)) if output is None else output
+        return g * s * (1.0 - s)
+
+    r = check_op(OPS_BY_NAME["sigmoid"], _sample("sigmoid", "saturated"), "float32", "numpy", backward=naive)
+    assert r.passed is False and any("overflow" in p for p in r.problems), r.problems
+    with pytest.raises(AssertionError, match="overflow"):
+        r.assert_close()
