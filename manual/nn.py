@@ -131,7 +131,10 @@ class Module:
                 raise ValueError(
                     f"{type(self).__name__}.load_state_dict: {name}: expected shape {p.shape}, got {tuple(value.shape)}"
                 )
-            p.data = B.place(value, B.device_of(p.data), p.data.dtype)
+            value = B.place(value, B.device_of(p.data), p.data.dtype)
+            # always a copy, as torch's: in-place optimizer updates must not reach the source
+            # (nor a second parameter loaded from the same array)
+            p.data = B.namespace(value).asarray(value, copy=True)
         return self
 
     def zero_grad(self, set_to_none=True):

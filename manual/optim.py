@@ -45,7 +45,8 @@ class Optimizer:
         """{"state": {index: {...}}, "param_groups": [{..., "params": [indices]}]}, as torch.optim."""
         index = {id(p): i for i, (_, p) in enumerate(self._params())}
         groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [index[id(p)] for p in g["params"]]} for g in self.param_groups]
-        state = {index[k]: dict(v) for k, v in self.state.items() if k in index}
+        # only parameters with state, as torch (plain SGD keeps none: its "state" is {})
+        state = {index[k]: dict(v) for k, v in self.state.items() if k in index and v}
         return {"state": state, "param_groups": groups}
 
     def step(self):
@@ -120,6 +121,7 @@ class Adam(Optimizer):
         _check("Adam lr", lr, lr >= 0, "lr >= 0")
         _check("Adam eps", eps, eps >= 0, "eps >= 0")
         _check("Adam betas", betas, all(0 <= b < 1 for b in betas), "each beta in [0, 1)")
+        _check("Adam weight_decay", weight_decay, weight_decay >= 0, "weight_decay >= 0")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
     def _update(self, p, grad, group, state):
