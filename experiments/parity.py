@@ -302,7 +302,7 @@ def _check_model(model, criterion, x, y, tol, seed):
         saved[name] = m.__dict__.get("backward")
         inner = m.backward
         object.__setattr__(m, "backward",
-                           lambda g, _n=name, _f=inner: grad_in.setdefault(_n, _f(g)))
+                           lambda g, _n=name, _f=inner, **kw: grad_in.setdefault(_n, _f(g, **kw)))
     try:
         out = model(x)
         loss = criterion(out, y)

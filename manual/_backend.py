@@ -45,18 +45,35 @@ def namespace(*arrays, op: str = "manual"):
     """The Array API namespace of `arrays`, all of which must share one backend and device.
 
     Cached per array type: `array_namespace` costs microseconds per call, and the hot
-    path (one training step of a small MLP) makes hundreds of calls.
+    path (one training step of a small MLP) makes dozens of calls. The common case (every
+    argument of one type, on one device) returns after a dict lookup and a short loop.
     """
+    first = arrays[0] if arrays else None
+    t = type(first)
+    xp = _NAMESPACES.get(t)
+    if xp is not None:
+        if t is np.ndarray:
+            if all(a is None or type(a) is t for a in arrays):
+                return xp
+        else:
+            dev = first.device
+            if all(a is None or (type(a) is t and a.device == dev) for a in arrays):
+                return xp
+    return _namespace_checked(arrays, op)
+
+
+def _namespace_checked(arrays, op):
+    """The slow path of `namespace`: validate every argument and explain what is wrong."""
     first = None
     for i, a in enumerate(arrays, 1):
         if a is None:
             continue
-        if type(a) not in _NAMESPACES and not _is_array(a):
+        if not _is_array(a):
             raise TypeError(f"{op}: expected a NumPy array or a torch tensor as argument {i}, got {type(a).__name__}")
         if first is None:
             first = a
             continue
-        if type(a) is not type(first) and backend_name(a) != backend_name(first):
+        if backend_name(a) != backend_name(first):
             raise TypeError(
                 f"{op}: mixed backends: expected every array on {backend_name(first)} "
                 f"(like the first argument), got a {backend_name(a)} array as argument {i}"
@@ -70,17 +87,34 @@ def namespace(*arrays, op: str = "manual"):
     t = type(first)
     xp = _NAMESPACES.get(t)
     if xp is None:
-        backend_name(first)  # raises a clear TypeError for lists, scalars, ...
         xp = _NAMESPACES[t] = array_namespace(first)
     return xp
 
 
 def check_same_dtype(op: str, **arrays) -> None:
     """Raise TypeError naming `op` when floating arrays disagree in dtype (no silent promotion)."""
-    dtypes = {name: a.dtype for name, a in arrays.items() if a is not None}
-    if len(set(map(str, dtypes.values()))) > 1:
-        got = ", ".join(f"{n}={d}" for n, d in dtypes.items())
-        raise TypeError(f"{op}: mixed dtypes: expected one floating dtype for all inputs, got {got}")
+    dtype = None
+    for a in arrays.values():
+        if a is None:
+            continue
+        if dtype is None:
+            dtype = a.dtype
+        elif a.dtype != dtype:
+            got = ", ".join(f"{n}={a.dtype}" for n, a in arrays.items() if a is not None)
+            raise TypeError(f"{op}: mixed dtypes: expected one floating dtype for all inputs, got {got}")
+
+
+_ZEROS: dict = {}
+
+
+def zero_like(x):
+    """A cached 0-d zero of x's dtype and device, for `xp.maximum(x, zero)` (no per-call allocation)."""
+    key = (type(x), x.dtype, getattr(x, "device", None))
+    z = _ZEROS.get(key)
+    if z is None:
+        xp = namespace(x)
+        z = _ZEROS[key] = xp.zeros((), dtype=x.dtype, device=x.device)
+    return z
 
 
 def erf(x):

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import numpy as np
+
 from . import _backend as B
 from . import functional as F
 from . import init as I
 from .functional._util import check_reduction
+from .functional.linear import _linear, _linear_backward
 
 
 class Parameter:
@@ -70,7 +73,12 @@ class Module:
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__}.forward")
 
-    def backward(self, grad_output):
+    def backward(self, grad_output, *, input_grad=True):
+        """d loss/d input from d loss/d output; accumulates into each Parameter.grad.
+
+        input_grad=False skips the gradient of the input (returns None), as autograd does for
+        an input that does not require grad: the first layer's g W is never needed in training.
+        """
         raise NotImplementedError(f"{type(self).__name__}.backward")
 
     def __call__(self, *args, **kwargs):
@@ -198,6 +206,19 @@ def _accumulate(p, g):
     p.grad = g if p.grad is None else p.grad + g
 
 
+def _check_placement(module, input, weight):
+    """Explain a backend, device or dtype mismatch between a module's parameters and its input."""
+    B.backend_name(input)  # a list or scalar: TypeError naming what came
+    where = lambda a: "NumPy" if B.backend_name(a) == "numpy" else f"torch {a.device}"  # noqa: E731
+    if where(input) != where(weight):
+        raise TypeError(
+            f"{module!r}: expected an input on {where(weight)} (where the parameters are), got one on "
+            f"{where(input)}: move the model with .to(...) or the input with manual._backend.place"
+        )
+    if input.dtype != weight.dtype:
+        raise TypeError(f"{module!r}: mixed dtypes: expected input of dtype {weight.dtype} (the parameters'), got {input.dtype}")
+
+
 class Linear(Module):
     """y = x W^T + b, W of shape (out_features, in_features), initialised as torch does."""
 
@@ -206,24 +227,26 @@ class Linear(Module):
         if in_features < 0 or out_features < 0:
             raise ValueError(f"Linear: expected non-negative feature counts, got ({in_features}, {out_features})")
         self.in_features, self.out_features = in_features, out_features
-        import numpy as np
-
         self.weight = Parameter(B.place(np.zeros((out_features, in_features)), device, dtype))
         self.bias = Parameter(B.place(np.zeros(out_features), device, dtype)) if bias else None
         I.default_linear_init_(self.weight, self.bias, generator)
 
     def forward(self, input):
+        w = self.weight.data
+        if type(input) is not type(w) or input.dtype != w.dtype or (type(w) is not np.ndarray and input.device != w.device):
+            _check_placement(self, input, w)
         if input.ndim < 1 or input.shape[-1] != self.in_features:
             raise ValueError(
                 f"{self!r}: expected input with {self.in_features} features in its last dimension, "
                 f"got input of shape {tuple(input.shape)}"
             )
-        self._input = input
-        return F.linear(input, self.weight.data, None if self.bias is None else self.bias.data)
+        self.__dict__["_input"] = input  # (..., in), kept for dL/dW (plain dict write: hot path)
+        return _linear(input, w, None if self.bias is None else self.bias.data)
 
-    def backward(self, grad_output):
-        b = None if self.bias is None else self.bias.data
-        gi, gw, gb = F.linear_backward(grad_output, self._saved("_input"), self.weight.data, b)
+    def backward(self, grad_output, *, input_grad=True):
+        x = self._saved("_input")
+        xp = B.namespace(grad_output, x, op="Linear.backward")
+        gi, gw, gb = _linear_backward(xp, grad_output, x, self.weight.data, self.bias is not None, input_grad)
         _accumulate(self.weight, gw)
         if self.bias is not None:
             _accumulate(self.bias, gb)
@@ -244,13 +267,16 @@ class _Activation(Module):
 
     def forward(self, input):
         out = type(self)._fn(input, **self._kwargs())
-        self._input, self._output = input, out
+        self.__dict__["_saved_input"] = out if self._from_output else input  # plain dict write: hot path
         return out
 
-    def backward(self, grad_output):
+    def backward(self, grad_output, *, input_grad=True):
+        if not input_grad:
+            return None
+        saved = self._saved("_saved_input")
         if self._from_output:
-            return type(self)._bwd(grad_output, output=self._saved("_output"))
-        return type(self)._bwd(grad_output, self._saved("_input"), **self._kwargs())
+            return type(self)._bwd(grad_output, output=saved)
+        return type(self)._bwd(grad_output, saved, **self._kwargs())
 
 
 class ReLU(_Activation):
@@ -332,9 +358,10 @@ class Sequential(Module):
             input = m(input)
         return input
 
-    def backward(self, grad_output):
-        for m in reversed(self._modules.values()):
-            grad_output = m.backward(grad_output)
+    def backward(self, grad_output, *, input_grad=True):
+        children = list(self._modules.values())
+        for i in range(len(children) - 1, -1, -1):
+            grad_output = children[i].backward(grad_output, input_grad=input_grad or i > 0)
         return grad_output
 
 
@@ -352,7 +379,7 @@ class _Loss(Module):
         return {"reduction": self.reduction}
 
     def forward(self, input, target):
-        self._input, self._target = input, target
+        self.__dict__["_input"], self.__dict__["_target"] = input, target
         return type(self)._fn(input, target, **self._kwargs())
 
     def backward(self, grad_output=None):

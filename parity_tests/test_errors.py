@@ -68,8 +68,10 @@ def test_class_index_out_of_range(device, bad):
 def test_mixed_dtypes():
     with pytest.raises(TypeError, match=r"mse_loss: mixed dtypes: expected one floating dtype .*got input=float64, target=float32"):
         F.mse_loss(zeros(2, 3), zeros(2, 3, dtype=F32))
-    with pytest.raises(TypeError, match=r"linear: mixed dtypes: .*got input=float64, weight=float32, bias=float32"):
+    with pytest.raises(TypeError, match=r"Linear\(in_features=3, out_features=2, bias=True\): mixed dtypes: expected input of dtype float32 \(the parameters'\), got float64"):
         nn.Linear(3, 2)(zeros(2, 3))  # a float32 model (torch's default) given float64
+    with pytest.raises(TypeError, match=r"linear: mixed dtypes: .*got input=float64, weight=float32, bias=float32"):
+        F.linear(zeros(2, 3), zeros(2, 3, dtype=F32), zeros(2, dtype=F32))
     with pytest.raises(TypeError, match=r"cross_entropy: mixed dtypes: .*got input=float32, weight=float64"):
         F.cross_entropy(zeros(2, 3, dtype=F32), np.array([0, 1]), weight=np.ones(3))
     with pytest.raises(TypeError, match=r"binary_cross_entropy_with_logits: mixed dtypes: .*pos_weight=float64"):
@@ -77,13 +79,17 @@ def test_mixed_dtypes():
 
 
 def test_numpy_input_into_a_torch_backed_module():
-    with pytest.raises(TypeError, match=r"linear: mixed backends: expected every array on numpy .*got a torch array as argument 2"):
+    with pytest.raises(TypeError, match=r"Linear\(in_features=3.*\): expected an input on torch cpu \(where the parameters are\), got one on NumPy: move"):
         nn.Linear(3, 2, device="cpu")(zeros(2, 3, dtype=F32))
+    with pytest.raises(TypeError, match=r"linear: mixed backends: expected every array on numpy .*got a torch array as argument 2"):
+        F.linear(zeros(2, 3, dtype=F32), torch.zeros(2, 3))
 
 
 def test_torch_input_into_a_numpy_backed_module():
-    with pytest.raises(TypeError, match=r"linear: mixed backends: expected every array on torch .*got a numpy array as argument 2"):
+    with pytest.raises(TypeError, match=r"Linear\(in_features=3.*\): expected an input on NumPy \(where the parameters are\), got one on torch cpu"):
         nn.Linear(3, 2)(torch.zeros(2, 3))
+    with pytest.raises(TypeError, match=r"linear: mixed backends: expected every array on torch .*got a numpy array as argument 2"):
+        F.linear(torch.zeros(2, 3), zeros(2, 3, dtype=F32))
 
 
 def test_mixed_backends_in_an_op_and_a_non_array():

@@ -317,3 +317,22 @@ def test_calculate_gain_matches_torch(nonlinearity, param, value):
     got = init.calculate_gain(nonlinearity, param)
     assert got == pytest.approx(value, rel=1e-15)
     assert got == pytest.approx(torch.nn.init.calculate_gain(nonlinearity, param), rel=1e-15)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch-cpu"])
+def test_input_grad_false_skips_only_the_input_gradient(backend):
+    """model.backward(g, input_grad=False) returns None and leaves every parameter gradient as with True."""
+    dev = DEVICE_OF[backend]
+    rng = np.random.default_rng(7)
+    x = B.place(rng.standard_normal((5, 3)), dev, "float64")
+    g = B.place(rng.standard_normal((5, 2)), dev, "float64")
+    grads = []
+    for flag in (True, False):
+        init.manual_seed(3)
+        model = nn.Sequential(nn.Linear(3, 4, dtype="float64", device=dev), nn.Tanh(), nn.Linear(4, 2, dtype="float64", device=dev))
+        model(x)
+        gi = model.backward(g, input_grad=flag)
+        assert (gi is None) == (not flag)
+        grads.append({n: B.to_numpy(p.grad) for n, p in model.named_parameters()})
+    for name in grads[0]:
+        np.testing.assert_array_equal(grads[1][name], grads[0][name], err_msg=name)

@@ -55,8 +55,8 @@ def test_a_broken_op_backward_exits_1_and_is_named(tmp_path, capsys, monkeypatch
 def test_a_broken_model_names_the_first_diverging_layer(tmp_path, capsys, monkeypatch):
     real = nn.Linear.backward
 
-    def wrong(self, g):  # every Linear: grad_input 1e-4 too large; the topmost ("4") diverges first
-        return real(self, g) * (1 + 1e-4)
+    def wrong(self, g, **kw):  # every Linear: grad_input 1e-4 too large; the topmost ("4") diverges first
+        return real(self, g, **kw) * (1 + 1e-4)
 
     monkeypatch.setattr(nn.Linear, "backward", wrong)
     path = tmp_path / "v.json"

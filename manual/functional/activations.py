@@ -18,7 +18,7 @@ def _mask(cond, like, xp):
 def relu(input):
     """relu(x) = max(0, x)."""
     xp = namespace(input, op="relu")
-    return xp.clip(input, min=0.0)
+    return xp.maximum(input, B.zero_like(input))  # a cached 0-d zero: clip() costs 3x more in NumPy
 
 
 def relu_backward(grad_output, input):

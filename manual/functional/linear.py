@@ -22,8 +22,7 @@ def linear(input, weight, bias=None):
     """y = x W^T + b, for x of shape (..., in), W (out, in), b (out,) -> y (..., out)."""
     namespace(input, weight, bias, op="linear")
     _check("linear", input, weight, bias)
-    out = input @ weight.T  # (..., in) @ (in, out) -> (..., out)
-    return out if bias is None else out + bias
+    return _linear(input, weight, bias)
 
 
 def linear_backward(grad_output, input, weight, bias=None):
@@ -33,10 +32,27 @@ def linear_backward(grad_output, input, weight, bias=None):
     """
     xp = namespace(grad_output, input, weight, bias, op="linear_backward")
     _check("linear_backward", input, weight, bias)
+    expected = tuple(input.shape[:-1]) + (weight.shape[0],)
+    if tuple(grad_output.shape) != expected:
+        raise ValueError(f"linear_backward: expected grad_output of shape {expected}, got {tuple(grad_output.shape)}")
+    check_same_dtype("linear_backward", grad_output=grad_output, input=input)
+    return _linear_backward(xp, grad_output, input, weight, bias is not None)
+
+
+# The kernels: unchecked, called by manual.nn.Linear after it has validated its input once.
+
+def _linear(input, weight, bias):
+    out = input @ weight.T  # (..., in) @ (in, out) -> (..., out), a new array
+    if bias is not None:
+        out += bias  # in place on our own temporary: saves one (..., out) allocation
+    return out
+
+
+def _linear_backward(xp, grad_output, input, weight, has_bias, input_grad=True):
     out_f, in_f = weight.shape
-    grad_input = grad_output @ weight  # (..., out) @ (out, in) -> (..., in)
+    grad_input = grad_output @ weight if input_grad else None  # (..., out) @ (out, in) -> (..., in)
     g2 = xp.reshape(grad_output, (-1, out_f))  # (B, out), B = product of the batch dims
     x2 = xp.reshape(input, (-1, in_f))  # (B, in)
     grad_weight = g2.T @ x2  # (out, in)
-    grad_bias = None if bias is None else xp.sum(g2, axis=0)
+    grad_bias = xp.sum(g2, axis=0) if has_bias else None  # (out,)
     return grad_input, grad_weight, grad_bias
