@@ -115,19 +115,17 @@ class RunLogger:
     def histogram(self, impl, tag, array, step):
         if impl in self.writers:
             a = B.to_numpy(array).astype(np.float64, copy=False)
-            if a.size and np.all(np.isfinite(a)):
+            # TensorBoard's buckets end at 1e20: a diverging run's weights would make an empty histogram
+            if a.size and np.all(np.isfinite(a)) and np.max(np.abs(a)) < 1e20:
                 self.writers[impl].add_histogram(tag, a, step)
 
     def image(self, impl, tag, img, step=0):
         """img: HxWx3 uint8/float array, or a matplotlib Figure."""
-        targets = self.writers.items() if impl is None else [(impl, self.writers.get(impl))]
-        for _, w in targets:
-            if w is None:
-                continue
-            if hasattr(img, "savefig"):
-                w.add_image(tag, figure_to_array(img), step, dataformats="HWC")
-            else:
-                w.add_image(tag, np.asarray(img), step, dataformats="HWC")
+        targets = list(self.writers.values()) if impl is None else [self.writers.get(impl)]
+        arr = figure_to_array(img) if hasattr(img, "savefig") else np.asarray(img)  # render once
+        for w in targets:
+            if w is not None:
+                w.add_image(tag, arr, step, dataformats="HWC")
 
     def text(self, tag, text, step=0):
         for w in self.writers.values():

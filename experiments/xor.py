@@ -77,4 +77,4 @@ def main(cfg: Config):
     ]
     results = {i: {"linear_accuracy": lin_acc[i], "mlp_accuracy": mlp_acc[i],
                    "mlp_final_loss": mlp_hist["loss"][i][-1]} for i in cfg.impls}
-    return _lab.result(cfg, log, results, claims, drift=max(drifts) if drifts else None)
+    return _lab.result(cfg, log, results, claims, drift=float(np.max(drifts)) if drifts else None)  # NaN propagates

@@ -51,8 +51,8 @@ def _linear(input, weight, bias):
 def _linear_backward(xp, grad_output, input, weight, has_bias, input_grad=True):
     out_f, in_f = weight.shape
     grad_input = grad_output @ weight if input_grad else None  # (..., out) @ (out, in) -> (..., in)
-    g2 = xp.reshape(grad_output, (-1, out_f))  # (B, out), B = product of the batch dims
-    x2 = xp.reshape(input, (-1, in_f))  # (B, in)
+    g2 = grad_output if grad_output.ndim == 2 else xp.reshape(grad_output, (-1, out_f))  # (B, out)
+    x2 = input if input.ndim == 2 else xp.reshape(input, (-1, in_f))  # (B, in); B = product of batch dims
     grad_weight = g2.T @ x2  # (out, in)
     grad_bias = xp.sum(g2, axis=0) if has_bias else None  # (out,)
     return grad_input, grad_weight, grad_bias
