@@ -1,0 +1,307 @@
+"""Activation functions (guide: "Activation Functions", "Why ReLU Solved Deep Learning"):
+sigmoid' <= 0.25 shrinks the gradient at every layer of a deep net; ReLU' = 1 does not."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import manual.functional as F
+from manual import _backend as B
+from manual import init, nn, optim
+
+from . import _lab
+from ._lab import opt
+
+NAME = "activations"
+SUMMARY = "six activations and their derivatives; sigmoid's gradients vanish in a 12-layer net, ReLU's do not"
+SECTION = "Activation Functions"
+
+# name -> (manual module, manual forward, manual backward, torch forward)
+ACTIVATIONS = {
+    "sigmoid": (nn.Sigmoid, F.sigmoid, F.sigmoid_backward, torch.sigmoid),
+    "tanh": (nn.Tanh, F.tanh, F.tanh_backward, torch.tanh),
+    "relu": (nn.ReLU, F.relu, F.relu_backward, torch.relu),
+    "leaky_relu": (nn.LeakyReLU, F.leaky_relu, F.leaky_relu_backward, torch.nn.functional.leaky_relu),
+    "elu": (nn.ELU, F.elu, F.elu_backward, torch.nn.functional.elu),
+    "gelu": (nn.GELU, F.gelu, F.gelu_backward, torch.nn.functional.gelu),
+}
+# |manual <op>_backward - autograd| on the plotting grid, and relative gap of gradient norms
+DERIV_TOL = {"float64": 1e-12, "float32": 1e-6}
+NORM_RTOL = {"float64": 1e-10, "float32": 1e-4}
+HISTOGRAMS = ("sigmoid", "relu")  # weight/grad histograms (first and last step) for the two the guide contrasts
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run tiny matmuls on one thread: with (32, 32) weights, BLAS/OpenMP thread pools only add
+    synchronisation, and on a busy 2-core machine they made each op ~10x slower."""
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@dataclass
+class Config(_lab.RunConfig):
+    depth: int = opt(12, "Linear layers in each deep net (depth - 1 activations)")
+    width: int = opt(32, "units per hidden layer; also the input dimension, so layer 1 is width x width too")
+    init: str = opt("he", "weights of the deep nets: he (the guide's randn * sqrt(2/n_in), zero bias) or "
+                    "default (torch.nn.Linear's U(+-1/sqrt(n_in)))", choices=("he", "default"))
+    n_train: int = opt(512, "training points of the circle task (256 more for validation)")
+    batch: int = opt(64, "mini-batch size")
+    steps: int = opt(250, "Adam steps per activation (quick: 60)")
+    lr: float = opt(1e-3, "Adam learning rate")
+
+
+def circle_task(rng, n, embed):
+    """The guide's circle problem, seen through d random linear features.
+
+    p ~ N(0, I_2); y = 1 outside the circle |p|^2 = 2 ln 2 (the median, so classes balance);
+    x = p @ embed with embed (2, d) ~ N(0, 1/2): d unit-variance inputs, so layer 1 is
+    (width, d) like the hidden layers and its gradient norm compares like with like.
+    """
+    p = rng.normal(size=(n, 2))  # (N, 2)
+    x = p @ embed  # (N, d)
+    return x, (np.sum(p * p, axis=1) > 2 * np.log(2)).astype(np.float64)[:, None]  # (N, 1)
+
+
+def deep_net(act, depth, width, init_name):
+    """Linear(width, width) -> act -> ... -> Linear(width, 1): `depth` Linear layers."""
+    layers = []
+    for _ in range(depth - 1):
+        layers += [nn.Linear(width, width), ACTIVATIONS[act][0]()]
+    layers.append(nn.Linear(width, 1))
+    if init_name == "he":
+        for layer in layers[::2]:
+            init.he_normal_(layer.weight)
+            init.zeros_(layer.bias)
+    return nn.Sequential(*layers)
+
+
+def weight_grad_norms(twins, x, y):
+    """impl -> [||dL/dW|| of each Linear, input to output] at the current weights (no step taken)."""
+    (xm, ym), (xt, yt) = twins.place(x, y)
+    out = {}
+    if "manual" in twins.impls:
+        twins.model.zero_grad()
+        twins.criterion(twins.model(xm), ym)
+        twins.model.backward(twins.criterion.backward())
+        out["manual"] = [float(np.linalg.norm(B.to_numpy(p.grad)))
+                         for n, p in twins.model.named_parameters() if n.endswith("weight")]
+        twins.model.zero_grad()
+    if "torch" in twins.impls:
+        twins.tmodel.zero_grad()
+        twins.tcriterion(twins.tmodel(xt), yt).backward()
+        out["torch"] = [float(p.grad.norm()) for n, p in twins.tmodel.named_parameters() if n.endswith("weight")]
+        twins.tmodel.zero_grad()
+    return out
+
+
+def dead_fraction(twins, x):
+    """impl -> fraction of hidden units whose output is exactly 0 for every row of x."""
+    xm, xt = twins.place(x)
+    out = {}
+    for impl, model, h in (("manual", twins.model, xm), ("torch", twins.tmodel, xt)):
+        if impl not in twins.impls:
+            continue
+        dead = []
+        with torch.no_grad():
+            for i, layer in enumerate(model):
+                h = layer(h)
+                if i % 2:  # the activations sit at odd positions
+                    dead.append(np.all(B.to_numpy(h) == 0, axis=0))  # (width,)
+        out[impl] = float(np.mean(np.concatenate(dead)))
+    return out
+
+
+def derivatives(cfg, grid):
+    """name -> {"f": f(grid), "manual": <op>_backward(ones, grid), "torch": autograd d f/dx} as NumPy."""
+    tdev, mdev = _lab.resolve_device(cfg.device)
+    xm = B.place(grid, mdev, cfg.dtype)
+    out = {}
+    for name, (_, fwd, bwd, tfwd) in ACTIVATIONS.items():
+        ones = B.place(np.ones_like(grid), mdev, cfg.dtype)  # the elementwise derivative itself
+        xt = torch.tensor(grid, dtype=getattr(torch, cfg.dtype), device=tdev, requires_grad=True)
+        tfwd(xt).backward(torch.ones_like(xt))
+        out[name] = {"f": B.to_numpy(fwd(xm)), "manual": B.to_numpy(bwd(ones, xm)),
+                     "torch": xt.grad.cpu().numpy()}
+    return out
+
+
+def derivative_figure(grid, d):
+    plt = _lab.pyplot()
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for i, (name, v) in enumerate(d.items()):
+        c = f"C{i}"
+        a0.plot(grid, v["f"], color=c, label=name)
+        a1.plot(grid, v["manual"], color=c, label=f"{name} (manual)")
+        a1.plot(grid[::40], v["torch"][::40], "o", color=c, ms=3, mfc="none")
+    a0.set(title="activation f(x)", xlabel="x", ylim=(-1.5, 3))
+    a1.set(title="f'(x): lines manual <op>_backward, circles autograd", xlabel="x", ylim=(-0.2, 1.3))
+    a1.axhline(0.25, color="gray", lw=0.6, ls=":")
+    a0.legend(fontsize=7)
+    for a in (a0, a1):
+        a.grid(alpha=0.3)
+    return fig
+
+
+def profile_figure(norms, other, cfg, other_init, impl):
+    """Per-layer weight-gradient norm vs depth at init, one line per activation; two inits side by side."""
+    plt = _lab.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    for ax, prof, which in ((axes[0], norms, cfg.init), (axes[1], other, other_init)):
+        for i, (name, g) in enumerate(prof.items()):
+            ax.semilogy(range(1, len(g[impl]) + 1), g[impl], "osv^dp"[i] + "-", color=f"C{i}", ms=4, mfc="none",
+                        label=name)
+        ax.set(title=f"{impl}: ||dL/dW|| at init ({which} init)", xlabel="layer (1 = input side)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("gradient norm")
+    axes[0].legend(fontsize=7)
+    return fig
+
+
+def val_metrics(twins, x, y):
+    """accuracy and BCE of each implementation's logits on (x, y)."""
+    out = {"accuracy/val": {}, "loss/val": {}}
+    for impl, z in twins.forward(x).items():
+        out["accuracy/val"][impl] = _lab.accuracy(z, y)
+        out["loss/val"][impl] = float(np.mean(np.logaddexp(0, z) - y * z))  # BCE from logits
+    return out
+
+
+def main(cfg: Config):
+    with one_thread():
+        return _main(cfg)
+
+
+def _main(cfg: Config):
+    rng = _lab.seeded(cfg)
+    steps = min(cfg.steps, 60) if cfg.quick else cfg.steps
+    embed = rng.normal(0.0, np.sqrt(0.5), size=(2, cfg.width))
+    x, y = circle_task(rng, cfg.n_train, embed)
+    xv, yv = circle_task(rng, 256, embed)
+    order = [rng.choice(cfg.n_train, cfg.batch, replace=False) for _ in range(steps)]  # same batches for all
+    grid = np.arange(-600, 601) / 100.0  # [-6, 6] with x = 0 exactly on it
+    other_init = "default" if cfg.init == "he" else "he"
+    seed_state = init.default_generator().bit_generator.state
+
+    with _lab.RunLogger(NAME, cfg) as log:
+        log.text("task", f"circle task through {cfg.width} random linear features: {cfg.n_train} train / "
+                 "256 val points; "
+                 f"{cfg.depth} Linear layers of width {cfg.width}, {cfg.init} init, Adam lr {cfg.lr}, "
+                 f"{steps} steps of batch {cfg.batch}")
+        d = derivatives(cfg, grid)
+        log.image(None, "activations/derivatives", derivative_figure(grid, d))
+        sig10 = derivatives_at(cfg, [-10.0, 10.0])
+
+        norms, other, dead0, dead1, final, hists = {}, {}, {}, {}, {}, {}
+        for name in ACTIVATIONS:
+            init.default_generator().bit_generator.state = seed_state  # the same draws for every net
+            twins_other = _lab.Twins(deep_net(name, cfg.depth, cfg.width, other_init), nn.BCEWithLogitsLoss(),
+                                     lambda p: optim.Adam(p, lr=cfg.lr), cfg)
+            other[name] = weight_grad_norms(twins_other, x, y)
+            init.default_generator().bit_generator.state = seed_state
+            twins = _lab.Twins(deep_net(name, cfg.depth, cfg.width, cfg.init), nn.BCEWithLogitsLoss(),
+                               lambda p: optim.Adam(p, lr=cfg.lr), cfg)
+            norms[name] = weight_grad_norms(twins, x, y)
+            dead0[name] = dead_fraction(twins, x)
+
+            def evaluate(step, twins=twins):
+                m = val_metrics(twins, xv, yv)
+                m["accuracy/train"] = {i: _lab.accuracy(z, y) for i, z in twins.forward(x).items()}
+                return m
+
+            hists[name] = _lab.train(twins, log, lambda s: (x[order[s]], y[order[s]]), steps,
+                                     evaluate=evaluate, eval_every=max(steps // 10, 1), lr=cfg.lr,
+                                     log_histograms_every=steps if name in HISTOGRAMS else None,
+                                     desc=f"activations {name}", progress=cfg.progress, prefix=f"{name}/")
+            dead1[name] = dead_fraction(twins, x)
+            final[name] = val_metrics(twins, xv, yv)
+            for impl in cfg.impls:
+                log.scalar(f"{name}/dead_fraction", {impl: dead0[name][impl]}, 0)
+                log.scalar(f"{name}/dead_fraction", {impl: dead1[name][impl]}, steps)
+                log.hparams({"activation": name, "init": cfg.init, "depth": cfg.depth, "lr": cfg.lr},
+                            {"hparam/first_over_last_grad": norms[name][impl][0] / norms[name][impl][-1],
+                             "hparam/val_loss": final[name]["loss/val"][impl],
+                             "hparam/dead_fraction": dead1[name][impl]}, run_name=name, impl=impl)
+        for impl in cfg.impls:
+            log.image(impl, "activations/grad_norm_vs_depth", profile_figure(norms, other, cfg, other_init, impl))
+
+    claims = derivative_claims(cfg, d, sig10) + net_claims(cfg, steps, norms, final, dead0, dead1)
+    drifts = [dd for h in hists.values() for dd in h["drift"]]
+    results = {i: {a: {"grad_norm_at_init": norms[a][i], "first_over_last": norms[a][i][0] / norms[a][i][-1],
+                       f"first_over_last_{other_init}_init": other[a][i][0] / other[a][i][-1],
+                       "dead_fraction_init": dead0[a][i], "dead_fraction_trained": dead1[a][i],
+                       "final_train_loss": hists[a]["loss"][i][-1], "val_loss": final[a]["loss/val"][i],
+                       "val_accuracy": final[a]["accuracy/val"][i], "status": hists[a]["status"]}
+                   for a in ACTIVATIONS} for i in cfg.impls}
+    return _lab.result(cfg, log, results, claims, drift=max(drifts) if drifts else None)
+
+
+def derivatives_at(cfg, xs):
+    """sigmoid'(x) at a few points: manual sigmoid_backward(ones) and autograd."""
+    return derivatives(cfg, np.asarray(xs, dtype=np.float64))["sigmoid"]
+
+
+def net_claims(cfg, steps, norms, final, dead0, dead1):
+    ratio = {a: {i: g[0] / g[-1] for i, g in norms[a].items()} for a in norms}
+    acc = {a: final[a]["accuracy/val"] for a in final}
+    learned = {i: acc["relu"][i] >= 0.8 and acc["sigmoid"][i] <= 0.6 for i in cfg.impls}
+    leaky = {i: max(dead0["leaky_relu"][i], dead1["leaky_relu"][i]) for i in cfg.impls}
+    claims = [
+        _lab.claim(f"sigmoid, {cfg.depth} layers: last/first layer gradient >= 100x at init (vanishing)",
+                   *_per_impl(ratio["sigmoid"], lambda r: 1 / r >= 100),
+                   **_values({i: 1 / r for i, r in ratio["sigmoid"].items()})),
+        _lab.claim(f"ReLU, {cfg.depth} layers: first/last layer gradient within 10x at init (0.1..10)",
+                   *_per_impl(ratio["relu"], lambda r: 0.1 <= r <= 10), **_values(ratio["relu"])),
+        _lab.claim(f"ReLU net learns the circle (val acc >= 0.8), sigmoid's stays <= 0.6 ({steps} steps)",
+                   *_per_impl(learned, bool),
+                   **_values({i: f"relu {acc['relu'][i]:.2f} / sigmoid {acc['sigmoid'][i]:.2f}" for i in cfg.impls})),
+        _lab.claim("Leaky ReLU: no dead units (0 on every input), at init or trained",
+                   *_per_impl(leaky, lambda f: f == 0.0),
+                   **_values({i: f"{leaky[i]:g} (ReLU: {dead0['relu'][i]:.0%} -> {dead1['relu'][i]:.0%})"
+                              for i in cfg.impls})),
+    ]
+    if len(cfg.impls) == 2:
+        gap = max(abs(a - b) / max(abs(b), 1e-300)
+                  for n in norms for a, b in zip(norms[n]["manual"], norms[n]["torch"]))
+        claims.append(_lab.claim("per-layer gradient norms at init: manual = autograd (max rel gap)",
+                                 None, None, manual=gap, holds=gap <= NORM_RTOL[cfg.dtype]))
+    return claims
+
+
+def derivative_claims(cfg, d, sig10):
+    tol = DERIV_TOL[cfg.dtype]
+    peak = {i: float(np.max(d["sigmoid"][i])) for i in ("manual", "torch")}
+    at0 = {i: float(d["sigmoid"][i][600]) for i in ("manual", "torch")}  # grid[600] == 0.0
+    s10 = {i: float(np.max(sig10[i])) for i in ("manual", "torch")}
+    same = {i: float(abs(sig10[i][0] - sig10[i][1])) for i in ("manual", "torch")}
+    gap = max(float(np.max(np.abs(v["manual"] - v["torch"]))) for v in d.values())
+    return [
+        _lab.claim("sigmoid'(x) peaks at 0.25, at x = 0", *(abs(peak[i] - 0.25) <= tol and peak[i] == at0[i]
+                                                             for i in _lab.IMPLS), manual=peak["manual"],
+                   torch_=peak["torch"]),
+        _lab.claim("sigmoid'(+-10) ~ 0.00005: tiny (rounds to 5e-5)",
+                   *(4.5e-5 <= s10[i] < 5.5e-5 and same[i] <= tol for i in _lab.IMPLS),
+                   manual=s10["manual"], torch_=s10["torch"]),
+        _lab.claim("<op>_backward(ones, x) = autograd f'(x), 6 activations (max diff)",
+                   None, None, manual=gap, holds=gap <= tol),
+    ]
+
+
+def _per_impl(values, test):
+    """(holds_manual, holds_torch): test(value) per implementation, None where it did not run."""
+    return tuple(None if i not in values else bool(test(values[i])) for i in _lab.IMPLS)
+
+
+def _values(values):
+    return {"manual": values.get("manual"), "torch_": values.get("torch")}
