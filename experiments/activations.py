@@ -3,7 +3,7 @@ sigmoid' <= 0.25 shrinks the gradient at every layer of a deep net; ReLU' = 1 do
 
 from __future__ import annotations
 
-import contextlib
+from ._threads import one_thread
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,21 +33,6 @@ ACTIVATIONS = {
 DERIV_TOL = {"float64": 1e-12, "float32": 1e-6}
 NORM_RTOL = {"float64": 1e-10, "float32": 1e-4}
 HISTOGRAMS = ("sigmoid", "relu")  # weight/grad histograms (first and last step) for the two the guide contrasts
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run tiny matmuls on one thread: with (32, 32) weights, BLAS/OpenMP thread pools only add
-    synchronisation, and on a busy 2-core machine they made each op ~10x slower."""
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(1):
-            yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass

@@ -6,7 +6,10 @@ and the same updated weights from the same start. Then paired rounds: in each ro
 implementation times a block of steps (the order rotates per round); we report the median
 step time per implementation and the median of the per-round ratios to autograd. OpenBLAS's
 idle threads keep spinning ~0.1 s after a NumPy matmul and slow a torch step that follows
-(~2x seen here), so the bench sleeps SETTLE_S whenever it switches from NumPy to torch.
+(~2x seen here), and torch's OpenMP workers spin after their own parallel regions, so the bench
+sleeps SETTLE_S before every timed block: no block starts while another library's threads spin.
+The manual step skips the first layer's input gradient (`input_grad=False`), as autograd does
+for an input that does not require grad.
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ def make_steps(sizes, batch, dtype, device, only=None):
         def step():
             opt.zero_grad()
             loss = crit(model(xm), ym)
-            model.backward(crit.backward())
+            model.backward(crit.backward(), input_grad=False)
             opt.step()
             return loss
 
@@ -174,14 +177,11 @@ def paired_rounds(steps, rounds, target_s):
             steps[n][0]()
     counts = {n: calibrate(n, steps[n][0], target_s) for n in names}
     times = {n: [] for n in names}
-    prev = None
     for r in range(rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         for n in order:
-            if prev == "manual-numpy" and n != prev:
-                time.sleep(SETTLE_S)
+            time.sleep(SETTLE_S)  # let the previous block's BLAS/OpenMP threads go idle
             times[n].append(time_block(n, steps[n][0], counts[n]))
-            prev = n
     return times
 
 
@@ -191,35 +191,24 @@ def step_flops(sizes, batch):
 
 
 def matmul_peak(n, dtype, rounds=5):
-    """Median GFLOP/s of an n x n matmul, NumPy and torch (CPU), in this process."""
+    """Median GFLOP/s of an n x n matmul (3 warm-ups first), NumPy and torch CPU (and CUDA)."""
     a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
-    out = {}
-    ts = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        a @ a
-        ts.append(time.perf_counter() - t0)
-    out["numpy"] = 2 * n**3 / statistics.median(ts) / 1e9
-    time.sleep(SETTLE_S)
     ta = torch.from_numpy(a)
-    ta @ ta
-    ts = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        ta @ ta
-        ts.append(time.perf_counter() - t0)
-    out["torch"] = 2 * n**3 / statistics.median(ts) / 1e9
+    libs = {"numpy": (a, None), "torch": (ta, None)}
     if torch.cuda.is_available():
-        tc = ta.cuda()
-        tc @ tc
-        torch.cuda.synchronize()
+        libs["cuda"] = (ta.cuda(), torch.cuda.synchronize)
+    out = {}
+    for name, (m, sync) in libs.items():
+        time.sleep(SETTLE_S)
         ts = []
-        for _ in range(rounds):
+        for i in range(3 + rounds):
             t0 = time.perf_counter()
-            tc @ tc
-            torch.cuda.synchronize()
-            ts.append(time.perf_counter() - t0)
-        out["cuda"] = 2 * n**3 / statistics.median(ts) / 1e9
+            m @ m
+            if sync:
+                sync()
+            if i >= 3:
+                ts.append(time.perf_counter() - t0)
+        out[name] = 2 * n**3 / statistics.median(ts) / 1e9
     return out
 
 

@@ -31,11 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMANDS:
         importlib.import_module(f"experiments.{name}").register(sub)
+    for p in sub.choices.values():  # so an unknown option is reported by the parser that owns it
+        if p.get_default("_parser") is None:
+            p.set_defaults(_parser=p)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # report it with the innermost parser's usage, which lists the valid options
+        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

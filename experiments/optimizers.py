@@ -15,7 +15,7 @@ from manual import init, nn, optim
 
 from . import _lab
 from ._lab import opt
-from .activations import one_thread
+from ._threads import one_thread
 
 NAME = "optimizers"
 SUMMARY = "GD sticks in a shallow valley, momentum rolls past it, mini-batch noise may escape; He init vs large init"

@@ -9,7 +9,7 @@ whose gradient diverges in backward order. `finite_diff`: central differences in
 
 from __future__ import annotations
 
-import contextlib
+
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -23,22 +23,12 @@ from manual import _backend as B
 from torch_ref import to_torch, twin, twin_loss
 from torch_ref.opinfo import OpInfo, Sample, Tol
 
+from ._threads import one_thread
+
 BACKENDS = ("numpy", "torch-cpu", "torch-cuda")
 DEVICE = {"numpy": "numpy", "torch-cpu": "cpu", "torch-cuda": "cuda"}  # manual's device=
 TORCH_DEVICE = {"numpy": "cpu", "torch-cpu": "cpu", "torch-cuda": "cuda"}  # where the oracle runs
 FROM_OUTPUT = "grad_input(output=)"  # key of the gradient computed by <op>_backward(g, output=y)
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run torch single-threaded: on these tiny tensors intra-op threads only add barrier waits
-    (measured 4x slower on a loaded 2-core machine). Restores the previous count."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def available_backends() -> list[str]:

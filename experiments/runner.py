@@ -87,7 +87,7 @@ def register(sub):
         rp = runs.add_parser(name, help=mod.SUMMARY, description=f"{mod.SUMMARY} (guide: {mod.SECTION})")
         add_config_arguments(rp, mod.Config)
         rp.add_argument("--json", metavar="PATH", help="write the config, final metrics, drift and claims as JSON")
-        rp.set_defaults(func=cmd_run, _config=mod.Config, _module=mod)
+        rp.set_defaults(func=cmd_run, _config=mod.Config, _module=mod, _parser=rp)
 
     p = sub.add_parser("all", help="run every experiment, then print the claims table (the main job)")
     p.add_argument("--quick", action="store_true", help="smaller, faster profile of every experiment")
@@ -151,13 +151,11 @@ def cmd_all(args):
 
 def run_one(mod, cfg):
     """Run an experiment; a Ctrl-C inside it comes back as status 'interrupted', not a traceback."""
-    import torch
+    from ._threads import one_thread
 
-    # The experiments' models are small: on a 2-core CPU torch's intra-op threads only contend
-    # with each other and with OpenBLAS (5-20x slower measured here). CUDA runs are unaffected.
-    torch.set_num_threads(1)
     try:
-        return mod.main(cfg)
+        with one_thread():  # the experiments' models are small; see _threads.py
+            return mod.main(cfg)
     except KeyboardInterrupt:
         return {"config": dataclasses.asdict(cfg), "status": "interrupted", "claims": [], "results": {},
                 "max_drift": None, "drift_ok": None, "notes": ["interrupted by the user (Ctrl-C)"]}
