@@ -50,9 +50,11 @@ class Optimizer:
         return {"state": state, "param_groups": groups}
 
     def step(self):
-        for g, p in self._params():
-            if p.grad is not None:
-                self._update(p, p.grad, g, self.state.setdefault(id(p), {}))
+        state = self.state
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    self._update(p, p.grad, g, state.setdefault(id(p), {}))
 
     def _update(self, p, grad, group, state):
         raise NotImplementedError

@@ -26,7 +26,7 @@ def reduce_backward(grad_output, reduction: str, numel: int):
 
 
 def check_same_shape(op: str, input, target, what: str = "target") -> None:
-    if tuple(input.shape) != tuple(target.shape):
+    if input.shape != target.shape:  # tuple and torch.Size compare equal
         raise ValueError(
             f"{op}: expected {what} of shape {tuple(input.shape)} (the input's), got {tuple(target.shape)}"
         )

@@ -25,8 +25,12 @@ def mse_loss_backward(grad_output, input, target, reduction="mean"):
     """d MSE/d yhat_i = (2/n) (yhat_i - y_i)  (the guide's -2/n (y_i - yhat_i))."""
     namespace(grad_output, input, target, op="mse_loss_backward")
     _check_mse("mse_loss_backward", input, target, reduction)
-    n = _numel(input)
-    return 2.0 * (input - target) * reduce_backward(grad_output, reduction, n)
+    return _mse_loss_backward(grad_output, input, target, reduction)
+
+
+def _mse_loss_backward(grad_output, input, target, reduction):
+    """Unchecked kernel (MSELoss validated its input in forward); grad_output may be a float."""
+    return 2.0 * (input - target) * reduce_backward(grad_output, reduction, _numel(input))
 
 
 def _check_mse(op, input, target, reduction):
