@@ -246,6 +246,42 @@ class Twins:
                 out["torch"] = self.tmodel(xt).cpu().numpy()
         return out
 
+    def evaluate(self, x, y):
+        """impl -> (loss, accuracy) on (x, y) at the current weights; nothing is trained."""
+        (xm, ym), (xt, yt) = self.place(x, y)
+        out = {}
+        if "manual" in self.impls:
+            logits = self.model(xm)
+            out["manual"] = (float(B.to_numpy(self.criterion(logits, ym))), accuracy(B.to_numpy(logits), y))
+        if "torch" in self.impls:
+            with torch.no_grad():
+                logits = self.tmodel(xt)
+                out["torch"] = (float(self.tcriterion(logits, yt)), accuracy(logits.cpu().numpy(), y))
+        return out
+
+    def gradients(self, x, y):
+        """impl -> {parameter name: dL/dparam} at the current weights (no step; grads cleared after)."""
+        (xm, ym), (xt, yt) = self.place(x, y)
+        out = {}
+        if "manual" in self.impls:
+            self.model.zero_grad()
+            self.criterion(self.model(xm), ym)
+            self.model.backward(self.criterion.backward())  # each layer's backward, last to first
+            out["manual"] = {n: B.to_numpy(p.grad).copy() for n, p in self.model.named_parameters()}
+            self.model.zero_grad()
+        if "torch" in self.impls:
+            self.tmodel.zero_grad()
+            self.tcriterion(self.tmodel(xt), yt).backward()
+            out["torch"] = {n: p.grad.cpu().numpy().copy() for n, p in self.tmodel.named_parameters()}
+            self.tmodel.zero_grad()
+        return out
+
+    def set_lr(self, lr):
+        """Set the learning rate of both optimizers (a schedule applied identically to each)."""
+        for opt_ in (self.optimizer, self.toptimizer):
+            for g in opt_.param_groups:
+                g["lr"] = lr
+
     def params(self, impl):
         if impl == "manual":
             return {n: B.to_numpy(p.data) for n, p in self.model.named_parameters()}
@@ -314,6 +350,11 @@ def log_histograms(twins: Twins, log: RunLogger, step, prefix=""):
             log.histogram(impl, f"{prefix}weights/{name}", w, step)
             if g is not None:
                 log.histogram(impl, f"{prefix}grads/{name}", g, step)
+
+
+def batch_order(rng, n, batch_size, epochs):
+    """One seeded permutation per epoch, cut into mini-batches: the index arrays both implementations see."""
+    return [p[i:i + batch_size] for _ in range(epochs) for p in [rng.permutation(n)] for i in range(0, n, batch_size)]
 
 
 def accuracy(logits: np.ndarray, y: np.ndarray) -> float:

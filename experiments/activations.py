@@ -74,21 +74,8 @@ def deep_net(act, depth, width, init_name):
 
 def weight_grad_norms(twins, x, y):
     """impl -> [||dL/dW|| of each Linear, input to output] at the current weights (no step taken)."""
-    (xm, ym), (xt, yt) = twins.place(x, y)
-    out = {}
-    if "manual" in twins.impls:
-        twins.model.zero_grad()
-        twins.criterion(twins.model(xm), ym)
-        twins.model.backward(twins.criterion.backward())
-        out["manual"] = [float(np.linalg.norm(B.to_numpy(p.grad)))
-                         for n, p in twins.model.named_parameters() if n.endswith("weight")]
-        twins.model.zero_grad()
-    if "torch" in twins.impls:
-        twins.tmodel.zero_grad()
-        twins.tcriterion(twins.tmodel(xt), yt).backward()
-        out["torch"] = [float(p.grad.norm()) for n, p in twins.tmodel.named_parameters() if n.endswith("weight")]
-        twins.tmodel.zero_grad()
-    return out
+    return {impl: [float(np.linalg.norm(g)) for n, g in grads.items() if n.endswith("weight")]
+            for impl, grads in twins.gradients(x, y).items()}
 
 
 def dead_fraction(twins, x):

@@ -180,24 +180,6 @@ def deep_problem(cfg, rng):
     return x, y, nn.Sequential(*layers)
 
 
-def layer_grads(twins, x, y):
-    """Gradients at the initial weights: impl -> {name: array}; manual's layer-by-layer backward vs autograd."""
-    (xm, ym), (xt, yt) = twins.place(x, y)
-    out = {}
-    if "manual" in twins.impls:
-        twins.model.zero_grad()
-        twins.criterion(twins.model(xm), ym)
-        twins.model.backward(twins.criterion.backward())  # Sequential: each layer's backward, last to first
-        out["manual"] = {n: B.to_numpy(p.grad).copy() for n, p in twins.model.named_parameters()}
-        twins.model.zero_grad()
-    if "torch" in twins.impls:
-        twins.tmodel.zero_grad()
-        twins.tcriterion(twins.tmodel(xt), yt).backward()
-        out["torch"] = {n: p.grad.cpu().numpy().copy() for n, p in twins.tmodel.named_parameters()}
-        twins.tmodel.zero_grad()
-    return out
-
-
 def figure(impl, loop_losses, deep_losses, norms):
     """Loss of the guide's loop, loss of the L-layer net, and its gradient norm per parameter at step 0."""
     plt = _lab.pyplot()
@@ -237,7 +219,7 @@ def main(cfg: Config):
 
         x, y, model = deep_problem(cfg, rng)
         deep = _lab.Twins(model, nn.MSELoss(), lambda p: optim.SGD(p, lr=cfg.deep_lr), cfg)
-        grads0 = layer_grads(deep, x, y)
+        grads0 = deep.gradients(x, y)
         with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is caught and reported by train()
             dh = _lab.train(deep, log, lambda s: (x, y), deep_steps, lr=cfg.deep_lr, prefix="deep/",
                             log_histograms_every=max(deep_steps // 5, 1), desc="backprop deep", progress=cfg.progress)

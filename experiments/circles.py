@@ -6,11 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from manual import _backend as B
 from manual import nn, optim
-from torch_ref import twin_loss
 
 from . import _lab
 from ._lab import opt
@@ -70,35 +67,9 @@ def best_line_accuracy(x, y, angles=720):
     return float(best)
 
 
-def batch_order(rng, n, batch_size, epochs):
-    """One seeded permutation per epoch, cut into mini-batches: the index arrays both implementations see."""
-    return [p[i:i + batch_size] for _ in range(epochs) for p in [rng.permutation(n)] for i in range(0, n, batch_size)]
-
-
 def cosine_lr(lr, step, steps):
     """lr * (1 + cos(pi step / steps)) / 2: without the decay the last mini-batches bounce the boundary."""
     return lr * 0.5 * (1 + np.cos(np.pi * step / steps))
-
-
-def set_lr(twins, lr):
-    """Write one learning rate into both optimizers (manual and torch keep it in param_groups)."""
-    for opt_ in (twins.optimizer, twins.toptimizer):
-        for g in opt_.param_groups:
-            g["lr"] = lr
-
-
-def evaluate_split(twins, crit_m, crit_t, x, y):
-    """impl -> (loss, accuracy) on (x, y), each implementation with its own loss function."""
-    (xm, ym), (xt, yt) = twins.place(x, y)
-    out = {}
-    if "manual" in twins.impls:
-        logits = twins.model(xm)
-        out["manual"] = (float(B.to_numpy(crit_m(logits, ym))), _lab.accuracy(B.to_numpy(logits), y))
-    if "torch" in twins.impls:
-        with torch.no_grad():
-            logits = twins.tmodel(xt)
-            out["torch"] = (float(crit_t(logits, yt)), _lab.accuracy(logits.cpu().numpy(), y))
-    return out
 
 
 def boundary_figure(forward, x, y, title, n=121):
@@ -122,31 +93,29 @@ def boundary_figure(forward, x, y, title, n=121):
 def fit(cfg, log, model, prefix, data, order):
     (xtr, ytr), (xva, yva), (xte, yte) = data
     twins = _lab.Twins(model, nn.BCEWithLogitsLoss(), lambda p: optim.Adam(p, lr=cfg.lr), cfg)
-    crit_m = nn.BCEWithLogitsLoss()
-    crit_t = twin_loss(crit_m, device=twins.tdev)
     steps = len(order)
 
     def evaluate(step):
         tags = {}
         for split_name, (x, y) in (("train", (xtr, ytr)), ("val", (xva, yva))):
-            ev = evaluate_split(twins, crit_m, crit_t, x, y)
+            ev = twins.evaluate(x, y)
             if split_name == "val":
                 tags["loss/val"] = {i: v[0] for i, v in ev.items()}
             tags[f"accuracy/{split_name}"] = {i: v[1] for i, v in ev.items()}
         if step == steps - 1:
-            tags["accuracy/test"] = {i: v[1] for i, v in evaluate_split(twins, crit_m, crit_t, xte, yte).items()}
+            tags["accuracy/test"] = {i: v[1] for i, v in twins.evaluate(xte, yte).items()}
         return tags
 
     def batches(step):  # (B, 2), (B, 1): the shared order, at this step's learning rate
         lr = cosine_lr(cfg.lr, step, steps)
-        set_lr(twins, lr)
+        twins.set_lr(lr)
         log.scalar(f"{prefix}lr", {i: lr for i in twins.impls}, step)
         return xtr[order[step]], ytr[order[step]]
 
     hist = _lab.train(twins, log, batches, steps, evaluate=evaluate,
                       eval_every=max(steps // 30, 1), log_histograms_every=max(steps // 4, 1),
                       desc=f"circles {prefix or 'mlp/'}", progress=cfg.progress, prefix=prefix)
-    test = evaluate_split(twins, crit_m, crit_t, xte, yte)
+    test = twins.evaluate(xte, yte)
     if hist["steps"] < steps:  # stopped early (diverged): log the test accuracy it ended with
         log.scalar(f"{prefix}accuracy/test", {i: v[1] for i, v in test.items()}, hist["steps"] - 1)
     for impl in twins.impls:
@@ -161,7 +130,7 @@ def main(cfg: Config):
     epochs = min(cfg.epochs, 6) if cfg.quick else cfg.epochs
     data = split(*make_circles(cfg.n, rng))
     (xtr, _), _, (xte, yte) = data
-    order = batch_order(rng, len(xtr), cfg.batch_size, epochs)  # (steps,) index arrays, shared by all four runs
+    order = _lab.batch_order(rng, len(xtr), cfg.batch_size, epochs)  # (steps,) index arrays, shared by all four runs
     majority = float(max(yte.mean(), 1 - yte.mean()))
     ceiling = best_line_accuracy(xte, yte)
     with _lab.RunLogger(NAME, cfg) as log:

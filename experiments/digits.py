@@ -7,11 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from manual import _backend as B
 from manual import nn, optim
-from torch_ref import twin_loss
 
 from . import _lab
 from ._lab import opt
@@ -49,24 +46,6 @@ def load_data(cfg):
     return ((xtr - mean) / std, ytr), ((xte - mean) / std, yte)
 
 
-def batch_order(rng, n, batch_size, epochs):
-    """One seeded permutation per epoch, cut into mini-batches: the index arrays both implementations see."""
-    return [p[i:i + batch_size] for _ in range(epochs) for p in [rng.permutation(n)] for i in range(0, n, batch_size)]
-
-
-def evaluate_split(twins, crit_m, crit_t, x, y):
-    """impl -> (loss, accuracy) on (x, y), each implementation with its own loss function."""
-    (xm, ym), (xt, yt) = twins.place(x, y)
-    out = {}
-    if "manual" in twins.impls:
-        logits = twins.model(xm)
-        out["manual"] = (float(B.to_numpy(crit_m(logits, ym))), _lab.accuracy(B.to_numpy(logits), y))
-    if "torch" in twins.impls:
-        with torch.no_grad():
-            logits = twins.tmodel(xt)
-            out["torch"] = (float(crit_t(logits, yt)), _lab.accuracy(logits.cpu().numpy(), y))
-    return out
-
 
 def weights_mosaic(w, n=N_SHOWN, cols=4):
     """The first n hidden units' incoming weights (hidden, 64) tiled as 8x8 images, each scaled
@@ -103,29 +82,27 @@ def main(cfg: Config):
     rng = _lab.seeded(cfg)
     epochs = min(cfg.epochs, 6) if cfg.quick else cfg.epochs
     (xtr, ytr), (xte, yte) = load_data(cfg)
-    order = batch_order(rng, len(xtr), cfg.batch_size, epochs)  # (steps,) index arrays
+    order = _lab.batch_order(rng, len(xtr), cfg.batch_size, epochs)  # (steps,) index arrays
     steps = len(order)
     model = nn.Sequential(nn.Linear(64, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 10))
     make_opt = ((lambda p: optim.Adam(p, lr=cfg.lr)) if cfg.optimizer == "adam"
                 else (lambda p: optim.SGD(p, lr=cfg.lr, momentum=0.9)))
     with _lab.RunLogger(NAME, cfg) as log:
         twins = _lab.Twins(model, nn.CrossEntropyLoss(), make_opt, cfg)
-        crit_m = nn.CrossEntropyLoss()
-        crit_t = twin_loss(crit_m, device=twins.tdev)
         w0 = {i: twins.params(i)["0.weight"].copy() for i in twins.impls}
-        start = {i: v[1] for i, v in evaluate_split(twins, crit_m, crit_t, xte, yte).items()}
+        start = {i: v[1] for i, v in twins.evaluate(xte, yte).items()}
         log_weights(log, twins, 0, "at random initialisation")
 
         def evaluate(step):
-            tr = evaluate_split(twins, crit_m, crit_t, xtr, ytr)
-            te = evaluate_split(twins, crit_m, crit_t, xte, yte)
+            tr = twins.evaluate(xtr, ytr)
+            te = twins.evaluate(xte, yte)
             return {"accuracy/train": {i: v[1] for i, v in tr.items()},
                     "accuracy/test": {i: v[1] for i, v in te.items()}}
 
         hist = _lab.train(twins, log, lambda s: (xtr[order[s]], ytr[order[s]]), steps, evaluate=evaluate,
                           eval_every=max(steps // 25, 1), lr=cfg.lr, log_histograms_every=max(steps // 4, 1),
                           desc="digits", progress=cfg.progress)
-        final = evaluate_split(twins, crit_m, crit_t, xte, yte)
+        final = twins.evaluate(xte, yte)
         log_weights(log, twins, hist["steps"], f"after {hist['steps']} steps")
     acc = {i: v[1] for i, v in final.items()}
     moved = {i: float(np.linalg.norm(twins.params(i)["0.weight"] - w0[i]) / np.linalg.norm(w0[i]))

@@ -181,11 +181,11 @@ def test_best_line_accuracy_on_known_cases():
 
 
 def test_batch_order_is_a_permutation_per_epoch():
-    order = circles.batch_order(np.random.default_rng(0), 10, 4, 2)
+    order = _lab.batch_order(np.random.default_rng(0), 10, 4, 2)
     assert [len(b) for b in order] == [4, 4, 2, 4, 4, 2]
     for e in range(2):
         assert sorted(np.concatenate(order[3 * e:3 * e + 3])) == list(range(10))
-    again = circles.batch_order(np.random.default_rng(0), 10, 4, 2)
+    again = _lab.batch_order(np.random.default_rng(0), 10, 4, 2)
     assert all(np.array_equal(a, b) for a, b in zip(order, again))
 
 
