@@ -127,3 +127,34 @@ def test_softmax_dim_out_of_range():
         F.softmax(zeros(2, 3), 2)
     with pytest.raises(IndexError, match=r"log_softmax_backward: expected dim in \[-2, 2\) .*got -3"):
         F.log_softmax_backward(zeros(2, 3), zeros(2, 3), -3)
+
+
+@pytest.mark.parametrize("op", ["relu", "leaky_relu", "elu", "gelu", "sigmoid", "tanh"])
+def test_activation_backward_rejects_a_mismatched_grad_output(op):
+    """No silent promotion or broadcasting: grad_output must match the input in dtype and shape."""
+    backward = getattr(F, f"{op}_backward")
+    x = zeros(2, 3)  # float64
+    with pytest.raises(TypeError, match=rf"{op}_backward: mixed dtypes: .*grad_output=float32, input=float64"):
+        backward(zeros(2, 3, dtype=F32), x)
+    with pytest.raises(ValueError, match=rf"{op}_backward: expected grad_output of shape \(2, 3\) \(the input's\), got \(3,\)"):
+        backward(zeros(3), x)
+
+
+def test_softmax_backward_rejects_a_mismatched_grad_output():
+    with pytest.raises(ValueError, match=r"softmax_backward: expected grad_output of shape \(2, 3\)"):
+        F.softmax_backward(zeros(2, 1), zeros(2, 3), 1)
+    with pytest.raises(TypeError, match=r"log_softmax_backward: mixed dtypes"):
+        F.log_softmax_backward(zeros(2, 3), None, 1, output=zeros(2, 3, dtype=F32))
+
+
+@pytest.mark.parametrize("reduction, shape, bad", [("mean", (4, 1), (4, 1)), ("none", (4, 1), ())])
+def test_loss_backward_rejects_a_grad_output_of_the_wrong_shape(reduction, shape, bad):
+    x, t = zeros(*shape), zeros(*shape)
+    want = "\\(\\)" if reduction == "mean" else "\\(4, 1\\)"
+    with pytest.raises(ValueError, match=rf"mse_loss_backward: expected grad_output of shape {want} \(the loss's, reduction='{reduction}'\)"):
+        F.mse_loss_backward(zeros(*bad), x, t, reduction=reduction)
+    with pytest.raises(ValueError, match=rf"binary_cross_entropy_with_logits_backward: expected grad_output of shape {want}"):
+        F.binary_cross_entropy_with_logits_backward(zeros(*bad), x, t, reduction=reduction)
+    want_ce = "\\(\\)" if reduction == "mean" else "\\(4,\\)"
+    with pytest.raises(ValueError, match=rf"cross_entropy_backward: expected grad_output of shape {want_ce}"):
+        F.cross_entropy_backward(zeros(*bad), zeros(4, 3), np.zeros(4, dtype=np.int64), reduction=reduction)

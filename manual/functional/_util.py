@@ -36,3 +36,13 @@ def check_floating(op: str, **arrays) -> None:
     from .._backend import check_same_dtype
 
     check_same_dtype(op, **arrays)
+
+
+def check_grad_output(op: str, grad_output, loss_shape, reduction: str) -> None:
+    """A loss's grad_output: the per-element loss's shape for 'none', a 0-d array otherwise."""
+    expected = tuple(loss_shape) if reduction == "none" else ()
+    if tuple(grad_output.shape) != expected:
+        raise ValueError(
+            f"{op}: expected grad_output of shape {expected} (the loss's, reduction={reduction!r}), "
+            f"got {tuple(grad_output.shape)}"
+        )

@@ -8,7 +8,20 @@ multiply (`g * astype(x > 0)`) is several times faster in NumPy and equally exac
 from __future__ import annotations
 
 from .. import _backend as B
-from .._backend import namespace
+from .._backend import check_same_dtype, namespace
+
+
+def _backward_args(op, grad_output, input, output=None):
+    """Namespace of a backward's arrays, checking grad_output against the input (or output=):
+    same backend, device, dtype and shape, so nothing broadcasts or promotes silently."""
+    xp = namespace(grad_output, input, output, op=op)
+    ref = output if output is not None else input
+    if ref is None:
+        raise TypeError(f"{op}: expected the forward's input (or its output=), got neither")
+    if grad_output.shape != ref.shape:
+        raise ValueError(f"{op}: expected grad_output of shape {tuple(ref.shape)} (the input's), got {tuple(grad_output.shape)}")
+    check_same_dtype(op, grad_output=grad_output, input=input, output=output)
+    return xp
 
 
 def _mask(cond, like, xp):
@@ -23,7 +36,7 @@ def relu(input):
 
 def relu_backward(grad_output, input):
     """d relu/dx = 1 if x > 0 else 0."""
-    xp = namespace(grad_output, input, op="relu_backward")
+    xp = _backward_args("relu_backward", grad_output, input)
     return grad_output * _mask(input > 0, grad_output, xp)
 
 
@@ -35,7 +48,7 @@ def leaky_relu(input, negative_slope=0.01):
 
 def leaky_relu_backward(grad_output, input, negative_slope=0.01):
     """d leaky_relu/dx = 1 if x > 0 else negative_slope."""
-    xp = namespace(grad_output, input, op="leaky_relu_backward")
+    xp = _backward_args("leaky_relu_backward", grad_output, input)
     pos = _mask(input > 0, grad_output, xp)
     return grad_output * (pos + (1.0 - pos) * negative_slope)
 
@@ -49,7 +62,7 @@ def elu(input, alpha=1.0):
 
 def elu_backward(grad_output, input, alpha=1.0):
     """d elu/dx = 1 if x > 0 else alpha * e^x."""
-    xp = namespace(grad_output, input, op="elu_backward")
+    xp = _backward_args("elu_backward", grad_output, input)
     pos = _mask(input > 0, grad_output, xp)
     neg = alpha * xp.exp(xp.clip(input, max=0.0))
     return grad_output * (pos + (1.0 - pos) * neg)
@@ -77,7 +90,7 @@ def gelu(input, approximate="none"):
 
 def gelu_backward(grad_output, input, approximate="none"):
     """d gelu/dx = Phi(x) + x phi(x);  tanh form: 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)."""
-    xp = namespace(grad_output, input, op="gelu_backward")
+    xp = _backward_args("gelu_backward", grad_output, input)
     _check_approx("gelu_backward", approximate)
     if approximate == "tanh":
         x2 = input * input
@@ -99,7 +112,7 @@ def sigmoid(input):
 
 def sigmoid_backward(grad_output, input=None, *, output=None):
     """d sigmoid/dx = s (1 - s), with s = sigmoid(x) (pass output= to reuse the forward's)."""
-    namespace(grad_output, input, output, op="sigmoid_backward")
+    _backward_args("sigmoid_backward", grad_output, input, output)
     s = sigmoid(input) if output is None else output
     return grad_output * s * (1.0 - s)
 
@@ -112,7 +125,7 @@ def tanh(input):
 
 def tanh_backward(grad_output, input=None, *, output=None):
     """d tanh/dx = 1 - tanh(x)^2 (pass output= to reuse the forward's)."""
-    xp = namespace(grad_output, input, output, op="tanh_backward")
+    xp = _backward_args("tanh_backward", grad_output, input, output)
     t = xp.tanh(input) if output is None else output
     return grad_output * (1.0 - t * t)
 
@@ -132,7 +145,7 @@ def softmax(input, dim):
 
 def softmax_backward(grad_output, input=None, dim=-1, *, output=None):
     """d softmax: dx = y * (g - sum(g * y)), the sum along dim."""
-    xp = namespace(grad_output, input, output, op="softmax_backward")
+    xp = _backward_args("softmax_backward", grad_output, input, output)
     _check_dim("softmax_backward", grad_output, dim)
     y = softmax(input, dim) if output is None else output
     return y * (grad_output - xp.sum(grad_output * y, axis=dim, keepdims=True))
@@ -148,7 +161,7 @@ def log_softmax(input, dim):
 
 def log_softmax_backward(grad_output, input=None, dim=-1, *, output=None):
     """d log_softmax: dx = g - softmax(x) * sum(g), the sum along dim."""
-    xp = namespace(grad_output, input, output, op="log_softmax_backward")
+    xp = _backward_args("log_softmax_backward", grad_output, input, output)
     _check_dim("log_softmax_backward", grad_output, dim)
     p = softmax(input, dim) if output is None else xp.exp(output)
     return grad_output - p * xp.sum(grad_output, axis=dim, keepdims=True)

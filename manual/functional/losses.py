@@ -7,7 +7,7 @@ returns the gradient of the input (targets are data, not parameters).
 from __future__ import annotations
 
 from .._backend import check_same_dtype, namespace, to_numpy
-from ._util import check_reduction, check_same_shape, reduce, reduce_backward
+from ._util import check_grad_output, check_reduction, check_same_shape, reduce, reduce_backward
 from .activations import log_softmax, sigmoid, softmax
 
 
@@ -25,6 +25,8 @@ def mse_loss_backward(grad_output, input, target, reduction="mean"):
     """d MSE/d yhat_i = (2/n) (yhat_i - y_i)  (the guide's -2/n (y_i - yhat_i))."""
     namespace(grad_output, input, target, op="mse_loss_backward")
     _check_mse("mse_loss_backward", input, target, reduction)
+    check_grad_output("mse_loss_backward", grad_output, input.shape, reduction)
+    check_same_dtype("mse_loss_backward", grad_output=grad_output, input=input)
     return _mse_loss_backward(grad_output, input, target, reduction)
 
 
@@ -68,6 +70,8 @@ def binary_cross_entropy_with_logits_backward(
     """d l/dx = w [(1 + (p - 1) t) s(x) - p t]  (= w (s(x) - t) when p = 1)."""
     namespace(grad_output, input, target, weight, pos_weight, op="binary_cross_entropy_with_logits_backward")
     _check_bce("binary_cross_entropy_with_logits_backward", input, target, weight, pos_weight, reduction)
+    check_grad_output("binary_cross_entropy_with_logits_backward", grad_output, input.shape, reduction)
+    check_same_dtype("binary_cross_entropy_with_logits_backward", grad_output=grad_output, input=input)
     s = sigmoid(input)
     if pos_weight is None:
         d = s - target
@@ -129,6 +133,8 @@ def cross_entropy_backward(
     x2, t, C, is_index = _ce_prepare(
         "cross_entropy_backward", xp, input, target, weight, ignore_index, reduction, label_smoothing
     )
+    check_grad_output("cross_entropy_backward", grad_output, _ce_loss_shape(input), reduction)
+    check_same_dtype("cross_entropy_backward", grad_output=grad_output, input=input)
     p = softmax(x2, -1)  # (M, C)
     eps = label_smoothing
     if reduction == "none":
