@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Subcommand modules, in the order `--help` lists them.
@@ -20,6 +21,26 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n(see `{self.prog} --help` for the valid options)\n")
+
+
+def check_paths(args):
+    """A message if --json's folder is missing or --logdir cannot be created/written, else None."""
+    path = getattr(args, "json", None)
+    if path:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            return f"--json {path}: the folder {folder} does not exist"
+        if not os.access(folder, os.W_OK):
+            return f"--json {path}: the folder {folder} is not writable"
+    logdir = getattr(args, "logdir", None)
+    if logdir:
+        try:
+            os.makedirs(logdir, exist_ok=True)
+        except OSError as e:
+            return f"--logdir {logdir}: cannot create it ({e.strerror})"
+        if not os.access(logdir, os.W_OK):
+            return f"--logdir {logdir}: not writable"
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,8 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    owner = getattr(args, "_parser", parser)
     if extra:  # report it with the innermost parser's usage, which lists the valid options
-        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+        owner.error(f"unrecognized arguments: {' '.join(extra)}")
+    problem = check_paths(args)
+    if problem:  # before any work: a run must not end by failing to write its results
+        owner.error(problem)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

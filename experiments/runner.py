@@ -52,6 +52,10 @@ def add_config_arguments(parser, config_cls, skip=()):
             parser.add_argument(flag, dest=f.name, action=argparse_bool(), default=f.default, help=help_)
             continue
         kind = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
+        if kind is int and f.name != "seed":
+            kind = _at_least_one  # counts and sizes: steps, epochs, hidden, batch, ...
+        elif kind is float and (f.name == "lr" or f.name.endswith("_lr")):
+            kind = _positive
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if isinstance(default, (list, tuple)):
             parser.add_argument(flag, dest=f.name, type=type(default[0]) if default else float, nargs="+",
@@ -59,6 +63,30 @@ def add_config_arguments(parser, config_cls, skip=()):
             continue
         parser.add_argument(flag, dest=f.name, type=kind, default=default, choices=f.metadata.get("choices"),
                             help=f"{help_} (default: {default})")
+
+
+def _at_least_one(text):
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _positive(text):
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
 
 
 def argparse_bool():

@@ -132,3 +132,28 @@ def test_all_quick_runs_every_available_experiment(tmp_path):
         assert m["status"] == "ok", (name, m["notes"])
         assert all(c["holds"] for c in m["claims"]), (name, [c["claim"] for c in m["claims"] if not c["holds"]])
         assert m["drift_ok"] is not False, name
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "xor", "--steps", "0"], "argument --steps: expected an integer >= 1, got 0"),
+    (["run", "xor", "--hidden", "-3"], "argument --hidden: expected an integer >= 1, got -3"),
+    (["run", "xor", "--lr", "-0.1"], "argument --lr: expected a number > 0, got -0.1"),
+    (["run", "digits", "--lr", "fast"], "argument --lr: expected a number > 0, got 'fast'"),
+])
+def test_bad_values_exit_2_naming_the_option_and_the_range(capsys, argv, message):
+    code, err = parse_error(capsys, *argv)
+    assert code == 2 and message in err
+
+
+def test_json_into_a_missing_folder_is_refused_before_any_work(capsys, tmp_path):
+    missing = tmp_path / "no" / "such" / "out.json"
+    code, err = parse_error(capsys, "run", "xor", "--json", str(missing), "--logdir", str(tmp_path / "runs"))
+    assert code == 2 and f"the folder {missing.parent} does not exist" in err
+    assert not (tmp_path / "runs" / "xor").exists()  # nothing ran
+
+
+def test_a_logdir_that_cannot_be_created_is_refused(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, err = parse_error(capsys, "all", "--quick", "--logdir", str(blocker / "runs"))
+    assert code == 2 and f"--logdir {blocker / 'runs'}: cannot create it" in err
