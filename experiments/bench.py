@@ -324,36 +324,25 @@ def run(args):
     print(f"\nmatmul ceiling (n={n_peak}, best of {3 if quick else 7} rounds, GFLOP/s): " + "; ".join(
         f"{dt}: " + ", ".join(f"{k} {v:.0f}" for k, v in p.items()) for dt, p in peaks.items()))
 
-    rows = []
-    work = [(m, dt, dev) for m in models for dt in dtypes for dev in devices]
-    for (name, sizes, batch), dtype, device in tqdm(work, desc="bench", leave=False, disable=None):
-        steps = make_steps(sizes, batch, dtype, device)
-        err = check_agree(steps, dtype)
-        times = paired_rounds(steps, rounds, target_s)
-        ref = next(n for n in steps if n.startswith("autograd"))
-        flops = step_flops(sizes, batch)
-        for impl, ts in times.items():
-            med = statistics.median(ts)
-            ratio = statistics.median(t / r for t, r in zip(ts, times[ref]))
-            peak = peaks[dtype][_peak_of(impl)]
-            rows.append({
-                "model": name, "batch": batch, "dtype": dtype, "device": device, "impl": impl,
-                "median_ms": med * 1e3, "ratio_vs_autograd": ratio, "rounds": len(ts),
-                "gflops": flops / med / 1e9, "peak_fraction": flops / med / 1e9 / peak,
-                "check_max_abs_diff": err,
-            })
-
-    if not args.no_memory:  # float32 only; quick: the largest model only
-        mem_models = {m[0]: m for m in (models[-1:] if quick else models)}
-        mem_rows = [r for r in rows if r["model"] in mem_models and r["dtype"] == "float32"]
-        cases = [(mem_models[r["model"]][1], r["batch"], "float32", r["impl"]) for r in mem_rows]
-        for r, mb in zip(mem_rows, peak_memory_mb(cases)):
-            r["peak_mem_mb"] = mb
-
-    print_table(rows)
-    scaling = measure_scaling(devices, quick, target_s)
-    print_scaling(scaling)
-    out = {"machine": info, "matmul_peak_gflops": peaks, "rows": rows, "scaling": scaling,
+    rows, scaling, status = [], [], "ok"
+    try:
+        work = [(m, dt, dev) for m in models for dt in dtypes for dev in devices]
+        for (name, sizes, batch), dtype, device in tqdm(work, desc="bench", leave=False, disable=None):
+            rows += bench_model(name, sizes, batch, dtype, device, rounds, target_s, peaks)
+        if not args.no_memory:  # float32 only; quick: the largest model only
+            mem_models = {m[0]: m for m in (models[-1:] if quick else models)}
+            mem_rows = [r for r in rows if r["model"] in mem_models and r["dtype"] == "float32"]
+            cases = [(mem_models[r["model"]][1], r["batch"], "float32", r["impl"]) for r in mem_rows]
+            for r, mb in zip(mem_rows, peak_memory_mb(cases)):
+                r["peak_mem_mb"] = mb
+        print_table(rows)
+        scaling = measure_scaling(devices, quick, target_s)
+        print_scaling(scaling)
+    except KeyboardInterrupt:  # keep what was measured: table, JSON and TensorBoard of the rows so far
+        status = "interrupted"
+        print(f"\ninterrupted: {len(rows)} rows measured so far", file=sys.stderr)
+        print_table(rows)
+    out = {"status": status, "machine": info, "matmul_peak_gflops": peaks, "rows": rows, "scaling": scaling,
            "protocol": {"rounds": rounds, "block_target_s": target_s, "settle_s": SETTLE_S}}
     logdir = log_tensorboard(args.logdir, out)
     print(f"\nTensorBoard: tensorboard --logdir {logdir}")
@@ -361,7 +350,27 @@ def run(args):
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
         print(f"wrote {args.json}", file=sys.stderr)
-    return 0
+    return 130 if status == "interrupted" else 0
+
+
+def bench_model(name, sizes, batch, dtype, device, rounds, target_s, peaks):
+    """Check agreement, then time paired rounds: one table row per implementation."""
+    steps = make_steps(sizes, batch, dtype, device)
+    err = check_agree(steps, dtype)
+    times = paired_rounds(steps, rounds, target_s)
+    ref = next(n for n in steps if n.startswith("autograd"))
+    flops = step_flops(sizes, batch)
+    rows = []
+    for impl, ts in times.items():
+        med = statistics.median(ts)
+        gflops = flops / med / 1e9
+        rows.append({
+            "model": name, "batch": batch, "dtype": dtype, "device": device, "impl": impl,
+            "median_ms": med * 1e3, "ratio_vs_autograd": statistics.median(t / r for t, r in zip(ts, times[ref])),
+            "rounds": len(ts), "gflops": gflops, "peak_fraction": gflops / peaks[dtype][_peak_of(impl)],
+            "check_max_abs_diff": err,
+        })
+    return rows
 
 
 def measure_scaling(devices, quick, target_s):
@@ -440,7 +449,10 @@ def log_tensorboard(logroot, out):
     for s in out["scaling"]:
         w = writers.setdefault(s["impl"], SummaryWriter(os.path.join(root, s["impl"])))
         w.add_scalar(f"scaling_{s['axis']}/step_ms_{s['device']}", s["median_ms"], s["value"])
+    if not writers:  # interrupted before the first row: still leave the machine and the status
+        writers["machine"] = SummaryWriter(os.path.join(root, "machine"))
     for w in writers.values():
+        w.add_text("status", out.get("status", "ok"), 0)
         w.add_text("machine", "```\n" + json.dumps(out["machine"], indent=1) + "\n```", 0)
         w.flush()
         w.close()

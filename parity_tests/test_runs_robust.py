@@ -4,6 +4,7 @@ never a traceback, and the event files written up to that point stay readable.""
 from __future__ import annotations
 
 import glob
+import json
 import math
 import os
 import signal
@@ -139,3 +140,29 @@ def test_sigint_to_a_running_cli_exits_130_without_traceback(tmp_path):
         steps = [e.step for e in ea.Scalars("linear/loss/train")]
         assert len(steps) > 10 and steps == list(range(len(steps))), impl
         assert any("interrupted" in t for t in texts(ea)), impl
+
+
+def test_sigint_to_bench_keeps_the_rows_measured_so_far(tmp_path):
+    """Ctrl-C during `bench`: exit 130, no traceback, and the JSON and TensorBoard hold what was measured."""
+    out = tmp_path / "bench.json"
+    p = subprocess.Popen([sys.executable, "-m", "experiments", "bench", "--quick", "--no-memory", "--dtype", "float64",
+                          "--logdir", str(tmp_path / "runs"), "--json", str(out)],
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in p.stdout:  # the timed loop starts right after the ceiling is printed
+            if line.startswith("matmul ceiling"):
+                break
+        time.sleep(3.0)  # about one model's paired rounds
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    report = json.loads(out.read_text())
+    assert report["status"] == "interrupted"
+    assert len(report["rows"]) % 3 == 0  # whole models only: 3 implementations each
+    assert all(r["median_ms"] > 0 for r in report["rows"])
+    assert list((tmp_path / "runs" / "bench").iterdir())  # the TensorBoard folder was written
