@@ -208,8 +208,3 @@ def fill_(dst, values: np.ndarray):
     else:
         dst[...] = values
     return dst
-
-
-def zeros_like(x):
-    xp = namespace(x)
-    return xp.zeros_like(x)
