@@ -262,9 +262,13 @@ class _Activation(Module):
 
     _fn = _bwd = None
     _from_output = False
+    _args = ()  # names of the constructor arguments the op takes as keywords
 
     def _kwargs(self):
-        return {}
+        return {a: getattr(self, a) for a in self._args}
+
+    def extra_repr(self):
+        return ", ".join(f"{a}={getattr(self, a)!r}" for a in self._args)
 
     def forward(self, input):
         out = type(self)._fn(input, **self._kwargs())
@@ -285,46 +289,28 @@ class ReLU(_Activation):
 
 
 class LeakyReLU(_Activation):
-    _fn, _bwd = F.leaky_relu, F.leaky_relu_backward
+    _fn, _bwd, _args = F.leaky_relu, F.leaky_relu_backward, ("negative_slope",)
 
     def __init__(self, negative_slope=0.01):
         super().__init__()
         self.negative_slope = negative_slope
 
-    def _kwargs(self):
-        return {"negative_slope": self.negative_slope}
-
-    def extra_repr(self):
-        return f"negative_slope={self.negative_slope}"
-
 
 class ELU(_Activation):
-    _fn, _bwd = F.elu, F.elu_backward
+    _fn, _bwd, _args = F.elu, F.elu_backward, ("alpha",)
 
     def __init__(self, alpha=1.0):
         super().__init__()
         self.alpha = alpha
 
-    def _kwargs(self):
-        return {"alpha": self.alpha}
-
-    def extra_repr(self):
-        return f"alpha={self.alpha}"
-
 
 class GELU(_Activation):
-    _fn, _bwd = F.gelu, F.gelu_backward
+    _fn, _bwd, _args = F.gelu, F.gelu_backward, ("approximate",)
 
     def __init__(self, approximate="none"):
         super().__init__()
         F.gelu(B.place([0.0]), approximate)  # validates `approximate` now, not at the first forward
         self.approximate = approximate
-
-    def _kwargs(self):
-        return {"approximate": self.approximate}
-
-    def extra_repr(self):
-        return f"approximate={self.approximate!r}"
 
 
 class Sigmoid(_Activation):
