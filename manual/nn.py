@@ -85,6 +85,10 @@ class Module:
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
+    def _save(self, **arrays):
+        """Keep what backward needs (`self._save(_input=x)`); backward reads each with `_saved`."""
+        self.__dict__.update(arrays)
+
     def _saved(self, name):
         value = self.__dict__.get(name)
         if value is None:
