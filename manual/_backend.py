@@ -208,3 +208,33 @@ def fill_(dst, values: np.ndarray):
     else:
         dst[...] = values
     return dst
+
+
+# -- convolution and pooling: strided windows and a scatter-add (manual.functional.conv, pooling) --
+
+def windows(x, out_hw, kernel, stride, dilation):
+    """A read-only (N, C, OH, OW, kh, kw) view of the 4-D array x, no copy:
+    view[n, c, oh, ow, i, j] = x[n, c, oh*sh + i*dh, ow*sw + j*dw]."""
+    (oh, ow), (kh, kw), (sh, sw), (dh, dw) = out_hw, kernel, stride, dilation
+    shape = (x.shape[0], x.shape[1], oh, ow, kh, kw)
+    if backend_name(x) == "torch":  # strides in elements, from the storage offset of x
+        s0, s1, s2, s3 = x.stride()
+        return x.as_strided(shape, (s0, s1, s2 * sh, s3 * sw, s2 * dh, s3 * dw), x.storage_offset())
+    s0, s1, s2, s3 = x.strides  # in bytes
+    return np.lib.stride_tricks.as_strided(x, shape, (s0, s1, s2 * sh, s3 * sw, s2 * dh, s3 * dw), writeable=False)
+
+
+def scatter_add(index, values, size):
+    """A new 1-D array of `size` zeros of values' dtype, plus values[k] at index[k] (repeats add up)."""
+    if backend_name(values) == "torch":
+        out = torch.zeros(size, dtype=values.dtype, device=values.device)
+        return out.index_add_(0, index.reshape(-1), values.reshape(-1))
+    return np.bincount(index.reshape(-1), weights=values.reshape(-1), minlength=size).astype(values.dtype, copy=False)
+
+
+def place_bool(mask: np.ndarray, device=None):
+    """A NumPy boolean array (a dropout keep-mask, ...) on the given backend/device, still boolean."""
+    kind, dev = parse_device(device)
+    if kind == "numpy":
+        return np.asarray(mask, dtype=bool)
+    return torch.as_tensor(np.asarray(mask, dtype=bool), device=dev)

@@ -23,6 +23,7 @@ from .activations import (
     tanh_backward,
 )
 from .linear import linear, linear_backward
+from .attention import scaled_dot_product_attention, scaled_dot_product_attention_backward
 from .losses import (
     binary_cross_entropy_with_logits,
     binary_cross_entropy_with_logits_backward,
@@ -32,4 +33,4 @@ from .losses import (
     mse_loss_backward,
 )
 
-__all__ = [n for n in dir() if not n.startswith("_") and n not in ("activations", "losses")]
+__all__ = [n for n in dir() if not n.startswith("_") and n not in ("activations", "losses", "attention")]

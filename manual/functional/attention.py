@@ -1,0 +1,189 @@
+"""Scaled dot-product attention, the transformer's one new op: forward beside its backward.
+
+    S = scale * q k^T + M     M: 0 where a key takes part and -inf where it does not (a boolean
+                              mask, True = take part, or is_causal), or the float mask itself
+    P = softmax(S)            along the keys; a row whose keys are all masked gets P = 0 (torch)
+    O = (P * D / (1 - p)) v   D: the dropout keep-mask (no dropout when dropout_p = 0)
+
+The backward is llm.c's attention_backward written as matrix products:
+
+    dv = P_d^T dO;  dP = (dO v^T) * D / (1 - p);  dS = P * (dP - rowsum(dP * P));
+    dq = scale * dS k;  dk = scale * dS^T q;  dM = dS (a float mask is differentiable, as in torch)
+
+Shapes: query (..., L, E), key (..., S, E), value (..., S, Ev) -> output (..., L, Ev); the
+leading (batch, head) dimensions broadcast, and each gradient is summed back to its input's shape.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .. import _backend as B
+from .._backend import check_same_dtype, namespace
+
+OP = "scaled_dot_product_attention"
+
+
+def _shape(a):
+    return tuple(a.shape)
+
+
+def _check(op, query, key, value, attn_mask, dropout_p, is_causal, scale, dropout_mask):
+    """Validate the arguments; returns (xp, the output's leading shape, L, S)."""
+    xp = namespace(query, key, value, attn_mask, dropout_mask, op=op)
+    check_same_dtype(op, query=query, key=key, value=value)
+    for name, a in (("query", query), ("key", key), ("value", value)):
+        if a.ndim < 2:
+            raise ValueError(f"{op}: expected {name} with at least 2 dimensions (..., length, features), "
+                             f"got shape {_shape(a)}")
+    if query.shape[-1] != key.shape[-1]:
+        raise ValueError(f"{op}: expected key with query's {query.shape[-1]} features in its last dimension, "
+                         f"got query {_shape(query)} and key {_shape(key)}")
+    if key.shape[-2] != value.shape[-2]:
+        raise ValueError(f"{op}: expected value with key's length {key.shape[-2]} in dimension -2, "
+                         f"got key {_shape(key)} and value {_shape(value)}")
+    try:
+        lead = np.broadcast_shapes(_shape(query)[:-2], _shape(key)[:-2], _shape(value)[:-2])
+    except ValueError:
+        raise ValueError(f"{op}: expected leading (batch, head) dimensions that broadcast, got query "
+                         f"{_shape(query)}, key {_shape(key)}, value {_shape(value)}") from None
+    L, S = query.shape[-2], key.shape[-2]
+    if is_causal not in (True, False):
+        raise TypeError(f"{op}: expected is_causal to be True or False, got {is_causal!r}")
+    if is_causal and attn_mask is not None:
+        raise ValueError(f"{op}: expected attn_mask=None when is_causal=True (torch refuses both), got a mask "
+                         f"of shape {_shape(attn_mask)}")
+    if not isinstance(dropout_p, numbers.Real) or not 0.0 <= dropout_p <= 1.0:
+        raise ValueError(f"{op}: expected dropout_p in [0, 1], got {dropout_p!r}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
+        raise TypeError(f"{op}: expected scale to be None or a real number, got {scale!r}")
+    for name, m, dtypes in (("attn_mask", attn_mask, "bool or the query's dtype " + str(query.dtype)),
+                            ("dropout_mask", dropout_mask, "bool")):
+        if m is None:
+            continue
+        if not (m.dtype == xp.bool or (name == "attn_mask" and m.dtype == query.dtype)):
+            raise TypeError(f"{op}: expected {name} of dtype {dtypes}, got {m.dtype}")
+        try:
+            if np.broadcast_shapes(_shape(m), lead + (L, S)) != lead + (L, S):
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{op}: expected {name} broadcastable to the attention weights' shape "
+                             f"{lead + (L, S)} (..., L, S), got {_shape(m)}") from None
+    return xp, lead, L, S
+
+
+def _scale(query, scale):
+    return 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
+
+
+def _causal(xp, L, S, like):
+    """(L, S) boolean, True on and below the diagonal (top-left aligned, as torch's is_causal)."""
+    dev = like.device
+    return xp.arange(L, device=dev)[:, None] >= xp.arange(S, device=dev)[None, :]
+
+
+def _keep_scale(xp, dropout_mask, dropout_p, like):
+    """D / (1 - p) in like's dtype: the factor each attention weight is multiplied by."""
+    d = xp.astype(dropout_mask, like.dtype)
+    return d * (1.0 / (1.0 - dropout_p)) if dropout_p < 1.0 else d * 0.0  # p = 1 drops everything
+
+
+def _weights(xp, query, key, attn_mask, is_causal, scale):
+    """P = softmax(scale * q k^T + M) along the keys, (..., L, S); fully masked rows -> 0."""
+    s = xp.matmul(query, xp.matrix_transpose(key)) * scale  # (..., L, E) @ (..., E, S) -> (..., L, S)
+    keep = None
+    if is_causal:
+        keep = _causal(xp, s.shape[-2], s.shape[-1], s)
+    elif attn_mask is not None and attn_mask.dtype == xp.bool:
+        keep = attn_mask
+    elif attn_mask is not None:
+        s = s + attn_mask
+    if keep is not None:
+        s = xp.where(keep, s, xp.asarray(-math.inf, dtype=s.dtype, device=s.device))
+    m = xp.max(s, axis=-1, keepdims=True)  # (..., L, 1); -inf for a row with every key masked
+    if keep is not None or attn_mask is not None:
+        m = xp.where(m > -math.inf, m, xp.zeros_like(m))  # so exp(-inf - m) = 0 there, not NaN
+    e = xp.exp(s - m)
+    z = xp.sum(e, axis=-1, keepdims=True)
+    if keep is not None or attn_mask is not None:
+        z = xp.where(z > 0, z, xp.ones_like(z))  # a fully masked row: 0 / 1 = 0 (torch's safe softmax)
+    return e / z
+
+
+def _sum_to(xp, x, shape):
+    """Sum a broadcast gradient back to `shape` (leading dims, and dims where shape has a 1)."""
+    shape = tuple(shape)
+    if _shape(x) == shape:
+        return x
+    lead = x.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1 and x.shape[lead + i] != 1)
+    return xp.reshape(xp.sum(x, axis=axes, keepdims=True), shape)
+
+
+def _draw_keep(dropout_p, shape, like, generator):
+    """A fresh boolean keep-mask, True with probability 1 - p, from a NumPy generator."""
+    rng = generator if generator is not None else np.random.default_rng()
+    keep = rng.random(shape) >= dropout_p
+    return B.place_bool(keep, B.device_of(like))
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                                 *, dropout_mask=None, generator=None):
+    """softmax(q k^T * scale + mask) v, scale = 1/sqrt(E) by default; dropout on the weights.
+
+    attn_mask: boolean (True = take part) or float (added to the scores), broadcastable to
+    (..., L, S). dropout_mask (not in torch): the boolean keep-mask to use when dropout_p > 0,
+    so that a backward can use the same one; without it a mask is drawn from `generator`
+    (a NumPy Generator), which no backward can see.
+    """
+    xp, _, L, S = _check(OP, query, key, value, attn_mask, dropout_p, is_causal, scale, dropout_mask)
+    p = _weights(xp, query, key, attn_mask, is_causal, _scale(query, scale))  # (..., L, S)
+    if dropout_p > 0.0:
+        if dropout_mask is None:
+            dropout_mask = _draw_keep(dropout_p, _shape(p), p, generator)
+        p = p * _keep_scale(xp, dropout_mask, dropout_p, p)
+    return xp.matmul(p, value)  # (..., L, S) @ (..., S, Ev) -> (..., L, Ev)
+
+
+def scaled_dot_product_attention_backward(grad_output, query, key, value, attn_mask=None, dropout_p=0.0,
+                                          is_causal=False, scale=None, *, dropout_mask=None, attn_weight=None):
+    """dv = P_d^T g;  dS = P * (dP - rowsum(dP P)), dP = g v^T D/(1-p);  dq = scale dS k;  dk = scale dS^T q;  dM = dS.
+
+    Returns (grad_query, grad_key, grad_value, grad_attn_mask); grad_attn_mask is None unless
+    attn_mask is a float mask. attn_weight= reuses the forward's softmax P (before dropout).
+    """
+    op = OP + "_backward"
+    xp, lead, L, S = _check(op, query, key, value, attn_mask, dropout_p, is_causal, scale, dropout_mask)
+    namespace(grad_output, query, attn_weight, op=op)
+    expected = lead + (L, value.shape[-1])
+    if _shape(grad_output) != expected:
+        raise ValueError(f"{op}: expected grad_output of shape {expected} (the output's), got {_shape(grad_output)}")
+    check_same_dtype(op, grad_output=grad_output, query=query, attn_weight=attn_weight)
+    if dropout_p > 0.0 and dropout_mask is None:
+        raise ValueError(f"{op}: dropout_p={dropout_p} needs the forward's dropout_mask=, got none")
+    if attn_weight is not None and _shape(attn_weight) != lead + (L, S):
+        raise ValueError(f"{op}: expected attn_weight of shape {lead + (L, S)}, got {_shape(attn_weight)}")
+    sc = _scale(query, scale)
+    p = _weights(xp, query, key, attn_mask, is_causal, sc) if attn_weight is None else attn_weight
+    d = _keep_scale(xp, dropout_mask, dropout_p, p) if dropout_p > 0.0 else None
+    return _backward(xp, grad_output, query, key, value, p, d, sc, attn_mask)
+
+
+def _backward(xp, g, query, key, value, p, d, scale, attn_mask):
+    """The unchecked kernel: p the softmax weights (..., L, S), d the dropout factor or None."""
+    pd = p if d is None else p * d
+    grad_value = xp.matmul(xp.matrix_transpose(pd), g)  # (..., S, L) @ (..., L, Ev) -> (..., S, Ev)
+    dp = xp.matmul(g, xp.matrix_transpose(value))  # (..., L, Ev) @ (..., Ev, S) -> (..., L, S)
+    if d is not None:
+        dp = dp * d
+    ds = p * (dp - xp.sum(dp * p, axis=-1, keepdims=True))  # softmax backward, (..., L, S)
+    grad_query = xp.matmul(ds, key) * scale  # (..., L, S) @ (..., S, E) -> (..., L, E)
+    grad_key = xp.matmul(xp.matrix_transpose(ds), query) * scale  # (..., S, L) @ (..., L, E) -> (..., S, E)
+    grad_mask = None
+    if attn_mask is not None and attn_mask.dtype != xp.bool:
+        grad_mask = _sum_to(xp, ds, _shape(attn_mask))
+    return (_sum_to(xp, grad_query, _shape(query)), _sum_to(xp, grad_key, _shape(key)),
+            _sum_to(xp, grad_value, _shape(value)), grad_mask)
