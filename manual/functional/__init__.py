@@ -23,6 +23,7 @@ from .activations import (
     tanh_backward,
 )
 from .linear import linear, linear_backward
+from .conv import conv1d, conv1d_backward, conv2d, conv2d_backward
 from .attention import scaled_dot_product_attention, scaled_dot_product_attention_backward
 from .losses import (
     binary_cross_entropy_with_logits,
@@ -33,4 +34,4 @@ from .losses import (
     mse_loss_backward,
 )
 
-__all__ = [n for n in dir() if not n.startswith("_") and n not in ("activations", "losses", "attention")]
+__all__ = [n for n in dir() if not n.startswith("_") and n not in ("activations", "losses", "attention", "conv", "pooling")]

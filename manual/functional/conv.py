@@ -1,0 +1,276 @@
+"""Convolution: conv1d and conv2d by im2col and one matrix multiply, backward included.
+
+Forward (torch's conv is a cross-correlation), per group g, with xp the zero-padded input:
+
+    y[n, o, h, w] = b[o] + sum_{c, i, j} W[o, c, i, j] xp[n, c, h*sh + i*dh, w*sw + j*dw]
+
+im2col: the (N, C, OH, OW, kh, kw) windows of xp are a strided view (no copy); laid out as
+the matrix cols (N*OH*OW, C*kh*kw) they make the convolution one product cols @ W^T.
+Backward:
+- grad_weight = g^T cols (the transpose of im2col's product), grad_bias = g summed over N, OH, OW;
+- grad_input is a convolution of grad_output with the flipped kernel: g spread back on the
+  stride grid, padded by d (k - 1), correlated (stride 1, same dilation) with W flipped in
+  both spatial axes and with in/out channels swapped within each group. No scatter, no loop.
+
+`conv2d_naive` / `conv2d_backward_naive` below are the definitions as loops, kept as the
+readable reference the fast version is tested against.
+"""
+
+from __future__ import annotations
+
+from .. import _backend as B
+from .._backend import check_same_dtype, namespace
+
+
+# -- arguments ----------------------------------------------------------------------------------
+
+def _ntuple(op, name, value, n, minimum):
+    """An int or a sequence of n ints, each >= minimum, as a tuple of n ints."""
+    vals = (value,) * n if isinstance(value, int) and not isinstance(value, bool) else value
+    if (not isinstance(vals, (tuple, list)) or len(vals) != n
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in vals)):
+        raise TypeError(f"{op}: expected {name} to be an int or a tuple of {n} ints, got {value!r}")
+    if any(v < minimum for v in vals):
+        what = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{op}: expected {name} to be {what} (>= {minimum}), got {value!r}")
+    return tuple(vals)
+
+
+class _Geometry:
+    """Everything conv's forward and backward need besides the arrays, checked once."""
+
+    __slots__ = ("stride", "dilation", "pads", "groups", "out_hw", "unbatched")
+
+
+def _conv_geometry(op, input, weight, bias, stride, padding, dilation, groups, nd):
+    """Validate conv{nd}d's arguments as torch does; spatial arguments as 2-tuples (conv1d: H = 1)."""
+    if weight.ndim != nd + 2:
+        dims = "(out_channels, in_channels/groups, kL)" if nd == 1 else "(out_channels, in_channels/groups, kH, kW)"
+        raise ValueError(f"{op}: expected weight of shape {dims}, got {tuple(weight.shape)}")
+    if input.ndim not in (nd + 1, nd + 2):
+        lay = "(N, C, L) or (C, L)" if nd == 1 else "(N, C, H, W) or (C, H, W)"
+        raise ValueError(f"{op}: expected a {nd + 2}-D input {lay}, got shape {tuple(input.shape)}")
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"{op}: expected groups to be a positive int, got {groups!r}")
+    out_ch, cin_g = weight.shape[0], weight.shape[1]
+    channels = input.shape[-nd - 1]
+    if out_ch % groups:
+        raise ValueError(f"{op}: groups={groups} must divide out_channels: expected weight.shape[0] divisible "
+                         f"by {groups}, got weight of shape {tuple(weight.shape)}")
+    if cin_g * groups != channels:
+        raise ValueError(f"{op}: groups={groups}, weight of shape {tuple(weight.shape)}: expected input with "
+                         f"{cin_g * groups} channels (weight.shape[1] * groups), got {channels} channels "
+                         f"(input of shape {tuple(input.shape)})")
+    if bias is not None and tuple(bias.shape) != (out_ch,):
+        raise ValueError(f"{op}: expected bias of shape ({out_ch},), got {tuple(bias.shape)}")
+    check_same_dtype(op, input=input, weight=weight, bias=bias)
+    s = _ntuple(op, "stride", stride, nd, 1)
+    d = _ntuple(op, "dilation", dilation, nd, 1)
+    k = tuple(weight.shape[2:])
+    if isinstance(padding, str):
+        if padding == "valid":
+            pads = ((0, 0),) * nd
+        elif padding == "same":
+            if any(v != 1 for v in s):
+                raise ValueError(f"{op}: padding='same' is not supported for strided convolutions, got stride={stride!r}")
+            # total d (k - 1), the odd one out on the far side (torch's choice)
+            pads = tuple((dd * (kk - 1) // 2, dd * (kk - 1) - dd * (kk - 1) // 2) for kk, dd in zip(k, d))
+        else:
+            raise ValueError(f"{op}: expected padding to be an int, a tuple of {nd} ints, 'valid' or 'same', got {padding!r}")
+    else:
+        pads = tuple((p, p) for p in _ntuple(op, "padding", padding, nd, 0))
+    size = tuple(input.shape[-nd:])
+    padded = tuple(n + a + b for n, (a, b) in zip(size, pads))
+    extent = tuple(dd * (kk - 1) + 1 for kk, dd in zip(k, d))
+    if any(e > p for e, p in zip(extent, padded)):
+        raise ValueError(f"{op}: kernel larger than the padded input: expected a (dilated) kernel extent of at most "
+                         f"{padded} (input {size} plus padding), got kernel {k} with dilation {d}, extent {extent}")
+    g = _Geometry()
+    g.out_hw = tuple((p - e) // ss + 1 for p, e, ss in zip(padded, extent, s))
+    g.groups, g.unbatched = groups, input.ndim == nd + 1
+    if nd == 1:  # conv1d is conv2d over a height of 1
+        g.stride, g.dilation, g.pads, g.out_hw = (1, s[0]), (1, d[0]), ((0, 0), pads[0]), (1, g.out_hw[0])
+    else:
+        g.stride, g.dilation, g.pads = s, d, pads
+    return g
+
+
+# -- the kernels: 4-D input (N, C, H, W), 4-D weight (O, C/G, kh, kw), checked arguments ---------------
+
+def _pad(x, pads, xp, value=0.0):
+    """A new array: x inside a border of `value` ((top, bottom), (left, right)); x itself if no border."""
+    (t, b), (l, r) = pads
+    if not (t or b or l or r):
+        return x
+    n, c, h, w = x.shape
+    out = xp.full((n, c, h + t + b, w + l + r), value, dtype=x.dtype, device=x.device)
+    out[:, :, t:t + h, l:l + w] = x  # a write into our own fresh array
+    return out
+
+
+def _im2col(xpad, kernel, stride, dilation, groups, out_hw, xp):
+    """(G, N*OH*OW, C/G*kh*kw): row (n, oh, ow) of group g is its receptive field, flattened."""
+    n, c = xpad.shape[:2]
+    (oh, ow), (kh, kw) = out_hw, kernel
+    win = B.windows(xpad, out_hw, kernel, stride, dilation)  # (N, C, OH, OW, kh, kw), a view
+    win = xp.reshape(win, (n, groups, c // groups, oh, ow, kh, kw))
+    win = xp.permute_dims(win, (1, 0, 3, 4, 2, 5, 6))  # (G, N, OH, OW, C/G, kh, kw)
+    return xp.reshape(win, (groups, n * oh * ow, (c // groups) * kh * kw))  # the one copy
+
+
+def _conv2d(x, weight, bias, geo, xp):
+    """(output (N, O, OH, OW), cols): cols is kept by Conv2d for the weight gradient."""
+    n = x.shape[0]
+    o, cg, kh, kw = weight.shape
+    G, (oh, ow) = geo.groups, geo.out_hw
+    cols = _im2col(_pad(x, geo.pads, xp), (kh, kw), geo.stride, geo.dilation, G, geo.out_hw, xp)
+    wmat = xp.reshape(weight, (G, o // G, cg * kh * kw))  # (G, O/G, K)
+    out = cols @ xp.permute_dims(wmat, (0, 2, 1))  # (G, N*OH*OW, K) @ (G, K, O/G) -> (G, N*OH*OW, O/G)
+    if bias is not None:
+        out += xp.reshape(bias, (G, 1, o // G))  # in place on our own product
+    out = xp.permute_dims(xp.reshape(out, (G, n, oh, ow, o // G)), (1, 0, 4, 2, 3))  # (N, G, O/G, OH, OW)
+    return xp.reshape(out, (n, o, oh, ow)), cols
+
+
+class _Unit:
+    """Geometry of the flipped-kernel convolution in the input gradient: stride 1, no padding."""
+
+    __slots__ = ("stride", "dilation", "pads", "groups", "out_hw")
+
+
+def _conv2d_backward(grad_output, x_shape, cols, weight, has_bias, geo, xp, input_grad=True):
+    """(grad_input, grad_weight, grad_bias) from grad_output (N, O, OH, OW) and the forward's cols."""
+    n, c, h, w = x_shape
+    o, cg, kh, kw = weight.shape
+    G, (oh, ow), (sh, sw), (dh, dw) = geo.groups, geo.out_hw, geo.stride, geo.dilation
+    # dL/dW = g^T cols, per group
+    gmat = xp.permute_dims(xp.reshape(grad_output, (n, G, o // G, oh, ow)), (1, 0, 3, 4, 2))
+    gmat = xp.reshape(gmat, (G, n * oh * ow, o // G))  # (G, N*OH*OW, O/G)
+    grad_weight = xp.reshape(xp.permute_dims(gmat, (0, 2, 1)) @ cols, (o, cg, kh, kw))
+    grad_bias = xp.sum(grad_output, axis=(0, 2, 3)) if has_bias else None
+    if not input_grad:
+        return None, grad_weight, grad_bias
+    # dL/dx: g placed on the stride grid of the padded input, then a border of d (k - 1):
+    # gp[n, o, (kh-1)dh + oh*sh, (kw-1)dw + ow*sw] = g[n, o, oh, ow], zeros elsewhere
+    (pt, pb), (pl, pr) = geo.pads
+    eh, ew = dh * (kh - 1), dw * (kw - 1)
+    hp, wp = h + pt + pb, w + pl + pr
+    gp = xp.zeros((n, o, hp + eh, wp + ew), dtype=grad_output.dtype, device=grad_output.device)
+    gp[:, :, eh:eh + (oh - 1) * sh + 1:sh, ew:ew + (ow - 1) * sw + 1:sw] = grad_output  # our own fresh array
+    gp = gp[:, :, pt:pt + h + eh, pl:pl + w + ew]  # only the rows/columns that reach the unpadded input
+    # the flipped kernel, in/out channels swapped within each group: (C, O/G, kh, kw)
+    wt = xp.reshape(xp.flip(weight, axis=(2, 3)), (G, o // G, cg, kh, kw))
+    wt = xp.reshape(xp.permute_dims(wt, (0, 2, 1, 3, 4)), (c, o // G, kh, kw))
+    unit = _Unit()
+    unit.stride, unit.dilation, unit.pads, unit.groups, unit.out_hw = (1, 1), (dh, dw), ((0, 0), (0, 0)), G, (h, w)
+    grad_input, _ = _conv2d(gp, wt, None, unit, xp)  # dL/dx = g (*) rot180(W): (N, C, H, W)
+    return grad_input, grad_weight, grad_bias
+
+
+# -- public ops ------------------------------------------------------------------------------
+
+def _as4d(x, w, geo, nd, xp):
+    """input and weight as (N, C, H, W) / (O, C/G, kh, kw)."""
+    if geo.unbatched:
+        x = xp.expand_dims(x, axis=0)
+    if nd == 1:
+        x, w = xp.expand_dims(x, axis=2), xp.expand_dims(w, axis=2)
+    return x, w
+
+
+def _from4d(y, geo, nd, xp):
+    if nd == 1:
+        y = y[:, :, 0, :]
+    return y[0, ...] if geo.unbatched else y
+
+
+def _conv(op, nd, input, weight, bias, stride, padding, dilation, groups):
+    xp = namespace(input, weight, bias, op=op)
+    geo = _conv_geometry(op, input, weight, bias, stride, padding, dilation, groups, nd)
+    x4, w4 = _as4d(input, weight, geo, nd, xp)
+    return _from4d(_conv2d(x4, w4, bias, geo, xp)[0], geo, nd, xp)
+
+
+def _conv_bwd(op, nd, grad_output, input, weight, bias, stride, padding, dilation, groups):
+    xp = namespace(grad_output, input, weight, bias, op=op)
+    geo = _conv_geometry(op, input, weight, bias, stride, padding, dilation, groups, nd)
+    o = weight.shape[0]
+    out_sp = geo.out_hw[1:] if nd == 1 else geo.out_hw
+    expected = ((o,) if geo.unbatched else (input.shape[0], o)) + tuple(out_sp)
+    if tuple(grad_output.shape) != expected:
+        raise ValueError(f"{op}: expected grad_output of shape {expected} (the output's), got {tuple(grad_output.shape)}")
+    check_same_dtype(op, grad_output=grad_output, input=input)
+    x4, w4 = _as4d(input, weight, geo, nd, xp)
+    g4 = xp.expand_dims(grad_output, axis=0) if geo.unbatched else grad_output
+    if nd == 1:
+        g4 = xp.expand_dims(g4, axis=2)
+    cols = _im2col(_pad(x4, geo.pads, xp), tuple(w4.shape[2:]), geo.stride, geo.dilation, groups, geo.out_hw, xp)
+    gi, gw, gb = _conv2d_backward(g4, tuple(x4.shape), cols, w4, bias is not None, geo, xp)
+    return _from4d(gi, geo, nd, xp), (gw[:, :, 0, :] if nd == 1 else gw), gb
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """y[n,o,h,w] = b[o] + sum_{c,i,j} W[o,c,i,j] x_pad[n, c, h*sh + i*dh, w*sw + j*dw] (c within o's group)."""
+    return _conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups)
+
+
+def conv2d_backward(grad_output, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """dL/dx = g (*) rot180(W) (full correlation, g on the stride grid);  dL/dW = g^T im2col(x);  dL/db = sum g.
+
+    Returns (grad_input, grad_weight, grad_bias); grad_bias is None when bias is None.
+    """
+    return _conv_bwd("conv2d_backward", 2, grad_output, input, weight, bias, stride, padding, dilation, groups)
+
+
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """y[n,o,l] = b[o] + sum_{c,i} W[o,c,i] x_pad[n, c, l*s + i*d] (c within o's group)."""
+    return _conv("conv1d", 1, input, weight, bias, stride, padding, dilation, groups)
+
+
+def conv1d_backward(grad_output, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """dL/dx = g (*) flip(W) (full correlation, g on the stride grid);  dL/dW = g^T im2col(x);  dL/db = sum g.
+
+    Returns (grad_input, grad_weight, grad_bias); grad_bias is None when bias is None.
+    """
+    return _conv_bwd("conv1d_backward", 1, grad_output, input, weight, bias, stride, padding, dilation, groups)
+
+
+# -- the definitions as loops: the readable reference (NumPy, float64; tests only) --------------
+
+def conv2d_naive(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """conv2d by its definition, one output element at a time (CS231n's conv_forward_naive, with groups)."""
+    import numpy as np
+
+    geo = _conv_geometry("conv2d_naive", x, w, b, stride, padding, dilation, groups, 2)
+    xp = np.pad(x, ((0, 0), (0, 0)) + geo.pads)
+    n, o, (oh, ow), (sh, sw), (dh, dw) = x.shape[0], w.shape[0], geo.out_hw, geo.stride, geo.dilation
+    cg, og = w.shape[1], o // groups
+    y = np.zeros((n, o, oh, ow))
+    for i, k, r, s in np.ndindex(n, o, oh, ow):
+        c0 = (k // og) * cg  # first input channel of output channel k's group
+        field = xp[i, c0:c0 + cg, r * sh:r * sh + dh * (w.shape[2] - 1) + 1:dh, s * sw:s * sw + dw * (w.shape[3] - 1) + 1:dw]
+        y[i, k, r, s] = np.sum(field * w[k]) + (0.0 if b is None else b[k])
+    return y
+
+
+def conv2d_backward_naive(g, x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """The chain rule as loops: each output element sends g * W back to the inputs it read, and g * x to W."""
+    import numpy as np
+
+    geo = _conv_geometry("conv2d_backward_naive", x, w, b, stride, padding, dilation, groups, 2)
+    (pt, _), (pl, _) = geo.pads
+    xp = np.pad(x, ((0, 0), (0, 0)) + geo.pads)
+    gx, gw = np.zeros_like(xp), np.zeros_like(w)
+    n, o, (oh, ow), (sh, sw), (dh, dw) = x.shape[0], w.shape[0], geo.out_hw, geo.stride, geo.dilation
+    cg, og, kh, kw = w.shape[1], o // groups, w.shape[2], w.shape[3]
+    for i, k, r, s in np.ndindex(n, o, oh, ow):
+        c0 = (k // og) * cg
+        rows = slice(r * sh, r * sh + dh * (kh - 1) + 1, dh)
+        cols = slice(s * sw, s * sw + dw * (kw - 1) + 1, dw)
+        gx[i, c0:c0 + cg, rows, cols] += g[i, k, r, s] * w[k]
+        gw[k] += g[i, k, r, s] * xp[i, c0:c0 + cg, rows, cols]
+    gb = None if b is None else g.sum(axis=(0, 2, 3))
+    return gx[:, :, pt:pt + x.shape[2], pl:pl + x.shape[3]], gw, gb
+
+
+__all__ = ["conv1d", "conv1d_backward", "conv2d", "conv2d_backward"]
