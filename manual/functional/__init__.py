@@ -24,7 +24,32 @@ from .activations import (
 )
 from .linear import linear, linear_backward
 from .conv import conv1d, conv1d_backward, conv2d, conv2d_backward
+from .pooling import (
+    adaptive_avg_pool2d,
+    adaptive_avg_pool2d_backward,
+    avg_pool2d,
+    avg_pool2d_backward,
+    max_pool2d,
+    max_pool2d_backward,
+)
 from .attention import scaled_dot_product_attention, scaled_dot_product_attention_backward
+from .normalization import (
+    batch_norm,
+    batch_norm_backward,
+    group_norm,
+    group_norm_backward,
+    layer_norm,
+    layer_norm_backward,
+)
+from .regularization import (
+    dropout,
+    dropout_backward,
+    dropout_mask,
+    embedding,
+    embedding_backward,
+    flatten,
+    flatten_backward,
+)
 from .losses import (
     binary_cross_entropy_with_logits,
     binary_cross_entropy_with_logits_backward,
@@ -34,4 +59,5 @@ from .losses import (
     mse_loss_backward,
 )
 
-__all__ = [n for n in dir() if not n.startswith("_") and n not in ("activations", "losses", "attention", "conv", "pooling")]
+__all__ = [n for n in dir() if not n.startswith("_") and n not in ("activations", "losses", "attention", "conv", "pooling",
+                                                                  "normalization", "regularization")]
