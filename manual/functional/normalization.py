@@ -1,0 +1,236 @@
+"""Normalization: batch norm, layer norm, group norm, each forward beside its backward.
+
+All three normalise x over a set of M values (a channel across the batch, a sample's last
+dimensions, a group of channels), then scale and shift per feature:
+
+    mu = mean(x);  var = mean((x - mu)^2) (biased);  rstd = 1 / sqrt(var + eps)
+    xhat = (x - mu) * rstd;  y = w * xhat + b
+
+and share one backward (llm.c's layernorm_backward, Karpathy's batch-norm one-liner), with
+gh = g * w the gradient reaching xhat and the means taken over the same M values:
+
+    dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat));  dw = sum(g * xhat);  db = sum(g)
+
+The statistics are recomputed in the backward from the input (pure: nothing is cached
+between the two calls), as llm.c recomputes `norm`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from .._backend import check_same_dtype, namespace
+
+
+def _shape(a):
+    return tuple(a.shape)
+
+
+def _check_eps(op, eps):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0:
+        raise ValueError(f"{op}: expected eps to be a real number >= 0, got {eps!r}")
+
+
+def _check_affine(op, weight, bias, shape, what):
+    for name, a in (("weight", weight), ("bias", bias)):
+        if a is not None and _shape(a) != tuple(shape):
+            raise ValueError(f"{op}: expected {name} of shape {tuple(shape)} ({what}), got {_shape(a)}")
+
+
+def _check_grad(op, grad_output, input):
+    if _shape(grad_output) != _shape(input):
+        raise ValueError(f"{op}: expected grad_output of shape {_shape(input)} (the input's), got {_shape(grad_output)}")
+    check_same_dtype(op, grad_output=grad_output, input=input)
+
+
+def _stats(xp, x, axes, eps):
+    """(xhat, rstd) over `axes` (kept as size-1 dims): two passes, so no cancellation in var."""
+    mu = xp.mean(x, axis=axes, keepdims=True)
+    xc = x - mu
+    var = xp.mean(xc * xc, axis=axes, keepdims=True)
+    rstd = 1.0 / xp.sqrt(var + eps)
+    return xc * rstd, rstd
+
+
+def _norm_backward(xp, gh, xhat, rstd, axes):
+    """dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat)), the means over `axes`."""
+    return rstd * (gh - xp.mean(gh, axis=axes, keepdims=True) - xhat * xp.mean(gh * xhat, axis=axes, keepdims=True))
+
+
+# -- layer norm ----------------------------------------------------------------------------
+
+def _ln_check(op, input, normalized_shape, weight, bias, eps):
+    xp = namespace(input, weight, bias, op=op)
+    check_same_dtype(op, input=input, weight=weight, bias=bias)
+    if isinstance(normalized_shape, numbers.Integral):
+        normalized_shape = (int(normalized_shape),)
+    shape = tuple(int(n) for n in normalized_shape)
+    k = len(shape)
+    if k == 0 or input.ndim < k or _shape(input)[input.ndim - k:] != shape:
+        raise ValueError(f"{op}: expected input whose last dimensions are normalized_shape {shape}, "
+                         f"got input of shape {_shape(input)}")
+    _check_affine(op, weight, bias, shape, "normalized_shape")
+    _check_eps(op, eps)
+    return xp, tuple(range(input.ndim - k, input.ndim))
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """y = w * (x - mean(x)) / sqrt(var(x) + eps) + b, the statistics over the last len(normalized_shape) dims."""
+    xp, axes = _ln_check("layer_norm", input, normalized_shape, weight, bias, eps)
+    xhat, _ = _stats(xp, input, axes, eps)
+    return _affine(xhat, weight, bias)
+
+
+def layer_norm_backward(grad_output, input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """dx = rstd (gh - mean(gh) - xhat mean(gh xhat)), gh = g w;  dw = sum(g xhat);  db = sum(g) (over the batch dims).
+
+    Returns (grad_input, grad_weight, grad_bias); grad_weight / grad_bias are None without weight / bias.
+    """
+    op = "layer_norm_backward"
+    xp, axes = _ln_check(op, input, normalized_shape, weight, bias, eps)
+    namespace(grad_output, input, op=op)
+    _check_grad(op, grad_output, input)
+    xhat, rstd = _stats(xp, input, axes, eps)
+    gh = grad_output if weight is None else grad_output * weight
+    batch = tuple(range(input.ndim - len(axes)))  # the dims w and b are shared across
+    grad_weight = None if weight is None else xp.sum(grad_output * xhat, axis=batch)
+    grad_bias = None if bias is None else xp.sum(grad_output, axis=batch)
+    return _norm_backward(xp, gh, xhat, rstd, axes), grad_weight, grad_bias
+
+
+def _affine(xhat, weight, bias):
+    out = xhat if weight is None else xhat * weight
+    return out if bias is None else out + bias
+
+
+# -- batch norm ----------------------------------------------------------------------------
+
+def _channel_view(xp, a, ndim):
+    """A per-channel (C,) array as (1, C, 1, ..., 1), to broadcast against an (N, C, *) input."""
+    return xp.reshape(a, (1, a.shape[0]) + (1,) * (ndim - 2))
+
+
+def _bn_check(op, input, running_mean, running_var, weight, bias, training, momentum, eps):
+    xp = namespace(input, running_mean, running_var, weight, bias, op=op)
+    check_same_dtype(op, input=input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
+    if input.ndim < 2:
+        raise ValueError(f"{op}: expected input of shape (N, C) or (N, C, *) with at least 2 dimensions, "
+                         f"got shape {_shape(input)}")
+    c = input.shape[1]
+    for name, a in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+        if a is not None and _shape(a) != (c,):
+            raise ValueError(f"{op}: expected {name} of shape ({c},) (one per channel of input {_shape(input)}), "
+                             f"got {_shape(a)}")
+    if training not in (True, False):
+        raise TypeError(f"{op}: expected training to be True or False, got {training!r}")
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError(f"{op}: expected running_mean and running_var when training=False (they are what "
+                         f"eval mode normalises with), got None")
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1:
+        raise ValueError(f"{op}: expected momentum to be a real number in [0, 1], got {momentum!r}")
+    _check_eps(op, eps)
+    m = math.prod(_shape(input)) // c if c else 0
+    if training and m <= 1:
+        raise ValueError(f"{op}: expected more than 1 value per channel when training (the batch variance of "
+                         f"one value is undefined; torch refuses too), got input of shape {_shape(input)}")
+    return xp, (0,) + tuple(range(2, input.ndim)), m
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    """y = w * (x - mu) / sqrt(var + eps) + b per channel (dim 1); mu, var: the batch's (training) or the running ones.
+
+    Training also updates the running statistics in place, as torch does:
+    running_mean <- (1 - momentum) running_mean + momentum mu,
+    running_var  <- (1 - momentum) running_var  + momentum var * M / (M - 1)   (unbiased, M values per channel).
+    """
+    xp, axes, m = _bn_check("batch_norm", input, running_mean, running_var, weight, bias, training, momentum, eps)
+    nd = input.ndim
+    if training:
+        mu = xp.mean(input, axis=axes, keepdims=True)
+        xc = input - mu
+        var = xp.mean(xc * xc, axis=axes, keepdims=True)
+        xhat = xc / xp.sqrt(var + eps)
+        if running_mean is not None:
+            running_mean[...] = (1.0 - momentum) * running_mean + momentum * xp.reshape(mu, (-1,))
+        if running_var is not None:
+            running_var[...] = (1.0 - momentum) * running_var + momentum * xp.reshape(var, (-1,)) * (m / (m - 1))
+    else:
+        xhat = (input - _channel_view(xp, running_mean, nd)) / _channel_view(xp, xp.sqrt(running_var + eps), nd)
+    return _affine(xhat, None if weight is None else _channel_view(xp, weight, nd),
+                   None if bias is None else _channel_view(xp, bias, nd))
+
+
+def batch_norm_backward(grad_output, input, running_mean, running_var, weight=None, bias=None, training=False,
+                        momentum=0.1, eps=1e-5):
+    """training: dx = rstd (gh - mean(gh) - xhat mean(gh xhat));  eval: dx = gh rstd_running;  gh = g w;  dw = sum(g xhat);  db = sum(g).
+
+    Returns (grad_input, None, None, grad_weight, grad_bias): one per positional array argument,
+    None for the running statistics (not differentiable) and for an absent weight / bias. Pure:
+    the running statistics are read (eval) but never updated here.
+    """
+    op = "batch_norm_backward"
+    xp, axes, _ = _bn_check(op, input, running_mean, running_var, weight, bias, training, momentum, eps)
+    namespace(grad_output, input, op=op)
+    _check_grad(op, grad_output, input)
+    nd = input.ndim
+    gh = grad_output if weight is None else grad_output * _channel_view(xp, weight, nd)
+    if training:
+        xhat, rstd = _stats(xp, input, axes, eps)
+        grad_input = _norm_backward(xp, gh, xhat, rstd, axes)
+    else:
+        rstd = 1.0 / _channel_view(xp, xp.sqrt(running_var + eps), nd)
+        xhat = (input - _channel_view(xp, running_mean, nd)) * rstd
+        grad_input = gh * rstd
+    grad_weight = None if weight is None else xp.sum(grad_output * xhat, axis=axes)
+    grad_bias = None if bias is None else xp.sum(grad_output, axis=axes)
+    return grad_input, None, None, grad_weight, grad_bias
+
+
+# -- group norm ----------------------------------------------------------------------------
+
+def _gn_check(op, input, num_groups, weight, bias, eps):
+    xp = namespace(input, weight, bias, op=op)
+    check_same_dtype(op, input=input, weight=weight, bias=bias)
+    if input.ndim < 2:
+        raise ValueError(f"{op}: expected input of shape (N, C, *) with at least 2 dimensions, got shape {_shape(input)}")
+    c = input.shape[1]
+    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral) or num_groups < 1 or c % num_groups:
+        raise ValueError(f"{op}: expected num_groups a positive integer that divides the {c} channels of input "
+                         f"{_shape(input)}, got {num_groups!r}")
+    _check_affine(op, weight, bias, (c,), "one per channel")
+    _check_eps(op, eps)
+    return xp
+
+
+def _grouped(xp, x, num_groups):
+    """(N, C, *) -> (N, G, C/G * prod(*)): each group's values in one row."""
+    return xp.reshape(x, (x.shape[0], num_groups, -1))
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
+    """y = w * (x - mu_g) / sqrt(var_g + eps) + b: the statistics over each sample's group of C/G channels (and space)."""
+    xp = _gn_check("group_norm", input, num_groups, weight, bias, eps)
+    xhat, _ = _stats(xp, _grouped(xp, input, num_groups), (2,), eps)
+    nd = input.ndim
+    return _affine(xp.reshape(xhat, _shape(input)), None if weight is None else _channel_view(xp, weight, nd),
+                   None if bias is None else _channel_view(xp, bias, nd))
+
+
+def group_norm_backward(grad_output, input, num_groups, weight=None, bias=None, eps=1e-5):
+    """dx = rstd (gh - mean(gh) - xhat mean(gh xhat)) per group, gh = g w;  dw = sum(g xhat);  db = sum(g) (over N and space).
+
+    Returns (grad_input, grad_weight, grad_bias); None for an absent weight / bias.
+    """
+    op = "group_norm_backward"
+    xp = _gn_check(op, input, num_groups, weight, bias, eps)
+    namespace(grad_output, input, op=op)
+    _check_grad(op, grad_output, input)
+    nd, shape = input.ndim, _shape(input)
+    xhat, rstd = _stats(xp, _grouped(xp, input, num_groups), (2,), eps)  # (N, G, M)
+    gh = grad_output if weight is None else grad_output * _channel_view(xp, weight, nd)
+    grad_input = xp.reshape(_norm_backward(xp, _grouped(xp, gh, num_groups), xhat, rstd, (2,)), shape)
+    axes = (0,) + tuple(range(2, nd))
+    grad_weight = None if weight is None else xp.sum(grad_output * xp.reshape(xhat, shape), axis=axes)
+    grad_bias = None if bias is None else xp.sum(grad_output, axis=axes)
+    return grad_input, grad_weight, grad_bias
