@@ -232,9 +232,22 @@ def scatter_add(index, values, size):
     return np.bincount(index.reshape(-1), weights=values.reshape(-1), minlength=size).astype(values.dtype, copy=False)
 
 
-def place_bool(mask: np.ndarray, device=None):
-    """A NumPy boolean array (a dropout keep-mask, ...) on the given backend/device, still boolean."""
+def place_raw(values: np.ndarray, device=None):
+    """A NumPy array on the given backend/device, keeping its dtype (a boolean mask, integer ids)."""
     kind, dev = parse_device(device)
     if kind == "numpy":
-        return np.asarray(mask, dtype=bool)
-    return torch.as_tensor(np.asarray(mask, dtype=bool), device=dev)
+        return np.asarray(values)
+    return torch.as_tensor(np.asarray(values), device=dev)
+
+
+def index_add(n: int, index, source):
+    """out (n, C) with out[i] = sum of source[j] over j where index[j] == i (an embedding's backward).
+
+    index: (N,) integer ids, source: (N, C). Not in the Array API standard: np.add.at / index_add_.
+    """
+    if backend_name(source) == "torch":
+        out = torch.zeros((n,) + tuple(source.shape[1:]), dtype=source.dtype, device=source.device)
+        return out.index_add_(0, index, source)
+    out = np.zeros((n,) + source.shape[1:], dtype=source.dtype)
+    np.add.at(out, index, source)
+    return out

@@ -127,7 +127,7 @@ def _draw_keep(dropout_p, shape, like, generator):
     """A fresh boolean keep-mask, True with probability 1 - p, from a NumPy generator."""
     rng = generator if generator is not None else np.random.default_rng()
     keep = rng.random(shape) >= dropout_p
-    return B.place_bool(keep, B.device_of(like))
+    return B.place_raw(keep, B.device_of(like))
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,

@@ -1,0 +1,363 @@
+"""A GPT by hand: nanoGPT's model with every backward written out (twin: torch_ref.gpt).
+
+Token and position embeddings, pre-norm blocks (x + attn(ln_1(x)), then x + mlp(ln_2(x))),
+a final LayerNorm and a language-model head whose weight is the token table's (tied). The
+parameter names are GPT-2's, so `state_dict()` keys equal the torch twin's (and nanoGPT's):
+
+    transformer.wte.weight  transformer.wpe.weight  transformer.h.<i>.ln_1.weight ...
+    transformer.h.<i>.attn.c_attn.weight  .attn.c_proj  .ln_2  .mlp.c_fc  .mlp.c_proj
+    transformer.ln_f.weight  lm_head.weight (the same Parameter as transformer.wte.weight)
+
+The tied weight's gradient is the sum of both uses: lm_head's Linear.backward and wte's
+embedding backward accumulate into one Parameter.grad, as autograd does.
+
+    logits = model(idx)                                   # idx (B, T) ints -> (B, T, vocab)
+    loss = criterion(logits.reshape(-1, V), targets.reshape(-1))
+    model.backward(xp.reshape(criterion.backward(), logits.shape))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import _backend as B
+from . import init as I
+from .functional.attention import _backward as _attention_backward
+from .functional.attention import _draw_keep, _keep_scale, _weights
+from .nn import GELU, Linear, Module, Parameter
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 16  # longest sequence: rows of the position table wpe
+    vocab_size: int = 16  # number of token ids: rows of wte, outputs of lm_head
+    n_layer: int = 2  # transformer blocks
+    n_head: int = 2  # attention heads per block; n_embd must divide by it
+    n_embd: int = 32  # width of the residual stream
+    dropout: float = 0.0  # dropout probability on embeddings, attention weights and residual branches
+    bias: bool = True  # biases in the Linear layers and LayerNorms (GPT-2: True)
+
+    def __post_init__(self):
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"GPTConfig: expected {name} to be a positive int, got {v!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig: expected n_embd divisible by n_head, got n_embd={self.n_embd}, "
+                             f"n_head={self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig: expected dropout in [0, 1), got {self.dropout!r}")
+
+
+def _zeros(shape, device, dtype):
+    return B.place(np.zeros(shape), device, dtype)
+
+
+# -- the three layers the GPT needs besides Linear and GELU -----------------------------------
+
+class _LayerNorm(Module):
+    """y = (x - mean) / sqrt(var + eps) * weight + bias over the last dimension (torch.nn.LayerNorm)."""
+
+    def __init__(self, n, bias=True, eps=1e-5, device=None, dtype=None):
+        super().__init__()
+        self.normalized_shape, self.eps = (n,), eps
+        self.weight = Parameter(B.place(np.ones(n), device, dtype))
+        self.bias = Parameter(_zeros(n, device, dtype)) if bias else None
+
+    def forward(self, x):
+        xp = B.namespace(x)
+        mean = xp.mean(x, axis=-1, keepdims=True)  # (..., 1)
+        xc = x - mean
+        rstd = 1.0 / xp.sqrt(xp.mean(xc * xc, axis=-1, keepdims=True) + self.eps)  # (..., 1), biased variance
+        norm = xc * rstd  # (..., C)
+        self._save(_norm=norm, _rstd=rstd)
+        y = norm * self.weight.data
+        return y + self.bias.data if self.bias is not None else y
+
+    def backward(self, g, *, input_grad=True):
+        """dx = rstd (dn - mean(dn) - n mean(dn n)), dn = g w;  dw = sum g n;  db = sum g  (llm.c's layernorm_backward)."""
+        xp = B.namespace(g)
+        norm, rstd = self._saved("_norm"), self._saved("_rstd")
+        C = norm.shape[-1]
+        g2, n2 = xp.reshape(g, (-1, C)), xp.reshape(norm, (-1, C))
+        _acc(self.weight, xp.sum(g2 * n2, axis=0))
+        if self.bias is not None:
+            _acc(self.bias, xp.sum(g2, axis=0))
+        dn = g * self.weight.data
+        return rstd * (dn - xp.mean(dn, axis=-1, keepdims=True) - norm * xp.mean(dn * norm, axis=-1, keepdims=True))
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}, bias={self.bias is not None}"
+
+
+class _Embedding(Module):
+    """out = weight[idx] (torch.nn.Embedding); the gradient of a row is the sum of g over its uses."""
+
+    def __init__(self, num_embeddings, embedding_dim, device=None, dtype=None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.weight = Parameter(_zeros((num_embeddings, embedding_dim), device, dtype))
+
+    def forward(self, idx):
+        xp = B.namespace(idx)
+        flat = xp.reshape(idx, (-1,))
+        self._save(_idx=flat)
+        return xp.reshape(xp.take(self.weight.data, flat, axis=0), tuple(idx.shape) + (self.embedding_dim,))
+
+    def backward(self, g, *, input_grad=True):
+        """d weight[i] = sum of g over the positions where idx == i; the indices get none (None)."""
+        xp = B.namespace(g)
+        flat = self._saved("_idx")
+        _acc(self.weight, B.index_add(self.num_embeddings, flat, xp.reshape(g, (-1, self.embedding_dim))))
+        return None
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+class _Dropout(Module):
+    """Zero each element with probability p, scale the rest by 1/(1-p); the identity in eval()."""
+
+    def __init__(self, p=0.0, generator=None):
+        super().__init__()
+        self.p, self.generator = p, generator
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self._active = False
+            return x
+        xp = B.namespace(x)
+        d = _keep_scale(xp, _draw_keep(self.p, tuple(x.shape), x, self.generator), self.p, x)
+        self._active = True
+        self._save(_d=d)
+        return x * d
+
+    def backward(self, g, *, input_grad=True):
+        """d dropout/dx = D / (1 - p), the same keep-mask D as the forward."""
+        return g * self._saved("_d") if self._active else g
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+def _acc(p, g):
+    p.grad = g if p.grad is None else p.grad + g
+
+
+class ModuleDict(Module):
+    """Children by name (torch.nn.ModuleDict): a container, no forward of its own."""
+
+    def __init__(self, modules):
+        super().__init__()
+        for name, m in modules.items():
+            setattr(self, name, m)
+
+
+class ModuleList(Module):
+    """Children named "0", "1", ... (torch.nn.ModuleList)."""
+
+    def __init__(self, modules):
+        super().__init__()
+        for i, m in enumerate(modules):
+            setattr(self, str(i), m)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+
+# -- the GPT -------------------------------------------------------------------------------------
+
+class CausalSelfAttention(Module):
+    """Multi-head causal self-attention: c_attn -> q, k, v (B, nh, T, hs) -> softmax(q k^T / sqrt(hs)) v -> c_proj."""
+
+    def __init__(self, config, device=None, dtype=None, generator=None):
+        super().__init__()
+        C = config.n_embd
+        self.c_attn = Linear(C, 3 * C, bias=config.bias, device=device, dtype=dtype, generator=generator)
+        self.c_proj = Linear(C, C, bias=config.bias, device=device, dtype=dtype, generator=generator)
+        self.resid_dropout = _Dropout(config.dropout, generator)
+        self.n_head, self.n_embd, self.dropout, self.generator = config.n_head, C, config.dropout, generator
+
+    def _heads(self, xp, t, B_, T):
+        return xp.permute_dims(xp.reshape(t, (B_, T, self.n_head, self.n_embd // self.n_head)), (0, 2, 1, 3))
+
+    def _merge(self, xp, t, B_, T):
+        return xp.reshape(xp.permute_dims(t, (0, 2, 1, 3)), (B_, T, self.n_embd))
+
+    def forward(self, x):
+        xp = B.namespace(x)
+        B_, T, C = x.shape
+        qkv = self.c_attn(x)  # (B, T, 3C)
+        q, k, v = (self._heads(xp, qkv[..., i * C:(i + 1) * C], B_, T) for i in range(3))  # (B, nh, T, hs)
+        scale = 1.0 / math.sqrt(C // self.n_head)
+        p = _weights(xp, q, k, None, True, scale)  # (B, nh, T, T), causal softmax
+        d = None
+        if self.training and self.dropout > 0.0:
+            d = _keep_scale(xp, _draw_keep(self.dropout, tuple(p.shape), p, self.generator), self.dropout, p)
+            self._save(_d=d)
+        self._dropout_used = d is not None
+        self._save(_q=q, _k=k, _v=v, _p=p)
+        y = xp.matmul(p if d is None else p * d, v)  # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
+        return self.resid_dropout(self.c_proj(self._merge(xp, y, B_, T)))
+
+    def backward(self, g, *, input_grad=True):
+        xp = B.namespace(g)
+        B_, T, C = g.shape
+        g = self.c_proj.backward(self.resid_dropout.backward(g))  # (B, T, C)
+        q, k, v, p = (self._saved(n) for n in ("_q", "_k", "_v", "_p"))
+        d = self._saved("_d") if self._dropout_used else None
+        scale = 1.0 / math.sqrt(C // self.n_head)
+        dq, dk, dv, _ = _attention_backward(xp, self._heads(xp, g, B_, T), q, k, v, p, d, scale, None)
+        dqkv = xp.concat([self._merge(xp, t, B_, T) for t in (dq, dk, dv)], axis=-1)  # (B, T, 3C)
+        return self.c_attn.backward(dqkv, input_grad=input_grad)
+
+
+class MLP(Module):
+    """c_fc (C -> 4C), GELU, c_proj (4C -> C), dropout."""
+
+    def __init__(self, config, device=None, dtype=None, generator=None):
+        super().__init__()
+        C = config.n_embd
+        self.c_fc = Linear(C, 4 * C, bias=config.bias, device=device, dtype=dtype, generator=generator)
+        self.gelu = GELU()
+        self.c_proj = Linear(4 * C, C, bias=config.bias, device=device, dtype=dtype, generator=generator)
+        self.dropout = _Dropout(config.dropout, generator)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+    def backward(self, g, *, input_grad=True):
+        g = self.gelu.backward(self.c_proj.backward(self.dropout.backward(g)))
+        return self.c_fc.backward(g, input_grad=input_grad)
+
+
+class Block(Module):
+    """x + attn(ln_1(x)), then x + mlp(ln_2(x)); a residual's gradient is the sum of its two paths."""
+
+    def __init__(self, config, device=None, dtype=None, generator=None):
+        super().__init__()
+        self.ln_1 = _LayerNorm(config.n_embd, config.bias, device=device, dtype=dtype)
+        self.attn = CausalSelfAttention(config, device, dtype, generator)
+        self.ln_2 = _LayerNorm(config.n_embd, config.bias, device=device, dtype=dtype)
+        self.mlp = MLP(config, device, dtype, generator)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+    def backward(self, g, *, input_grad=True):
+        g = g + self.ln_2.backward(self.mlp.backward(g))
+        return g + self.ln_1.backward(self.attn.backward(g))
+
+
+class GPT(Module):
+    """idx (B, T) integer token ids -> logits (B, T, vocab_size); nanoGPT's initialisation."""
+
+    def __init__(self, config: GPTConfig, device=None, dtype=None, generator=None):
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"GPT: expected a GPTConfig, got {type(config).__name__}")
+        self.config = config
+        c, kw = config, dict(device=device, dtype=dtype)
+        self.transformer = ModuleDict(dict(
+            wte=_Embedding(c.vocab_size, c.n_embd, **kw),
+            wpe=_Embedding(c.block_size, c.n_embd, **kw),
+            drop=_Dropout(c.dropout, generator),
+            h=ModuleList([Block(c, device, dtype, generator) for _ in range(c.n_layer)]),
+            ln_f=_LayerNorm(c.n_embd, c.bias, **kw),
+        ))
+        self.lm_head = Linear(c.n_embd, c.vocab_size, bias=False, **kw)
+        self.lm_head.weight = self.transformer.wte.weight  # tied: one Parameter, two uses
+        # nanoGPT: N(0, 0.02) weights, zero biases, residual projections N(0, 0.02 / sqrt(2 n_layer))
+        g = I.default_generator() if generator is None else generator
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                I.zeros_(p)
+            elif "ln_" not in name:
+                std = 0.02 / math.sqrt(2 * c.n_layer) if name.endswith("c_proj.weight") else 0.02
+                I.normal_(p, 0.0, std, generator=g)
+
+    def named_parameters(self, prefix=""):
+        """Each Parameter once (the tied lm_head.weight is transformer.wte.weight), as torch's."""
+        seen = set()
+        for name, p in super().named_parameters(prefix):
+            if id(p) not in seen:
+                seen.add(id(p))
+                yield name, p
+
+    def state_dict(self):
+        """Every name, the tied one included (lm_head.weight), as torch's state_dict."""
+        out = super().state_dict()
+        out["lm_head.weight"] = self.lm_head.weight.data
+        return out
+
+    def load_state_dict(self, state_dict, strict=True):
+        sd = dict(state_dict)
+        if "lm_head.weight" in sd:  # the tied weight: the last key loaded wins, as in torch
+            sd["transformer.wte.weight"] = sd.pop("lm_head.weight")
+        elif strict:
+            raise KeyError("GPT.load_state_dict: missing lm_head.weight (the tied token table)")
+        return super().load_state_dict(sd, strict)
+
+    def forward(self, idx):
+        xp = B.namespace(idx, op="GPT")
+        if idx.ndim != 2 or idx.dtype not in (xp.int64, xp.int32):
+            raise ValueError(f"GPT: expected integer token ids of shape (B, T), got {idx.dtype} of shape "
+                             f"{tuple(idx.shape)}")
+        T = idx.shape[1]
+        if T > self.config.block_size:
+            raise ValueError(f"GPT: expected at most block_size={self.config.block_size} tokens, got {T}")
+        tr = self.transformer
+        pos = xp.arange(T, device=idx.device)
+        x = tr.drop(tr.wte(idx) + tr.wpe(pos))  # (B, T, C) + (T, C)
+        for block in tr.h:
+            x = block(x)
+        return self.lm_head(tr.ln_f(x))  # (B, T, vocab)
+
+    def backward(self, grad_output, *, input_grad=True):
+        """Accumulates every parameter's gradient; returns None (token ids have no gradient)."""
+        xp = B.namespace(grad_output)
+        tr = self.transformer
+        g = tr.ln_f.backward(self.lm_head.backward(grad_output))  # (B, T, C)
+        for block in reversed(list(tr.h)):
+            g = block.backward(g)
+        g = tr.drop.backward(g)
+        tr.wte.backward(g)
+        tr.wpe.backward(xp.sum(g, axis=0))  # the positions broadcast over the batch
+        return None
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, greedy=True, generator=None):
+        """Append max_new_tokens ids to idx (B, T), one at a time, cropping to block_size (no backward)."""
+        from ._grad_mode import no_grad
+
+        xp = B.namespace(idx)
+        was = self.training
+        self.eval()
+        try:
+            with no_grad():
+                for _ in range(max_new_tokens):
+                    logits = self(idx[:, -self.config.block_size:])[:, -1, :] / temperature  # (B, vocab)
+                    if greedy:
+                        nxt = xp.argmax(logits, axis=-1)
+                    else:
+                        lp = B.to_numpy(logits).astype(np.float64)
+                        pr = np.exp(lp - lp.max(-1, keepdims=True))
+                        pr /= pr.sum(-1, keepdims=True)
+                        rng = generator if generator is not None else np.random.default_rng()
+                        nxt = B.place_raw(np.array([rng.choice(len(r), p=r) for r in pr]), B.device_of(idx))
+                    idx = xp.concat([idx, xp.astype(xp.reshape(nxt, (-1, 1)), idx.dtype)], axis=1)
+        finally:
+            self.train(was)
+        return idx
+
+    def extra_repr(self):
+        return ", ".join(f"{k}={v}" for k, v in asdict(self.config).items())
