@@ -420,3 +420,6 @@ class CrossEntropyLoss(_Loss):
             "reduction": self.reduction,
             "label_smoothing": self.label_smoothing,
         }
+
+
+from .gpt import GPT, GPTConfig  # noqa: E402  (the GPT builds on the modules above)

@@ -41,6 +41,10 @@ def _device_dtype(model, device):
 def _build(module):
     name = type(module).__name__
     nn = torch.nn
+    if name == "GPT":  # a whole model with its own torch twin (torch_ref/gpt.py)
+        from .gpt import build
+
+        return build(module)
     if name == "Sequential":
         return nn.Sequential(*[_build(m) for m in module.children()])
     if name == "Linear":
