@@ -423,3 +423,5 @@ class CrossEntropyLoss(_Loss):
 
 
 from .gpt import GPT, GPTConfig  # noqa: E402  (the GPT builds on the modules above)
+
+from .layers_conv import AdaptiveAvgPool2d, AvgPool2d, Conv1d, Conv2d, MaxPool2d  # noqa: E402,F401 (manual/layers_conv.py)
