@@ -23,6 +23,8 @@ import manual
 from manual import _backend as B
 from torch_ref import to_torch, twin, twin_loss, twin_optimizer
 
+from . import checkpoint
+
 IMPLS = ("manual", "torch")
 # Max |manual param - torch param| tolerated over a whole training run, by dtype: the
 # per-op parity tolerance accumulated over many steps (float64 stays near 1e-12).
@@ -45,6 +47,10 @@ class RunConfig:
     logdir: str = opt("runs", "TensorBoard log root: runs go to LOGDIR/<experiment>/<timestamp>/<impl>")
     quick: bool = opt(False, "a smaller, faster profile (used by `all --quick` and the tests)")
     progress: bool = opt(True, "show progress bars")
+    save_every: int = opt(0, "write a checkpoint every N training steps and at each training loop's end "
+                             "(0: only when stopped by Ctrl-C or SIGTERM)")
+    resume: str = opt("", "continue a run from a checkpoint file, or 'latest' (this experiment's newest "
+                          "under --logdir); other options default to the checkpoint's")
 
     @property
     def impls(self):
@@ -77,47 +83,54 @@ class RunLogger:
     def __init__(self, experiment: str, cfg: RunConfig):
         from torch.utils.tensorboard import SummaryWriter
 
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        root = os.path.join(cfg.logdir, experiment, stamp)
-        n = 1
-        while os.path.exists(root):  # never overwrite an earlier run
-            n += 1
-            root = os.path.join(cfg.logdir, experiment, f"{stamp}-{n}")
+        resume = checkpoint.open_for_run(cfg, experiment)  # None unless cfg.resume
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S") + run_label(cfg)
+        root = (resume and checkpoint.run_root(resume["path"])) or make_run_dir(os.path.join(cfg.logdir, experiment), stamp)
         self.root = root
         self.writers = {impl: SummaryWriter(os.path.join(root, impl)) for impl in cfg.impls}
         self.status = "ok"
         self.notes: list[str] = []
+        self.experiment, self.cfg = experiment, cfg
+        self.tags: list[str] = []  # scalar tags logged, in first-use order, without the experiment prefix
+        self._closed = False
+        self.checkpoints = checkpoint.Session(self, cfg, experiment, resume)  # used by train()
         for w in self.writers.values():
-            w.add_text("config", config_table(cfg), 0)
-        self._layout()
+            w.add_text(f"{experiment}/config", config_table(cfg), 0)
 
-    def _layout(self):
-        """Custom-scalars layout: each chart overlays manual and torch (same tag, two runs)."""
-        charts = {
-            "loss": ["Multiline", ["(.*/)?loss/.*"]],
-            "accuracy": ["Multiline", ["(.*/)?accuracy/.*"]],
-            "parity drift": ["Multiline", ["(.*/)?parity/.*"]],
-            "gradient norms": ["Multiline", ["(.*/)?grad_norm/.*"]],
-        }
-        first = next(iter(self.writers.values()))
-        first.add_custom_scalars({"manual vs torch": charts})
+    # Every tag starts with the experiment's name, so TensorBoard groups charts by experiment
+    # when several runs are open at once; experiments pass tags as "[model/]quantity".
+    def _tag(self, tag):
+        return f"{self.experiment}/{tag}"
+
+    def _seen(self, tag):
+        if tag not in self._tagset:
+            self._tagset.add(tag)
+            self.tags.append(tag)
+
+    @property
+    def _tagset(self):
+        if not hasattr(self, "_tags_seen"):
+            self._tags_seen = set()
+        return self._tags_seen
 
     def scalar(self, tag, values: dict, step):
         """values: impl -> number (impls not running are skipped)."""
         for impl, v in values.items():
             if impl in self.writers and v is not None:
-                self.writers[impl].add_scalar(tag, float(v), step)
+                self._seen(tag)
+                self.writers[impl].add_scalar(self._tag(tag), float(v), step)
 
     def scalar_all(self, tag, value, step):
+        self._seen(tag)
         for w in self.writers.values():
-            w.add_scalar(tag, float(value), step)
+            w.add_scalar(self._tag(tag), float(value), step)
 
     def histogram(self, impl, tag, array, step):
         if impl in self.writers:
             a = B.to_numpy(array).astype(np.float64, copy=False)
             # TensorBoard's buckets end at 1e20: a diverging run's weights would make an empty histogram
             if a.size and np.all(np.isfinite(a)) and np.max(np.abs(a)) < 1e20:
-                self.writers[impl].add_histogram(tag, a, step)
+                self.writers[impl].add_histogram(self._tag(tag), a, step)
 
     def image(self, impl, tag, img, step=0):
         """img: HxWx3 uint8/float array, or a matplotlib Figure."""
@@ -125,23 +138,26 @@ class RunLogger:
         arr = figure_to_array(img) if hasattr(img, "savefig") else np.asarray(img)  # render once
         for w in targets:
             if w is not None:
-                w.add_image(tag, arr, step, dataformats="HWC")
+                w.add_image(self._tag(tag), arr, step, dataformats="HWC")
 
     def text(self, tag, text, step=0):
         for w in self.writers.values():
-            w.add_text(tag, text, step)
+            w.add_text(self._tag(tag), text, step)
 
     def note(self, message, step=0):
         """A line that ends up in the run's text log and in the returned metrics."""
         self.notes.append(message)
         self.text("events", message, step)
 
-    def hparams(self, hparams: dict, metrics: dict, run_name: str, impl="manual"):
-        w = self.writers.get(impl) or next(iter(self.writers.values()))
-        w.add_hparams(hparams, metrics, run_name=run_name)
-
     def close(self):
-        for w in self.writers.values():
+        """Write the custom-scalars layout and each run's HParams session, then flush and close."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.tags:
+            next(iter(self.writers.values())).add_custom_scalars(layout(self.experiment, self.tags))
+        for impl, w in self.writers.items():
+            write_hparams(w, self.experiment, impl, self.cfg, self.status)
             w.flush()
             w.close()
 
@@ -149,11 +165,31 @@ class RunLogger:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is KeyboardInterrupt:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             self.status = "interrupted"
-            self.text("events", "interrupted by the user (Ctrl-C); logs up to here are complete")
+            how = "by SIGTERM" if getattr(exc, "signum", None) == 15 else "by the user (Ctrl-C)"
+            saved = self.checkpoints.latest
+            self.text("events", f"interrupted {how}; logs up to here are complete"
+                      + (f"; checkpoint {saved}" if saved else ""))
         self.close()
+        unused = None if exc_type is not None else self.checkpoints.unused()
+        if unused:
+            raise checkpoint.CheckpointError(unused)
         return False
+
+
+def make_run_dir(parent, stamp):
+    """Create and return parent/stamp, or parent/stamp-2, -3, ...: os.mkdir is atomic, so two runs
+    started in the same second never share a folder (an exists-then-create check could)."""
+    os.makedirs(parent, exist_ok=True)
+    n = 1
+    while True:
+        root = os.path.join(parent, stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            os.mkdir(root)
+            return root
+        except FileExistsError:
+            n += 1
 
 
 def figure_to_array(fig) -> np.ndarray:
@@ -282,6 +318,33 @@ class Twins:
             for g in opt_.param_groups:
                 g["lr"] = lr
 
+    def state_dict(self):
+        """{impl: {"model": state_dict, "optimizer": state_dict[, "scheduler": ...]}} for the impls trained.
+
+        Both sides use torch's layouts and names, so either side's state loads into the other."""
+        out = {}
+        for impl in self.impls:
+            model, opt_ = (self.model, self.optimizer) if impl == "manual" else (self.tmodel, self.toptimizer)
+            out[impl] = {"model": model.state_dict(), "optimizer": opt_.state_dict()}
+            sched = getattr(self, "schedulers", {}).get(impl)
+            if sched is not None:
+                out[impl]["scheduler"] = sched.state_dict()
+        return out
+
+    def load_state_dict(self, state):
+        """Load `state_dict()`'s output; an implementation missing from it takes the other's state."""
+        for impl in self.impls:
+            src = state.get(impl) or next(iter(state.values()))
+            if impl == "manual":
+                self.model.load_state_dict(src["model"])
+                self.optimizer.load_state_dict(src["optimizer"])
+            else:
+                self.tmodel.load_state_dict({k: torch.as_tensor(v) for k, v in src["model"].items()})
+                self.toptimizer.load_state_dict(_torch_optimizer_state(src["optimizer"], self.toptimizer))
+            sched = getattr(self, "schedulers", {}).get(impl)
+            if sched is not None and "scheduler" in src:
+                sched.load_state_dict(src["scheduler"])
+
     def params(self, impl):
         if impl == "manual":
             return {n: B.to_numpy(p.data) for n, p in self.model.named_parameters()}
@@ -304,11 +367,34 @@ def train(twins: Twins, log: RunLogger, batches, steps: int, *, evaluate=None, e
     Returns a history: {"loss": {impl: [...]}, "drift": [...], "steps": n_done, "status": ...}.
     Stops early (status "diverged") when a loss is NaN/inf; Ctrl-C propagates after the
     logger has been told (the caller's `with RunLogger(...)` flushes the files).
+    Checkpoints (experiments/checkpoint.py): every cfg.save_every steps and at the end; under
+    the CLI's signal handlers a Ctrl-C/SIGTERM stops at a step boundary with a checkpoint. On
+    resume a segment (one train() call) finished before the checkpoint is not trained again:
+    its end state and history are restored. batches(step) must depend only on the step and on
+    generators from `seeded` (captured), so that step k's batch is the same after a resume.
     """
+    hist = {"loss": {i: [] for i in twins.impls}, "drift": [], "steps": 0, "status": "ok"}
+    ck = getattr(log, "checkpoints", None)  # checkpoint.Session: --save-every, --resume, signals
+    key = f"{prefix}{desc} ({steps} steps)"
+    how, saved, start = ck.begin(twins, key) if ck else ("fresh", None, 0)
+    if how == "done":  # finished before the checkpoint: its end state is restored, nothing trains
+        return saved
+    if how == "resume":
+        hist = saved
+    with checkpoint.step_boundaries():  # a first Ctrl-C/SIGTERM waits for the end of the step
+        _train_steps(twins, log, batches, steps, start, hist, ck, key, evaluate, eval_every,
+                     log_histograms_every, desc, progress, lr, prefix)
+    if ck:
+        ck.end(twins, key, hist)
+    return hist
+
+
+def _train_steps(twins, log, batches, steps, start, hist, ck, key, evaluate, eval_every, log_histograms_every,
+                 desc, progress, lr, prefix):
     from tqdm.auto import tqdm
 
-    hist = {"loss": {i: [] for i in twins.impls}, "drift": [], "steps": 0, "status": "ok"}
-    bar = tqdm(range(steps), desc=desc, leave=False, disable=not progress or None, dynamic_ncols=True)
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, leave=False,
+               disable=not progress or None, dynamic_ncols=True)
     for step in bar:
         x, y = batches(step)
         out = twins.step(x, y)
@@ -336,8 +422,26 @@ def train(twins: Twins, log: RunLogger, batches, steps: int, *, evaluate=None, e
             log.status = "diverged"
             log.note(f"diverged at step {step}: loss is {out[bad[0]]['loss']} for {', '.join(bad)}", step)
             break
+        signum = checkpoint.pending_stop()
+        if signum is not None:  # stopped between two steps: a checkpoint resumes exactly here
+            if ck:
+                ck.save(twins, key, hist, reason=checkpoint.Stop(signum).name)
+            raise checkpoint.Stop(signum)
+        if ck:
+            ck.after_step(twins, key, hist, steps)
     bar.close()
-    return hist
+
+
+def _torch_optimizer_state(sd, toptimizer):
+    """A state_dict from either side, as torch.optim loads it: tensors, `step` a float32 tensor, and
+    torch-only group options (foreach, maximize, ...) kept at the twin's own values when absent."""
+    state = {}
+    for i, st in sd["state"].items():
+        state[int(i)] = {k: (torch.tensor(float(v), dtype=torch.float32) if k == "step" else torch.as_tensor(v))
+                         for k, v in st.items()}
+    groups = [{**{k: v for k, v in own.items() if k != "params"}, **g}
+              for own, g in zip(toptimizer.param_groups, sd["param_groups"])]
+    return {"state": state, "param_groups": groups}
 
 
 def log_histograms(twins: Twins, log: RunLogger, step, prefix=""):
@@ -399,4 +503,5 @@ def result(cfg, log: RunLogger, results: dict, claims: list, drift=None, **extra
 def seeded(cfg):
     """Seed manual's initialiser and return a NumPy generator for data and batch order."""
     manual.init.manual_seed(cfg.seed)
-    return np.random.default_rng(cfg.seed)
+    checkpoint.reset_tracking()
+    return checkpoint.track(np.random.default_rng(cfg.seed))  # its state goes into checkpoints

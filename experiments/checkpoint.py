@@ -1,0 +1,492 @@
+"""Checkpoints without pickle, exact resume, and signals that stop a run cleanly.
+
+Format (one file, `<run>/checkpoints/seg<i>-step<k>.safetensors`):
+    a safetensors file whose arrays are every array of the run's state (model weights and
+    buffers, optimizer state, torch's RNG state), and whose header metadata holds
+        "format": FORMAT,
+        "state":  JSON of everything else, with each array replaced by {"__bl_array__": name},
+        "sha256": a digest of FORMAT, the JSON and every array (name, dtype, shape, bytes).
+    One file, so one rename makes it appear whole; the digest refuses a truncated or edited
+    file with a clear error. Nothing is ever unpickled: arrays come back through safetensors,
+    the rest through json.
+
+What a checkpoint holds (the "state" tree):
+    experiment, config, step and segment (which `_lab.train` call of the run, and its step),
+    each implementation's model state_dict and optimizer state_dict (torch's layout, so a
+    manual checkpoint loads into the torch twin and the reverse), schedulers when a Twins has
+    them, every random generator (NumPy generators from `_lab.seeded`, manual.init's, torch's
+    CPU/CUDA, Python's `random`), the training history so far, the logger's status and notes,
+    and for each finished segment of the run its final state and history. The data-order
+    position is the step: the experiments' batch orders are rebuilt from the seed and indexed by
+    step, and any generator a batch function draws from is captured with the others.
+
+Resume: the experiment's main() runs again from the start with the checkpoint's config;
+`_lab.train` restores a finished segment's end state instead of training it, and restores the
+checkpointed segment at its step, then trains on. On CPU the result is bit-identical.
+
+Signals: inside a training loop, the first SIGINT/SIGTERM is noted and the loop stops at the
+next step boundary, writes a checkpoint and raises `Stop` (a KeyboardInterrupt); outside one,
+`Stop` is raised at once. A second signal stops at once without the checkpoint; during the
+clean-up after a stop it is ignored with a message; a third exits immediately.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import random
+import signal
+import tempfile
+from contextlib import contextmanager
+
+import numpy as np
+
+FORMAT = "backprop-lab/checkpoint/1"
+SUFFIX = ".safetensors"
+# RunConfig fields that may differ between a checkpoint and the run that resumes it: they do
+# not change a number the run computes.
+RESUME_FREE = ("resume", "save_every", "logdir", "progress", "impl")
+_MARK = "__bl_"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: truncated, edited, not a checkpoint, or not this run's."""
+
+
+# -- the file ------------------------------------------------------------------------------
+
+def _encode(obj, path, arrays):
+    """obj -> JSON-able tree; arrays (NumPy or torch) move to `arrays` under their path."""
+    if isinstance(obj, np.ndarray) or _is_tensor(obj):
+        lib = "numpy" if isinstance(obj, np.ndarray) else "torch"
+        arr = obj if lib == "numpy" else obj.detach().cpu().numpy()
+        arrays[path] = np.ascontiguousarray(arr)
+        node = {_MARK + "array__": path, "lib": lib}
+        if lib == "torch":
+            node["device"] = str(obj.device)
+        return node
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, tuple):
+        return {_MARK + "tuple__": [_encode(v, f"{path}/{i}", arrays) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, f"{path}/{i}", arrays) for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith(_MARK) for k in obj):
+            return {k: _encode(v, f"{path}/{k}", arrays) for k, v in obj.items()}
+        return {_MARK + "items__": [[_encode(k, f"{path}/key", {}), _encode(v, f"{path}/{k}", arrays)]
+                                    for k, v in obj.items()]}
+    raise TypeError(f"checkpoint: cannot store {type(obj).__name__} at {path or '/'} "
+                    "(expected arrays, numbers, strings, None, lists, tuples or dicts)")
+
+
+def _decode(node, arrays):
+    if isinstance(node, list):
+        return [_decode(v, arrays) for v in node]
+    if not isinstance(node, dict):
+        return node
+    if _MARK + "array__" in node:
+        arr = arrays[node[_MARK + "array__"]]
+        if node.get("lib") == "torch":
+            import torch
+
+            return torch.from_numpy(arr.copy())  # CPU; load_state_dict moves it where it belongs
+        return arr
+    if _MARK + "tuple__" in node:
+        return tuple(_decode(v, arrays) for v in node[_MARK + "tuple__"])
+    if _MARK + "items__" in node:
+        return {_decode(k, arrays): _decode(v, arrays) for k, v in node[_MARK + "items__"]}
+    return {k: _decode(v, arrays) for k, v in node.items()}
+
+
+def _is_tensor(obj):
+    t = type(obj)
+    return t.__module__.startswith("torch") and t.__name__ in ("Tensor", "Parameter")
+
+
+def _digest(state_json: str, arrays: dict) -> str:
+    h = hashlib.sha256(FORMAT.encode())
+    h.update(state_json.encode())
+    for name in sorted(arrays):
+        a = arrays[name]
+        h.update(f"\0{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def atomic_write(path: str, data: bytes):
+    """Write `data` to `path` so that `path` is either the old file or all of the new one:
+    a temporary file in the same folder, flushed and fsynced, then renamed over `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # the rename itself survives a power cut once the folder is synced
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def save(path: str, state: dict) -> str:
+    """Write `state` (nested dicts/lists/tuples of JSON values and NumPy/torch arrays) atomically."""
+    from safetensors.numpy import save as st_save
+
+    arrays: dict = {}
+    tree = _encode(state, "", arrays)
+    state_json = json.dumps(tree, separators=(",", ":"))
+    meta = {"format": FORMAT, "state": state_json, "sha256": _digest(state_json, arrays)}
+    atomic_write(path, st_save(arrays, metadata=meta))
+    return path
+
+
+def load(path: str) -> dict:
+    """Read and verify a checkpoint; a truncated, edited or foreign file raises CheckpointError."""
+    from safetensors.numpy import load as st_load
+
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+    except IsADirectoryError:
+        raise CheckpointError(f"checkpoint {path}: is a folder, expected a {SUFFIX} file") from None
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path}: cannot read it ({e.strerror})") from None
+    what = f"checkpoint {path}"
+    if len(blob) < 8:
+        raise CheckpointError(f"{what}: {len(blob)} bytes, not a checkpoint (expected a safetensors header)")
+    n = int.from_bytes(blob[:8], "little")
+    if 8 + n > len(blob):
+        raise CheckpointError(f"{what}: truncated (its header alone needs {8 + n} bytes, the file has {len(blob)})"
+                              if n < 1 << 24 else f"{what}: not a checkpoint (no safetensors header)")
+    try:
+        header = json.loads(blob[8:8 + n])
+        meta = header.pop("__metadata__", None) or {}
+    except (ValueError, AttributeError):
+        raise CheckpointError(f"{what}: not a checkpoint (its safetensors header is not JSON)") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{what}: expected format {FORMAT!r}, got {meta.get('format')!r}")
+    end = max((v["data_offsets"][1] for v in header.values()), default=0)
+    if 8 + n + end != len(blob):
+        raise CheckpointError(f"{what}: truncated or padded (expected {8 + n + end} bytes, the file has {len(blob)})")
+    try:
+        arrays = st_load(blob)
+    except Exception as e:  # safetensors' own error for a malformed header
+        raise CheckpointError(f"{what}: damaged ({e})") from None
+    if _digest(meta["state"], arrays) != meta.get("sha256"):
+        raise CheckpointError(f"{what}: fails its SHA-256 check (the file was changed after it was written)")
+    return _decode(json.loads(meta["state"]), arrays)
+
+
+# -- random generators -----------------------------------------------------------------------
+
+_GENERATORS: list = []  # NumPy generators handed out by _lab.seeded (data and batch order)
+
+
+def track(rng: np.random.Generator) -> np.random.Generator:
+    """Register a NumPy generator whose state checkpoints capture (in creation order)."""
+    _GENERATORS.append(rng)
+    return rng
+
+
+def reset_tracking():
+    _GENERATORS.clear()
+
+
+def rng_state() -> dict:
+    import torch
+
+    from manual import init
+
+    out = {
+        "numpy": [g.bit_generator.state for g in _GENERATORS],
+        "manual_init": init.default_generator().bit_generator.state,
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["torch_cuda"] = list(torch.cuda.get_rng_state_all())
+    return out
+
+
+def set_rng_state(state: dict):
+    import torch
+
+    from manual import init
+
+    if len(state["numpy"]) != len(_GENERATORS):
+        raise CheckpointError(f"checkpoint holds {len(state['numpy'])} NumPy generator(s), this run made "
+                              f"{len(_GENERATORS)}: it was written by different code")
+    for g, s in zip(_GENERATORS, state["numpy"]):
+        g.bit_generator.state = s
+    init.default_generator().bit_generator.state = state["manual_init"]
+    torch.set_rng_state(state["torch"])
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    if "torch_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["torch_cuda"])
+
+
+# -- one run's checkpoints -----------------------------------------------------------------
+
+def _copy(tree):
+    """A deep copy of a state tree (arrays copied: optimizers update theirs in place)."""
+    if isinstance(tree, dict):
+        return {k: _copy(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_copy(v) for v in tree)
+    if isinstance(tree, np.ndarray):
+        return tree.copy()
+    if _is_tensor(tree):
+        return tree.detach().clone()
+    return tree
+
+
+class Session:
+    """Where a run's checkpoints go, when they are written, and what a resume restores.
+
+    A run is a sequence of segments, one per `_lab.train` call. `begin` tells train() whether to
+    run a segment from step 0, skip it (finished before the checkpoint: its end state is
+    restored), or resume it at the checkpoint's step.
+    """
+
+    def __init__(self, log, cfg, experiment: str, resume: dict | None = None):
+        self.log = log
+        self.dir = os.path.join(log.root, "checkpoints")
+        self.every = int(getattr(cfg, "save_every", 0) or 0)
+        self.config = dataclasses.asdict(cfg)
+        self.experiment = experiment
+        self.resume = resume
+        self.done: list = []  # finished segments: {"key", "hist", "twins", "rng", "log"}
+        self.latest = None
+
+    def _log_state(self):
+        return {"status": self.log.status, "notes": list(self.log.notes)}
+
+    def _set_log_state(self, s):
+        self.log.status = s["status"]
+        self.log.notes[:] = s["notes"]
+
+    def begin(self, twins, key: str):
+        """("fresh", None, 0) | ("done", hist, steps) | ("resume", hist, step) for the next segment."""
+        r, i = self.resume, len(self.done)
+        if r is None:
+            return "fresh", None, 0
+        if i < len(r["done"]):
+            seg = r["done"][i]
+        elif r["current"] is not None:
+            seg = r["current"]
+        else:  # checkpointed at the end of the previous segment: this one starts afresh
+            self.resume = None
+            self.log.note(f"resumed from {r['path']} after segment {i - 1}; {key} starts at step 0")
+            return "fresh", None, 0
+        if seg["key"] != key:
+            raise CheckpointError(f"checkpoint {r['path']}: segment {i} is {seg['key']!r}, this run's is {key!r}: "
+                                  "it was written by different code or options")
+        twins.load_state_dict(seg["twins"])
+        set_rng_state(seg["rng"])
+        self._set_log_state(seg["log"])
+        hist = seg["hist"]
+        for impl in twins.impls:  # a checkpoint of one implementation resumed with both
+            hist["loss"].setdefault(impl, [])
+        if i < len(r["done"]):
+            self.done.append(seg)
+            return "done", hist, hist["steps"]
+        self.resume = None  # from here on, the run is live
+        self.log.note(f"resumed from {r['path']} at step {hist['steps']} of {key}", hist["steps"])
+        return "resume", hist, hist["steps"]
+
+    def unused(self):
+        """A message if the run ended before reaching the checkpoint's segment, else None."""
+        r = self.resume
+        if r is None or (len(self.done) == len(r["done"]) and r["current"] is None):
+            return None
+        return (f"checkpoint {r['path']}: this run has {len(self.done)} training segment(s) before its end, the "
+                f"checkpoint {len(r['done']) + (r['current'] is not None)}: it was written by different code or options")
+
+    def state(self, twins, key, hist):
+        return {"key": key, "hist": _copy(hist), "twins": _copy(twins.state_dict()), "rng": rng_state(),
+                "log": self._log_state()}
+
+    def after_step(self, twins, key, hist, steps):
+        k = hist["steps"]
+        if self.every and k % self.every == 0 and k < steps:
+            self.save(twins, key, hist)
+
+    def end(self, twins, key, hist):
+        self.done.append(self.state(twins, key, hist))
+        if self.every:
+            self.save(None, key, hist, finished=True)
+
+    def save(self, twins, key, hist, finished=False, reason="every"):
+        current = None if finished else self.state(twins, key, hist)
+        state = {"experiment": self.experiment, "config": self.config, "reason": reason,
+                 "segment": len(self.done) - (1 if finished else 0), "key": key, "step": hist["steps"],
+                 "current": current, "done": self.done}
+        os.makedirs(self.dir, exist_ok=True)
+        seg = state["segment"]
+        path = os.path.join(self.dir, f"seg{seg}-step{hist['steps']:07d}{'-end' if finished else ''}{SUFFIX}")
+        save(path, state)
+        self.latest = path
+        _LAST_WRITTEN[0] = path
+        return path
+
+
+_LAST_WRITTEN = [None]
+
+
+def last_written():
+    """The newest checkpoint this process wrote (None if none)."""
+    return _LAST_WRITTEN[0]
+
+
+def read_for_resume(path: str, experiment: str) -> dict:
+    """Load a checkpoint for `experiment`; a finished-segment checkpoint resumes at the next one."""
+    state = load(path)
+    if state.get("experiment") != experiment:
+        raise CheckpointError(f"checkpoint {path}: written by experiment {state.get('experiment')!r}, "
+                              f"expected {experiment!r}")
+    state["path"] = path
+    return state
+
+
+def open_for_run(cfg, experiment: str):
+    """The checkpoint state a run with this config resumes from (cfg.resume: a path or 'latest'), or None."""
+    r = getattr(cfg, "resume", "") or ""
+    if not r:
+        return None
+    return read_for_resume(find_latest(cfg.logdir, experiment) if r == "latest" else r, experiment)
+
+
+def run_root(path: str):
+    """The run folder a checkpoint belongs to (<run>/checkpoints/<file>), or None if it sits elsewhere."""
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.path.dirname(folder) if os.path.basename(folder) == "checkpoints" else None
+
+
+def find_latest(logdir: str, experiment: str) -> str:
+    """The most recently written checkpoint of `experiment` under `logdir`."""
+    pattern = os.path.join(logdir, experiment, "**", "checkpoints", "*" + SUFFIX)
+    files = [f for f in glob.glob(pattern, recursive=True) if os.path.isfile(f)]
+    if not files:
+        raise CheckpointError(f"--resume latest: no checkpoint of {experiment} under {logdir} "
+                              f"(looked for {pattern}; write some with --save-every N)")
+    return max(files, key=lambda f: (os.path.getmtime(f), f))
+
+
+def resume_config(experiment: str, cfg, given: set):
+    """The config a resumed run uses: the checkpoint's, with only RESUME_FREE options taken from
+    the command line; any other option given there must equal the checkpoint's."""
+    path = find_latest(cfg.logdir, experiment) if cfg.resume == "latest" else cfg.resume
+    state = read_for_resume(path, experiment)
+    saved = state["config"]
+    names = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(saved) - names)
+    if unknown:
+        raise CheckpointError(f"checkpoint {path}: options {unknown} unknown to {experiment} here")
+    clash = [f"--{k.replace('_', '-')} {getattr(cfg, k)} (the checkpoint has {saved[k]})"
+             for k in sorted(given & names) if k not in RESUME_FREE and k in saved and getattr(cfg, k) != saved[k]]
+    if clash:
+        raise CheckpointError(f"--resume {cfg.resume}: the run would not be the one checkpointed: "
+                              + "; ".join(clash) + ". Leave those options out to take the checkpoint's")
+    values = {k: (getattr(cfg, k) if k in RESUME_FREE else saved.get(k, getattr(cfg, k))) for k in names}
+    values["resume"] = path
+    return type(cfg)(**values), state
+
+
+# -- signals ---------------------------------------------------------------------------------
+
+class Stop(KeyboardInterrupt):
+    """Raised when SIGINT or SIGTERM stops a run; `exit_code` is 128 + the signal's number."""
+
+    def __init__(self, signum=signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+
+    @property
+    def name(self):
+        return signal.Signals(self.signum).name
+
+
+_SIG = {"count": 0, "pending": None, "defer": 0, "raised": False}
+_WORDS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+
+def _say(text):
+    try:
+        os.write(2, (text + "\n").encode())
+    except OSError:
+        pass
+
+
+def _handler(signum, frame):
+    _SIG["count"] += 1
+    n, word = _SIG["count"], _WORDS.get(signum, signal.Signals(signum).name)
+    if n >= 3:
+        _say(f"{word} a third time: quitting now, without writing logs or results")
+        os._exit(128 + signum)
+    if _SIG["raised"]:  # cleaning up after the first stop: let it finish
+        _say(f"{word}: already stopping (flushing logs, writing results); {word} once more quits at once")
+        return
+    if n == 1 and _SIG["defer"]:
+        _SIG["pending"] = signum
+        _say(f"{word}: stopping after this training step, writing a checkpoint ({word} again stops at once)")
+        return
+    _SIG["raised"] = True
+    raise Stop(signum)
+
+
+@contextmanager
+def handle_signals():
+    """SIGINT and SIGTERM become `Stop` (see the module docstring); the old handlers come back after."""
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    _SIG.update(count=0, pending=None, defer=0, raised=False)
+    for s in old:
+        signal.signal(s, _handler)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        _SIG.update(count=0, pending=None, defer=0, raised=False)
+
+
+@contextmanager
+def step_boundaries():
+    """Inside: a first signal waits for `pending_stop()` at the next step boundary."""
+    _SIG["defer"] += 1
+    try:
+        yield
+    finally:
+        _SIG["defer"] -= 1
+    if not _SIG["defer"]:  # a signal that came after the last boundary check
+        s = pending_stop()
+        if s is not None:
+            raise Stop(s)
+
+
+def pending_stop():
+    """The signal number waiting for a step boundary, or None. Claims it: the caller raises Stop."""
+    s = _SIG["pending"]
+    if s is not None:
+        _SIG["pending"] = None
+        _SIG["raised"] = True
+    return s
