@@ -42,6 +42,9 @@ OPTIMIZERS = {
 def assert_close(got, want, rtol, what):
     got, want = to_numpy(got).astype(np.float64), to_numpy(want).astype(np.float64)
     assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    fin = np.isfinite(want)
+    assert (np.isfinite(got) == fin).all(), f"{what}: non-finite values differ: {got} vs {want}"
+    got, want = np.where(fin, got, 0.0), np.where(fin, want, 0.0)  # equal where non-finite (checked above)
     scale = np.max(np.abs(want), initial=0.0)
     err = np.abs(got - want)
     bad = err > rtol * (np.abs(want) + scale)
@@ -196,3 +199,318 @@ def test_state_dict_layout_like_torch(name):
     for key in group:
         if key != "params":
             assert group[key] == tgroup[key], f"{name}: param_groups[0][{key!r}] {group[key]} != torch's {tgroup[key]}"
+
+
+# -- AdamW, parameter groups, clipping and schedules (issue 10 item 3) ------------------------
+
+def _groups(model, wd=0.1):
+    """Weights decay, biases do not: the usual AdamW grouping."""
+    named = list(model.named_parameters())
+    return [{"params": [p for n, p in named if n.endswith("weight")]},
+            {"params": [p for n, p in named if n.endswith("bias")], "weight_decay": 0.0}]
+
+
+def _warmup_cosine(lib, opt, warmup=20, total=120):
+    s = lib.lr_scheduler
+    return s.SequentialLR(opt, [s.LinearLR(opt, start_factor=0.05, total_iters=warmup),
+                                s.CosineAnnealingLR(opt, T_max=total - warmup, eta_min=1e-4)], milestones=[warmup])
+
+
+def _torch_order(model, tmodel):
+    """The torch twin's parameters in the order of the manual model's named_parameters grouped like _groups."""
+    tp = dict(tmodel.named_parameters())
+    names = [n for n, _ in model.named_parameters()]
+    return [tp[n] for n in names if n.endswith("weight")] + [tp[n] for n in names if n.endswith("bias")]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_adamw_groups_warmup_cosine_clipping_match_torch(backend, dtype):
+    """120 steps: AdamW (decay on weights only), warmup then cosine, gradient clipping at 0.2 (it clips
+    early on: the first total norms are ~0.3): loss, learning rate, total norm every step; weights at the end."""
+    device, rtol = DEVICE_OF[backend], RTOL[dtype]
+    model, x, y = make_problem(device, dtype)
+    crit = nn.CrossEntropyLoss()
+    opt = optim.AdamW(_groups(model), lr=3e-2, weight_decay=0.1)
+    tmodel = twin(model)
+    tdev = next(tmodel.parameters()).device
+    topt = twin_optimizer(opt, _torch_order(model, tmodel))  # before the schedule changes opt's lr
+    sched = _warmup_cosine(optim, opt)
+    assert [g["weight_decay"] for g in topt.param_groups] == [0.1, 0.0]
+    tsched = _warmup_cosine(torch.optim, topt)
+    tx, ty = torch.tensor(to_numpy(x), device=tdev), torch.tensor(y, device=tdev)
+    ym = y if device == "numpy" else torch.as_tensor(y, device=device)
+    label, clipped = f"AdamW+schedule+clip ({backend}, {dtype})", 0
+    for step in range(120):
+        assert sched.get_last_lr() == tsched.get_last_lr(), f"{label}: lr at step {step}"  # same floats, exactly
+        opt.zero_grad()
+        loss = crit(model(x), ym)
+        model.backward(crit.backward())
+        norm = nn.utils.clip_grad_norm_(model.parameters(), 0.2)
+        opt.step()
+        sched.step()
+        topt.zero_grad()
+        tcrit = torch.nn.functional.cross_entropy(tmodel(tx), ty)
+        tcrit.backward()
+        tnorm = torch.nn.utils.clip_grad_norm_(tmodel.parameters(), 0.2, foreach=False)
+        topt.step()
+        tsched.step()
+        assert_close(loss, tcrit.detach(), rtol, f"{label}: loss at step {step}")
+        assert_close(norm, tnorm, rtol, f"{label}: total grad norm at step {step}")
+        clipped += float(tnorm) > 0.2
+    assert clipped >= 5, f"{label}: clipping never happened ({clipped} steps): the test would not see it"
+    tparams = dict(tmodel.named_parameters())
+    for pname, p in model.named_parameters():
+        assert_close(p.data, tparams[pname].detach(), rtol, f"{label}: {pname} after 120 steps")
+
+
+def _schedulers(lib, opt):
+    s = lib.lr_scheduler
+    return {
+        "LambdaLR": lambda: s.LambdaLR(opt, lambda t: 0.97 ** t + 0.01 * (t % 7)),
+        "LinearLR": lambda: s.LinearLR(opt, start_factor=0.1, end_factor=0.7, total_iters=40),
+        "CosineAnnealingLR": lambda: s.CosineAnnealingLR(opt, T_max=30, eta_min=0.001),  # past T_max: it rises again
+        "SequentialLR": lambda: _warmup_cosine(lib, opt, warmup=15, total=100),
+        "SequentialLR-3": lambda: s.SequentialLR(opt, [s.LinearLR(opt, 0.2, total_iters=10),
+                                                       s.LambdaLR(opt, lambda t: 0.9 ** t),
+                                                       s.CosineAnnealingLR(opt, T_max=50)], milestones=[10, 40]),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_schedulers(torch.optim, None)))
+def test_scheduler_learning_rates_equal_torch_and_state_dict_resumes(kind):
+    """150 steps, two groups with different lrs: every lr equal to torch's bit for bit (same recursion).
+    At step 60 each scheduler's state_dict goes into a fresh twin of the other library; both continue."""
+    w, b = nn.Parameter(np.zeros(3)), nn.Parameter(np.zeros(1))
+    tw, tb = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(1))
+    opt = optim.SGD([{"params": [w]}, {"params": [b], "lr": 0.05}], lr=0.1)
+    topt = torch.optim.SGD([{"params": [tw]}, {"params": [tb], "lr": 0.05}], lr=0.1)
+    sched, tsched = _schedulers(optim, opt)[kind](), _schedulers(torch.optim, topt)[kind]()
+    seen = set()
+    for step in range(150):
+        got, want = sched.get_last_lr(), tsched.get_last_lr()
+        assert got == want, f"{kind}: lr at step {step}: {got} != torch's {want}"
+        # (after a resume both libraries leave the fresh scheduler's lr in the groups until the next step)
+        assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in topt.param_groups], f"{kind}: group lrs at step {step}"
+        seen.add(round(got[0], 12))
+        opt.step()
+        topt.step()
+        sched.step()
+        tsched.step()
+        if step == 60:  # cross-load: torch's state into a new manual scheduler, and the reverse
+            sd, tsd = sched.state_dict(), tsched.state_dict()
+            assert set(sd) <= set(tsd) | {"_is_initial"}, f"{kind}: state_dict keys {set(sd) - set(tsd)} not torch's"
+            opt2 = optim.SGD([{"params": [w]}, {"params": [b], "lr": 0.05}], lr=0.1)
+            opt2.load_state_dict(topt.state_dict())
+            sched2 = _schedulers(optim, opt2)[kind]()
+            sched2.load_state_dict(tsd)
+            topt2 = torch.optim.SGD([{"params": [tw]}, {"params": [tb], "lr": 0.05}], lr=0.1)
+            topt2.load_state_dict(opt.state_dict())
+            tsched2 = _schedulers(torch.optim, topt2)[kind]()
+            tsched2.load_state_dict(sd)
+            opt, topt, sched, tsched = opt2, topt2, sched2, tsched2
+    assert len(seen) > 20, f"{kind}: the schedule barely moved ({len(seen)} distinct lrs)"
+
+
+def test_scheduler_errors_like_torch():
+    opt = optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1)
+    with pytest.raises(KeyError, match=r"initial_lr.*param_groups\[0\]"):
+        optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10, last_epoch=5)
+    with pytest.raises(ValueError, match=r"start_factor in \(0, 1\], got 0"):
+        optim.lr_scheduler.LinearLR(opt, start_factor=0)
+    with pytest.raises(ValueError, match=r"expected 1 milestone\(s\).*got 2"):
+        s = optim.lr_scheduler
+        s.SequentialLR(opt, [s.LinearLR(opt), s.LinearLR(opt)], milestones=[3, 5])
+    with pytest.raises(ValueError, match=r"expected 1 lr_lambdas .*got 2"):
+        optim.lr_scheduler.LambdaLR(opt, [lambda t: 1.0, lambda t: 1.0])
+    with pytest.raises(TypeError, match=r"expected a manual.optim.Optimizer, got SGD"):
+        optim.lr_scheduler.LambdaLR(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), lambda t: 1.0)
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, float("inf"), 3.0])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_clip_grad_norm_matches_torch(backend, norm_type):
+    """Total norm and clipped gradients equal torch's; a parameter without .grad is skipped."""
+    rng = np.random.default_rng(3)
+    device = DEVICE_OF[backend]
+    arrays = [rng.standard_normal(s) * 3 for s in [(4, 3), (4,), (2, 2, 2)]]
+    ps = [nn.Parameter(B.place(np.zeros(a.shape), device, "float64")) for a in arrays] + [nn.Parameter(np.zeros(1))]
+    tps = [torch.nn.Parameter(torch.zeros(a.shape, dtype=torch.float64)) for a in arrays]
+    for p, tp, a in zip(ps, tps, arrays):
+        p.grad, tp.grad = B.place(a, device, "float64"), torch.tensor(a)
+    ps[-1].data = B.place(np.zeros(1), device, "float64")  # no .grad: skipped
+    for max_norm in (0.5, 1e6):  # clips, then does not (the factor min(1, ...) is still applied)
+        total = nn.utils.clip_grad_norm_(ps, max_norm, norm_type=norm_type)
+        ttotal = torch.nn.utils.clip_grad_norm_(tps, max_norm, norm_type=norm_type, foreach=False)
+        assert_close(total, ttotal, 1e-14, f"clip_grad_norm_ total, norm_type {norm_type}, max_norm {max_norm}")
+        for i, (p, tp) in enumerate(zip(ps, tps)):
+            assert_close(p.grad, tp.grad, 1e-14, f"clip_grad_norm_ grad {i}, norm_type {norm_type}")
+    total = float(nn.utils.clip_grad_norm_(ps, 0.5, norm_type=norm_type))
+    assert total == pytest.approx(0.5, rel=1e-5), "after clipping to 0.5 the norm is 0.5 (minus torch's 1e-6 guard)"
+
+
+def test_clip_grad_norm_nonfinite_and_empty_like_torch():
+    p, tp = nn.Parameter(np.zeros(2)), torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    p.grad, tp.grad = np.array([np.inf, 1.0]), torch.tensor([np.inf, 1.0], dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"total norm of order 2.0 .* is inf.*error_if_nonfinite=False"):
+        nn.utils.clip_grad_norm_([p], 1.0, error_if_nonfinite=True)
+    with pytest.raises(RuntimeError):
+        torch.nn.utils.clip_grad_norm_([tp], 1.0, error_if_nonfinite=True)
+    total, ttotal = nn.utils.clip_grad_norm_([p], 1.0), torch.nn.utils.clip_grad_norm_([tp], 1.0, foreach=False)
+    assert float(total) == float(ttotal) == np.inf
+    np.testing.assert_array_equal(p.grad, tp.grad.numpy())  # [nan, 0]: inf * 0, 1 * 0, as torch
+    assert float(nn.utils.clip_grad_norm_([nn.Parameter(np.zeros(2))], 1.0)) == 0.0 == float(
+        torch.nn.utils.clip_grad_norm_([torch.nn.Parameter(torch.zeros(2))], 1.0))
+    import manual.nn.utils as U  # torch's spelling imports too
+    assert U.clip_grad_norm_ is nn.utils.clip_grad_norm_
+
+
+# -- state_dict: torch's layout, both directions, then the trajectories continue ----------------
+
+def _to_torch_tree(obj):
+    if isinstance(obj, dict):
+        return {k: _to_torch_tree(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return torch.tensor(obj)
+    return obj
+
+
+CROSS = {
+    "SGD-momentum": lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=0.01),
+    "Adam": lambda ps: optim.Adam(ps, lr=1e-2, weight_decay=0.01),
+    "AdamW": lambda ps: optim.AdamW(ps, lr=1e-2),
+}
+
+
+@pytest.mark.parametrize("name", list(CROSS))
+def test_optimizer_state_dict_crosses_to_torch_and_back(name):
+    """10 steps on each side; torch's state_dict loads into a fresh manual optimizer and manual's into a fresh
+    torch one; 30 more steps of each loaded optimizer equal the uninterrupted runs to rounding."""
+    model, x, y = make_problem("numpy", "float64")
+    crit = nn.CrossEntropyLoss()
+    opt = CROSS[name](model.parameters())
+    tmodel = twin(model)
+    topt = twin_optimizer(opt, tmodel.parameters())
+    tx, ty = torch.tensor(x), torch.tensor(y)
+
+    def manual_step(o):
+        o.zero_grad()
+        crit(model(x), y)
+        model.backward(crit.backward())
+        o.step()
+
+    def torch_step(o):
+        o.zero_grad()
+        torch.nn.functional.cross_entropy(tmodel(tx), ty).backward()
+        o.step()
+
+    for _ in range(10):
+        manual_step(opt)
+        torch_step(topt)
+    # torch -> manual: a fresh manual optimizer on a copy of the manual model
+    model2 = nn.Sequential(*[type(m)(m.in_features, m.out_features) if isinstance(m, nn.Linear) else type(m)()
+                             for m in model]).double()
+    model2.load_state_dict({k: v.detach() for k, v in tmodel.state_dict().items()})
+    opt2 = CROSS[name](model2.parameters())
+    opt2.load_state_dict(topt.state_dict())
+    assert opt2.state_dict()["param_groups"][0]["lr"] == topt.param_groups[0]["lr"]
+    # manual -> torch: a fresh torch optimizer on a twin of the manual model
+    tmodel2 = twin(model)
+    topt2 = twin_optimizer(CROSS[name](nn.Linear(1, 1).parameters()) if False else opt, tmodel2.parameters())
+    topt2.load_state_dict(_to_torch_tree(opt.state_dict()))
+    tx2 = tx
+
+    for step in range(30):
+        manual_step(opt)  # original manual
+        torch_step(topt)  # original torch
+        opt2.zero_grad()
+        crit(model2(x), y)
+        model2.backward(crit.backward())
+        opt2.step()
+        topt2.zero_grad()
+        torch.nn.functional.cross_entropy(tmodel2(tx2), ty).backward()
+        topt2.step()
+    t1, t2 = dict(tmodel.named_parameters()), dict(tmodel2.named_parameters())
+    for pname, p in model.named_parameters():
+        want = t1[pname].detach()
+        assert_close(dict(model2.named_parameters())[pname].data, want, 1e-12, f"{name}: torch->manual resumed, {pname}")
+        assert_close(t2[pname].detach(), want, 1e-12, f"{name}: manual->torch resumed, {pname}")
+        assert_close(p.data, want, 1e-12, f"{name}: uninterrupted manual vs torch, {pname}")
+
+
+def test_optimizer_state_dict_torch_only_options_refused():
+    p = nn.Parameter(np.zeros(2))
+    tsd = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))], amsgrad=True).state_dict()
+    with pytest.raises(ValueError, match=r"amsgrad=True is a torch.optim option manual does not implement"):
+        optim.Adam([p]).load_state_dict(tsd)
+    tsd = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))]).state_dict()
+    with pytest.raises(ValueError, match=r"decoupled_weight_decay=True is AdamW's; load it into manual.optim.AdamW"):
+        optim.Adam([p]).load_state_dict(tsd)
+    with pytest.raises(ValueError, match=r"expected 1 parameter group\(s\), got 2"):
+        optim.SGD([p], lr=0.1).load_state_dict({"state": {}, "param_groups": [{"params": [0]}, {"params": [1]}]})
+    sgd = optim.SGD([p], lr=0.1, momentum=0.9)
+    bad = {"state": {0: {"momentum_buffer": np.zeros(3)}}, "param_groups": sgd.state_dict()["param_groups"]}
+    with pytest.raises(ValueError, match=r"momentum_buffer: expected shape \(2,\) \(the parameter's\), got \(3,\)"):
+        sgd.load_state_dict(bad)
+    assert sgd.state == {}, "a refused load changes nothing"
+
+
+# -- misuse that torch refuses or warns about (issue 8) -------------------------------------------
+
+def test_parameter_in_two_groups_is_refused_like_torch():
+    p, tp = nn.Parameter(np.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        torch.optim.SGD([{"params": [tp]}, {"params": [tp]}], lr=0.1)
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        optim.SGD([{"params": [p]}, {"params": [p], "lr": 0.01}], lr=0.1)
+
+
+@pytest.mark.parametrize("name", ["SGD-momentum", "SGD-nesterov", "Adam"])
+def test_parameter_listed_twice_warns_and_steps_like_torch(name):
+    """Torch steps a twice-listed parameter twice per step (SGD: two buffers on the first step, one shared
+    after); before the fix manual shared one buffer from the start and the trajectory differed."""
+    make = {"SGD-momentum": lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9),
+            "SGD-nesterov": lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True),
+            "Adam": lambda ps: optim.Adam(ps, lr=0.05)}[name]
+    w = nn.Parameter(np.array([3.0, -2.0]))
+    with pytest.warns(UserWarning, match="more than once"):
+        opt = make([w, w])
+    tw = torch.nn.Parameter(torch.tensor([3.0, -2.0], dtype=torch.float64))
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        topt = twin_optimizer(opt, [tw, tw])
+    for step in range(20):
+        w.grad = np.tanh(w.data) + 0.5 * w.data  # f' of f = log cosh w + w^2 / 4, by hand
+        tw.grad = torch.tanh(tw.data) + 0.5 * tw.data
+        opt.step()
+        topt.step()
+        assert_close(w.data, tw.detach(), 1e-13, f"{name}, parameter listed twice: w at step {step}")
+
+
+def test_grad_of_wrong_shape_dtype_or_backend_is_refused():
+    w = nn.Parameter(np.zeros((2, 3)))
+    opt = optim.SGD([w], lr=0.1)
+    w.grad = np.ones(3)  # broadcast silently before the fix
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[0\]: expected a .grad like its parameter "
+                                         r"\(numpy, shape \(2, 3\), dtype float64\), got \(numpy, shape \(3,\)"):
+        opt.step()
+    np.testing.assert_array_equal(w.data, 0.0)
+    w.grad = np.ones((2, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"dtype float64\), got \(numpy, shape \(2, 3\), dtype float32\)"):
+        optim.Adam([w]).step()
+    w.grad = torch.ones((2, 3), dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"got \(torch, shape \(2, 3\)"):
+        optim.SGD([w], lr=0.1, momentum=0.9).step()
+    tw = torch.nn.Parameter(torch.zeros(2, 3))
+    with pytest.raises(RuntimeError):  # torch refuses at assignment
+        tw.grad = torch.ones(3)
+
+
+def test_read_only_parameter_at_step_is_a_clear_error():
+    data = np.zeros(3)
+    data.flags.writeable = False
+    w = nn.Parameter(data)
+    for opt in (optim.SGD([w], lr=0.1), optim.SGD([w], lr=0.1, momentum=0.5), optim.Adam([w])):
+        w.grad = np.ones(3)
+        with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[0\] Parameter\(shape=\(3,\).* is read-only: "
+                                             r"expected a writeable array"):
+            opt.step()
