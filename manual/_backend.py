@@ -194,6 +194,22 @@ def place(data, device=None, dtype=None):
     return torch.as_tensor(np.asarray(data), dtype=tdtype, device=dev)
 
 
+def _is_floating(x) -> bool:
+    """A real floating dtype (NumPy or torch)."""
+    if isinstance(x, np.ndarray) or isinstance(x, np.generic):
+        return x.dtype.kind == "f"
+    return x.dtype.is_floating_point
+
+
+def place_like(value, like):
+    """`value` (NumPy or torch) on `like`'s backend and device, in `like`'s dtype (any dtype, integers too)."""
+    if isinstance(like, np.ndarray):
+        return np.asarray(to_numpy(value), dtype=like.dtype)
+    if not isinstance(value, torch.Tensor):
+        value = torch.from_numpy(np.asarray(value))
+    return value.detach().to(device=like.device, dtype=like.dtype)
+
+
 def to_numpy(x) -> np.ndarray:
     """A NumPy copy-or-view of an array from either backend (for logging and comparisons)."""
     if torch is not None and isinstance(x, torch.Tensor):

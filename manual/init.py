@@ -53,12 +53,8 @@ def _fans(shape):
 
 
 def _write(target, values):
-    from .nn import Parameter  # local: nn imports init
-
-    if isinstance(target, Parameter):
-        B.fill_(target.data, values)
-    else:
-        B.fill_(target, values)
+    """Fill an array, or a Parameter's .data (duck-typed: init does not import nn)."""
+    B.fill_(target if B._is_array(target) else target.data, values)
     return target
 
 

@@ -6,20 +6,33 @@ The training step differs from torch's in one line:
     model.backward(criterion.backward())   # torch: loss.backward()
     optimizer.step()
 
-`forward` caches what `backward` needs (the input, or the output where the derivative is
-cheaper from it); `backward(grad_output)` returns the gradient of the input and accumulates
-into each `Parameter.grad`, as torch does.
+`forward` saves what `backward` needs (the input, or the output where the derivative is
+cheaper from it) with `self._save(...)`; `backward(grad_output)` reads it with `self._saved(...)`,
+which frees it, returns the gradient of the input and accumulates into each `Parameter.grad`,
+as torch does. The contract, checked:
+- a second `backward` after one `forward` raises (torch without retain_graph);
+- under `manual.no_grad()` forward saves nothing, and a backward after it raises saying so;
+- an array saved by forward and modified in place before backward raises: torch tensors
+  exactly (their version counter, `t._version`); NumPy arrays only when the first or last
+  element changed (a two-element fingerprint: NumPy has no version counter, and a full
+  checksum would cost a pass over the data per call);
+- backward checks grad_output's backend, dtype and shape against what forward produced.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 
 import numpy as np
 
 from . import _backend as B
+from . import _nn_utils as utils  # manual.nn.utils.clip_grad_norm_, as torch.nn.utils
 from . import functional as F
 from . import init as I
+from ._grad_mode import _mode as _grad_mode
+
+sys.modules.setdefault(__name__ + ".utils", utils)  # `import manual.nn.utils` works too (nn.py is a module)
 from .functional._util import check_reduction
 from .functional.linear import _linear, _linear_backward
 from .functional.losses import _mse_loss_backward
@@ -31,7 +44,13 @@ class Parameter:
     __slots__ = ("data", "grad")
 
     def __init__(self, data):
-        B.backend_name(data)
+        if not B._is_array(data):
+            raise TypeError(f"Parameter: expected a NumPy array or a torch tensor, got {type(data).__name__}")
+        if getattr(data, "requires_grad", False):
+            raise ValueError(
+                "Parameter: expected a tensor with requires_grad=False (manual computes every gradient by hand), "
+                "got one that requires grad: pass t.detach()"
+            )
         self.data = data
         self.grad = None
 
@@ -85,15 +104,44 @@ class Module:
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
-    def _save(self, **arrays):
-        """Keep what backward needs (`self._save(_input=x)`); backward reads each with `_saved`."""
-        self.__dict__.update(arrays)
+    def _save(self, **values):
+        """Keep what backward needs: `self._save(_input=x)`; backward reads each once with `_saved`.
+
+        Under manual.no_grad() nothing is kept (and what an earlier forward saved stays).
+        Each array is stamped (torch: its version counter; NumPy: its first and last element) so
+        that `_saved` can tell it was modified in place in between.
+        """
+        d = self.__dict__
+        if _grad_mode.enabled:
+            for k, v in values.items():
+                t = type(v)
+                if t is np.ndarray:
+                    d[k] = (v, (v.item(0), v.item(-1)) if v.size else None)
+                elif t is _Tensor:
+                    d[k] = (v, _version(v))
+                else:
+                    d[k] = (v, None)
+        else:
+            for k in values:
+                if type(d.get(k)) is not tuple:  # keep what a grad-enabled forward saved
+                    d[k] = _NO_GRAD
 
     def _saved(self, name):
-        value = self.__dict__.get(name)
-        if value is None:
-            raise RuntimeError(f"{self!r}: backward() called before forward(); nothing was saved for it")
-        return value
+        """What forward saved under `name`, freed as it is read (a second backward raises)."""
+        d = self.__dict__
+        entry = d.get(name, _NEVER)
+        if type(entry) is not tuple:
+            raise RuntimeError(_unsaved_message(self, entry))
+        d[name] = _FREED
+        v, stamp = entry
+        if stamp is not None:
+            if type(v) is np.ndarray:
+                now = (v.item(0), v.item(-1))
+                if now != stamp and not all(a == b or (a != a and b != b) for a, b in zip(now, stamp)):
+                    raise RuntimeError(_modified_message(self, name, "its values changed"))
+            elif _version(v) != stamp:
+                raise RuntimeError(_modified_message(self, name, f"its version is {_version(v)}, forward saved version {stamp}"))
+        return v
 
     # -- traversal -----------------------------------------------------------------------
     def named_modules(self, prefix=""):
@@ -127,27 +175,51 @@ class Module:
         return out
 
     def load_state_dict(self, state_dict, strict=True):
-        """Copy arrays (NumPy or torch, any device) into this module's own backend, device and dtype."""
+        """Copy parameters and buffers (NumPy or torch, any device) into this module's own backend,
+        device and dtype. strict: the keys must be exactly state_dict()'s (KeyError naming the
+        missing and unexpected ones). Every value is checked before anything is written."""
+        name = type(self).__name__
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"{name}.load_state_dict: expected a mapping of names to arrays, got {type(state_dict).__name__}")
         own = dict(self.named_parameters())
-        missing = [k for k in own if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in own and k not in dict(self.named_buffers())]
+        buffers = {}  # name -> (owning module, attribute)
+        for mod_name, mod in self.named_modules():
+            for b, v in mod._buffers.items():
+                if v is not None:
+                    buffers[f"{mod_name}.{b}" if mod_name else b] = (mod, b)
+        expected = list(own) + list(buffers)
+        missing = [k for k in expected if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own and k not in buffers]
         if strict and (missing or unexpected):
             raise KeyError(
-                f"{type(self).__name__}.load_state_dict: expected keys {list(own)}, "
-                f"missing {missing}, unexpected {unexpected}"
+                f"{name}.load_state_dict: expected keys {expected}, missing {missing}, unexpected {unexpected}"
             )
-        for name, p in own.items():
-            if name not in state_dict:
+        new = {}
+        for k in expected:
+            if k not in state_dict:
                 continue
-            value = state_dict[name]
-            if tuple(value.shape) != p.shape:
-                raise ValueError(
-                    f"{type(self).__name__}.load_state_dict: {name}: expected shape {p.shape}, got {tuple(value.shape)}"
+            value, target = state_dict[k], own[k].data if k in own else getattr(*buffers[k])
+            if not B._is_array(value):
+                raise TypeError(
+                    f"{name}.load_state_dict: {k}: expected a NumPy array or a torch tensor, got {type(value).__name__}"
                 )
-            value = B.place(value, B.device_of(p.data), p.data.dtype)
+            if tuple(value.shape) != tuple(target.shape):
+                raise ValueError(
+                    f"{name}.load_state_dict: {k}: expected shape {tuple(target.shape)}, got {tuple(value.shape)}"
+                )
+            if B._is_floating(target) and not B._is_floating(value):
+                raise TypeError(f"{name}.load_state_dict: {k}: expected a floating array (like {target.dtype}), got {value.dtype}")
+            value = B.place(value, B.device_of(target), target.dtype) if B._is_floating(target) else (
+                B.place_like(value, target))
             # always a copy, as torch's: in-place optimizer updates must not reach the source
             # (nor a second parameter loaded from the same array)
-            p.data = B.namespace(value).asarray(value, copy=True)
+            new[k] = B.namespace(value).asarray(value, copy=True)
+        for k, v in new.items():
+            if k in own:
+                own[k].data = v
+            else:
+                mod, b = buffers[k]
+                mod.register_buffer(b, v)
         return self
 
     def zero_grad(self, set_to_none=True):
@@ -166,10 +238,14 @@ class Module:
     def to(self, *args, device=None, dtype=None):
         """Move to a backend/device and/or dtype: .to("cuda"), .to("float64"), .to(device="numpy", dtype=...)."""
         for a in args:
-            if _is_dtype(a):
+            if _is_dtype(a) or _looks_like_dtype(a):
                 dtype = a
             else:
                 device = a
+        if dtype is not None:
+            B.dtype_name(dtype)  # "float16" and friends: a dtype error naming what is supported
+        if device is not None:
+            B.parse_device(device)
         for _, m in self.named_modules():
             for p in m._parameters.values():
                 dev = B.device_of(p.data) if device is None else device
@@ -199,6 +275,50 @@ class Module:
         return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
 
 
+_NEVER, _NO_GRAD, _FREED = "never", "no_grad", "freed"  # why _saved found no entry
+
+try:
+    import torch as _torch
+
+    _Tensor = _torch.Tensor
+except ImportError:  # pragma: no cover
+    _Tensor = None
+
+
+def _version(t):
+    try:
+        return t._version
+    except RuntimeError:  # an inference-mode tensor has no version counter: nothing to check
+        return None
+
+
+def _unsaved_message(module, why):
+    if why == _NO_GRAD:
+        return (f"{module!r}.backward: the last forward ran under manual.no_grad(), which saves nothing for "
+                "backward: run forward again outside no_grad() before backward")
+    if why == _FREED:
+        return (f"{module!r}.backward: called twice after one forward: backward frees what forward saved (as "
+                "torch does without retain_graph): run forward again before each backward")
+    return f"{module!r}.backward: called before forward: nothing was saved for it"
+
+
+def _modified_message(module, name, detail):
+    return (f"{module!r}.backward: the array forward saved as {name} was modified in place after forward "
+            f"({detail}), so its gradient would be wrong (torch: 'one of the variables needed for gradient "
+            "computation has been modified by an inplace operation'): do not write into inputs or outputs "
+            "between forward and backward, or copy them")
+
+
+def _looks_like_dtype(a):
+    """A dtype that manual does not support ("float16", np.int64, torch.bfloat16): reported as a dtype."""
+    if isinstance(a, str):
+        try:
+            return np.dtype(a).kind in "biufcV" or a in ("half", "bfloat16")
+        except TypeError:
+            return a in ("half", "bfloat16")
+    return isinstance(a, (type, np.dtype)) or (_Tensor is not None and isinstance(a, _torch.dtype))
+
+
 def _is_dtype(a):
     try:
         B.dtype_name(a)
@@ -209,6 +329,13 @@ def _is_dtype(a):
 
 def _accumulate(p, g):
     p.grad = g if p.grad is None else p.grad + g
+
+
+def _bad_grad_output(module, grad_output, shape, dtype):
+    raise ValueError(
+        f"{module!r}.backward: expected grad_output of shape {shape} and dtype {dtype} (like forward's output), "
+        f"got shape {tuple(grad_output.shape)} and dtype {grad_output.dtype}"
+    )
 
 
 def _check_placement(module, input, weight):
@@ -229,6 +356,10 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, generator=None):
         super().__init__()
+        for what, n in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(n, (int, np.integer)) or isinstance(n, bool):
+                raise TypeError(f"Linear: expected {what} to be an int, got {type(n).__name__} {n!r}")
+        in_features, out_features = int(in_features), int(out_features)
         if in_features < 0 or out_features < 0:
             raise ValueError(f"Linear: expected non-negative feature counts, got ({in_features}, {out_features})")
         self.in_features, self.out_features = in_features, out_features
@@ -245,12 +376,15 @@ class Linear(Module):
                 f"{self!r}: expected input with {self.in_features} features in its last dimension, "
                 f"got input of shape {tuple(input.shape)}"
             )
-        self.__dict__["_input"] = input  # (..., in), kept for dL/dW (plain dict write: hot path)
+        self._save(_input=input)  # (..., in), for dL/dW
         return _linear(input, w, None if self.bias is None else self.bias.data)
 
     def backward(self, grad_output, *, input_grad=True):
         x = self._saved("_input")
         xp = B.namespace(grad_output, x, op="Linear.backward")
+        gs = grad_output.shape
+        if grad_output.dtype != x.dtype or len(gs) != x.ndim or gs[-1] != self.out_features or gs[:-1] != x.shape[:-1]:
+            _bad_grad_output(self, grad_output, tuple(x.shape[:-1]) + (self.out_features,), x.dtype)
         gi, gw, gb = _linear_backward(xp, grad_output, x, self.weight.data, self.bias is not None, input_grad)
         _accumulate(self.weight, gw)
         if self.bias is not None:
@@ -276,7 +410,7 @@ class _Activation(Module):
 
     def forward(self, input):
         out = type(self)._fn(input, **self._kwargs())
-        self.__dict__["_saved_input"] = out if self._from_output else input  # plain dict write: hot path
+        self._save(_saved_input=out if self._from_output else input)
         return out
 
     def backward(self, grad_output, *, input_grad=True):
@@ -371,19 +505,20 @@ class _Loss(Module):
         return {"reduction": self.reduction}
 
     def forward(self, input, target):
-        self.__dict__["_input"], self.__dict__["_target"] = input, target
-        return type(self)._fn(input, target, **self._kwargs())
+        loss = type(self)._fn(input, target, **self._kwargs())  # validates first: nothing saved for bad input
+        self._save(_input=input, _target=target)
+        return loss
 
     def backward(self, grad_output=None):
-        input = self._saved("_input")
+        if grad_output is None and self.reduction == "none":
+            raise ValueError(f"{type(self).__name__}(reduction='none').backward: expected a grad_output of the loss's shape, got none")
+        input, target = self._saved("_input"), self._saved("_target")
         if grad_output is None:
-            if self.reduction == "none":
-                raise ValueError(f"{type(self).__name__}(reduction='none').backward: expected a grad_output of the loss's shape")
             if type(self)._kernel is not None:  # forward validated the arguments: skip re-checking
-                return type(self)._kernel(1.0, input, self._target, self.reduction)
+                return type(self)._kernel(1.0, input, target, self.reduction)
             xp = B.namespace(input)
             grad_output = xp.ones((), dtype=input.dtype, device=input.device)  # d loss / d loss
-        return type(self)._bwd(grad_output, input, self._target, **self._kwargs())
+        return type(self)._bwd(grad_output, input, target, **self._kwargs())
 
     def extra_repr(self):
         return f"reduction={self.reduction!r}"
