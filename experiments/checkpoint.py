@@ -46,10 +46,13 @@ import numpy as np
 
 FORMAT = "backprop-lab/checkpoint/1"
 SUFFIX = ".safetensors"
-# RunConfig fields that may differ between a checkpoint and the run that resumes it: they do
-# not change a number the run computes.
-RESUME_FREE = ("resume", "save_every", "logdir", "progress", "impl")
+# RunConfig fields a resumed run may set differently from the checkpoint (they change no number
+# the run computes): the first three always come from the command line, the others from the
+# checkpoint unless given. Every other option is the checkpoint's; given, it must agree.
+FROM_COMMAND_LINE = ("resume", "logdir", "progress")
+RESUME_FREE = FROM_COMMAND_LINE + ("save_every", "impl")
 _MARK = "__bl_"
+KEEP = 2  # mid-segment checkpoints kept per run (the newest); each segment's end checkpoint is kept
 
 
 class CheckpointError(ValueError):
@@ -286,6 +289,7 @@ class Session:
 
     def begin(self, twins, key: str):
         """("fresh", None, 0) | ("done", hist, steps) | ("resume", hist, step) for the next segment."""
+        _STATS["segments"] += 1
         r, i = self.resume, len(self.done)
         if r is None:
             return "fresh", None, 0
@@ -346,15 +350,34 @@ class Session:
         save(path, state)
         self.latest = path
         _LAST_WRITTEN[0] = path
+        if not finished:  # keep the newest KEEP mid-segment checkpoints; every segment's end stays
+            self.written = [p for p in getattr(self, "written", []) if p != path] + [path]
+            for old in self.written[:-KEEP]:
+                try:
+                    os.unlink(old)
+                except OSError:
+                    pass
+            self.written = self.written[-KEEP:]
         return path
 
 
 _LAST_WRITTEN = [None]
+_STATS = {"segments": 0}
 
 
 def last_written():
-    """The newest checkpoint this process wrote (None if none)."""
+    """The newest checkpoint this process wrote since `reset_stats` (None if none)."""
     return _LAST_WRITTEN[0]
+
+
+def stats():
+    """{"segments": training segments (train() calls) begun since `reset_stats`}."""
+    return dict(_STATS)
+
+
+def reset_stats():
+    _LAST_WRITTEN[0] = None
+    _STATS["segments"] = 0
 
 
 def read_for_resume(path: str, experiment: str) -> dict:
@@ -406,7 +429,8 @@ def resume_config(experiment: str, cfg, given: set):
     if clash:
         raise CheckpointError(f"--resume {cfg.resume}: the run would not be the one checkpointed: "
                               + "; ".join(clash) + ". Leave those options out to take the checkpoint's")
-    values = {k: (getattr(cfg, k) if k in RESUME_FREE else saved.get(k, getattr(cfg, k))) for k in names}
+    mine = set(FROM_COMMAND_LINE) | (given & set(RESUME_FREE))
+    values = {k: (getattr(cfg, k) if k in mine else saved.get(k, getattr(cfg, k))) for k in names}
     values["resume"] = path
     return type(cfg)(**values), state
 

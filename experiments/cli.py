@@ -24,15 +24,24 @@ class _Parser(argparse.ArgumentParser):
 
 
 def check_paths(args):
-    """A message if --json's folder is missing or --logdir cannot be created/written, else None."""
+    """A message if --json or --logdir cannot take what the run will write, else None: checked
+    before any work, so that a run never trains and then fails to write its results."""
     path = getattr(args, "json", None)
+    if path is not None and not path.strip():
+        return "--json '': expected a file path, got an empty string"
     if path:
+        if path.endswith(("/", os.sep)) or os.path.isdir(path):
+            return f"--json {path}: is a folder, expected a file path (for example {os.path.join(path, 'results.json')})"
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            return f"--json {path}: the file exists and is not writable"
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             return f"--json {path}: the folder {folder} does not exist"
         if not os.access(folder, os.W_OK):
             return f"--json {path}: the folder {folder} is not writable"
     logdir = getattr(args, "logdir", None)
+    if logdir is not None and not logdir.strip():
+        return "--logdir '': expected a folder path (runs go to LOGDIR/<experiment>/...), got an empty string"
     if logdir:
         try:
             os.makedirs(logdir, exist_ok=True)
@@ -40,7 +49,22 @@ def check_paths(args):
             return f"--logdir {logdir}: cannot create it ({e.strerror})"
         if not os.access(logdir, os.W_OK):
             return f"--logdir {logdir}: not writable"
+        for name in _experiments_to_run(args):  # each run goes to LOGDIR/<name>/<stamp>
+            folder = os.path.join(logdir, name)
+            if os.path.exists(folder) and not (os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)):
+                what = "is not a folder" if not os.path.isdir(folder) else "is not writable"
+                return f"--logdir {logdir}: the experiment folder {folder} {what}"
     return None
+
+
+def _experiments_to_run(args):
+    if getattr(args, "_module", None) is not None:
+        return [args._module.NAME]
+    if getattr(args, "command", None) == "all":
+        from . import runner
+
+        return list(getattr(args, "only", None) or runner.EXPERIMENTS)
+    return [getattr(args, "command", None) or ""] if getattr(args, "command", None) == "bench" else []
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Exit codes: README "Exit codes" (runner.exit_code). SIGINT and SIGTERM, from start-up on,
+    end the run cleanly (experiments/checkpoint.py: Stop); exit 130 and 143."""
+    from . import checkpoint
+
+    with checkpoint.handle_signals():
+        try:
+            return _main(argv)
+        except checkpoint.CheckpointError as e:  # found after the start: a checkpoint that does not fit the run
+            print(f"backprop-lab: error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as e:  # during start-up, or outside an experiment
+            stop = e if isinstance(e, checkpoint.Stop) else checkpoint.Stop()
+            print(f"backprop-lab: interrupted ({stop.name})", file=sys.stderr)
+            return stop.exit_code
+
+
+def _main(argv):
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     owner = getattr(args, "_parser", parser)
@@ -67,8 +108,4 @@ def main(argv=None) -> int:
     problem = check_paths(args)
     if problem:  # before any work: a run must not end by failing to write its results
         owner.error(problem)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return int(args.func(args) or 0)

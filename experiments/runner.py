@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import errno
 import importlib
 import json
+import os
+import signal
 import sys
 import time
 
@@ -24,20 +28,37 @@ EXPERIMENTS = {
 }
 
 
+CONTRACT = ("NAME", "SUMMARY", "SECTION", "Config", "main")
+
+
+class ExperimentError(RuntimeError):
+    """A listed experiment that is missing or breaks the contract: an error, never a silent omission."""
+
+
 def load(name):
-    return importlib.import_module(f"experiments.{EXPERIMENTS[name]}")
+    module = f"experiments.{EXPERIMENTS[name]}"
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            raise ExperimentError(f"experiment {name!r} is listed in runner.EXPERIMENTS, but its module {module} "
+                                  f"does not exist (renamed? remove or fix the entry)") from None
+        raise
+    missing = [a for a in CONTRACT if not hasattr(mod, a)]
+    if missing:
+        raise ExperimentError(f"experiment {name!r} ({module}) lacks {', '.join(missing)}: every experiment "
+                              f"module defines {', '.join(CONTRACT)}")
+    if mod.NAME != name:
+        raise ExperimentError(f"experiment {name!r} ({module}) says NAME = {mod.NAME!r}: the two must agree")
+    return mod
 
 
-def available():
-    """Experiments whose module exists (lets the list grow one module at a time)."""
-    out = {}
-    for name in EXPERIMENTS:
-        try:
-            out[name] = load(name)
-        except ModuleNotFoundError as e:
-            if e.name != f"experiments.{EXPERIMENTS[name]}":
-                raise
-    return out
+def experiments():
+    """Every listed experiment, in order: name -> module (ExperimentError if one is missing or broken)."""
+    return {name: load(name) for name in EXPERIMENTS}
+
+
+available = experiments  # the older name
 
 
 # -- argparse from dataclasses ---------------------------------------------------------------
@@ -47,22 +68,57 @@ def add_config_arguments(parser, config_cls, skip=()):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        help_ = f.metadata.get("help", "")
+        help_ = _esc(f.metadata.get("help", ""))
         if f.type in ("bool", bool):
-            parser.add_argument(flag, dest=f.name, action=argparse_bool(), default=f.default, help=help_)
+            parser.add_argument(flag, dest=f.name, action=_GivenBool, default=f.default, help=help_)
             continue
         kind = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-        if kind is int and f.name != "seed":
+        if kind is int and f.name in ("seed", "save_every"):
+            kind = _non_negative  # NumPy seeds are >= 0; --save-every 0 saves only when stopped
+        elif kind is int:
             kind = _at_least_one  # counts and sizes: steps, epochs, hidden, batch, ...
         elif kind is float and (f.name == "lr" or f.name.endswith("_lr")):
             kind = _positive
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if isinstance(default, (list, tuple)):
             parser.add_argument(flag, dest=f.name, type=type(default[0]) if default else float, nargs="+",
-                                default=default, help=f"{help_} (default: {' '.join(map(str, default))})")
+                                action=_Given, default=default, help=f"{help_} (default: {' '.join(map(str, default))})")
             continue
         parser.add_argument(flag, dest=f.name, type=kind, default=default, choices=f.metadata.get("choices"),
-                            help=f"{help_} (default: {default})")
+                            action=_Given, help=f"{help_} (default: {default})")
+
+
+def _mark_given(namespace, dest):
+    namespace._given = getattr(namespace, "_given", set()) | {dest}
+
+
+class _Given(argparse.Action):
+    """argparse's store, remembering that the option was on the command line (for --resume)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        _mark_given(namespace, self.dest)
+
+
+class _GivenBool(argparse.BooleanOptionalAction):
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        _mark_given(namespace, self.dest)
+
+
+def _non_negative(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _esc(text):
+    """argparse formats help with %: a literal % (as in "75%") must be doubled."""
+    return text.replace("%", "%%")
 
 
 def _at_least_one(text):
@@ -104,7 +160,7 @@ def config_from_args(config_cls, args, **overrides):
 # -- commands --------------------------------------------------------------------------------
 
 def register(sub):
-    exps = available()
+    exps = experiments()
     p = sub.add_parser("list", help="list the experiments, what each shows and its guide section")
     p.set_defaults(func=cmd_list)
 
@@ -112,7 +168,7 @@ def register(sub):
     runs = p.add_subparsers(dest="experiment", metavar="NAME", parser_class=type(p))
     runs.required = True
     for name, mod in exps.items():
-        rp = runs.add_parser(name, help=mod.SUMMARY, description=f"{mod.SUMMARY} (guide: {mod.SECTION})")
+        rp = runs.add_parser(name, help=_esc(mod.SUMMARY), description=_esc(f"{mod.SUMMARY} (guide: {mod.SECTION})"))
         add_config_arguments(rp, mod.Config)
         rp.add_argument("--json", metavar="PATH", help="write the config, final metrics, drift and claims as JSON")
         rp.set_defaults(func=cmd_run, _config=mod.Config, _module=mod, _parser=rp)
@@ -121,29 +177,47 @@ def register(sub):
     p.add_argument("--quick", action="store_true", help="smaller, faster profile of every experiment")
     from ._lab import RunConfig
 
-    add_config_arguments(p, RunConfig, skip=("quick",))
+    add_config_arguments(p, RunConfig, skip=("quick", "resume"))  # --resume names one experiment's checkpoint
     p.add_argument("--json", metavar="PATH", help="write every experiment's metrics as JSON")
     p.add_argument("--only", nargs="+", choices=list(exps), metavar="NAME", help="run only these experiments")
     p.set_defaults(func=cmd_all)
 
 
+WIDTH = 100  # terminal output fits this many columns
+
+
 def cmd_list(args):
-    exps = available()
+    import textwrap
+
+    exps = experiments()
     width = max(map(len, exps))
     for name, mod in exps.items():
-        print(f"{name:<{width}}  {mod.SUMMARY}  [guide: {mod.SECTION}]")
+        text = f"{mod.SUMMARY} [guide: {mod.SECTION}]"
+        lines = textwrap.wrap(text, WIDTH - width - 2) or [""]
+        print(f"{name:<{width}}  {lines[0]}")
+        for line in lines[1:]:
+            print(" " * (width + 2) + line)
     return 0
 
 
 def cmd_run(args):
+    from . import checkpoint
+
     cfg = config_from_args(args._config, args)
+    if cfg.resume:  # the checkpoint's options, unless given here (and then they must agree)
+        try:
+            cfg, _ = checkpoint.resume_config(args._module.NAME, cfg, getattr(args, "_given", set()))
+        except checkpoint.CheckpointError as e:
+            args._parser.error(str(e))
     t0 = time.perf_counter()
     metrics = run_one(args._module, cfg)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
     print_summary({args.experiment: metrics})
-    print_tensorboard_hint(cfg.logdir)
-    if args.json:
-        write_json(args.json, {args.experiment: metrics})
+    if metrics.get("logdir"):
+        print(f"\nrun folder: {metrics['logdir']}")
+    print_tensorboard_hint(cfg.logdir, [args.experiment])
+    if args.json and not write_json(args.json, {args.experiment: metrics}):
+        return EXIT_WRITE_FAILED
     return exit_code({args.experiment: metrics})
 
 
@@ -152,7 +226,7 @@ def cmd_all(args):
 
     from ._lab import RunConfig
 
-    exps = available()
+    exps = experiments()
     names = args.only or list(exps)
     results = {}
     t0 = time.perf_counter()
@@ -166,32 +240,71 @@ def cmd_all(args):
         metrics = run_one(mod, cfg)
         metrics["seconds"] = round(time.perf_counter() - t, 2)
         results[name] = metrics
-        if metrics["status"] == "interrupted":
+        if metrics["status"] in ("interrupted", "write-failed"):
             break
     bar.close()
     print_summary(results)
-    print(f"\n{len(results)} experiments in {time.perf_counter() - t0:.1f} s")
-    print_tensorboard_hint(args.logdir)
-    if args.json:
-        write_json(args.json, results)
+    print(f"{len(results)} experiments in {time.perf_counter() - t0:.1f} s")
+    print_tensorboard_hint(args.logdir, list(results) if args.only else ())
+    if args.json and not write_json(args.json, results):
+        return EXIT_WRITE_FAILED
     return exit_code(results)
 
 
 def run_one(mod, cfg):
-    """Run an experiment; a Ctrl-C inside it comes back as status 'interrupted', not a traceback."""
+    """Run an experiment. A Ctrl-C or SIGTERM inside it comes back as status 'interrupted' (with
+    the signal and the checkpoint written), a failed write (disk full, ...) as 'write-failed':
+    a record for the JSON and the exit code, not a traceback."""
+    from . import checkpoint
     from ._threads import one_thread
 
+    checkpoint.reset_stats()
+    base = {"config": dataclasses.asdict(cfg), "claims": [], "results": {}, "max_drift": None, "drift_ok": None}
     try:
         with one_thread():  # the experiments' models are small; see _threads.py
-            return mod.main(cfg)
-    except KeyboardInterrupt:
-        return {"config": dataclasses.asdict(cfg), "status": "interrupted", "claims": [], "results": {},
-                "max_drift": None, "drift_ok": None, "notes": ["interrupted by the user (Ctrl-C)"]}
+            metrics = mod.main(cfg)
+    except KeyboardInterrupt as e:
+        sig = signal.Signals(getattr(e, "signum", signal.SIGINT)).name
+        saved = checkpoint.last_written()
+        how = "by SIGTERM" if sig == "SIGTERM" else "by the user (Ctrl-C)"
+        notes = [f"interrupted {how}"] + ([f"checkpoint {saved}: continue with --resume {saved}"] if saved else [])
+        return {**base, "status": "interrupted", "signal": sig, "checkpoint": saved, "notes": notes}
+    except OSError as e:
+        if not _is_write_failure(e):
+            raise
+        saved = checkpoint.last_written()
+        where = f" writing {e.filename}" if e.filename else ""
+        notes = [f"stopped: {e.strerror or e}{where}; the logs written before are kept"]
+        if saved:
+            notes.append(f"checkpoint {saved}: continue with --resume {saved} once there is room")
+        return {**base, "status": "write-failed", "error": f"{errno.errorcode.get(e.errno, e.errno)}: {e.strerror}",
+                "checkpoint": saved, "notes": notes}
+    if cfg.save_every and not checkpoint.stats()["segments"]:
+        metrics.setdefault("notes", []).append(
+            f"--save-every {cfg.save_every}: {getattr(mod, 'NAME', '?')} has no _lab.train loop to checkpoint; nothing saved")
+    return metrics
+
+
+# errno values that mean "this run cannot write its logs or results"
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
+
+
+def _is_write_failure(e: OSError) -> bool:
+    return e.errno in WRITE_ERRNOS
+
+
+# exit codes (README "Exit codes"): 0 every claim holds, 1 a claim does not hold or drift is over
+# tolerance, 2 bad command line (before any work), 74 a write failed (disk full, ...: sysexits'
+# EX_IOERR), 130 Ctrl-C (SIGINT), 143 SIGTERM.
+EXIT_WRITE_FAILED = 74
 
 
 def exit_code(results):
-    if any(m["status"] == "interrupted" for m in results.values()):
-        return 130
+    stopped = [m for m in results.values() if m["status"] == "interrupted"]
+    if stopped:
+        return 143 if any(m.get("signal") == "SIGTERM" for m in stopped) else 130
+    if any(m["status"] == "write-failed" for m in results.values()):
+        return EXIT_WRITE_FAILED
     ok = all(c["holds"] for m in results.values() for c in m["claims"])
     ok = ok and all(m.get("drift_ok") is not False for m in results.values())
     return 0 if ok else 1
@@ -207,34 +320,78 @@ def _fmt(v):
     return str(v)
 
 
-def print_summary(results):
-    rows = [("experiment", "the guide's claim", "manual", "torch", "max drift", "holds")]
+COLUMNS = (50, 19, 19, 5)  # claim, manual, torch, holds: 50 + 19 + 19 + 5 + 3 gaps of 2 = 99 columns
+LEGEND = ("manual, torch: the value each implementation measured for the claim (the claim names the quantity: "
+          "a value, an error, a count). holds: yes when the claim holds on each implementation's own result. "
+          "drift: max |manual param - torch param| over the whole run.")
+
+
+def summary_lines(results):
+    """The claims table (<= WIDTH columns; claims wrapped, never cut) and the closing verdict."""
+    import textwrap
+
+    def row(cells, indent=""):
+        cols = [textwrap.wrap(c, w, initial_indent=indent if i == 0 else "", subsequent_indent=indent * 2 if i == 0
+                              else "") or [""] for i, (c, w) in enumerate(zip(cells, COLUMNS))]
+        for k in range(max(map(len, cols))):
+            yield "  ".join((col[k] if k < len(col) else "").ljust(w) for col, w in zip(cols, COLUMNS)).rstrip()
+
+    lines = [*row(("the guide's claim", "manual", "torch", "holds")), "  ".join("-" * w for w in COLUMNS)]
+    total = held = 0
+    failing = []
     for name, m in results.items():
         drift = m.get("max_drift")
-        dtxt = "-" if drift is None else f"{drift:.1e}" + ("" if m.get("drift_ok") else " (over tol)")
-        if not m["claims"]:
-            rows.append((name, m["status"], "-", "-", dtxt, "-"))
-        for i, c in enumerate(m["claims"]):
-            rows.append((name if i == 0 else "", c["claim"], _fmt(c["manual"]), _fmt(c["torch"]),
-                         dtxt if i == 0 else "", "yes" if c["holds"] else "NO"))
+        dtxt = "drift -" if drift is None else (f"drift {drift:.1e}" + (" <= " if m.get("drift_ok") else " OVER ")
+                                                + f"tolerance {m.get('drift_tolerance', 0):.0e}")
+        status = "" if m["status"] == "ok" else f"  [{m['status']}]"
+        lines.append(f"{name}{status}  ({dtxt})")
+        for c in m["claims"]:
+            total += 1
+            held += bool(c["holds"])
+            if not c["holds"]:
+                failing.append(f"{name}: {c['claim']}")
+            lines += row((c["claim"], _fmt(c["manual"]), _fmt(c["torch"]), "yes" if c["holds"] else "NO"), "  ")
         if m["status"] != "ok":
-            rows.append(("", f"({m['status']}: {'; '.join(m.get('notes', []))})", "", "", "", ""))
-    widths = [min(max(len(r[i]) for r in rows), 60 if i == 1 else 40) for i in range(len(rows[0]))]
-    for j, r in enumerate(rows):
-        cells = [(c if len(c) <= widths[i] else c[: widths[i] - 1] + "…").ljust(widths[i]) for i, c in enumerate(r)]
-        print("  ".join(cells).rstrip())
-        if j == 0:
-            print("  ".join("-" * w for w in widths))
+            lines += ["  " + t for note in m.get("notes", []) for t in textwrap.wrap(f"({note})", WIDTH - 2)]
+            if not m["claims"]:
+                failing.append(f"{name}: {m['status']}, no claim checked")
+        if m.get("drift_ok") is False:
+            failing.append(f"{name}: manual and torch drifted apart (max drift {drift:.1e})")
+    both = all(m.get("config", {}).get("impl", "both") == "both" for m in results.values())
+    verdict = f"{held}/{total} claims hold for " + ("both implementations" if both else "the implementation(s) run")
+    lines += ["", *textwrap.wrap(LEGEND, WIDTH), ""]
+    if failing:
+        lines.append(verdict + "; not holding:")
+        lines += [t for f in failing for t in textwrap.wrap(f, WIDTH, initial_indent="  - ", subsequent_indent="    ")]
+    else:
+        lines.append(verdict)
+    return lines
 
 
-def print_tensorboard_hint(logdir):
-    print(f"\nview the runs:  tensorboard --logdir {logdir}   (then open http://localhost:6006)")
+def print_summary(results):
+    print("\n".join(summary_lines(results)))
+
+
+def print_tensorboard_hint(logdir, names=()):
+    """How to look at what just ran: `backprop-lab view` (the venv's TensorBoard, latest runs only)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    tb = exe if os.path.exists(exe) else f"{sys.executable} -m tensorboard.main"
+    print(f"\nview the runs:  backprop-lab view {' '.join(names)}".rstrip()
+          + ("" if logdir == "runs" else f" --logdir {logdir}"))
+    print(f"  (the latest run of each; every run: {tb} --logdir {logdir})")
 
 
 def write_json(path, results):
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2, default=_json_default)
+    """Write atomically (a half-written JSON never replaces a good one); False if it could not be written."""
+    from .checkpoint import atomic_write
+
+    try:
+        atomic_write(path, json.dumps(results, indent=2, default=_json_default).encode())
+    except OSError as e:
+        print(f"backprop-lab: could not write --json {path}: {e.strerror or e}", file=sys.stderr)
+        return False
     print(f"wrote {path}", file=sys.stderr)
+    return True
 
 
 def _json_default(o):
