@@ -40,8 +40,11 @@ SUMMARY = ("hand-written gradients averaged over ranks equal torch's DDP and one
            "batch; the mean-of-means gap of unequal shards is the predicted one")
 SECTION = "Non-Convex Optimization: Mini-Batch SGD"
 
-LEARN_MIN = {"digits": 0.9, "circles": 0.9}  # test accuracy the data-parallel MLP must reach (full profile)
-LEARN_MIN_QUICK = {"digits": 0.8, "circles": 0.75}  # one epoch
+# Test accuracy the data-parallel MLP must reach at the defaults (lr 1e-2, Adam). Measured with one
+# process over seeds 0-3 (min): digits 3 epochs 0.953, 1 epoch (quick) 0.896; circles (batch 32)
+# 3 epochs 0.892, 1 epoch 0.76. The bars sit ~5 points below the worst seed.
+LEARN_MIN = {"digits": 0.9, "circles": 0.85}
+LEARN_MIN_QUICK = {"digits": 0.85, "circles": 0.7}
 
 
 @dataclass

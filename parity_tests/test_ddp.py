@@ -38,13 +38,17 @@ DEADLINE_S = 60  # hard limit on one process group's life in these tests
 
 # -- launching a group -----------------------------------------------------------------------
 
-def _child(fn, rank, world, port, out, timeout_s, args):
+def _child(fn, rank, world, port, out, timeout_s, init, args):
     code = 0
     try:
         torch.set_num_threads(1)
-        store = dist.TCPStore("127.0.0.1", port, world, is_master=False, timeout=datetime.timedelta(seconds=30))
-        P.init_process_group(store=store, rank=rank, world_size=world, timeout=timeout_s)
-        fn(rank, world, out, *args)
+        if init:
+            store = dist.TCPStore("127.0.0.1", port, world, is_master=False, timeout=datetime.timedelta(seconds=30))
+            P.init_process_group(store=store, rank=rank, world_size=world, timeout=timeout_s)
+        else:  # what torchrun hands its workers: env:// rendezvous on the agent's (here: the test's) store
+            os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TORCHELASTIC_USE_AGENT_STORE="True")
+        code = fn(rank, world, out, *args) or 0
     except BaseException:
         code = 1
         with open(os.path.join(out, f"rank{rank}.err"), "w") as f:
@@ -53,17 +57,28 @@ def _child(fn, rank, world, port, out, timeout_s, args):
         os._exit(code)  # a forked child of pytest: skip pytest's and torch's exit handlers
 
 
-def run_group(fn, world, out, *args, timeout_s=20.0, deadline_s=DEADLINE_S):
+def _warm():
+    """Import here, once, what every forked rank would otherwise import for itself (seconds each)."""
+    import torch._dynamo  # noqa: F401  torch's DDP imports it lazily (~3 s)
+    from manual import _backend
+
+    _backend.namespace(np.zeros(1))  # array-api-compat's NumPy namespace, built on first use (~0.5 s)
+
+
+def run_group(fn, world, out, *args, timeout_s=20.0, deadline_s=DEADLINE_S, init=True):
     """Run fn(rank, world, out, *args) on `world` forked ranks; returns ([exit codes], [error texts], seconds).
+
+    init=True: the group is initialized before fn runs; init=False: fn finds torchrun's environment.
+    A rank's exit code is 1 if fn raised (its traceback in out/rank<r>.err), else what fn returned (or 0).
 
     The test process holds the TCPStore (port chosen by the OS: no port races); any rank still
     alive at the deadline is killed and the test fails, so nothing here can hang.
     """
-    import torch._dynamo  # noqa: F401  torch's DDP imports it lazily (~3 s): once here, not in every rank
+    _warm()
     store = dist.TCPStore("127.0.0.1", 0, None, is_master=True, wait_for_workers=False,
                           timeout=datetime.timedelta(seconds=30))
     ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_child, args=(fn, r, world, store.port, str(out), timeout_s, args)) for r in range(world)]
+    procs = [ctx.Process(target=_child, args=(fn, r, world, store.port, str(out), timeout_s, init, args)) for r in range(world)]
     t0 = time.perf_counter()
     for p in procs:
         p.start()
@@ -412,3 +427,54 @@ def test_bad_arguments_are_refused():
         P.init_process_group("gloo", timeout=0)
     with pytest.raises(ValueError, match="one gradient per count"):
         P.mean_of_means_gap([np.zeros(2)], [1, 2])
+
+
+# -- the experiment: launched as torchrun launches it -------------------------------------------
+
+def _experiment_rank(rank, world, out, argv):
+    """experiments.ddp's command line on one rank, stdout and stderr kept per rank."""
+    import contextlib
+
+    from experiments import ddp
+
+    with open(os.path.join(out, f"rank{rank}.out"), "w") as o, open(os.path.join(out, f"rank{rank}.stderr"), "w") as e:
+        with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
+            return ddp.cli(argv)
+
+
+def _experiment_argv(tmp_path):
+    # circles, one epoch of batch 32 over 750 points: 24 steps, the last of 14 examples cut 7/7
+    return ["--data", "circles", "--quick", "--batch-size", "32", "--no-progress",
+            "--logdir", str(tmp_path / "runs"), "--json", str(tmp_path / "out.json")]
+
+
+def test_experiment_rank0_alone_writes_and_every_claim_holds(tmp_path):
+    import experiments.ddp  # noqa: F401  imported here, inherited by the forked ranks
+    import torch.utils.tensorboard  # noqa: F401  (rank 0 logs)
+
+    codes, errors, _ = run_group(_experiment_rank, 2, tmp_path, _experiment_argv(tmp_path), init=False)
+    stderr = [open(tmp_path / f"rank{r}.stderr").read() for r in range(2)]
+    assert codes == [0, 0], (errors, stderr)
+    assert open(tmp_path / "rank1.out").read() == ""  # rank 1 prints nothing ...
+    assert os.listdir(tmp_path / "runs" / "ddp") and len(os.listdir(tmp_path / "runs" / "ddp")) == 1  # ... logs nothing
+    m = json.load(open(tmp_path / "out.json"))["ddp"]
+    dp = m["data_parallel"]
+    assert dp["world_size"] == 2 and dp["backend"] == "gloo" and dp["steps"] == 24
+    assert dp["gap_check"]["counts"] == [3, 2] and dp["gap_check"]["gap_norm"] > 1e-3
+    assert [c["holds"] for c in m["claims"]] == [True] * len(m["claims"]), m["claims"]
+    assert m["max_drift"] <= TOL and dp["max_diff_vs_one_process"] <= TOL
+    assert dp["spread_before_wrap"] > 0.1 and dp["spread_end"] == {"manual": 0.0, "torch": 0.0}
+
+
+def test_experiment_a_failing_rank_ends_the_job_named(tmp_path):
+    import experiments.ddp  # noqa: F401
+    import torch.utils.tensorboard  # noqa: F401
+
+    argv = _experiment_argv(tmp_path) + ["--fail-at", "1:2"]
+    codes, errors, seconds = run_group(_experiment_rank, 2, tmp_path, argv, init=False)
+    stderr = [open(tmp_path / f"rank{r}.stderr").read() for r in range(2)]
+    assert codes == [1, 1], (errors, stderr)
+    assert "rank 1: failed: RuntimeError: --fail-at 1:2: planted failure on rank 1 at step 2" in stderr[1]
+    assert "rank 0: failed: RuntimeError: rank 0 of 2: all_reduce of gradient bucket 0" in stderr[0], stderr[0]
+    assert not os.path.exists(tmp_path / "out.json")  # a failed job claims nothing
+    assert seconds < 30
