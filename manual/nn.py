@@ -556,7 +556,7 @@ class CrossEntropyLoss(_Loss):
             "label_smoothing": self.label_smoothing,
         }
 
+from .layers_conv import AdaptiveAvgPool2d, AvgPool2d, Conv1d, Conv2d, MaxPool2d  # noqa: E402,F401 (manual/layers_conv.py)
+from .layers import BatchNorm1d, BatchNorm2d, Dropout, Embedding, Flatten, GroupNorm, LayerNorm, Residual  # noqa: E402,F401 (manual/layers.py)
 
 from .gpt import GPT, GPTConfig  # noqa: E402  (the GPT builds on the modules above)
-
-from .layers_conv import AdaptiveAvgPool2d, AvgPool2d, Conv1d, Conv2d, MaxPool2d  # noqa: E402,F401 (manual/layers_conv.py)

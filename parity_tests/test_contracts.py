@@ -28,7 +28,8 @@ def _run(op, s, dtype, backend):
     """Forward and backward (and backward from output=), with snapshots taken before each call."""
     args = [place(a, backend, dtype) for a in s.args]
     kwargs = {k: place(v, backend, dtype) for k, v in s.kwargs.items()}
-    inputs = {**dict(zip(op.arg_names, args)), **{k: v for k, v in kwargs.items() if _is_array(v)}}
+    inputs = {**{n: a for n, a in zip(op.arg_names, args) if _is_array(a) and n not in op.mutates},
+              **{k: v for k, v in kwargs.items() if _is_array(v)}}  # op.mutates: updated in place by design
     before = {n: np.array(to_numpy(a)) for n, a in inputs.items()}
     out = getattr(MF, op.name)(*args, **kwargs)
     g = place(upstream(out.shape, 0), backend, dtype)
@@ -36,7 +37,7 @@ def _run(op, s, dtype, backend):
     before.update(grad_output=np.array(to_numpy(g)), output=np.array(to_numpy(out)))
     bwd = getattr(MF, op.name + "_backward")
     grads = bwd(g, *args, **kwargs)
-    grads = dict(zip((f"grad_{n}" for n in op.arg_names), grads if isinstance(grads, tuple) else (grads,)))
+    grads = dict(zip((f"grad_{n}" for n in op.grads), grads if isinstance(grads, tuple) else (grads,)))
     if op.from_output:
         grads[FROM_OUTPUT] = bwd(g, output=out, **kwargs)
     return inputs, before, out, {k: v for k, v in grads.items() if v is not None}

@@ -1,13 +1,10 @@
-"""Whole models: random MLPs x every activation x every loss, manual vs torch autograd,
-compared gradient by state_dict name; central finite differences on small models.
+"""Whole models: random MLPs x every activation x every loss, random residual and normalization
+networks, manual vs torch autograd through the one model engine (experiments.parity.check_model,
+the checker `backprop-lab verify` runs) under its one tolerance policy (MODEL_TOL, measured, the
+reasons written there); central finite differences on small models.
 
-Tolerances (element-wise |got - want| <= rtol |want| + rtol max|want|, the second term a floor
-for entries that are a cancellation of larger terms, whose rounding scales with the tensor):
-  float64: rtol 1e-12 (measured worst 2e-14 over 2,100 random models, a 10x larger run);
-  float32: rtol 1e-4  (both sides round at 6e-8 per op, in different summation orders, over
-           up to 6 layers of up to 32 units; measured worst 8e-6 over 1,300 random models);
-  plus an absolute floor of a few ulps of 1 (ATOL) for entries that are exactly zero in torch.
-Finite differences (float64, h = 1e-6): rtol 1e-7 (FD_RTOL; measured worst 8e-9).
+The activations and the modules come from the registry (torch_ref.opinfo.MODULES): an activation
+registered there is drawn here with no change to this file.
 """
 
 from __future__ import annotations
@@ -19,18 +16,16 @@ from conftest import BACKENDS, DEVICE_OF, torch_device
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from experiments import parity
 from manual import _backend as B
 from manual import nn
 from manual._backend import to_numpy
-from torch_ref import load_weights, twin, twin_loss
+from torch_ref import load_weights, twin
+from torch_ref.opinfo import MODULES
 
-
-RTOL = {"float64": 1e-12, "float32": 1e-4}
-# Exact zeros (a 1-class cross-entropy: softmax is exactly 1 and p - onehot cancels) come out
-# as rounding of O(1) terms: a few ulps of 1.
-ATOL = {"float64": 1e-15, "float32": 1e-6}
-
-ACTIVATIONS = ["ReLU", "LeakyReLU", "ELU", "GELU-none", "GELU-tanh", "Sigmoid", "Tanh"]
+# every activation of the registry, with drawn constructor arguments where it has a `draw`
+ACTIVATIONS = [m.name for m in MODULES if m.kind == "activation"]
+_DRAW = {m.name: m.draw for m in MODULES if m.kind == "activation"}
 
 # name -> loss options; hypothesis draws the reduction, sizes, values and the model
 LOSSES = {
@@ -64,13 +59,9 @@ def assert_close(got, want, rtol, what, atol=0.0):
 # -- building a case ---------------------------------------------------------------------------
 
 def make_activation(name, rng):
-    if name == "LeakyReLU":
-        return nn.LeakyReLU(float(rng.uniform(0.001, 0.5)))
-    if name == "ELU":
-        return nn.ELU(float(rng.uniform(0.1, 2.0)))
-    if name.startswith("GELU"):
-        return nn.GELU(approximate=name.split("-")[1])
-    return getattr(nn, name)()
+    """manual.nn.<name>, its constructor arguments drawn by the registry's `draw` (if any)."""
+    draw = _DRAW[name]
+    return getattr(nn, name)(**(draw(rng) if draw else {}))
 
 
 def make_mlp(widths, acts, biases, seed, device, dtype):
@@ -114,30 +105,14 @@ def make_loss(opts, reduction, batch, C, rng, device, dtype):
     return crit, target
 
 
-def check_model(model, crit, x, target, upstream, dtype, label):
-    """Loss, input gradient and every parameter gradient by name: manual vs torch autograd."""
-    tmodel = twin(model)
-    dev = next(tmodel.parameters()).device
-    tcrit = twin_loss(crit, device=dev)
-    loss = crit(model(x), target)
-    grad_input = model.backward(crit.backward(upstream))
-
-    tx = torch.tensor(to_numpy(x), device=dev, requires_grad=True)
-    ttarget = torch.as_tensor(to_numpy(target), device=dev)
-    tloss = tcrit(tmodel(tx), ttarget)
-    if upstream is None:
-        tloss.backward()
-    else:
-        tloss.backward(torch.as_tensor(to_numpy(upstream), device=dev))
-
-    rtol, atol = RTOL[dtype], ATOL[dtype]
-    assert_close(loss, tloss.detach(), rtol, f"{label}: loss", atol)
-    assert_close(grad_input, tx.grad, rtol, f"{label}: grad of input", atol)
-    tgrads = {n: p.grad for n, p in tmodel.named_parameters()}
-    grads = {n: p.grad for n, p in model.named_parameters()}
-    assert list(grads) == list(tgrads), f"{label}: parameter names {list(grads)} != torch's {list(tgrads)}"
-    for name in grads:
-        assert_close(grads[name], tgrads[name], rtol, f"{label}: grad of {name}", atol)
+def check_model(model, crit, x, target, label, seed=0):
+    """Loss, output, every parameter gradient by name and every layer's input gradient: the engine."""
+    r = parity.check_model(model, crit, x, target, seed=seed)
+    if not r.passed:
+        bad = {k: f"max abs {a:.3g}, max rel {rel:.3g}" for k, (a, rel, ok) in r.errors.items() if not ok}
+        raise AssertionError(f"{label}: first diverging layer {r.first_divergent!r} ({r.first_divergent_tensor}); "
+                             f"failing tensors {bad} (tolerance {r.tol})")
+    return r
 
 
 @st.composite
@@ -159,12 +134,8 @@ def run_case(case, loss_name, backend, dtype):
     model = make_mlp(case["widths"], case["acts"], case["biases"], case["seed"], device, dtype)
     crit, target = make_loss(LOSSES[loss_name], case["reduction"], case["batch"], case["widths"][-1], rng, device, dtype)
     x = B.place(rng.standard_normal((case["batch"], case["widths"][0])), device, dtype)
-    upstream = None
-    if case["reduction"] == "none":
-        shape = (case["batch"],) if LOSSES[loss_name]["loss"] == "CE" else (case["batch"], case["widths"][-1])
-        upstream = B.place(rng.standard_normal(shape), device, dtype)  # random, never ones
     label = f"{model!r} + {crit!r} ({backend}, {dtype}, batch {case['batch']})".replace("\n", "")
-    check_model(model, crit, x, target, upstream, dtype, label)
+    check_model(model, crit, x, target, label, seed=case["seed"])  # the engine draws a random upstream gradient
 
 
 FAST = dict(derandomize=True, deadline=None, database=None,

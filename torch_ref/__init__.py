@@ -38,28 +38,19 @@ def _device_dtype(model, device):
     return (device if device is not None else "cpu"), torch.float32
 
 
-def _build(module):
-    name = type(module).__name__
-    nn = torch.nn
-    if name == "GPT":  # a whole model with its own torch twin (torch_ref/gpt.py)
-        from .gpt import build
+def _build(module, tensor=None):
+    """The torch twin of one manual module (children included), from the module registry."""
+    from .opinfo import MODULES_BY_NAME
 
-        return build(module)
-    if name == "Sequential":
-        return nn.Sequential(*[_build(m) for m in module.children()])
-    if name == "Linear":
-        return nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
-    if name == "ReLU":
-        return nn.ReLU()
-    if name == "LeakyReLU":
-        return nn.LeakyReLU(module.negative_slope)
-    if name == "ELU":
-        return nn.ELU(module.alpha)
-    if name == "GELU":
-        return nn.GELU(approximate=module.approximate)
-    if name in ("Sigmoid", "Tanh"):
-        return getattr(nn, name)()
-    raise TypeError(f"torch_ref.twin: no torch twin for module type {name}")
+    name = type(module).__name__
+    info = MODULES_BY_NAME.get(name)
+    if info is None:
+        raise TypeError(f"torch_ref.twin: no torch twin for module type {name}: register a ModuleInfo for it in "
+                        f"torch_ref/opinfo.py (known: {sorted(MODULES_BY_NAME)})")
+    tensor = tensor or (lambda a: None if a is None else to_torch(a))
+    tm = info.twin(module, lambda child: _build(child, tensor), tensor)
+    tm.training = bool(getattr(module, "training", True))  # this module's own train()/eval() (dropout, batch norm)
+    return tm
 
 
 def twin(model, device=None):
@@ -82,19 +73,14 @@ def load_weights(tmodel, state_dict):
 
 
 def twin_loss(criterion, device=None):
-    """torch.nn loss with the same arguments as a manual loss module."""
+    """torch.nn loss with the same arguments as a manual loss module (from the module registry)."""
+    from .opinfo import MODULES_BY_NAME
+
     name = type(criterion).__name__
-    nn = torch.nn
-    conv = lambda a: None if a is None else to_torch(a, device=device)  # noqa: E731
-    if name == "MSELoss":
-        return nn.MSELoss(reduction=criterion.reduction)
-    if name == "BCEWithLogitsLoss":
-        return nn.BCEWithLogitsLoss(weight=conv(criterion.weight), reduction=criterion.reduction,
-                                    pos_weight=conv(criterion.pos_weight))
-    if name == "CrossEntropyLoss":
-        return nn.CrossEntropyLoss(weight=conv(criterion.weight), ignore_index=criterion.ignore_index,
-                                   reduction=criterion.reduction, label_smoothing=criterion.label_smoothing)
-    raise TypeError(f"torch_ref.twin_loss: no torch twin for loss type {name}")
+    info = MODULES_BY_NAME.get(name)
+    if info is None or info.kind != "loss":
+        raise TypeError(f"torch_ref.twin_loss: no torch twin for loss type {name}")
+    return info.twin(criterion, None, lambda a: None if a is None else to_torch(a, device=device))
 
 
 def twin_optimizer(optimizer, params):

@@ -176,4 +176,4 @@ def flatten_backward(grad_output, input, start_dim=0, end_dim=-1):
     op = "flatten_backward"
     xp = namespace(grad_output, input, op=op)
     _check_grad(op, grad_output, _flatten_dims(op, input, start_dim, end_dim), input)
-    return xp.reshape(grad_output, _shape(input))
+    return xp.asarray(xp.reshape(grad_output, _shape(input)), copy=True)  # a new array, never a view of g
