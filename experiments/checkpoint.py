@@ -33,6 +33,7 @@ clean-up after a stop it is ignored with a message; a third exits immediately.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import glob
 import hashlib
 import json
@@ -40,6 +41,7 @@ import os
 import random
 import signal
 import tempfile
+import threading
 from contextlib import contextmanager
 
 import numpy as np
@@ -128,6 +130,9 @@ def atomic_write(path: str, data: bytes):
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # the mode open() would give, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -290,6 +295,7 @@ class Session:
     def begin(self, twins, key: str):
         """("fresh", None, 0) | ("done", hist, steps) | ("resume", hist, step) for the next segment."""
         _STATS["segments"] += 1
+        _STATS["root"] = self.log.root
         r, i = self.resume, len(self.done)
         if r is None:
             return "fresh", None, 0
@@ -331,6 +337,7 @@ class Session:
 
     def after_step(self, twins, key, hist, steps):
         k = hist["steps"]
+        _STATS["at"] = [key, k]
         if self.every and k % self.every == 0 and k < steps:
             self.save(twins, key, hist)
 
@@ -362,7 +369,7 @@ class Session:
 
 
 _LAST_WRITTEN = [None]
-_STATS = {"segments": 0}
+_STATS = {"segments": 0, "at": None, "root": None}
 
 
 def last_written():
@@ -371,13 +378,14 @@ def last_written():
 
 
 def stats():
-    """{"segments": training segments (train() calls) begun since `reset_stats`}."""
+    """Since `reset_stats`: {"segments": train() calls begun, "at": [segment, steps done] of the
+    latest step, "root": the latest run folder}."""
     return dict(_STATS)
 
 
 def reset_stats():
     _LAST_WRITTEN[0] = None
-    _STATS["segments"] = 0
+    _STATS.update(segments=0, at=None, root=None)
 
 
 def read_for_resume(path: str, experiment: str) -> dict:
@@ -433,6 +441,34 @@ def resume_config(experiment: str, cfg, given: set):
     values = {k: (getattr(cfg, k) if k in mine else saved.get(k, getattr(cfg, k))) for k in names}
     values["resume"] = path
     return type(cfg)(**values), state
+
+
+# -- failed writes ---------------------------------------------------------------------------
+
+# errno values meaning "this run cannot write its logs, checkpoints or results"
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM})
+
+
+def is_write_failure(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in WRITE_ERRNOS
+
+
+@contextmanager
+def quiet_writer_threads():
+    """TensorBoard writes from a background thread; a failed write there (disk full) comes back
+    in the main thread at the next log call and is reported once, so the thread's own
+    traceback is not printed."""
+    old = threading.excepthook
+
+    def hook(args):
+        if not is_write_failure(args.exc_value):
+            old(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = old
 
 
 # -- signals ---------------------------------------------------------------------------------

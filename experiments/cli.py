@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     end the run cleanly (experiments/checkpoint.py: Stop); exit 130 and 143."""
     from . import checkpoint
 
-    with checkpoint.handle_signals():
+    with checkpoint.handle_signals(), checkpoint.quiet_writer_threads():
         try:
             return _main(argv)
         except checkpoint.CheckpointError as e:  # found after the start: a checkpoint that does not fit the run

@@ -268,29 +268,25 @@ def run_one(mod, cfg):
         saved = checkpoint.last_written()
         how = "by SIGTERM" if sig == "SIGTERM" else "by the user (Ctrl-C)"
         notes = [f"interrupted {how}"] + ([f"checkpoint {saved}: continue with --resume {saved}"] if saved else [])
-        return {**base, "status": "interrupted", "signal": sig, "checkpoint": saved, "notes": notes}
+        return {**base, "status": "interrupted", "signal": sig, "checkpoint": saved,
+                "stopped_at": checkpoint.stats()["at"], "logdir": checkpoint.stats()["root"], "notes": notes}
     except OSError as e:
-        if not _is_write_failure(e):
+        if not checkpoint.is_write_failure(e):
             raise
-        saved = checkpoint.last_written()
-        where = f" writing {e.filename}" if e.filename else ""
-        notes = [f"stopped: {e.strerror or e}{where}; the logs written before are kept"]
+        saved, st = checkpoint.last_written(), checkpoint.stats()
+        where = e.filename or st["root"] or cfg.logdir
+        code = errno.errorcode.get(e.errno, e.errno)
+        notes = [f"stopped: a write failed ({code}: {e.strerror}) under {where}"
+                 + (f" after step {st['at'][1]} of {st['at'][0]}" if st["at"] else "")
+                 + "; the logs written before it are kept"]
         if saved:
             notes.append(f"checkpoint {saved}: continue with --resume {saved} once there is room")
-        return {**base, "status": "write-failed", "error": f"{errno.errorcode.get(e.errno, e.errno)}: {e.strerror}",
-                "checkpoint": saved, "notes": notes}
+        return {**base, "status": "write-failed", "error": f"{code}: {e.strerror}", "stopped_at": st["at"],
+                "logdir": st["root"], "checkpoint": saved, "notes": notes}
     if cfg.save_every and not checkpoint.stats()["segments"]:
         metrics.setdefault("notes", []).append(
             f"--save-every {cfg.save_every}: {getattr(mod, 'NAME', '?')} has no _lab.train loop to checkpoint; nothing saved")
     return metrics
-
-
-# errno values that mean "this run cannot write its logs or results"
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
-
-
-def _is_write_failure(e: OSError) -> bool:
-    return e.errno in WRITE_ERRNOS
 
 
 # exit codes (README "Exit codes"): 0 every claim holds, 1 a claim does not hold or drift is over
