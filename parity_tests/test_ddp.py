@@ -478,3 +478,20 @@ def test_experiment_a_failing_rank_ends_the_job_named(tmp_path):
     assert "rank 0: failed: RuntimeError: rank 0 of 2: all_reduce of gradient bucket 0" in stderr[0], stderr[0]
     assert not os.path.exists(tmp_path / "out.json")  # a failed job claims nothing
     assert seconds < 30
+
+
+@pytest.mark.slow  # ~10 CPU-seconds: torchrun and both workers each import torch from scratch
+def test_torchrun_launches_the_experiment(tmp_path):
+    """The real launcher: `torchrun --standalone --nproc-per-node 2 -m experiments.ddp` (manual side only,
+    so the workers skip torch DDP's lazy torch._dynamo import; the forked tests above cover torch's DDP)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "experiments.ddp", "--impl", "manual", *_experiment_argv(tmp_path)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    m = json.load(open(tmp_path / "out.json"))["ddp"]
+    assert m["data_parallel"]["world_size"] == 2 and all(c["holds"] for c in m["claims"]), m["claims"]
+    assert len(os.listdir(tmp_path / "runs" / "ddp")) == 1
+    assert p.stdout.count("2 rank(s) on gloo") == 1  # one summary, from rank 0
