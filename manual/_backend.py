@@ -256,14 +256,6 @@ def place_raw(values: np.ndarray, device=None):
     return torch.as_tensor(np.asarray(values), device=dev)
 
 
-def index_add(n: int, index, source):
-    """out (n, C) with out[i] = sum of source[j] over j where index[j] == i (an embedding's backward).
-
-    index: (N,) integer ids, source: (N, C). Not in the Array API standard: np.add.at / index_add_.
-    """
-    if backend_name(source) == "torch":
-        out = torch.zeros((n,) + tuple(source.shape[1:]), dtype=source.dtype, device=source.device)
-        return out.index_add_(0, index, source)
-    out = np.zeros((n,) + source.shape[1:], dtype=source.dtype)
-    np.add.at(out, index, source)
-    return out
+def place_bool(mask, device=None):
+    """A boolean mask (a dropout keep-mask) on the given backend/device, still boolean."""
+    return place_raw(np.asarray(mask, dtype=bool), device)

@@ -26,8 +26,10 @@ import numpy as np
 from . import _backend as B
 from . import init as I
 from .functional.attention import _backward as _attention_backward
-from .functional.attention import _draw_keep, _keep_scale, _weights
-from .nn import GELU, Linear, Module, Parameter
+from .functional.attention import _weights
+from .functional.regularization import _keep_scale, dropout_mask
+from .layers import Dropout, Embedding, LayerNorm
+from .nn import GELU, Linear, Module
 
 
 @dataclass
@@ -50,101 +52,6 @@ class GPTConfig:
                              f"n_head={self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig: expected dropout in [0, 1), got {self.dropout!r}")
-
-
-def _zeros(shape, device, dtype):
-    return B.place(np.zeros(shape), device, dtype)
-
-
-# -- the three layers the GPT needs besides Linear and GELU -----------------------------------
-
-class _LayerNorm(Module):
-    """y = (x - mean) / sqrt(var + eps) * weight + bias over the last dimension (torch.nn.LayerNorm)."""
-
-    def __init__(self, n, bias=True, eps=1e-5, device=None, dtype=None):
-        super().__init__()
-        self.normalized_shape, self.eps = (n,), eps
-        self.weight = Parameter(B.place(np.ones(n), device, dtype))
-        self.bias = Parameter(_zeros(n, device, dtype)) if bias else None
-
-    def forward(self, x):
-        xp = B.namespace(x)
-        mean = xp.mean(x, axis=-1, keepdims=True)  # (..., 1)
-        xc = x - mean
-        rstd = 1.0 / xp.sqrt(xp.mean(xc * xc, axis=-1, keepdims=True) + self.eps)  # (..., 1), biased variance
-        norm = xc * rstd  # (..., C)
-        self._save(_norm=norm, _rstd=rstd)
-        y = norm * self.weight.data
-        return y + self.bias.data if self.bias is not None else y
-
-    def backward(self, g, *, input_grad=True):
-        """dx = rstd (dn - mean(dn) - n mean(dn n)), dn = g w;  dw = sum g n;  db = sum g  (llm.c's layernorm_backward)."""
-        xp = B.namespace(g)
-        norm, rstd = self._saved("_norm"), self._saved("_rstd")
-        C = norm.shape[-1]
-        g2, n2 = xp.reshape(g, (-1, C)), xp.reshape(norm, (-1, C))
-        _acc(self.weight, xp.sum(g2 * n2, axis=0))
-        if self.bias is not None:
-            _acc(self.bias, xp.sum(g2, axis=0))
-        dn = g * self.weight.data
-        return rstd * (dn - xp.mean(dn, axis=-1, keepdims=True) - norm * xp.mean(dn * norm, axis=-1, keepdims=True))
-
-    def extra_repr(self):
-        return f"{self.normalized_shape}, eps={self.eps}, bias={self.bias is not None}"
-
-
-class _Embedding(Module):
-    """out = weight[idx] (torch.nn.Embedding); the gradient of a row is the sum of g over its uses."""
-
-    def __init__(self, num_embeddings, embedding_dim, device=None, dtype=None):
-        super().__init__()
-        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.weight = Parameter(_zeros((num_embeddings, embedding_dim), device, dtype))
-
-    def forward(self, idx):
-        xp = B.namespace(idx)
-        flat = xp.reshape(idx, (-1,))
-        self._save(_idx=flat)
-        return xp.reshape(xp.take(self.weight.data, flat, axis=0), tuple(idx.shape) + (self.embedding_dim,))
-
-    def backward(self, g, *, input_grad=True):
-        """d weight[i] = sum of g over the positions where idx == i; the indices get none (None)."""
-        xp = B.namespace(g)
-        flat = self._saved("_idx")
-        _acc(self.weight, B.index_add(self.num_embeddings, flat, xp.reshape(g, (-1, self.embedding_dim))))
-        return None
-
-    def extra_repr(self):
-        return f"{self.num_embeddings}, {self.embedding_dim}"
-
-
-class _Dropout(Module):
-    """Zero each element with probability p, scale the rest by 1/(1-p); the identity in eval()."""
-
-    def __init__(self, p=0.0, generator=None):
-        super().__init__()
-        self.p, self.generator = p, generator
-
-    def forward(self, x):
-        if not self.training or self.p == 0.0:
-            self._active = False
-            return x
-        xp = B.namespace(x)
-        d = _keep_scale(xp, _draw_keep(self.p, tuple(x.shape), x, self.generator), self.p, x)
-        self._active = True
-        self._save(_d=d)
-        return x * d
-
-    def backward(self, g, *, input_grad=True):
-        """d dropout/dx = D / (1 - p), the same keep-mask D as the forward."""
-        return g * self._saved("_d") if self._active else g
-
-    def extra_repr(self):
-        return f"p={self.p}"
-
-
-def _acc(p, g):
-    p.grad = g if p.grad is None else p.grad + g
 
 
 class ModuleDict(Module):
@@ -184,8 +91,10 @@ class CausalSelfAttention(Module):
         C = config.n_embd
         self.c_attn = Linear(C, 3 * C, bias=config.bias, device=device, dtype=dtype, generator=generator)
         self.c_proj = Linear(C, C, bias=config.bias, device=device, dtype=dtype, generator=generator)
-        self.resid_dropout = _Dropout(config.dropout, generator)
+        self.resid_dropout = Dropout(config.dropout, generator=generator)
         self.n_head, self.n_embd, self.dropout, self.generator = config.n_head, C, config.dropout, generator
+        self.record_attention = False  # True: forward keeps its softmax weights in .attention (for plots)
+        self.attention = None
 
     def _heads(self, xp, t, B_, T):
         return xp.permute_dims(xp.reshape(t, (B_, T, self.n_head, self.n_embd // self.n_head)), (0, 2, 1, 3))
@@ -200,9 +109,12 @@ class CausalSelfAttention(Module):
         q, k, v = (self._heads(xp, qkv[..., i * C:(i + 1) * C], B_, T) for i in range(3))  # (B, nh, T, hs)
         scale = 1.0 / math.sqrt(C // self.n_head)
         p = _weights(xp, q, k, None, True, scale)  # (B, nh, T, T), causal softmax
+        if self.record_attention:
+            self.attention = p
         d = None
         if self.training and self.dropout > 0.0:
-            d = _keep_scale(xp, _draw_keep(self.dropout, tuple(p.shape), p, self.generator), self.dropout, p)
+            gen = I.default_generator() if self.generator is None else self.generator
+            d = _keep_scale(xp, dropout_mask(p, self.dropout, generator=gen), self.dropout, p)
             self._save(_d=d)
         self._dropout_used = d is not None
         self._save(_q=q, _k=k, _v=v, _p=p)
@@ -230,7 +142,7 @@ class MLP(Module):
         self.c_fc = Linear(C, 4 * C, bias=config.bias, device=device, dtype=dtype, generator=generator)
         self.gelu = GELU()
         self.c_proj = Linear(4 * C, C, bias=config.bias, device=device, dtype=dtype, generator=generator)
-        self.dropout = _Dropout(config.dropout, generator)
+        self.dropout = Dropout(config.dropout, generator=generator)
 
     def forward(self, x):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
@@ -245,9 +157,9 @@ class Block(Module):
 
     def __init__(self, config, device=None, dtype=None, generator=None):
         super().__init__()
-        self.ln_1 = _LayerNorm(config.n_embd, config.bias, device=device, dtype=dtype)
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias, device=device, dtype=dtype)
         self.attn = CausalSelfAttention(config, device, dtype, generator)
-        self.ln_2 = _LayerNorm(config.n_embd, config.bias, device=device, dtype=dtype)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias, device=device, dtype=dtype)
         self.mlp = MLP(config, device, dtype, generator)
 
     def forward(self, x):
@@ -269,11 +181,11 @@ class GPT(Module):
         self.config = config
         c, kw = config, dict(device=device, dtype=dtype)
         self.transformer = ModuleDict(dict(
-            wte=_Embedding(c.vocab_size, c.n_embd, **kw),
-            wpe=_Embedding(c.block_size, c.n_embd, **kw),
-            drop=_Dropout(c.dropout, generator),
+            wte=Embedding(c.vocab_size, c.n_embd, generator=generator, **kw),
+            wpe=Embedding(c.block_size, c.n_embd, generator=generator, **kw),
+            drop=Dropout(c.dropout, generator=generator),
             h=ModuleList([Block(c, device, dtype, generator) for _ in range(c.n_layer)]),
-            ln_f=_LayerNorm(c.n_embd, c.bias, **kw),
+            ln_f=LayerNorm(c.n_embd, bias=c.bias, **kw),
         ))
         self.lm_head = Linear(c.n_embd, c.vocab_size, bias=False, **kw)
         self.lm_head.weight = self.transformer.wte.weight  # tied: one Parameter, two uses

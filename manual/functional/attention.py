@@ -21,8 +21,9 @@ import numbers
 
 import numpy as np
 
-from .. import _backend as B
+from .. import init as I
 from .._backend import check_same_dtype, namespace
+from .regularization import _keep_scale, dropout_mask as _dropout_mask
 
 OP = "scaled_dot_product_attention"
 
@@ -85,12 +86,6 @@ def _causal(xp, L, S, like):
     return xp.arange(L, device=dev)[:, None] >= xp.arange(S, device=dev)[None, :]
 
 
-def _keep_scale(xp, dropout_mask, dropout_p, like):
-    """D / (1 - p) in like's dtype: the factor each attention weight is multiplied by."""
-    d = xp.astype(dropout_mask, like.dtype)
-    return d * (1.0 / (1.0 - dropout_p)) if dropout_p < 1.0 else d * 0.0  # p = 1 drops everything
-
-
 def _weights(xp, query, key, attn_mask, is_causal, scale):
     """P = softmax(scale * q k^T + M) along the keys, (..., L, S); fully masked rows -> 0."""
     s = xp.matmul(query, xp.matrix_transpose(key)) * scale  # (..., L, E) @ (..., E, S) -> (..., L, S)
@@ -123,13 +118,6 @@ def _sum_to(xp, x, shape):
     return xp.reshape(xp.sum(x, axis=axes, keepdims=True), shape)
 
 
-def _draw_keep(dropout_p, shape, like, generator):
-    """A fresh boolean keep-mask, True with probability 1 - p, from a NumPy generator."""
-    rng = generator if generator is not None else np.random.default_rng()
-    keep = rng.random(shape) >= dropout_p
-    return B.place_raw(keep, B.device_of(like))
-
-
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                                  *, dropout_mask=None, generator=None):
     """softmax(q k^T * scale + mask) v, scale = 1/sqrt(E) by default; dropout on the weights.
@@ -137,13 +125,14 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     attn_mask: boolean (True = take part) or float (added to the scores), broadcastable to
     (..., L, S). dropout_mask (not in torch): the boolean keep-mask to use when dropout_p > 0,
     so that a backward can use the same one; without it a mask is drawn from `generator`
-    (a NumPy Generator), which no backward can see.
+    (a NumPy Generator; manual.init's default if None), which no backward can see.
     """
     xp, _, L, S = _check(OP, query, key, value, attn_mask, dropout_p, is_causal, scale, dropout_mask)
     p = _weights(xp, query, key, attn_mask, is_causal, _scale(query, scale))  # (..., L, S)
     if dropout_p > 0.0:
         if dropout_mask is None:
-            dropout_mask = _draw_keep(dropout_p, _shape(p), p, generator)
+            gen = I.default_generator() if generator is None else generator
+            dropout_mask = _dropout_mask(p, dropout_p, generator=gen)  # (..., L, S) boolean keep-mask
         p = p * _keep_scale(xp, dropout_mask, dropout_p, p)
     return xp.matmul(p, value)  # (..., L, S) @ (..., S, Ev) -> (..., L, Ev)
 
