@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 import manual
 from manual import nn, optim
+from manual import _backend as B
 from manual import parallel as P
 from torch_ref import twin
 
@@ -237,6 +238,22 @@ def _claims_worker(rank, world, out, bucket_cap_mb):
     (scale * tcrit(tddp(torch.from_numpy(xl)), torch.from_numpy(yl))).backward()
     _record(rec, "unequal_weighted_torch", _torch_grads(tddp))
 
+    # 4. The same averaged step with manual on torch CPU tensors (buckets are torch tensors), and with
+    #    gradient_as_bucket_view=True (each .grad left as a view into its NumPy bucket).
+    x, y = _data(BATCH, seed=5)
+    a, b = P.shard_bounds(BATCH, world, rank)
+    for tag, kw, device in [("view", {"gradient_as_bucket_view": True}, "numpy"), ("torchcpu", {}, "cpu")]:
+        ddp = P.DistributedDataParallel(_manual_model(SEED0).to(device), bucket_cap_mb=bucket_cap_mb, **kw)
+        xl, yl = (x[a:b], y[a:b]) if device == "numpy" else (torch.from_numpy(x[a:b]), torch.from_numpy(y[a:b]))
+        crit(ddp(xl), yl)
+        ddp.backward(crit.backward())
+        _record(rec, f"variant_{tag}", {n: B.to_numpy(p.grad).copy() for n, p in ddp.named_parameters()})
+        if tag == "view":
+            info["grads_are_bucket_views"] = [np.shares_memory(p.grad, bk.flat) for bk in ddp._buckets for p in bk.params]
+    tddp = torch.nn.parallel.DistributedDataParallel(twin(_manual_model(SEED0)), bucket_cap_mb=bucket_cap_mb)
+    tcrit(tddp(torch.from_numpy(x[a:b])), torch.from_numpy(y[a:b])).backward()
+    _record(rec, "variant_torchddp", _torch_grads(tddp))
+
     np.savez(os.path.join(out, f"rank{rank}.npz"), **{k: np.stack(v) for k, v in rec.items()})
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(info, f)
@@ -335,6 +352,15 @@ def test_unequal_shards_mean_of_means_gap_is_the_predicted_one(group):
                 weighted = rec[f"unequal_weighted_{side}/{name}"][0]
                 assert np.max(np.abs(weighted - single)) <= TOL, f"{side}, weighted by W n_r / N, rank {r}, {name}"
     assert [i["scale"] for i in infos] == pytest.approx([world * c / n for c in counts], rel=1e-15)
+
+
+def test_torch_tensor_buckets_and_gradient_as_bucket_view(group):
+    world, recs, infos = group
+    for r, rec in enumerate(recs):
+        for tag in ("view", "torchcpu"):
+            assert _maxdiff(rec, f"variant_{tag}", "variant_torchddp") <= TOL, f"rank {r}, {tag}"
+    assert _across_ranks(recs, "variant_torchcpu") == 0.0
+    assert all(infos[0]["grads_are_bucket_views"])
 
 
 # -- failures end the group, name the rank, never hang ---------------------------------------
