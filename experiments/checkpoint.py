@@ -68,7 +68,7 @@ def _encode(obj, path, arrays):
     if isinstance(obj, np.ndarray) or _is_tensor(obj):
         lib = "numpy" if isinstance(obj, np.ndarray) else "torch"
         arr = obj if lib == "numpy" else obj.detach().cpu().numpy()
-        arrays[path] = np.ascontiguousarray(arr)
+        arrays[path] = arr if arr.flags.c_contiguous else arr.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
         node = {_MARK + "array__": path, "lib": lib}
         if lib == "torch":
             node["device"] = str(obj.device)
