@@ -92,6 +92,7 @@ class RunLogger:
         self.notes: list[str] = []
         self.experiment, self.cfg = experiment, cfg
         self.tags: list[str] = []  # scalar tags logged, in first-use order, without the experiment prefix
+        self._tagset: set[str] = set()
         self._closed = False
         self.checkpoints = checkpoint.Session(self, cfg, experiment, resume)  # used by train()
         for w in self.writers.values():
@@ -106,12 +107,6 @@ class RunLogger:
         if tag not in self._tagset:
             self._tagset.add(tag)
             self.tags.append(tag)
-
-    @property
-    def _tagset(self):
-        if not hasattr(self, "_tags_seen"):
-            self._tags_seen = set()
-        return self._tags_seen
 
     def scalar(self, tag, values: dict, step):
         """values: impl -> number (impls not running are skipped)."""
@@ -192,16 +187,175 @@ def make_run_dir(parent, stamp):
             n += 1
 
 
+# -- the run layout TensorBoard shows -----------------------------------------------------------
+# One `all` writes two runs per experiment, LOGDIR/<experiment>/<stamp>[_settings]/{manual,torch}:
+# TensorBoard enables runs by default only when there are at most 40, so sweeps live inside a
+# run as tag namespaces ("sweep/lr_0.1/..."), never as runs of their own. Each run is also an
+# HParams session (experiment, impl and every config field as columns; the final values of
+# the experiment's METRICS as metrics).
+
+LABEL_SKIP = ("logdir", "progress", "resume", "save_every")  # settings that do not change what a run computes
+
+
+def run_label(cfg) -> str:
+    """'' for default settings, else '_quick', '_dtype=float32_impl=manual', ...: the run folder says what ran."""
+    parts = []
+    for f in dataclasses.fields(cfg):
+        if f.name in LABEL_SKIP:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        value = getattr(cfg, f.name)
+        if value == default:
+            continue
+        if isinstance(value, bool):
+            parts.append(f.name if value else f"no_{f.name}")
+        else:
+            text = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) \
+                if isinstance(value, (list, tuple)) else (f"{value:g}" if isinstance(value, float) else str(value))
+            parts.append(f"{f.name}={text}")
+    label = "".join(c if c.isalnum() or c in "=,._-" else "-" for c in "_".join(parts))
+    return "_" + label[:80] if label else ""
+
+
+def _chart_key(tag):
+    """Per-parameter series share one chart: 'mlp/grad_norm/0.weight' -> 'mlp/grad_norm/.*'."""
+    head, _, last = tag.rpartition("/")
+    return (head + "/.*") if head.rsplit("/", 1)[-1] == "grad_norm" else tag
+
+
+def _model_of(tag):
+    """The model a tag belongs to: everything before its quantity ('sweep/lr_0.1/loss/train' -> 'sweep/lr_0.1')."""
+    parts = tag.split("/")
+    for i, p in enumerate(parts):
+        if p in QUANTITIES:
+            return "/".join(parts[:i])
+    return "/".join(parts[:-1])
+
+
+QUANTITIES = ("loss", "accuracy", "parity", "grad_norm", "lr", "stop", "dead_fraction", "w", "x", "y")
+
+
+def layout(experiment, tags):
+    """Custom-scalars layout: one category per experiment, one chart per model and quantity.
+
+    manual and torch write the same tag in two runs, so each chart holds both, named in its
+    legend; where they coincide the model's drift chart (max |manual - torch| over its
+    parameters) sits right after its loss to show both are there.
+    """
+    order = {"loss/train": 0, "parity": 1, "loss": 2, "accuracy": 3}  # the drift right after the training loss
+    charts, seen = [], set()
+    for tag in tags:
+        key = _chart_key(tag)
+        if key not in seen:
+            seen.add(key)
+            charts.append(key)
+    models = list(dict.fromkeys(_model_of(k) for k in charts))
+
+    def rank(key):
+        rest = key[len(_model_of(key)):].lstrip("/")
+        return (models.index(_model_of(key)), order.get(rest, order.get(rest.split("/")[0], 4)), charts.index(key))
+
+    import re
+
+    out = {}
+    for key in sorted(charts, key=rank):
+        title = key.replace("/.*", "/* (one line per parameter)")
+        if "parity/" in key:
+            title += " = max |manual - torch| (drift)"
+        out[title] = ["Multiline", ["^" + re.escape(f"{experiment}/") + (re.escape(key[:-2]) + ".*" if key.endswith("/.*")
+                                                                            else re.escape(key) + "$")]]
+    return {experiment: out}
+
+
+def _flat(value):
+    if isinstance(value, (list, tuple)):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return value
+
+
+def hparam_space():
+    """(name -> kind, metric tags) over every registered experiment: the one HParams experiment
+    every run writes, so whichever run TensorBoard reads it from, every sweep has its columns."""
+    from . import runner
+
+    kinds, metrics = {"experiment": str, "impl": str}, []
+    for name, mod in runner.available().items():
+        cfg = mod.Config()
+        for f in dataclasses.fields(cfg):
+            if f.name in LABEL_SKIP:
+                continue
+            v = _flat(getattr(cfg, f.name))
+            kind = bool if isinstance(v, bool) else float if isinstance(v, (int, float)) else str
+            kinds[f.name] = kind if kinds.get(f.name, kind) is kind else str  # mixed kinds: text
+        metrics += [f"{name}/{t}" for t in getattr(mod, "METRICS", ())]
+    return kinds, metrics
+
+
+def _hparams_summary(tag, **plugin_data):
+    """A Summary holding one hparams-plugin record (what tensorboard's hparams/summary.py builds,
+    without its TensorFlow import)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+    content = plugin_data_pb2.HParamsPluginData(version=metadata.PLUGIN_DATA_VERSION, **plugin_data)
+    meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME,
+                                                                 content=content.SerializeToString()))
+    return Summary(value=[Summary.Value(tag=tag, metadata=meta)])
+
+
+def write_hparams(writer, experiment, impl, cfg, status):
+    """This run as an HParams session: its settings, and the last value of each METRICS tag."""
+    import time
+
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    from . import runner
+
+    kinds, metrics = hparam_space()
+    types = {bool: api_pb2.DATA_TYPE_BOOL, float: api_pb2.DATA_TYPE_FLOAT64, str: api_pb2.DATA_TYPE_STRING}
+    infos = []
+    for name, kind in kinds.items():
+        info = api_pb2.HParamInfo(name=name, type=types[kind])
+        if name in ("experiment", "impl"):
+            info.domain_discrete.extend(list(runner.EXPERIMENTS) if name == "experiment" else list(IMPLS))
+        infos.append(info)
+    experiment_pb = api_pb2.Experiment(hparam_infos=infos, metric_infos=[
+        api_pb2.MetricInfo(name=api_pb2.MetricName(tag=t), display_name=t) for t in metrics])
+    start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+    values = {"experiment": experiment, "impl": impl}
+    for f in dataclasses.fields(cfg):
+        if f.name in kinds and f.name not in values:
+            values[f.name] = _flat(getattr(cfg, f.name))
+    for name, v in values.items():
+        if kinds[name] is str:
+            start.hparams[name].string_value = str(v)
+        elif kinds[name] is bool:
+            start.hparams[name].bool_value = bool(v)
+        else:
+            start.hparams[name].number_value = float(v)
+    code = {"ok": api_pb2.STATUS_SUCCESS, "diverged": api_pb2.STATUS_FAILURE}.get(status, api_pb2.STATUS_UNKNOWN)
+    fw = writer._get_file_writer()
+    fw.add_summary(_hparams_summary(metadata.EXPERIMENT_TAG, experiment=experiment_pb))
+    fw.add_summary(_hparams_summary(metadata.SESSION_START_INFO_TAG, session_start_info=start))
+    fw.add_summary(_hparams_summary(metadata.SESSION_END_INFO_TAG,
+                                    session_end_info=plugin_data_pb2.SessionEndInfo(status=code)))
+
+
 def figure_to_array(fig) -> np.ndarray:
     """Render a matplotlib figure to an HxWx3 uint8 array (Agg, no display needed)."""
     import matplotlib.pyplot as plt
     from PIL import Image
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     buf.seek(0)
     return np.asarray(Image.open(buf).convert("RGB"))
+
+
+DPI = 120  # with figures ~4-5 in wide: ~500-600 px, TensorBoard's card width, so text is not shrunk
+STYLE = {"font.size": 11, "axes.titlesize": 11, "axes.labelsize": 11, "legend.fontsize": 9,
+         "xtick.labelsize": 9, "ytick.labelsize": 9, "figure.dpi": DPI}
 
 
 def pyplot():
@@ -210,6 +364,7 @@ def pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    plt.rcParams.update(STYLE)
     return plt
 
 
@@ -276,7 +431,8 @@ class Twins:
         xm, xt = self.place(x)
         out = {}
         if "manual" in self.impls:
-            out["manual"] = B.to_numpy(self.model(xm))
+            with manual.no_grad():  # an evaluation pass saves nothing for backward
+                out["manual"] = B.to_numpy(self.model(xm))
         if "torch" in self.impls:
             with torch.no_grad():
                 out["torch"] = self.tmodel(xt).cpu().numpy()
@@ -287,8 +443,9 @@ class Twins:
         (xm, ym), (xt, yt) = self.place(x, y)
         out = {}
         if "manual" in self.impls:
-            logits = self.model(xm)
-            out["manual"] = (float(B.to_numpy(self.criterion(logits, ym))), accuracy(B.to_numpy(logits), y))
+            with manual.no_grad():
+                logits = self.model(xm)
+                out["manual"] = (float(B.to_numpy(self.criterion(logits, ym))), accuracy(B.to_numpy(logits), y))
         if "torch" in self.impls:
             with torch.no_grad():
                 logits = self.tmodel(xt)
@@ -364,6 +521,8 @@ def train(twins: Twins, log: RunLogger, batches, steps: int, *, evaluate=None, e
 
     batches(step) -> (x, y) NumPy arrays; evaluate(step) -> {tag: {impl: value}} logged as scalars.
     prefix namespaces the tags of a second model in one run ("linear/" -> "linear/loss/train").
+    lr: a constant learning rate is a setting (the config and HParams show it), not a curve:
+    it is not logged per step; a schedule logs its own "lr" tag.
     Returns a history: {"loss": {impl: [...]}, "drift": [...], "steps": n_done, "status": ...}.
     Stops early (status "diverged") when a loss is NaN/inf; Ctrl-C propagates after the
     logger has been told (the caller's `with RunLogger(...)` flushes the files).
@@ -401,8 +560,6 @@ def _train_steps(twins, log, batches, steps, start, hist, ck, key, evaluate, eva
         for impl, o in out.items():
             hist["loss"][impl].append(o["loss"])
         log.scalar(f"{prefix}loss/train", {i: o["loss"] for i, o in out.items()}, step)
-        if lr is not None:
-            log.scalar(f"{prefix}lr", {i: lr for i in out}, step)
         for impl, o in out.items():
             for name, g in o["grad_norm"].items():
                 log.scalar(f"{prefix}grad_norm/{name}", {impl: g}, step)
@@ -486,7 +643,7 @@ def claim(text: str, holds_manual, holds_torch, manual=None, torch_=None, holds=
 def result(cfg, log: RunLogger, results: dict, claims: list, drift=None, **extra):
     """The dict every experiment's main() returns (and `--json` writes)."""
     tol = DRIFT_TOL[cfg.dtype]
-    return {
+    out = {
         "config": dataclasses.asdict(cfg),
         "logdir": log.root,
         "status": log.status,
@@ -498,6 +655,26 @@ def result(cfg, log: RunLogger, results: dict, claims: list, drift=None, **extra
         "claims": claims,
         **extra,
     }
+    write_outcome(log.root, log.experiment, out)
+    return out
+
+
+OUTCOME = "outcome.json"  # in each run folder: what `backprop-lab runs` lists
+
+
+def write_outcome(root, experiment, metrics):
+    """A small JSON beside the run's event files: settings, status, claims holding, drift."""
+    import json
+
+    claims = metrics.get("claims", [])
+    outcome = {"experiment": experiment, "status": metrics["status"], "config": metrics["config"],
+               "claims_hold": sum(bool(c["holds"]) for c in claims), "claims": len(claims),
+               "max_drift": metrics.get("max_drift"), "drift_ok": metrics.get("drift_ok")}
+    try:
+        with open(os.path.join(root, OUTCOME), "w") as f:
+            json.dump(outcome, f, indent=1, default=str)
+    except OSError:  # the run's results are returned anyway; only the listing loses this run's outcome
+        pass
 
 
 def seeded(cfg):

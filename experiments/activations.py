@@ -33,6 +33,8 @@ ACTIVATIONS = {
 DERIV_TOL = {"float64": 1e-12, "float32": 1e-6}
 NORM_RTOL = {"float64": 1e-10, "float32": 1e-4}
 HISTOGRAMS = ("sigmoid", "relu")  # weight/grad histograms (first and last step) for the two the guide contrasts
+# HParams metrics: the last value of these tags, one column each (_lab.write_hparams)
+METRICS = tuple(f"{a}/{q}" for a in ACTIVATIONS for q in ("loss/val", "dead_fraction"))
 
 
 @dataclass
@@ -120,7 +122,7 @@ def derivative_figure(grid, d):
     a0.set(title="activation f(x)", xlabel="x", ylim=(-1.5, 3))
     a1.set(title="f'(x): lines manual <op>_backward, circles autograd", xlabel="x", ylim=(-0.2, 1.3))
     a1.axhline(0.25, color="gray", lw=0.6, ls=":")
-    a0.legend(fontsize=7)
+    a0.legend(fontsize=9)
     for a in (a0, a1):
         a.grid(alpha=0.3)
     return fig
@@ -137,7 +139,7 @@ def profile_figure(norms, other, cfg, other_init, impl):
         ax.set(title=f"{impl}: ||dL/dW|| at init ({which} init)", xlabel="layer (1 = input side)")
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("gradient norm")
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=9)
     return fig
 
 
@@ -172,7 +174,7 @@ def _main(cfg: Config):
                  f"{cfg.depth} Linear layers of width {cfg.width}, {cfg.init} init, Adam lr {cfg.lr}, "
                  f"{steps} steps of batch {cfg.batch}")
         d = derivatives(cfg, grid)
-        log.image(None, "activations/derivatives", derivative_figure(grid, d))
+        log.image(None, "derivatives", derivative_figure(grid, d))
         sig10 = derivatives_at(cfg, [-10.0, 10.0])
 
         norms, other, dead0, dead1, final, hists = {}, {}, {}, {}, {}, {}
@@ -201,12 +203,8 @@ def _main(cfg: Config):
             for impl in cfg.impls:
                 log.scalar(f"{name}/dead_fraction", {impl: dead0[name][impl]}, 0)
                 log.scalar(f"{name}/dead_fraction", {impl: dead1[name][impl]}, steps)
-                log.hparams({"activation": name, "init": cfg.init, "depth": cfg.depth, "lr": cfg.lr},
-                            {"hparam/first_over_last_grad": norms[name][impl][0] / norms[name][impl][-1],
-                             "hparam/val_loss": final[name]["loss/val"][impl],
-                             "hparam/dead_fraction": dead1[name][impl]}, run_name=name, impl=impl)
         for impl in cfg.impls:
-            log.image(impl, "activations/grad_norm_vs_depth", profile_figure(norms, other, cfg, other_init, impl))
+            log.image(impl, "grad_norm_vs_depth", profile_figure(norms, other, cfg, other_init, impl))
 
     claims = derivative_claims(cfg, d, sig10) + net_claims(cfg, steps, norms, final, dead0, dead1)
     drifts = [dd for h in hists.values() for dd in h["drift"]]

@@ -26,6 +26,8 @@ from .gradient_descent import log_y, plottable
 NAME = "backprop"
 SUMMARY = "the guide's worked example (loss 64 -> 37.75, grads -16/-32) by hand and by autograd; an L-layer net trains"
 SECTION = "Backpropagation"
+# HParams metrics: the last value of these tags, one column each (_lab.write_hparams)
+METRICS = ("loss/train", "deep/loss/train")
 
 X, Y = np.array([[2.0]]), np.array([[10.0]])  # (1, 1): the guide's x = 2, y = 10
 GUIDE_LR = 0.01
@@ -143,7 +145,6 @@ def guide_loop(twins, log, iterations):
             for name, g in o["grad_norm"].items():
                 log.scalar(f"grad_norm/{name}", {impl: g}, it)
         log.scalar("loss/train", {i: o["loss"] for i, o in out.items()}, it)
-        log.scalar("lr", {i: GUIDE_LR for i in out}, it)
         d = twins.drift()
         if d is not None:
             drift = max(drift, d)
@@ -192,7 +193,7 @@ def figure(impl, loop_losses, deep_losses, norms):
     log_y(a2)
     names = list(norms)
     a3.bar(range(len(names)), [norms[n] for n in names])
-    a3.set_xticks(range(len(names)), names, rotation=60, fontsize=7)
+    a3.set_xticks(range(len(names)), names, rotation=60, fontsize=9)
     a3.set(ylabel="||dL/dparam||", title="L-layer net, gradients at step 0")
     fig.tight_layout()
     return fig

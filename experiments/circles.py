@@ -15,6 +15,8 @@ from ._lab import opt
 NAME = "circles"
 SUMMARY = "a linear model stays near the majority rate on inside-vs-outside a circle; an MLP passes 95%"
 SECTION = "What Hidden Layers Solve"
+# HParams metrics: the last value of these tags, one column each (_lab.write_hparams)
+METRICS = ("linear/accuracy/test", "mlp/accuracy/test", "mlp/loss/val")
 
 LINEAR_MAX, MLP_MIN = 0.75, 0.95  # the claims' bars (see best_line_accuracy for the linear one)
 
@@ -79,14 +81,14 @@ def boundary_figure(forward, x, y, title, n=121):
     gx, gy = np.meshgrid(g, g)
     logit = forward(np.stack([gx.ravel(), gy.ravel()], 1)).reshape(n, n)
     prob = 1 / (1 + np.exp(-np.clip(logit, -50, 50)))
-    fig, ax = plt.subplots(figsize=(3.4, 3.4))
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
     ax.contourf(gx, gy, np.nan_to_num(prob, nan=0.5), levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.75)
     if np.nanmin(prob) < 0.5 < np.nanmax(prob):
         ax.contour(gx, gy, prob, levels=[0.5], colors="k")
     ax.add_patch(plt.Circle((0, 0), np.sqrt(0.5), fill=False, ls="--", color="g"))
     ax.scatter(x[:, 0], x[:, 1], c=y[:, 0], cmap="RdBu_r", edgecolors="k", linewidths=0.3, s=10)
     ax.set_aspect("equal")
-    ax.set_title(title, fontsize=8)
+    ax.set_title(title, fontsize=9)
     return fig
 
 
@@ -114,13 +116,13 @@ def fit(cfg, log, model, prefix, data, order):
 
     hist = _lab.train(twins, log, batches, steps, evaluate=evaluate,
                       eval_every=max(steps // 30, 1), log_histograms_every=max(steps // 4, 1),
-                      desc=f"circles {prefix or 'mlp/'}", progress=cfg.progress, prefix=prefix)
+                      desc=f"circles {prefix}", progress=cfg.progress, prefix=prefix)
     test = twins.evaluate(xte, yte)
     if hist["steps"] < steps:  # stopped early (diverged): log the test accuracy it ended with
         log.scalar(f"{prefix}accuracy/test", {i: v[1] for i, v in test.items()}, hist["steps"] - 1)
     for impl in twins.impls:
         fwd = lambda g, impl=impl: twins.forward(g)[impl]  # noqa: E731
-        title = f"{impl}: {prefix or 'mlp/'} test acc {test[impl][1]:.3f}"
+        title = f"circles, {prefix.rstrip('/')} ({impl}): test accuracy {test[impl][1]:.3f}"
         log.image(impl, f"{prefix}boundary", boundary_figure(fwd, xte, yte, title), hist["steps"])
     return hist, {i: v[1] for i, v in test.items()}
 
@@ -138,7 +140,7 @@ def main(cfg: Config):
         lin_hist, lin_acc = fit(cfg, log, nn.Linear(2, 1), "linear/", data, order)
         mlp = nn.Sequential(nn.Linear(2, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(),
                             nn.Linear(cfg.hidden, 1))
-        mlp_hist, mlp_acc = fit(cfg, log, mlp, "", data, order)
+        mlp_hist, mlp_acc = fit(cfg, log, mlp, "mlp/", data, order)
     drifts = lin_hist["drift"] + mlp_hist["drift"]
     trained = lin_hist["status"] == "ok" and mlp_hist["status"] == "ok"  # a diverged run shows nothing
     per = lambda acc, ok: [None if i not in acc else bool(trained and ok(acc[i])) for i in _lab.IMPLS]  # noqa: E731
@@ -152,6 +154,6 @@ def main(cfg: Config):
                    "linear_final_loss": lin_hist["loss"][i][-1], "mlp_final_loss": mlp_hist["loss"][i][-1]}
                for i in cfg.impls}
     data_info = {"majority_rate": majority, "best_line_accuracy": ceiling, "steps": len(order)}
-    history = {"linear/loss/train": lin_hist["loss"], "loss/train": mlp_hist["loss"]}
+    history = {"linear/loss/train": lin_hist["loss"], "mlp/loss/train": mlp_hist["loss"]}
     return _lab.result(cfg, log, results, claims, drift=float(np.max(drifts)) if drifts else None,
                        data=data_info, history=history)

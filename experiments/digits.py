@@ -16,6 +16,8 @@ from ._lab import opt
 NAME = "digits"
 SUMMARY = "from random weights an MLP passes 95% on held-out 8x8 digits; its first-layer weights become pixel patterns"
 SECTION = "How Neurons Self-Program"
+# HParams metrics: the last value of these tags, one column each (_lab.write_hparams)
+METRICS = ("accuracy/test", "loss/train")
 
 TEST_MIN = 0.95
 CHANCE_MAX = 0.2  # 10 balanced classes: a network that has learned nothing scores about 0.1
@@ -67,7 +69,7 @@ def weights_figure(w, title):
     cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")
     ax.imshow(weights_mosaic(w), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
     ax.set_axis_off()
-    ax.set_title(title, fontsize=8)
+    ax.set_title(title, fontsize=9)
     return fig
 
 

@@ -25,6 +25,8 @@ from ._lab import opt
 NAME = "gradient-descent"
 SUMMARY = "x^2 from 10 at lr 0.1: 10, 8, 6.4, 5.12 -> 0; lr 0.001/0.1/0.9/1.1 is slow/efficient/bouncing/diverging"
 SECTION = "Gradient Descent"
+# HParams metrics: the last value of these tags, one column each (_lab.write_hparams)
+METRICS = ("x2/loss/train", "bowl/loss/train") + tuple(f"sweep/lr_{lr:g}/loss/train" for lr in (0.001, 0.1, 0.9, 1.1))
 
 GUIDE_X = [10.0, 8.0, 6.4, 5.12]  # "Step 0: x = 10 ... Step 5: x = 5.12"
 GUIDE_DX = [20.0, 16.0, 12.8]  # f'(10), f'(8), f'(6.4)
@@ -122,7 +124,6 @@ def log_run(log, prefix, runs, lr, names=("x",)):
                 log.scalar(f"{prefix}{name}", {impl: x[j]}, k)
             with np.errstate(over="ignore"):  # f = inf past float range: logged as is
                 log.scalar(f"{prefix}loss/train", {impl: float(np.sum(x * x))}, k)
-            log.scalar(f"{prefix}lr", {impl: lr}, k)
             if k < len(r["grad"]):
                 log.scalar(f"{prefix}grad_norm/{'x' if len(names) == 1 else 'p'}", {impl: np.linalg.norm(r["grad"][k])}, k)
         if len(runs) == 2:
@@ -164,7 +165,7 @@ def figure(impl, sweep, bowl):
         a2.plot(plottable(np.abs(x)), lw=1, label=label)
     a1.set(xlabel="step", ylabel="x", ylim=(-15, 15), title=f"{impl}: x^2 from x = 10")
     a1.axhline(0, color="k", lw=0.5)
-    a1.legend(fontsize=7)
+    a1.legend(fontsize=9)
     log_y(a2)
     a2.set(xlabel="step", ylabel="|x|", title="|x| (log scale)")
     g = np.linspace(-6, 6, 121)
@@ -195,9 +196,6 @@ def main(cfg: Config):
                 if r["blew_up"]:
                     log.note(f"{impl}, lr {lr:g}: diverged, |x| = {abs(r['x'][-1, 0]):.3g} after {len(r['grad'])} "
                              f"steps (stopped past {BLOWUP:g} |x0|)", len(r["grad"]))
-                log.hparams({"lr": lr, "regime": sweep[lr]["regime"][impl]},
-                            {"hparam/final_abs_x": float(abs(r["x"][-1, 0])), "hparam/steps_run": len(r["grad"])},
-                            run_name=f"lr_{lr:g}", impl=impl)
         rows = ["| lr | expected (guide) | " + " | ".join(cfg.impls) + " |", "|---|---|" + "---|" * len(cfg.impls)]
         rows += [f"| {lr:g} | {expected_regime(lr) or '-'} | " + " | ".join(s["regime"][i] for i in cfg.impls) + " |"
                  for lr, s in sweep.items()]

@@ -19,6 +19,8 @@ NAME = "landscape"
 SUMMARY = ("yhat = w x is a bowl, ReLU adds a flat region and a kink (the guide's tables); "
            "a trained MLP sits at the bottom of a bumpy 2-D slice")
 SECTION = "Why Neural Networks Create Bumpy Landscapes"
+# HParams metrics: the last value of these tags, one column each (_lab.write_hparams)
+METRICS = ("loss/train", "parity/max_abs_param_diff")
 
 X, Y = 2.0, 10.0  # the guide's single example
 LINEAR_TABLE = {1: 64.0, 3: 16.0, 5: 0.0, 7: 16.0}  # w -> loss, typed in from the guide
@@ -219,9 +221,9 @@ def sweeps_figure(s):
     a2.axvspan(RELU_W1[0], 0, color="0.9", label="flat: gradient 0")
     a2.set(title="yhat = ReLU(w1 x): flat, then a kink", xlabel="w1")
     for ax in (a1, a2):
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=9)
         ax.title.set_fontsize(8)
-    fig.suptitle(f"loss over one weight, x = {X:g}, y = {Y:g}", fontsize=8)
+    fig.suptitle(f"loss over one weight, x = {X:g}, y = {Y:g}", fontsize=9)
     fig.subplots_adjust(wspace=0.3, top=0.83)
     return fig
 
@@ -238,16 +240,16 @@ def surface_figure(z, alphas):
     i, j = np.unravel_index(np.argmin(zf), zf.shape)
     a1.plot(alphas[j], alphas[i], "wx", ms=6, label="grid min")
     a1.set(title=f"{first}: 2-D slice (filter-normalised)", xlabel="alpha (d1)", ylabel="beta (d2)")
-    a1.legend(fontsize=6)
+    a1.legend(fontsize=9)
     for impl, zi in z.items():
         a2.plot(alphas, zi[c, :], color="C0", label=f"{impl} along d1", **STYLE[impl])
         a2.plot(alphas, zi[:, c], color="C3", label=f"{impl} along d2", **STYLE[impl])
     a2.set(title="1-D slices through the centre", xlabel="step", ylabel="loss", yscale="log")
-    a2.legend(fontsize=6)
+    a2.legend(fontsize=9)
     for ax in (a1, a2):
         ax.title.set_fontsize(8)
     drift = f"; max |manual - torch| = {np.max(np.abs(z['manual'] - z['torch'])):.1e}" if len(z) == 2 else ""
-    fig.suptitle(f"trained MLP's loss landscape{drift}", fontsize=8)
+    fig.suptitle(f"trained MLP's loss landscape{drift}", fontsize=9)
     fig.subplots_adjust(wspace=0.65, top=0.83)
     return fig
 

@@ -26,6 +26,8 @@ from ._lab import opt
 NAME = "linear-regression"
 SUMMARY = "the guide's 3 houses have MSE 200,000,000; GD on MSE reaches the least-squares line"
 SECTION = "MSE and Cost Functions"
+# HParams metrics: the last value of these tags, one column each (_lab.write_hparams)
+METRICS = ("with_bias/loss/train", "no_bias/loss/train", "with_bias/parity/max_abs_param_diff")
 
 GUIDE_ACTUAL = [500_000.0, 300_000.0, 700_000.0]  # the guide's table
 GUIDE_PREDICTED = [480_000.0, 310_000.0, 690_000.0]
@@ -92,7 +94,7 @@ def fit(cfg, log, model, x, y, prefix, steps):
     twins = _lab.Twins(model, nn.MSELoss(), lambda p: optim.SGD(p, lr=cfg.lr), cfg)
     check = formula_vs_backward(twins, x, y) if model.bias is None else None
     hist = _lab.train(twins, log, lambda s: (x, y), steps, lr=cfg.lr, log_histograms_every=max(steps // 4, 1),
-                      desc=f"linear-regression {prefix or 'w x + b'}", progress=cfg.progress, prefix=prefix)
+                      desc=f"linear-regression {prefix}", progress=cfg.progress, prefix=prefix)
     return twins, hist, check
 
 
@@ -104,8 +106,8 @@ def figure(impl, size, price, lines):
     s = np.linspace(size.min(), size.max(), 2)
     for label, (slope, intercept), style in lines:
         ax.plot(s, intercept + slope * s, style, label=label)
-    ax.set(xlabel="size (m^2)", ylabel="price ($1000)", title=f"{impl}: GD vs least squares")
-    ax.legend(fontsize=7)
+    ax.set(xlabel="size (m^2)", ylabel="price ($1000)", title=f"house prices: GD vs least squares ({impl})")
+    ax.legend(fontsize=8)
     return fig
 
 
@@ -128,7 +130,7 @@ def main(cfg: Config):
     with _lab.RunLogger(NAME, cfg) as log:
         three = guide_mse(cfg)
         log.text("guide/three_houses", "MSE of the guide's 3 houses ($^2): " + ", ".join(f"{i} {v:,.1f}" for i, v in three.items()))
-        tw_wb, h_wb, _ = fit(cfg, log, nn.Linear(1, 1), xs, y, "", steps)
+        tw_wb, h_wb, _ = fit(cfg, log, nn.Linear(1, 1), xs, y, "with_bias/", steps)
         tw_w, h_w, check = fit(cfg, log, nn.Linear(1, 1, bias=False), xr, y, "no_bias/", steps)
         results = {}
         for impl in cfg.impls:

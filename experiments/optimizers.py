@@ -20,6 +20,8 @@ from ._threads import one_thread
 NAME = "optimizers"
 SUMMARY = "GD sticks in a shallow valley, momentum rolls past it, mini-batch noise may escape; He init vs large init"
 SECTION = "Non-Convex Optimization"
+# HParams metrics: the last value of these tags, one column each (_lab.write_hparams)
+METRICS = ("gd/w", "momentum/w", "minibatch/final_w_by_order", "init_he/loss/train", "init_std1/loss/train")
 
 
 @dataclass
@@ -121,7 +123,6 @@ def run_1d(cfg, log, data, method, batches, prefix=None):
             log.scalar(f"{prefix}loss/train", {i: o[0] for i, o in out.items()}, step)
             log.scalar(f"{prefix}grad_norm/w", {i: o[1] for i, o in out.items()}, step)
             log.scalar(f"{prefix}w", {i: o[2] for i, o in out.items()}, step)
-            log.scalar(f"{prefix}lr", {i: cfg.lr for i in out}, step)
             if len(out) == 2:
                 log.scalar_all(f"{prefix}parity/max_abs_param_diff", abs(out["manual"][2] - out["torch"][2]), step)
         bad = [i for i, o in out.items() if not math.isfinite(o[0] + o[2])]
@@ -163,8 +164,8 @@ def paths_figure(land, runs, sweep, impl):
             a1.axhline(land[key][0], color="gray", ls=ls, lw=0.8, label=key)
     a0.set(title=f"{impl}: full-batch loss L(w) and the paths", xlabel="w", ylabel="L(w)")
     a1.set(title="w per step (faint: the other mini-batch seeds)", xlabel="step", ylabel="w")
-    a0.legend(fontsize=7)
-    a1.legend(fontsize=7, loc="upper right")
+    a0.legend(fontsize=9)
+    a1.legend(fontsize=9, loc="upper right")
     return fig
 
 
@@ -215,7 +216,7 @@ def scale_figure(scales, impl):
         ax.semilogy(range(1, len(s[impl]) + 1), s[impl], "o-", color=c, ms=3, label=name)
     ax.set(title=f"{impl}: activation RMS per layer at init", xlabel="hidden layer", ylabel="RMS of ReLU output")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=9)
     return fig
 
 
@@ -239,12 +240,6 @@ def init_runs(cfg, log, rng):
         if std is not None and hist[name]["status"] == "diverged" and before == "ok":
             log.status = "ok"  # this divergence is the result being shown, not a failed run
             log.note(f"init {name} (N(0, {std:g}^2)): diverged at step {hist[name]['steps'] - 1}, as large inits do")
-        for impl in cfg.impls:
-            log.hparams({"init": name, "depth": cfg.depth, "lr": cfg.init_lr},
-                        {"hparam/last_finite_loss": _last_finite(hist[name]["loss"][impl], float("nan")),
-                         "hparam/diverged": float(hist[name]["status"] == "diverged"),
-                         "hparam/last_over_first_rms": scales[name][impl][-1] / scales[name][impl][0]},
-                        run_name=f"init_{name}", impl=impl)
     for impl in cfg.impls:
         log.image(impl, "init/activation_scale", scale_figure(scales, impl))
     return inits, scales, hist, drift, steps
@@ -287,15 +282,8 @@ def _main(cfg: Config):
 
         ends = {m: {i: ends_in(r["path"][i], bw, gw) for i in cfg.impls} for m, r in runs.items()}
         escaped = {i: [ends_in(r["path"][i], bw, gw)[1] for r in sweep] for i in cfg.impls}
-        named = [("gd", 0, runs["gd"]), ("momentum", 0, runs["momentum"])]
-        named += [("minibatch", k, r) for k, r in enumerate(sweep)]
-        for method, k, r in named:  # one hparams run per 1-D run: the sweep over method and batch order
-            for impl in cfg.impls:
-                end, esc = ends_in(r["path"][impl], bw, gw)
-                batch = cfg.batch if method == "minibatch" else cfg.n_data
-                log.hparams({"method": method, "lr": cfg.lr, "batch": batch, "order": k},
-                            {"hparam/final_w": end, "hparam/escaped": float(esc)},
-                            run_name=f"{method}_order{k}" if method == "minibatch" else method, impl=impl)
+        for k, r in enumerate(sweep):  # the sweep over batch orders: one point per order, in this run
+            log.scalar("minibatch/final_w_by_order", {i: ends_in(r["path"][i], bw, gw)[0] for i in cfg.impls}, k)
         for impl in cfg.impls:
             log.image(impl, "landscape/paths", paths_figure(land, runs, sweep, impl))
 

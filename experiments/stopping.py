@@ -29,6 +29,8 @@ from .gradient_descent import log_y, plottable
 NAME = "stopping"
 SUMMARY = "gradient, cost, max-iterations and validation stops each fire where expected; val stop catches overfitting"
 SECTION = "Stopping Conditions"
+# HParams metrics: the last value of these tags, one column each (_lab.write_hparams)
+METRICS = ("gradient/loss/train", "cost/loss/train", "max_iter/loss/train", "validation/loss/val")
 
 MESSAGES = {"gradient": "Converged: gradient near zero", "cost": "Converged: cost stable",
             "validation": "Stopped: overfitting", "max_iter": "Stopped: max iterations",
@@ -118,7 +120,6 @@ def run_loop(twins, log, prefix, rule, train, val, lr, hist_every=None):
             out[impl]["val"].append(vcost)
             log.scalar(f"{prefix}loss/train", {impl: cost}, it)
             log.scalar(f"{prefix}loss/val", {impl: vcost}, it)
-            log.scalar(f"{prefix}lr", {impl: lr}, it)
             log.scalar(f"{prefix}stop/grad_norm", {impl: gnorm}, it)
             log.scalar(f"{prefix}stop/cost_change", {impl: change if math.isfinite(change) else None}, it)
             for name, g in norms.items():
@@ -175,13 +176,13 @@ def overfit_figure(impl, r, twins, train, val):
     a1.axvline(r["best_it"], color="g", ls=":", label=f"best val @ {r['best_it']}")
     a1.axvline(r["iteration"], color="r", ls="--", label=f"stop @ {r['iteration']}")
     a1.set(xlabel="iteration", ylabel="MSE", title=f"{impl}: {MESSAGES[r['reason']]}")
-    a1.legend(fontsize=7)
+    a1.legend(fontsize=9)
     g = np.linspace(-1, 1, 201)[:, None]
     a2.scatter(val[0][:, 0], val[1][:, 0], s=4, c="0.75", label="val")
     a2.scatter(train[0][:, 0], train[1][:, 0], s=16, c="k", label="train")
     a2.plot(g[:, 0], np.sin(np.pi * g[:, 0]), "g:", label="sin(pi x)")
     a2.plot(g[:, 0], twins.forward(g)[impl][:, 0], "r", label="MLP at the stop")
-    a2.legend(fontsize=7)
+    a2.legend(fontsize=9)
     return fig
 
 

@@ -14,6 +14,8 @@ from ._lab import opt
 NAME = "xor"
 SUMMARY = "a linear model stays at or below 75% on XOR; one hidden layer reaches 100%"
 SECTION = "What Hidden Layers Solve"
+# HParams metrics: the last value of these tags, one column each (_lab.write_hparams)
+METRICS = ("linear/accuracy/train", "mlp/accuracy/train", "mlp/loss/train")
 
 X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float64)
 Y = np.array([[0], [1], [1], [0]], dtype=np.float64)
@@ -33,11 +35,14 @@ def boundary_figure(forward, title, lo=-0.5, hi=1.5, n=121):
     gx, gy = np.meshgrid(g, g)
     grid = np.stack([gx.ravel(), gy.ravel()], 1)
     prob = 1 / (1 + np.exp(-forward(grid).reshape(n, n)))
-    fig, ax = plt.subplots(figsize=(3.2, 3.2))
+    fig, ax = plt.subplots(figsize=(4, 4))
     ax.contourf(gx, gy, prob, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.8)
     ax.contour(gx, gy, prob, levels=[0.5], colors="k")
     ax.scatter(X[:, 0], X[:, 1], c=Y[:, 0], cmap="RdBu_r", edgecolors="k", s=80)
-    ax.set_title(title, fontsize=9)
+    if np.max(np.abs(prob - 0.5)) < 0.05:  # one colour everywhere: say why, or it looks like a broken image
+        ax.text(0.5, 0.5, "p ~ 0.5 everywhere:\nno line separates XOR,\nso the best line is no line",
+                ha="center", va="center", fontsize=10, bbox={"fc": "white", "alpha": 0.85})
+    ax.set_title(title)
     return fig
 
 
@@ -48,13 +53,13 @@ def fit(cfg, log, model, prefix, steps):
         return {"accuracy/train": {i: _lab.accuracy(o, Y) for i, o in twins.forward(X).items()}}
 
     hist = _lab.train(twins, log, lambda s: (X, Y), steps, evaluate=evaluate, eval_every=25, lr=cfg.lr,
-                      log_histograms_every=max(steps // 5, 1), desc=f"xor {prefix or 'mlp/'}",
+                      log_histograms_every=max(steps // 5, 1), desc=f"xor {prefix}",
                       progress=cfg.progress, prefix=prefix)
     out = twins.forward(X)
     acc = {i: _lab.accuracy(o, Y) for i, o in out.items()}
     for impl in twins.impls:
         fwd = lambda g, impl=impl: twins.forward(g)[impl]  # noqa: E731
-        log.image(impl, f"{prefix}boundary", boundary_figure(fwd, f"{impl}: {prefix or 'mlp/'} acc {acc[impl]:.2f}"), steps)
+        log.image(impl, f"{prefix}boundary", boundary_figure(fwd, f"XOR, {prefix.rstrip('/')} ({impl}): accuracy {acc[impl]:.2f}"), steps)
     return twins, hist, acc
 
 
@@ -64,7 +69,7 @@ def main(cfg: Config):
     with _lab.RunLogger(NAME, cfg) as log:
         lin, lin_hist, lin_acc = fit(cfg, log, nn.Linear(2, 1), "linear/", steps)
         mlp_model = nn.Sequential(nn.Linear(2, cfg.hidden), nn.Tanh(), nn.Linear(cfg.hidden, 1))
-        mlp, mlp_hist, mlp_acc = fit(cfg, log, mlp_model, "", steps)
+        mlp, mlp_hist, mlp_acc = fit(cfg, log, mlp_model, "mlp/", steps)
     drifts = [d for h in (lin_hist, mlp_hist) for d in h["drift"]]
     get = lambda acc, i: acc.get(i)  # noqa: E731
     claims = [

@@ -29,10 +29,31 @@ def runs(tmp_path_factory):
     return out
 
 
+class Events:
+    """A run's event file with tags as the experiment writes them ("loss/train"): on disk each tag
+    starts with the experiment's name (TensorBoard groups charts by it; checked here on every read)."""
+
+    def __init__(self, path):
+        self.ea = EventAccumulator(path, size_guidance=SIZE)
+        self.ea.Reload()
+        self.prefix = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(path)))) + "/"
+
+    def Tags(self):
+        out = {}
+        for kind, tags in self.ea.Tags().items():
+            if isinstance(tags, list) and kind in ("scalars", "images", "histograms", "tensors"):
+                assert all(t.startswith(self.prefix) for t in tags if kind != "tensors"), (self.prefix, tags)
+                tags = [t[len(self.prefix):] if t.startswith(self.prefix) else t for t in tags]
+            out[kind] = tags
+        return out
+
+    def __getattr__(self, name):  # Scalars, Images, Histograms, Tensors: by the unprefixed tag
+        method = getattr(self.ea, name)
+        return lambda tag, *a: method(self.prefix + tag, *a)
+
+
 def events(m, impl):
-    ea = EventAccumulator(os.path.join(m["logdir"], impl), size_guidance=SIZE)
-    ea.Reload()
-    return ea
+    return Events(os.path.join(m["logdir"], impl))
 
 
 def values(ea, tag):
@@ -71,8 +92,9 @@ def test_gradient_descent_guide_numbers(runs):
         ea = events(m, impl)
         np.testing.assert_allclose(values(ea, "x2/x")[:4], [10, 8, 6.4, 5.12], rtol=1e-6)  # event files store float32
         assert values(ea, "x2/loss/train")[0] == 100.0 and len(values(ea, "sweep/lr_1.1/x")) == k + 1
-        hp = os.path.join(m["logdir"], impl, "lr_0.9")
-        assert os.path.isdir(hp) and os.listdir(hp), "the sweep's named hparams run"
+        assert sorted(os.listdir(os.path.join(m["logdir"], impl))) == sorted(  # the sweep is tags, not runs
+            f for f in os.listdir(os.path.join(m["logdir"], impl)) if f.startswith("events.out.tfevents"))
+        assert values(ea, "sweep/lr_0.9/loss/train")[-1] == pytest.approx(r["sweep_final_abs_x"]["0.9"] ** 2, rel=1e-6)
     assert any("lr 1.1: diverged" in n for n in m["notes"])
 
 
@@ -100,8 +122,8 @@ def test_linear_regression_against_lstsq(runs):
         assert r["mse"] == pytest.approx(np.mean((intercept + slope * size - price) ** 2), rel=1e-9)
         assert r["grad_rel_err"] < 1e-12
         ea = events(m, impl)
-        assert values(ea, "loss/train")[-1] == pytest.approx(r["final_loss"], rel=1e-6)
-        assert values(ea, "no_bias/loss/train") and "weights/weight" in ea.Tags()["histograms"]
+        assert values(ea, "with_bias/loss/train")[-1] == pytest.approx(r["final_loss"], rel=1e-6)
+        assert values(ea, "no_bias/loss/train") and "with_bias/weights/weight" in ea.Tags()["histograms"]
 
 
 def test_stopping_conditions(runs):

@@ -16,10 +16,31 @@ from experiments import _lab, circles, digits, landscape
 EVERYTHING = {"scalars": 0, "images": 0, "histograms": 0, "tensors": 0}
 
 
+class Events:
+    """A run's event file with tags as the experiment writes them ("loss/train"): on disk each tag
+    starts with the experiment's name (TensorBoard groups charts by it; checked here on every read)."""
+
+    def __init__(self, path):
+        self.ea = EventAccumulator(path, size_guidance=EVERYTHING)
+        self.ea.Reload()
+        self.prefix = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(path)))) + "/"
+
+    def Tags(self):
+        out = {}
+        for kind, tags in self.ea.Tags().items():
+            if isinstance(tags, list) and kind in ("scalars", "images", "histograms", "tensors"):
+                assert all(t.startswith(self.prefix) for t in tags if kind != "tensors"), (self.prefix, tags)
+                tags = [t[len(self.prefix):] if t.startswith(self.prefix) else t for t in tags]
+            out[kind] = tags
+        return out
+
+    def __getattr__(self, name):  # Scalars, Images, Histograms, Tensors: by the unprefixed tag
+        method = getattr(self.ea, name)
+        return lambda tag, *a: method(self.prefix + tag, *a)
+
+
 def events(metrics, impl):
-    ea = EventAccumulator(os.path.join(metrics["logdir"], impl), size_guidance=EVERYTHING)
-    ea.Reload()
-    return ea
+    return Events(os.path.join(metrics["logdir"], impl))
 
 
 def assert_ok(m):
@@ -30,14 +51,14 @@ def assert_ok(m):
     assert m["drift_ok"] and m["max_drift"] <= _lab.DRIFT_TOL["float64"], m["max_drift"]
 
 
-def assert_logged(m, images):
+def assert_logged(m, images, loss="loss/train"):
     ea = {i: events(m, i) for i in _lab.IMPLS}
     assert set(ea["manual"].Tags()["scalars"]) == set(ea["torch"].Tags()["scalars"])
     for impl in _lab.IMPLS:
-        loss = ea[impl].Scalars("loss/train")
-        assert loss[-1].value == np.float32(m["history"]["loss/train"][impl][-1]), impl
+        values = ea[impl].Scalars(loss)
+        assert values[-1].value == np.float32(m["history"][loss][impl][-1]), impl
         assert images <= set(ea[impl].Tags()["images"]), impl
-        assert any(t.startswith("weights/") for t in ea[impl].Tags()["histograms"]), impl
+        assert any("weights/" in t for t in ea[impl].Tags()["histograms"]), impl
     return ea
 
 
@@ -190,11 +211,11 @@ def test_batch_order_is_a_permutation_per_epoch():
 
 
 def test_circles_logs(circ):
-    ea = assert_logged(circ, {"boundary", "linear/boundary"})
+    ea = assert_logged(circ, {"mlp/boundary", "linear/boundary"}, loss="mlp/loss/train")
     for impl in _lab.IMPLS:
         tags = set(ea[impl].Tags()["scalars"])
-        assert {"loss/val", "accuracy/test", "linear/loss/train", "lr"} <= tags
-        assert ea[impl].Scalars("accuracy/test")[-1].value == np.float32(circ["results"][impl]["mlp_test_accuracy"])
+        assert {"mlp/loss/val", "mlp/accuracy/test", "linear/loss/train", "mlp/lr"} <= tags  # lr: the cosine schedule
+        assert ea[impl].Scalars("mlp/accuracy/test")[-1].value == np.float32(circ["results"][impl]["mlp_test_accuracy"])
 
 
 # -- digits --------------------------------------------------------------------------------------
