@@ -150,9 +150,9 @@ def _placement_problems(native: dict, dtype: str, backend: str) -> list[str]:
     return out
 
 
-def run_manual(info: OpInfo, sample: Sample, dtype: str, backend: str, backward=None, seed=None):
+def run_manual(info: OpInfo, sample: Sample, dtype: str, backend: str, backward=None, seed=None, forward=None):
     """(placed args, placed kwargs, upstream g, {key: manual result}, [warnings]) for one case."""
-    fwd = getattr(MF, info.name)
+    fwd = forward if forward is not None else getattr(MF, info.name)
     bwd = backward if backward is not None else getattr(MF, info.name + "_backward")
     args = [place(a, backend, dtype) for a in sample.args]
     kwargs = {k: place(v, backend, dtype) for k, v in sample.kwargs.items()}
@@ -195,10 +195,11 @@ def run_reference(info: OpInfo, sample: Sample, dtype: str, backend: str, g) -> 
     return expected
 
 
-def check_op(info: OpInfo, sample: Sample, dtype: str, backend: str, backward=None, seed=None) -> Result:
-    """Manual forward and backward (or the substitute `backward`) against torch autograd."""
+def check_op(info: OpInfo, sample: Sample, dtype: str, backend: str, backward=None, seed=None, forward=None) -> Result:
+    """Manual forward and backward against torch autograd: manual.functional.<info.name> and its
+    `_backward`, or the `forward` / `backward` given (your own op, before it is in manual)."""
     with one_thread():
-        _, _, g, native, caught = run_manual(info, sample, dtype, backend, backward, seed)
+        _, _, g, native, caught = run_manual(info, sample, dtype, backend, backward, seed, forward)
         expected = {k: B.to_numpy(v) for k, v in run_reference(info, sample, dtype, backend, g).items()}
     actual = {k: np.array(B.to_numpy(v)) for k, v in native.items()}
     r = Result(info.name, sample.id, dtype, backend, actual, expected, sample.tols.get(dtype) or info.tol(dtype), native)
@@ -303,10 +304,10 @@ def check_model(model, criterion, x, y, tol: Tol | None = None, seed=0) -> Model
 
 
 def _check_model(model, criterion, x, y, tol, seed):
-    first = next(iter(model.state_dict().values()))
+    floats = [v for v in model.state_dict().values() if B._is_floating(v)]
+    first = floats[0] if floats else x  # a model with no parameters (activations, Flatten): the input's
     backend = "numpy" if B.backend_name(first) == "numpy" else f"torch-{first.device.type}"
-    dtype = next((str(v.dtype).replace("torch.", "") for v in model.state_dict().values() if B._is_floating(v)),
-                 "float32")
+    dtype = str(first.dtype).replace("torch.", "")
     tol = tol or MODEL_TOL[dtype]
     dev = TORCH_DEVICE[backend]
     leaves = _leaves(model)

@@ -31,6 +31,8 @@ def to_torch(array, device=None, dtype=None):
 
 def _device_dtype(model, device):
     for _, v in model.state_dict().items():
+        if str(v.dtype).replace("torch.", "") not in DTYPES:
+            continue  # an integer buffer (num_batches_tracked)
         dtype = DTYPES[str(v.dtype).replace("torch.", "")]
         if device is None and isinstance(v, torch.Tensor):
             device = v.device

@@ -59,5 +59,23 @@ from .losses import (
     mse_loss_backward,
 )
 
+
+def _export_ops():
+    """Every op of the submodules above (a public function `f` with `f_backward` beside it) is exported,
+    so a new op written next to its backward in one of them needs no line here."""
+    import sys
+
+    for mod_name, mod in list(sys.modules.items()):
+        if mod is None or not mod_name.startswith(__name__ + ".") or mod_name.rsplit(".", 1)[1].startswith("_"):
+            continue
+        for n in dir(mod):
+            f, fb = getattr(mod, n), getattr(mod, n + "_backward", None)
+            if not n.startswith("_") and getattr(f, "__module__", None) == mod_name and callable(fb):
+                globals().setdefault(n, f)
+                globals().setdefault(n + "_backward", fb)
+
+
+_export_ops()
+
 __all__ = [n for n in dir() if not n.startswith("_") and n not in ("activations", "losses", "attention", "conv", "pooling",
                                                                   "normalization", "regularization")]
