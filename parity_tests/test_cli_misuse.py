@@ -1,0 +1,114 @@
+"""A standing table of bad command lines: paths, options and checkpoints (the library's own
+probes are in test_misuse.py; the signal probes, which need a real process, in
+test_runs_robust.py). Each probe must be refused before any work (exit 2, no run folder made,
+no traceback) with a message that names the option, what was expected and what came."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import pytest
+
+from experiments import checkpoint, cli
+
+ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0  # root writes anywhere: permission probes cannot fail
+
+
+def fake_checkpoint(path, experiment="xor", **config):
+    """A well-formed checkpoint file whose header says what we want (resume checks read these first)."""
+    checkpoint.save(str(path), {"experiment": experiment, "config": {"steps": 40, **config}, "step": 3,
+                                "current": None, "done": [], "w": np.ones(2)})
+    return str(path)
+
+
+def truncated_checkpoint(path):
+    fake_checkpoint(path)
+    blob = path.read_bytes()
+    path.write_bytes(blob[:-7])
+    return str(path)
+
+
+def write(path, text="x"):
+    path.write_text(text)
+    return str(path)
+
+
+def unwritable(path, folder=False):
+    if folder:
+        path.mkdir()
+    else:
+        path.write_text("{}")
+    path.chmod(0o500 if folder else 0o400)
+    return str(path)
+
+
+# id -> (argv builder (tmp, logdir) -> list, expected message regex). Every probe runs against a
+# fresh logdir, which must stay without a run folder.
+PROBES = {
+    "seed negative": (lambda t, L: ["run", "xor", "--seed", "-1"], r"argument --seed: expected an integer >= 0, got -1"),
+    "seed not an integer": (lambda t, L: ["run", "xor", "--seed", "1.5"], r"argument --seed: expected an integer >= 0, got '1\.5'"),
+    "steps zero": (lambda t, L: ["run", "xor", "--steps", "0"], r"argument --steps: expected an integer >= 1, got 0"),
+    "lr zero": (lambda t, L: ["run", "xor", "--lr", "0"], r"argument --lr: expected a number > 0, got 0\.0"),
+    "save-every negative": (lambda t, L: ["run", "xor", "--save-every", "-2"],
+                            r"argument --save-every: expected an integer >= 0, got -2"),
+    "logdir empty": (lambda t, L: ["run", "xor", "--logdir", ""], r"--logdir '': expected a folder path .*got an empty string"),
+    "logdir empty (all)": (lambda t, L: ["all", "--only", "xor", "--logdir", ""], r"--logdir '': expected a folder path"),
+    "logdir is a file": (lambda t, L: ["run", "xor", "--logdir", write(t / "f")], r"--logdir .*/f: cannot create it \(File exists\)"),
+    "logdir under a file": (lambda t, L: ["run", "xor", "--logdir", os.path.join(write(t / "f"), "sub")],
+                            r"--logdir .*/f/sub: cannot create it \(Not a directory\)"),
+    "experiment folder is a file": (lambda t, L: ["run", "xor", "--logdir", L, "--save-every", "1"] if write(t / "runs" / "xor") else [],
+                                    r"--logdir .*runs: the experiment folder .*runs/xor is not a folder"),
+    "experiment folder is a file (all --only)": (lambda t, L: ["all", "--only", "xor", "--logdir", L] if write(t / "runs" / "xor") else [],
+                                                 r"the experiment folder .*runs/xor is not a folder"),
+    "json empty": (lambda t, L: ["run", "xor", "--json", ""], r"--json '': expected a file path, got an empty string"),
+    "json is a folder": (lambda t, L: ["run", "xor", "--json", str(t)], r"--json .*: is a folder, expected a file path \(for example .*results\.json\)"),
+    "json ends in /": (lambda t, L: ["run", "xor", "--json", str(t / "new") + "/"], r"--json .*new/: is a folder, expected a file path"),
+    "json is a folder (all)": (lambda t, L: ["all", "--only", "xor", "--json", str(t)], r"--json .*: is a folder"),
+    "json in a missing folder": (lambda t, L: ["run", "xor", "--json", str(t / "missing" / "r.json")],
+                                 r"--json .*r\.json: the folder .*missing does not exist"),
+    "resume a missing file": (lambda t, L: ["run", "xor", "--resume", str(t / "none.safetensors")],
+                              r"checkpoint .*none\.safetensors: cannot read it \(No such file or directory\)"),
+    "resume a folder": (lambda t, L: ["run", "xor", "--resume", str(t)], r"checkpoint .*: is a folder, expected a \.safetensors file"),
+    "resume latest with none": (lambda t, L: ["run", "xor", "--resume", "latest"],
+                                r"--resume latest: no checkpoint of xor under .*runs \(looked for .*; write some with --save-every N\)"),
+    "resume a text file": (lambda t, L: ["run", "xor", "--resume", write(t / "notes.txt", "hello")],
+                           r"checkpoint .*notes\.txt: 5 bytes, not a checkpoint"),
+    "resume a truncated checkpoint": (lambda t, L: ["run", "xor", "--resume", truncated_checkpoint(t / "c.safetensors")],
+                                      r"checkpoint .*c\.safetensors: truncated or padded \(expected \d+ bytes, the file has \d+\)"),
+    "resume another experiment's": (lambda t, L: ["run", "xor", "--resume", fake_checkpoint(t / "d.safetensors", "digits")],
+                                    r"checkpoint .*d\.safetensors: written by experiment 'digits', expected 'xor'"),
+    "resume with a clashing option": (lambda t, L: ["run", "xor", "--steps", "300", "--resume", fake_checkpoint(t / "x.safetensors")],
+                                      r"--resume .*: the run would not be the one checkpointed: --steps 300 \(the checkpoint has 40\)"),
+    "resume on all": (lambda t, L: ["all", "--resume", "latest"], r"unrecognized arguments: --resume latest"),
+}
+if not ROOT_USER:
+    PROBES.update({
+        "experiment folder not writable": (lambda t, L: ["run", "xor", "--logdir", L] if unwritable(t / "runs" / "xor", folder=True) else [],
+                                           r"the experiment folder .*runs/xor is not writable"),
+        "json file not writable": (lambda t, L: ["run", "xor", "--json", unwritable(t / "r.json")],
+                                   r"--json .*r\.json: the file exists and is not writable"),
+    })
+
+
+@pytest.mark.parametrize("name", list(PROBES))
+def test_bad_command_line_is_refused_before_any_work(name, tmp_path, capsys):
+    build, pattern = PROBES[name]
+    logdir = tmp_path / "runs"
+    logdir.mkdir()
+    argv = build(tmp_path, str(logdir))
+    if "--logdir" not in argv:
+        argv += ["--logdir", str(logdir)]
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv + ["--no-progress"] if argv[0] == "run" else argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert re.search(pattern, err), f"{name}: expected /{pattern}/ in:\n{err}"
+    assert "Traceback" not in err
+    made = [d for d in logdir.rglob("*") if d.is_dir()]
+    assert not made, f"{name}: a run started before the refusal: {made}"
+
+
+def test_the_table_is_large_enough():
+    assert len(PROBES) >= 15
