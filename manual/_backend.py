@@ -97,13 +97,27 @@ def _namespace_checked(arrays, op):
     return xp
 
 
+_NP_F32, _NP_F64 = np.dtype(np.float32), np.dtype(np.float64)
+_FLOATS = (_NP_F32, _NP_F64) + ((torch.float32, torch.float64) if torch is not None else ())
+
+
+def check_float(op: str, x, what: str = "input") -> None:
+    """Refuse, by name, every dtype but float32 and float64 (float16 sums overflow or round to 0,
+    complex and integer inputs are not what the derivatives here are written for)."""
+    dt = x.dtype
+    if dt is not _NP_F64 and dt is not _NP_F32 and dt not in _FLOATS:  # identity first: the common case is cheap
+        raise TypeError(f"{op}: expected {what} of dtype float32 or float64 (the dtypes manual supports), got {dt}")
+
+
 def check_same_dtype(op: str, **arrays) -> None:
-    """Raise TypeError naming `op` when floating arrays disagree in dtype (no silent promotion)."""
+    """Raise TypeError naming `op` when floating arrays disagree in dtype (no silent promotion), or
+    when the first is not float32 or float64 (check_float)."""
     dtype = None
-    for a in arrays.values():
+    for name, a in arrays.items():
         if a is None:
             continue
         if dtype is None:
+            check_float(op, a, name)
             dtype = a.dtype
         elif a.dtype != dtype:
             got = ", ".join(f"{n}={a.dtype}" for n, a in arrays.items() if a is not None)

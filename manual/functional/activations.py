@@ -1,14 +1,16 @@
 """Activations (guide: "Activation Functions"), each forward beside its derivative.
 
 Conventions at the kinks follow torch: relu'(0) = 0, leaky_relu'(0) = negative_slope,
-elu'(0) = alpha. Backward functions are pure and avoid `xp.where` on the hot path: a mask
-multiply (`g * astype(x > 0)`) is several times faster in NumPy and equally exact.
+elu'(0) = alpha; and at NaN: relu and elu pass the upstream gradient (torch's mask is
+"not x <= 0"), leaky_relu scales it by negative_slope (torch's is "x > 0"). Backward functions
+are pure and avoid `xp.where` on the hot path: a mask multiply (`g * astype(x > 0)`) is several
+times faster in NumPy and equally exact. Inputs must be float32 or float64 (check_float).
 """
 
 from __future__ import annotations
 
 from .. import _backend as B
-from .._backend import check_same_dtype, namespace
+from .._backend import check_float, check_same_dtype, namespace
 
 
 def _backward_args(op, grad_output, input, output=None):
@@ -18,6 +20,7 @@ def _backward_args(op, grad_output, input, output=None):
     ref = output if output is not None else input
     if ref is None:
         raise TypeError(f"{op}: expected the forward's input (or its output=), got neither")
+    check_float(op, ref, "input" if output is None else "output")
     if grad_output.shape != ref.shape:
         raise ValueError(f"{op}: expected grad_output of shape {tuple(ref.shape)} (the input's), got {tuple(grad_output.shape)}")
     check_same_dtype(op, grad_output=grad_output, input=input, output=output)
@@ -31,18 +34,20 @@ def _mask(cond, like, xp):
 def relu(input):
     """relu(x) = max(0, x)."""
     xp = namespace(input, op="relu")
+    check_float("relu", input)
     return xp.maximum(input, B.zero_like(input))  # a cached 0-d zero: clip() costs 3x more in NumPy
 
 
 def relu_backward(grad_output, input):
-    """d relu/dx = 1 if x > 0 else 0."""
+    """d relu/dx = 0 if x <= 0 else 1  (so NaN passes the gradient, as torch)."""
     xp = _backward_args("relu_backward", grad_output, input)
-    return grad_output * _mask(input > 0, grad_output, xp)
+    return grad_output * _mask(~(input <= 0), grad_output, xp)
 
 
 def leaky_relu(input, negative_slope=0.01):
     """leaky_relu(x) = x if x > 0 else negative_slope * x."""
     xp = namespace(input, op="leaky_relu")
+    check_float("leaky_relu", input)
     return xp.where(input > 0, input, input * negative_slope)
 
 
@@ -56,15 +61,17 @@ def leaky_relu_backward(grad_output, input, negative_slope=0.01):
 def elu(input, alpha=1.0):
     """elu(x) = x if x > 0 else alpha * (e^x - 1)."""
     xp = namespace(input, op="elu")
+    check_float("elu", input)
     neg = alpha * xp.expm1(xp.clip(input, max=0.0))  # clip: no overflow in the unused branch
     return xp.where(input > 0, input, neg)
 
 
 def elu_backward(grad_output, input, alpha=1.0):
-    """d elu/dx = 1 if x > 0 else alpha * e^x."""
+    """d elu/dx = alpha * e^x if x <= 0 else 1  (so NaN passes the gradient, as torch)."""
     xp = _backward_args("elu_backward", grad_output, input)
-    pos = _mask(input > 0, grad_output, xp)
-    neg = alpha * xp.exp(xp.clip(input, max=0.0))
+    neg_side = input <= 0
+    pos = _mask(~neg_side, grad_output, xp)
+    neg = alpha * xp.exp(xp.where(neg_side, input, B.zero_like(input)))  # where, not clip: clip keeps a NaN
     return grad_output * (pos + (1.0 - pos) * neg)
 
 
@@ -80,6 +87,7 @@ def _check_approx(op, approximate):
 def gelu(input, approximate="none"):
     """gelu(x) = x * Phi(x);  tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
     namespace(input, op="gelu")
+    check_float("gelu", input)
     _check_approx("gelu", approximate)
     if approximate == "tanh":
         xp = namespace(input)
@@ -105,6 +113,7 @@ def gelu_backward(grad_output, input, approximate="none"):
 def sigmoid(input):
     """sigmoid(x) = 1 / (1 + e^-x), computed from e^-|x| so that no exp overflows."""
     xp = namespace(input, op="sigmoid")
+    check_float("sigmoid", input)
     e = xp.exp(-xp.abs(input))  # in (0, 1]
     r = 1.0 / (1.0 + e)
     return xp.where(input >= 0, r, e * r)
@@ -120,6 +129,7 @@ def sigmoid_backward(grad_output, input=None, *, output=None):
 def tanh(input):
     """tanh(x) = (e^x - e^-x) / (e^x + e^-x)."""
     xp = namespace(input, op="tanh")
+    check_float("tanh", input)
     return xp.tanh(input)
 
 
@@ -131,14 +141,27 @@ def tanh_backward(grad_output, input=None, *, output=None):
 
 
 def _check_dim(op, x, dim):
-    if not -x.ndim <= dim < x.ndim:
-        raise IndexError(f"{op}: expected dim in [{-x.ndim}, {x.ndim}) for input of shape {tuple(x.shape)}, got {dim}")
+    """dim as torch takes it: an int in [-ndim, ndim), and 0 or -1 for a 0-d input (a 1-element axis)."""
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        hint = " (torch's implicit choice of dim is deprecated: pass dim=)" if dim is None else ""
+        raise TypeError(f"{op}: expected dim to be an int, got {type(dim).__name__} {dim!r}{hint}")
+    n = max(x.ndim, 1)
+    if not -n <= dim < n:
+        raise IndexError(f"{op}: expected dim in [{-n}, {n}) for input of shape {tuple(x.shape)}, got {dim}")
+
+
+def _edge(x, dim):
+    """0-d input or an empty reduced dim: the result is computed on a (1,)-shaped view / is empty."""
+    return x.ndim == 0 or x.shape[dim] == 0
 
 
 def softmax(input, dim):
     """softmax(x)_i = e^(x_i - m) / sum_j e^(x_j - m), m = max_j x_j (log-sum-exp shift)."""
     xp = namespace(input, op="softmax")
+    check_float("softmax", input)
     _check_dim("softmax", input, dim)
+    if _edge(input, dim):  # 0-d: softmax of one value is 1; an empty dim: nothing to normalise
+        return xp.reshape(softmax(xp.reshape(input, (1,)), 0), ()) if input.ndim == 0 else input + 0
     e = xp.exp(input - xp.max(input, axis=dim, keepdims=True))
     return e / xp.sum(e, axis=dim, keepdims=True)
 
@@ -148,13 +171,18 @@ def softmax_backward(grad_output, input=None, dim=-1, *, output=None):
     xp = _backward_args("softmax_backward", grad_output, input, output)
     _check_dim("softmax_backward", grad_output, dim)
     y = softmax(input, dim) if output is None else output
+    if grad_output.ndim == 0:
+        return y * (grad_output - grad_output * y)
     return y * (grad_output - xp.sum(grad_output * y, axis=dim, keepdims=True))
 
 
 def log_softmax(input, dim):
     """log_softmax(x)_i = x_i - m - log sum_j e^(x_j - m)."""
     xp = namespace(input, op="log_softmax")
+    check_float("log_softmax", input)
     _check_dim("log_softmax", input, dim)
+    if _edge(input, dim):
+        return xp.reshape(log_softmax(xp.reshape(input, (1,)), 0), ()) if input.ndim == 0 else input + 0
     shifted = input - xp.max(input, axis=dim, keepdims=True)
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=dim, keepdims=True))
 
@@ -164,4 +192,6 @@ def log_softmax_backward(grad_output, input=None, dim=-1, *, output=None):
     xp = _backward_args("log_softmax_backward", grad_output, input, output)
     _check_dim("log_softmax_backward", grad_output, dim)
     p = softmax(input, dim) if output is None else xp.exp(output)
+    if grad_output.ndim == 0:
+        return grad_output - p * grad_output
     return grad_output - p * xp.sum(grad_output, axis=dim, keepdims=True)

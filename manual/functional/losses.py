@@ -6,6 +6,8 @@ returns the gradient of the input (targets are data, not parameters).
 
 from __future__ import annotations
 
+import numpy as np
+
 from .._backend import check_same_dtype, namespace, to_numpy
 from ._util import check_grad_output, check_reduction, check_same_shape, reduce, reduce_backward
 from .activations import log_softmax, sigmoid, softmax
@@ -122,13 +124,27 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     if reduction == "none":
         return xp.reshape(loss, _ce_loss_shape(input))
     total = xp.sum(loss)
-    return total if reduction == "sum" else total / denom
+    if reduction == "sum":
+        return total
+    with np.errstate(invalid="ignore"):  # every target ignored: 0 / 0 = NaN, as torch
+        return total / denom
 
 
 def cross_entropy_backward(
     grad_output, input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0
 ):
-    """dl_i/dx = (1 - eps) w_y (p - onehot(y)) + (eps/C) (W p - w), W = sum_c w_c; probabilities: (sum_c w_c t_c) p - w t."""
+    """Gradient of cross_entropy with respect to its input (logits x), row by row; p = softmax(x).
+
+    Class-index targets y (w_c: class weights, 1 without `weight`; eps: label_smoothing; C classes):
+        l_i = -(1 - eps) w_y log p_y - (eps / C) sum_c w_c log p_c
+        dl_i/dx = (1 - eps) w_y (p - onehot(y)) + (eps / C) (W p - w),   W = sum_c w_c
+      A row whose target is ignore_index has l_i = 0 and gradient exactly 0 (as torch).
+      reduction="mean" divides by sum_i w_(y_i) over the non-ignored rows (not by the row count);
+      when every row is ignored that sum is 0 and the gradient is 0, as torch's (its loss is NaN).
+    Class-probability targets t (rows of the input's shape; smoothing makes t' = (1 - eps) t + eps / C):
+        l_i = -sum_c w_c t'_c log p_c,    dl_i/dx = (sum_c w_c t'_c) p - w t'
+      reduction="mean" divides by the number of rows.
+    """
     xp = namespace(grad_output, input, target, weight, op="cross_entropy_backward")
     x2, t, C, is_index = _ce_prepare(
         "cross_entropy_backward", xp, input, target, weight, ignore_index, reduction, label_smoothing
@@ -142,7 +158,10 @@ def cross_entropy_backward(
     if is_index:
         onehot, valid, wy = _ce_index_weights(xp, t, C, weight, ignore_index, x2)
         if reduction != "none":
-            a = grad_output / xp.sum(wy) if reduction == "mean" else grad_output
+            with np.errstate(divide="ignore", invalid="ignore"):  # every row ignored: 0 / 0, handled below
+                a = grad_output / xp.sum(wy) if reduction == "mean" else grad_output
+        # ignored rows get exactly 0 even when a is inf or NaN (every row ignored: 0 / 0), as torch's
+        a = xp.where(valid > 0, a, xp.zeros_like(a))  # (M,)
         w_total = float(C) if weight is None else xp.sum(weight)
         coef_p = (1.0 - eps) * wy + (eps / C) * w_total * valid  # (M,)
         g = coef_p[:, None] * p - (1.0 - eps) * wy[:, None] * onehot
@@ -154,7 +173,8 @@ def cross_entropy_backward(
         if reduction != "none":
             a = grad_output / x2.shape[0] if reduction == "mean" else grad_output
         g = xp.sum(wt, axis=1)[:, None] * p - wt
-    g = (a[:, None] if reduction == "none" else a) * g
+    with np.errstate(invalid="ignore"):  # a zero-weight class as the only target: NaN, as torch
+        g = (a[:, None] if a.ndim == 1 else a) * g
     return _ce_restore(xp, g, input)
 
 
