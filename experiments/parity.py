@@ -343,9 +343,12 @@ def _check_model(model, criterion, x, y, tol, seed):
 
     def keep(name):
         def hook(_mod, inputs):
-            if inputs[0].requires_grad:
-                inputs[0].retain_grad()
-            tin[name] = inputs[0]
+            x0 = inputs[0]
+            if x0.requires_grad:  # a view of its own: the gradient through this layer alone, not the sum
+                x0 = x0.view_as(x0)  # over every use of the same tensor (a skip connection's two paths)
+                x0.retain_grad()
+            tin[name] = x0
+            return (x0, *inputs[1:])
         return hook
 
     handles = [m.register_forward_pre_hook(keep(n)) for n, m in tmodel.named_modules() if n in dict(leaves)]

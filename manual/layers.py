@@ -127,21 +127,6 @@ class _BatchNorm(_Norm):
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
 
-    def to(self, *args, device=None, dtype=None):
-        """As Module.to; num_batches_tracked moves with the rest but stays int64 (as torch's)."""
-        count = self._buffers.pop("num_batches_tracked", None)
-        try:
-            super().to(*args, device=device, dtype=dtype)
-        finally:
-            if count is not None:
-                like = self.running_mean
-                moved = (np.asarray(B.to_numpy(count)) if B.backend_name(like) == "numpy"
-                         else B.torch.as_tensor(B.to_numpy(count), device=like.device))
-                self.register_buffer("num_batches_tracked", moved)
-            else:
-                self._buffers["num_batches_tracked"] = None
-        return self
-
     def _check_dims(self, input):
         if input.ndim not in self._dims:
             want = " or ".join(f"{d}D" for d in self._dims)

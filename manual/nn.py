@@ -207,8 +207,6 @@ class Module:
                 raise ValueError(
                     f"{name}.load_state_dict: {k}: expected shape {tuple(target.shape)}, got {tuple(value.shape)}"
                 )
-            if B._is_floating(target) and not B._is_floating(value):
-                raise TypeError(f"{name}.load_state_dict: {k}: expected a floating array (like {target.dtype}), got {value.dtype}")
             value = B.place(value, B.device_of(target), target.dtype) if B._is_floating(target) else (
                 B.place_like(value, target))
             # always a copy, as torch's: in-place optimizer updates must not reach the source
@@ -256,6 +254,11 @@ class Module:
             for name, b in list(m._buffers.items()):
                 if b is not None:
                     dev = B.device_of(b) if device is None else device
+                    if not B._is_floating(b):  # an integer buffer (num_batches_tracked) keeps its dtype, as torch's
+                        kind, tdev = B.parse_device(dev)
+                        m.register_buffer(name, np.array(B.to_numpy(b)) if kind == "numpy"
+                                          else B.torch.as_tensor(B.to_numpy(b), device=tdev))
+                        continue
                     m.register_buffer(name, B.place(b, dev, b.dtype if dtype is None else dtype))
         return self
 

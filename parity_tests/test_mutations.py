@@ -16,6 +16,8 @@ from conftest import DTYPES
 from torch.testing import assert_close
 
 import manual.functional as MF
+from manual import _backend as B
+from manual.functional import normalization as N
 from experiments.parity import FD_TOL, check_model, check_op, finite_diff, mlp_case, run_manual
 from manual import nn
 from torch_ref.opinfo import OPS_BY_NAME, samples
@@ -32,6 +34,52 @@ def _scaled(fn, factor, which=None):
         return tuple(x * factor if i == which else x for i, x in enumerate(r))
     return wrong
 
+
+# -- the bugs people write in normalization, dropout and embedding backwards ----------------------
+
+def _ln_without_xhat_term(g, x, shape, w=None, b=None, eps=1e-5):
+    """Layer norm's dx without the - xhat mean(gh xhat) term (the variance treated as a constant)."""
+    _, gw, gb = MF.layer_norm_backward(g, x, shape, w, b, eps)
+    xp = B.namespace(x)
+    axes = tuple(range(x.ndim - len(tuple(shape)), x.ndim))
+    _, rstd = N._stats(xp, x, axes, eps)
+    gh = g if w is None else g * w
+    return rstd * (gh - xp.mean(gh, axis=axes, keepdims=True)), gw, gb
+
+
+def _bn_stats_as_constants(g, x, rm, rv, w=None, b=None, training=False, momentum=0.1, eps=1e-5):
+    """Training batch norm's dx = g w rstd: the batch mean and variance treated as constants."""
+    gi, _, _, gw, gb = MF.batch_norm_backward(g, x, rm, rv, w, b, training, momentum, eps)
+    xp = B.namespace(x)
+    _, rstd = N._stats(xp, x, (0,) + tuple(range(2, x.ndim)), eps)
+    return g * N._channel_view(xp, w, x.ndim) * rstd, None, None, gw, gb
+
+
+def _embedding_assign(g, idx, w, padding_idx=None):
+    """grad_weight[idx] = g (last write wins) instead of a scatter-add over repeated indices."""
+    xp = B.namespace(g)
+    gw = xp.zeros_like(w)
+    gw[xp.reshape(idx, (-1,))] = xp.reshape(g, (-1, w.shape[1]))
+    return None, gw
+
+
+NORM_MUTANTS = {
+    "layer_norm without the xhat term": ("layer_norm", "2d", _ln_without_xhat_term),
+    "layer_norm grad_input 1e-4": ("layer_norm", "3d-last2", _scaled(MF.layer_norm_backward, 1 + 1e-4, which=0)),
+    "batch_norm stats as constants": ("batch_norm", "2d-train", _bn_stats_as_constants),
+    "batch_norm eval with batch stats": ("batch_norm", "1d-eval",
+                                         lambda g, x, rm, rv, w, b, training: MF.batch_norm_backward(
+                                             g, x, rm, rv, w, b, training=True)),
+    "batch_norm grad_weight 1e-4": ("batch_norm", "3d-train", _scaled(MF.batch_norm_backward, 1 + 1e-4, which=3)),
+    "group_norm per channel": ("group_norm", "4d-g2",
+                               lambda g, x, G, w, b: MF.group_norm_backward(g, x, x.shape[1], w, b)),
+    "group_norm grad_input 1e-4": ("group_norm", "3d-g3", _scaled(MF.group_norm_backward, 1 + 1e-4, which=0)),
+    "dropout without 1/(1-p)": ("dropout", "p0.2-3d",
+                                lambda g, x, p, mask: g * B.namespace(g).astype(mask, g.dtype)),
+    "embedding last write wins": ("embedding", "2d-repeats", _embedding_assign),
+    "embedding padding_idx ignored": ("embedding", "padding_idx",
+                                      lambda g, idx, w, padding_idx: MF.embedding_backward(g, idx, w)),
+}
 
 MUTANTS = {  # id -> (op, sample id, wrong backward)
     "relu'(0)=1": ("relu", "kink0", lambda g, x: MF.relu_backward(g, x) + g * (x == 0)),
@@ -61,6 +109,7 @@ MUTANTS = {  # id -> (op, sample id, wrong backward)
     "cross_entropy smoothing ignored": ("cross_entropy", "smoothing-none",
                                         lambda g, x, t, label_smoothing, reduction:
                                         MF.cross_entropy_backward(g, x, t, reduction=reduction)),
+    **NORM_MUTANTS,
 }
 
 
@@ -163,3 +212,70 @@ def test_an_overflow_warning_fails_the_check():
     assert r.passed is False and any("overflow" in p for p in r.problems), r.problems
     with pytest.raises(AssertionError, match="overflow"):
         r.assert_close()
+
+
+# -- new layers: a wrong forward side effect, and whole models naming the wrong layer ------------
+
+@pytest.mark.parametrize("backend", CPU)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_biased_running_var_fails(dtype, backend):
+    """Updating running_var with the biased batch variance (no n/(n-1)) makes 'running_var(after)' fail."""
+    def biased(x, rm, rv, w=None, b=None, training=False, momentum=0.1, eps=1e-5):
+        old = rv + 0.0
+        out = MF.batch_norm(x, rm, rv, w, b, training, momentum, eps)
+        xp = B.namespace(x)
+        axes = (0,) + tuple(range(2, x.ndim))
+        var = xp.mean((x - xp.mean(x, axis=axes, keepdims=True)) ** 2, axis=axes)
+        rv[...] = (1 - momentum) * old + momentum * var
+        return out
+
+    op = OPS_BY_NAME["batch_norm"]
+    r = check_op(op, _sample("batch_norm", "batch2-train"), dtype, backend, forward=biased)
+    assert r.passed is False and not r.errors["running_var(after)"][0] == 0, r.errors
+    with pytest.raises(AssertionError, match=r"(?s)item \['running_var\(after\)'\]"):
+        r.assert_close()
+
+
+def _residual_norm_net(dtype, backend):
+    rng = np.random.default_rng(3)
+    dev = {"numpy": "numpy", "torch-cpu": "cpu"}[backend]
+    model = nn.Sequential(
+        nn.Linear(4, 6, dtype=dtype, generator=rng),
+        nn.Residual(nn.Sequential(nn.BatchNorm1d(6, dtype=dtype), nn.Tanh(), nn.Linear(6, 6, dtype=dtype, generator=rng))),
+        nn.LayerNorm(6, dtype=dtype), nn.Linear(6, 3, dtype=dtype, generator=rng)).to(device=dev)
+    x = B.place(rng.normal(size=(8, 4)), dev, dtype)
+    y = B.place(rng.normal(size=(8, 3)), dev, dtype)
+    return model, nn.MSELoss(), x, y
+
+
+@pytest.mark.parametrize("backend", CPU)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_model_names_a_residual_that_drops_the_skip_path(dtype, backend, monkeypatch):
+    model, crit, x, y = _residual_norm_net(dtype, backend)
+    assert check_model(model, crit, x, y).passed
+    model, crit, x, y = _residual_norm_net(dtype, backend)
+    monkeypatch.setattr(nn.Residual, "backward", lambda self, g, input_grad=True: self.block.backward(g))
+    r = check_model(model, crit, x, y)
+    assert r.passed is False
+    assert (r.first_divergent, r.first_divergent_tensor) == ("0", "0.weight"), r.errors  # the layer below it
+    assert r.errors["1.block.2.weight"][2], "inside the block, gradients still agree"
+
+
+@pytest.mark.parametrize("backend", CPU)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_model_names_a_batch_norm_with_constant_statistics(dtype, backend, monkeypatch):
+    model, crit, x, y = _residual_norm_net(dtype, backend)
+    bn = model[1].block[0]
+    real = bn.backward
+
+    def constant_stats(g, **kw):  # dx = g w rstd, as if the batch statistics were constants
+        real(g, **kw)
+        return g * N._channel_view(B.namespace(g), bn.weight.data, 2) * N._stats(B.namespace(g), x_in[0], (0,), bn.eps)[1]
+
+    x_in = []
+    fwd = bn.forward
+    monkeypatch.setattr(bn, "forward", lambda inp: (x_in.append(inp), fwd(inp))[1])
+    monkeypatch.setattr(bn, "backward", constant_stats)
+    r = check_model(model, crit, x, y)
+    assert r.passed is False
+    assert (r.first_divergent, r.first_divergent_tensor) == ("1.block.0", "1.block.0.grad_input"), r.errors
