@@ -303,3 +303,69 @@ def test_twin_matches_torch_ref_gpt_class():
     twin = torch_ref.twin(model)
     assert isinstance(twin, tgpt.GPT) and twin.lm_head.weight is twin.transformer.wte.weight
     assert twin.lm_head.weight.dtype == torch.float32
+
+
+# -- the `gpt` experiment ----------------------------------------------------------------------------
+
+def _run_gpt_experiment(tmp_path, **kw):
+    from experiments import gpt
+    from experiments._threads import one_thread
+
+    with one_thread():
+        return gpt.main(gpt.Config(quick=True, progress=False, device="cpu", logdir=str(tmp_path), **kw))
+
+
+def test_gpt_experiment_quick_sorts_heldout_sequences_and_logs_everything(tmp_path):
+    from test_experiments_data import events
+
+    m = _run_gpt_experiment(tmp_path)
+    assert m["status"] == "ok", m["notes"]
+    assert [c["holds"] for c in m["claims"]] == [True, True], m["claims"]
+    for impl in ("manual", "torch"):
+        assert m["results"][impl]["exact_match"] >= 0.95, impl
+    assert m["max_drift"] <= 1e-8 and m["drift_ok"]
+    man, tor = events(m, "manual"), events(m, "torch")
+    for ev in (man, tor):
+        tags = ev.Tags()
+        assert {"loss/train", "loss/heldout", "lr", "grad_norm/total", "accuracy/exact_match",
+                "parity/max_abs_param_diff"} <= set(tags["scalars"]), tags["scalars"]
+        assert "attention" in tags["images"] and len(ev.Images("attention")) == 2  # at init and at the end
+        assert "samples/text_summary" in tags["tensors"]
+    # the schedule, from torch's own classes on the torch side: warmup from lr/100 to lr, cosine to lr/10
+    lr = {impl: [s.value for s in ev.Scalars("lr")] for impl, ev in (("manual", man), ("torch", tor))}
+    assert lr["manual"] == lr["torch"]
+    np.testing.assert_allclose([lr["torch"][0], max(lr["torch"])], [1e-4, 1e-2], rtol=1e-6)
+    assert 1e-3 <= lr["torch"][-1] < 1.1e-3
+    gm = np.array([s.value for s in man.Scalars("grad_norm/total")])
+    gt = np.array([s.value for s in tor.Scalars("grad_norm/total")])
+    np.testing.assert_allclose(gm, gt, rtol=1e-6)  # float32 in the event file
+    assert (gt > 1.0).any(), "the clip at 1.0 must act at least once (the norm is logged before clipping)"
+    text = tor.Tensors("samples/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "| prompt | generated | right |" in text and text.count("| yes |") >= 5, text
+
+
+def test_exact_match_by_one_forward_pass_equals_greedy_generation():
+    """The experiment scores exact match with one teacher-forced pass; generating the answer token by
+    token with GPT.generate (greedy) must give the same verdict on every sequence."""
+    from experiments import gpt
+
+    task = gpt.SortTask(3, 4, 40, np.random.default_rng(0))
+    model, rng = _gpt("numpy", "float64", nn.GPTConfig(block_size=6, vocab_size=5, n_layer=1, n_head=2, n_embd=8))
+    L = task.length
+    gen = model.generate(task.test[:, :L + 1].copy(), L)  # (N, 2L + 1)
+    seqs = task.test.copy()
+    seqs[::2] = gen[::2]  # half: the model's own answer (right by construction), half: the true sorted one
+    twins = type("T", (), {"impls": ("manual",), "logits": lambda self, x: {"manual": model(x)}})()
+    task.test = seqs
+    _, exact = gpt.heldout_metrics(twins, task, sort=True)
+    by_generation = np.mean(np.all(gen[:, L + 1:] == seqs[:, L + 1:], axis=1))
+    assert exact["manual"] == by_generation and 0.5 <= by_generation < 1.0
+
+
+def test_gpt_experiment_text_mode(tmp_path):
+    path = tmp_path / "tiny.txt"
+    path.write_text("the cat sat on the mat. " * 40 + "äöü\n", encoding="utf-8")
+    m = _run_gpt_experiment(tmp_path / "runs", text=str(path), block_size=16, steps=60)
+    assert m["status"] == "ok" and all(c["holds"] for c in m["claims"]), m["claims"]
+    assert m["data"]["vocab"] == len(set(path.read_text(encoding="utf-8")))
+    assert m["results"]["manual"]["heldout_loss"] < 1.0  # a repeated sentence: far below ln(vocab) = 2.8
