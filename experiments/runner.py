@@ -25,6 +25,7 @@ EXPERIMENTS = {
     "activations": "activations",
     "optimizers": "optimizers",
     "backprop": "backprop",
+    "gpt": "gpt",
 }
 
 
