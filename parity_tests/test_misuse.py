@@ -1,0 +1,356 @@
+"""The standing table of bad input for the library (issue 8): each probe is a mistake a careful
+adversarial user makes, and its expected outcome is either
+
+* Raises(type, pattern): a clear error; the pattern names what was expected and what came, or
+* LikeTorch(fn): the same numbers torch gives for the same call (float64, compared exactly up to
+  rounding, NaN where torch has NaN), or
+* Warns(pattern): torch warns here, and so must manual.
+
+The CLI, path and signal probes live in test_runs_robust.py (together > 60).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import manual
+from manual import functional as F
+from manual import nn, optim
+from manual._backend import to_numpy
+
+
+@dataclass
+class Raises:
+    exc: type
+    pattern: str
+
+
+@dataclass
+class LikeTorch:
+    fn: object  # () -> tensor or tuple of tensors
+
+
+@dataclass
+class Warns:
+    pattern: str
+
+
+R = np.random.default_rng(8)
+X34 = R.standard_normal((3, 4))
+T = torch.tensor
+
+
+def a(*vals, dtype=np.float64):
+    return np.array(vals, dtype=dtype)
+
+
+def grad_of(fn, *inputs, g=None):
+    """torch autograd: d <fn(inputs), g> / d inputs (g: a fixed upstream gradient, ones for a scalar)."""
+    ts = [T(x, requires_grad=True) if isinstance(x, np.ndarray) and x.dtype.kind == "f" else x for x in inputs]
+    out = fn(*ts)
+    out.backward(torch.ones_like(out) if g is None else T(g))
+    return tuple(t.grad for t in ts if isinstance(t, torch.Tensor) and t.requires_grad)
+
+
+def linear_fwd():
+    m = nn.Linear(4, 3).double()
+    m(X34)
+    return m
+
+
+def sigmoid_fwd_then_modify():
+    m = nn.Sigmoid()
+    y = m(X34.copy())
+    y *= 2.0  # in place, on the output forward saved
+    return m.backward(np.ones((3, 4)))
+
+
+def torch_input_modified():
+    m = nn.Linear(4, 3, device="cpu", dtype="float64")
+    x = torch.tensor(X34)
+    m(x)
+    x.mul_(2.0)  # in place: torch bumps its version counter
+    return m.backward(torch.ones(3, 3, dtype=torch.float64))
+
+
+def backward_twice():
+    m = nn.Sequential(nn.Linear(4, 3), nn.Tanh()).double()
+    m(X34)
+    m.backward(np.ones((3, 3)))
+    return m.backward(np.ones((3, 3)))
+
+
+def backward_after_no_grad():
+    m = nn.Linear(4, 3).double()
+    with manual.no_grad():
+        m(X34)
+    return m.backward(np.ones((3, 3)))
+
+
+def loss_backward_twice():
+    c = nn.MSELoss()
+    c(X34, np.zeros((3, 4)))
+    c.backward()
+    return c.backward()
+
+
+def step_with(make, grad):
+    w = nn.Parameter(np.zeros((2, 3)))
+    opt = make([w])
+    w.grad = grad
+    opt.step()
+
+
+def read_only_param_step():
+    d = np.zeros(3)
+    d.flags.writeable = False
+    w = nn.Parameter(d)
+    w.grad = np.ones(3)
+    optim.Adam([w]).step()
+
+
+def sd_with(key, value, module=None):
+    m = module or nn.Linear(2, 2).double()
+    sd = dict(m.state_dict())
+    sd[key] = value
+    m.load_state_dict(sd)
+    return m
+
+
+def ce_buffers_loaded():
+    """CrossEntropyLoss(weight=...) state into a fresh one: the class weights travel (a buffer)."""
+    w = a(0.2, 1.0, 3.0, 0.5)
+    src = nn.CrossEntropyLoss(weight=w)
+    dst = nn.CrossEntropyLoss(weight=np.ones(4))
+    dst.load_state_dict(src.state_dict())
+    return dst(X34, np.array([0, 3, 2]))
+
+
+def ce_missing_buffer():
+    nn.CrossEntropyLoss(weight=np.ones(4)).load_state_dict({})
+
+
+def adam_loads_sgd_state():
+    w = nn.Parameter(np.zeros(2))
+    sgd = optim.SGD([w], lr=0.1, momentum=0.9)
+    w.grad = np.ones(2)
+    sgd.step()
+    optim.Adam([w]).load_state_dict({"state": sgd.state_dict()["state"], "param_groups": optim.Adam([w]).state_dict()["param_groups"]})
+
+
+def read_only_input_linear():
+    x = X34.copy()
+    x.flags.writeable = False
+    m = nn.Linear(4, 3, generator=np.random.default_rng(0)).double()
+    y = m(x)
+    gx = m.backward(np.ones_like(y))
+    return y, gx, m.weight.grad
+
+
+def read_only_input_linear_torch():
+    m0 = nn.Linear(4, 3, generator=np.random.default_rng(0)).double()
+    tm = torch.nn.Linear(4, 3).double()
+    with torch.no_grad():
+        tm.weight.copy_(T(m0.weight.data))
+        tm.bias.copy_(T(m0.bias.data))
+    x = T(X34, requires_grad=True)
+    y = tm(x)
+    y.backward(torch.ones_like(y))
+    return y, x.grad, tm.weight.grad
+
+
+NC_G = R.standard_normal((4, 6))[:, ::2]  # a strided view, (4, 3)
+NC_X = (R.standard_normal((3, 4)) - 0.2).T  # a transposed view, (4, 3)
+
+
+def ce_smoothing_ignore_weight():
+    t = np.array([0, -100, 2])
+    w = a(0.5, 2.0, 1.0, 0.1)
+    return F.cross_entropy_backward(np.array(1.0), X34, t, weight=w, label_smoothing=0.1)
+
+
+def torch_ce_smoothing_ignore_weight():
+    return grad_of(lambda x: TF.cross_entropy(x, T([0, -100, 2]), weight=T(a(0.5, 2.0, 1.0, 0.1)), label_smoothing=0.1), X34)
+
+
+NAN_X = a(np.nan, -1.0, 0.0, 2.0, -np.inf, np.inf)
+NAN_G = a(2.0, 3.0, 5.0, 7.0, 11.0, 13.0)
+
+# id -> (probe, expected outcome)
+PROBES = {
+    # -- shapes ---------------------------------------------------------------------------------
+    "linear-feature-mismatch": (lambda: F.linear(X34, np.zeros((3, 2))),
+                                Raises(ValueError, r"expected input with 2 features .* got input of shape \(3, 4\)")),
+    "Linear-input-features": (lambda: nn.Linear(3, 2).double()(X34),
+                              Raises(ValueError, r"expected input with 3 features .* got input of shape \(3, 4\)")),
+    "Linear.backward-grad_output-shape": (lambda: linear_fwd().backward(np.ones((3, 4))),
+                                          Raises(ValueError, r"expected grad_output of shape \(3, 3\) and dtype float64 .* got shape \(3, 4\)")),
+    "Linear.backward-grad_output-dtype": (lambda: linear_fwd().backward(np.ones((3, 3), np.float32)),
+                                          Raises(ValueError, r"dtype float64 .* got shape \(3, 3\) and dtype float32")),
+    "Linear.backward-grad_output-0d": (lambda: linear_fwd().backward(np.array(1.0)),
+                                       Raises(ValueError, r"expected grad_output of shape \(3, 3\).* got shape \(\)")),
+    "relu_backward-shape": (lambda: F.relu_backward(np.ones(3), X34),
+                            Raises(ValueError, r"relu_backward: expected grad_output of shape \(3, 4\) .* got \(3,\)")),
+    "mse_loss-target-shape": (lambda: F.mse_loss(X34, np.zeros((4, 3))),
+                              Raises(ValueError, r"mse_loss: expected target of shape \(3, 4\) .* got \(4, 3\)")),
+    "mse_loss_backward-grad_output-mean": (lambda: F.mse_loss_backward(np.ones((3, 4)), X34, X34),
+                                           Raises(ValueError, r"expected grad_output of shape \(\) .* got \(3, 4\)")),
+    "cross_entropy-target-shape": (lambda: F.cross_entropy(X34, np.array([0, 1])),
+                                   Raises(ValueError, r"expected class-index target of shape \(3,\) .* got \(2,\)")),
+    "cross_entropy-weight-shape": (lambda: F.cross_entropy(X34, np.array([0, 1, 2]), weight=np.ones(3)),
+                                   Raises(ValueError, r"expected weight of shape \(4,\) \(one per class\), got \(3,\)")),
+    "bce-pos_weight-broadcast": (lambda: F.binary_cross_entropy_with_logits(X34, X34 * 0, pos_weight=np.ones(3)),
+                                 Raises(ValueError, r"expected pos_weight broadcastable to the input's shape \(3, 4\), got \(3,\)")),
+    "softmax-dim-out-of-range": (lambda: F.softmax(X34, 2), Raises(IndexError, r"expected dim in \[-2, 2\) .* got 2")),
+    "softmax-dim-None": (lambda: F.softmax(X34, None), Raises(TypeError, r"expected dim to be an int, got NoneType None")),
+    "log_softmax-dim-float": (lambda: F.log_softmax(X34, 1.0), Raises(TypeError, r"expected dim to be an int, got float 1.0")),
+    "softmax-0d": (lambda: (F.softmax(np.array(2.0), 0), F.log_softmax(np.array(2.0), -1)),
+                   LikeTorch(lambda: (TF.softmax(T(2.0), 0), TF.log_softmax(T(2.0), -1)))),
+    "softmax_backward-0d": (lambda: (F.softmax_backward(np.array(3.0), np.array(2.0), 0),
+                                     F.log_softmax_backward(np.array(3.0), np.array(2.0), -1)),
+                            LikeTorch(lambda: grad_of(lambda x: TF.softmax(x, 0), np.array(2.0), g=np.array(3.0))
+                                      + grad_of(lambda x: TF.log_softmax(x, -1), np.array(2.0), g=np.array(3.0)))),
+    "softmax-empty-dim": (lambda: (F.softmax(np.zeros((3, 0)), 1), F.log_softmax(np.zeros((3, 0)), -1)),
+                          LikeTorch(lambda: (TF.softmax(torch.zeros(3, 0, dtype=torch.float64), 1),
+                                             TF.log_softmax(torch.zeros(3, 0, dtype=torch.float64), -1)))),
+    # -- dtypes ---------------------------------------------------------------------------------
+    "relu-float16": (lambda: F.relu(X34.astype(np.float16)),
+                     Raises(TypeError, r"relu: expected input of dtype float32 or float64 .* got float16")),
+    "mse_loss-float16-70000": (lambda: F.mse_loss(np.full(70_000, 0.1, np.float16), np.zeros(70_000, np.float16)),
+                               Raises(TypeError, r"mse_loss: expected input of dtype float32 or float64 .* got float16")),
+    "sigmoid-complex": (lambda: F.sigmoid(X34.astype(np.complex128)),
+                        Raises(TypeError, r"sigmoid: expected input of dtype float32 or float64 .* got complex128")),
+    "tanh-int": (lambda: F.tanh(np.arange(4)), Raises(TypeError, r"tanh: expected input .* got int64")),
+    "softmax-torch-float16": (lambda: F.softmax(torch.zeros(3, dtype=torch.float16), 0),
+                              Raises(TypeError, r"softmax: expected input .* got torch.float16")),
+    "mse_loss-mixed-dtypes": (lambda: F.mse_loss(X34, X34.astype(np.float32)),
+                              Raises(TypeError, r"mse_loss: mixed dtypes: .* input=float64, target=float32")),
+    "Linear-float32-input-to-float64": (lambda: nn.Linear(4, 3).double()(X34.astype(np.float32)),
+                                        Raises(TypeError, r"expected input of dtype float64 \(the parameters'\), got float32")),
+    "Module.to-float16": (lambda: nn.Linear(2, 2).to("float16"),
+                          Raises(TypeError, r"dtype: expected float32 or float64, got 'float16'")),
+    "Module.to-torch.bfloat16": (lambda: nn.Linear(2, 2).to(torch.bfloat16),
+                                 Raises(TypeError, r"dtype: expected float32 or float64, got torch.bfloat16")),
+    "Linear-int-dtype": (lambda: nn.Linear(2, 2, dtype="int32"), Raises(TypeError, r"expected float32 or float64, got 'int32'")),
+    # -- NaN and inf ----------------------------------------------------------------------------
+    "relu_backward-nan": (lambda: F.relu_backward(NAN_G, NAN_X), LikeTorch(lambda: grad_of(TF.relu, NAN_X, g=NAN_G))),
+    "elu_backward-nan-inf": (lambda: F.elu_backward(NAN_G, NAN_X), LikeTorch(lambda: grad_of(TF.elu, NAN_X, g=NAN_G))),
+    "leaky_relu_backward-nan": (lambda: F.leaky_relu_backward(NAN_G, NAN_X, 0.1),
+                                LikeTorch(lambda: grad_of(lambda x: TF.leaky_relu(x, 0.1), NAN_X, g=NAN_G))),
+    "ReLU-module-nan": (lambda: (lambda m: (m(NAN_X), m.backward(NAN_G)))(nn.ReLU()),
+                        LikeTorch(lambda: (TF.relu(T(NAN_X)),) + grad_of(TF.relu, NAN_X, g=NAN_G))),
+    "sigmoid-extremes": (lambda: F.sigmoid(a(-1e4, -800.0, 0.0, 800.0, 1e4)), LikeTorch(lambda: torch.sigmoid(T(a(-1e4, -800.0, 0.0, 800.0, 1e4))))),
+    "log_softmax-minus-inf": (lambda: F.log_softmax(a(-np.inf, 0.0, 1.0), 0), LikeTorch(lambda: TF.log_softmax(T(a(-np.inf, 0.0, 1.0)), 0))),
+    "cross_entropy_backward-all-ignored": (
+        lambda: F.cross_entropy_backward(np.array(1.0), X34, np.array([-100, -100, -100])),
+        LikeTorch(lambda: grad_of(lambda x: TF.cross_entropy(x, T([-100, -100, -100])), X34))),
+    "cross_entropy_backward-all-ignored-smoothing": (
+        lambda: F.cross_entropy_backward(np.array(1.0), X34, np.array([-100, -100, -100]), label_smoothing=0.2),
+        LikeTorch(lambda: grad_of(lambda x: TF.cross_entropy(x, T([-100, -100, -100]), label_smoothing=0.2), X34))),
+    "clip_grad_norm_-inf-error": (lambda: (lambda p: (setattr(p, "grad", a(np.inf, 1.0)),
+                                                      nn.utils.clip_grad_norm_([p], 1.0, error_if_nonfinite=True)))(nn.Parameter(np.zeros(2))),
+                                  Raises(RuntimeError, r"total norm of order 2.0 .* is inf")),
+    # -- mixed backends and devices -------------------------------------------------------------
+    "relu_backward-numpy-grad-torch-input": (lambda: F.relu_backward(np.ones(3), torch.ones(3, dtype=torch.float64)),
+                                             Raises(TypeError, r"mixed backends: expected every array on numpy .* got a torch array as argument 2")),
+    "Linear-numpy-model-torch-input": (lambda: nn.Linear(4, 3).double()(torch.tensor(X34)),
+                                       Raises(TypeError, r"expected an input on NumPy \(where the parameters are\), got one on torch cpu")),
+    "mse_loss-numpy-torch": (lambda: F.mse_loss(X34, torch.tensor(X34)), Raises(TypeError, r"mixed backends")),
+    "optimizer-torch-grad-numpy-param": (lambda: step_with(lambda ps: optim.SGD(ps, lr=0.1), torch.ones(2, 3, dtype=torch.float64)),
+                                         Raises(ValueError, r"expected a .grad like its parameter \(numpy, .* got \(torch")),
+    "load_state_dict-torch-into-numpy": (lambda: sd_with("weight", torch.full((2, 2), 0.5, dtype=torch.float64)).weight.data,
+                                         LikeTorch(lambda: torch.full((2, 2), 0.5, dtype=torch.float64))),
+    # -- class indices --------------------------------------------------------------------------
+    "cross_entropy-index-too-large": (lambda: F.cross_entropy(X34, np.array([0, 4, 1])),
+                                      Raises(IndexError, r"expected class indices in \[0, 4\) or ignore_index=-100, got 4")),
+    "cross_entropy-index-negative": (lambda: F.cross_entropy(X34, np.array([0, -1, 1])),
+                                     Raises(IndexError, r"expected class indices in \[0, 4\) .* got -1")),
+    "cross_entropy-ignore_index-is-a-class": (
+        lambda: F.cross_entropy_backward(np.array(1.0), X34, np.array([0, 1, 1]), ignore_index=1),
+        LikeTorch(lambda: grad_of(lambda x: TF.cross_entropy(x, T([0, 1, 1]), ignore_index=1), X34))),
+    "cross_entropy-ignore-weight-smoothing": (ce_smoothing_ignore_weight, LikeTorch(torch_ce_smoothing_ignore_weight)),
+    # -- reductions -----------------------------------------------------------------------------
+    "reduction-unknown": (lambda: F.mse_loss(X34, X34, reduction="avg"),
+                          Raises(ValueError, r"expected reduction to be one of \('mean', 'sum', 'none'\), got 'avg'")),
+    "MSELoss-unknown-reduction": (lambda: nn.MSELoss(reduction="elementwise_mean"), Raises(ValueError, r"got 'elementwise_mean'")),
+    "reduction-none-backward-without-grad": (lambda: (lambda c: (c(X34, X34 * 0), c.backward()))(nn.MSELoss(reduction="none")),
+                                             Raises(ValueError, r"expected a grad_output of the loss's shape, got none")),
+    "reduction-none-backward": (lambda: (lambda c: (c(X34, X34 * 0), c.backward(X34 * 2))[1])(nn.MSELoss(reduction="none")),
+                                LikeTorch(lambda: grad_of(lambda x: TF.mse_loss(x, torch.zeros(3, 4, dtype=torch.float64), reduction="none"),
+                                                          X34, g=X34 * 2))),
+    # -- read-only and non-contiguous arrays ----------------------------------------------------
+    "read-only-input-to-Linear": (read_only_input_linear, LikeTorch(read_only_input_linear_torch)),
+    "non-contiguous-grad_output-and-input": (lambda: F.relu_backward(NC_G, NC_X),
+                                             LikeTorch(lambda: grad_of(TF.relu, np.ascontiguousarray(NC_X), g=np.ascontiguousarray(NC_G)))),
+    "non-contiguous-input-to-Linear": (lambda: (lambda m: m(X34.T.copy().T[:, ::1]))(nn.Linear(4, 3, generator=np.random.default_rng(0)).double()),
+                                       LikeTorch(lambda: read_only_input_linear_torch()[0])),
+    "read-only-Parameter-at-step": (read_only_param_step, Raises(ValueError, r"is read-only: expected a writeable array")),
+    # -- call-order misuse ----------------------------------------------------------------------
+    "backward-before-forward": (lambda: nn.Linear(2, 2).backward(np.ones((1, 2))), Raises(RuntimeError, r"called before forward")),
+    "backward-twice": (backward_twice, Raises(RuntimeError, r"Tanh\(\).backward: called twice after one forward.* retain_graph")),
+    "loss-backward-twice": (loss_backward_twice, Raises(RuntimeError, r"MSELoss.*called twice after one forward")),
+    "backward-after-no_grad-forward": (backward_after_no_grad, Raises(RuntimeError, r"last forward ran under manual.no_grad\(\)")),
+    "saved-output-modified-numpy": (sigmoid_fwd_then_modify, Raises(RuntimeError, r"Sigmoid\(\).backward: .*modified in place")),
+    "saved-input-modified-torch": (torch_input_modified, Raises(RuntimeError, r"Linear\(.*\).backward: .*modified in place .*version is 1, forward saved version 0")),
+    # -- optimizer misuse -----------------------------------------------------------------------
+    "param-in-two-groups": (lambda: (lambda p: optim.Adam([{"params": [p]}, {"params": [p]}]))(nn.Parameter(np.zeros(2))),
+                            Raises(ValueError, r"more than one parameter group")),
+    "param-listed-twice": (lambda: (lambda p: optim.SGD([p, p], lr=0.1))(nn.Parameter(np.zeros(2))), Warns(r"more than once")),
+    "grad-wrong-shape": (lambda: step_with(lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), np.ones(3)),
+                         Raises(ValueError, r"expected a .grad like its parameter \(numpy, shape \(2, 3\), dtype float64\), got \(numpy, shape \(3,\)")),
+    "empty-parameter-list": (lambda: optim.SGD([], lr=0.1), Raises(ValueError, r"empty parameter list")),
+    "single-Parameter-not-a-list": (lambda: optim.SGD(nn.Parameter(np.zeros(2)), lr=0.1), Raises(TypeError, r"got a single Parameter: wrap it in a list")),
+    "parameters-as-a-set": (lambda: optim.SGD({nn.Parameter(np.zeros(2))}, lr=0.1), Raises(TypeError, r"got a set")),
+    "array-instead-of-Parameter": (lambda: optim.Adam([np.zeros(2)]), Raises(TypeError, r"expected manual.nn.Parameter, got ndarray")),
+    "negative-lr": (lambda: optim.AdamW([nn.Parameter(np.zeros(2))], lr=-1.0), Raises(ValueError, r"AdamW lr: expected lr >= 0, got -1.0")),
+    "optimizer-state-other-optimizer": (adam_loads_sgd_state, Raises(ValueError, r"expected keys among \['exp_avg', 'exp_avg_sq', 'step'\], got \['momentum_buffer'\]")),
+    "optimizer-state-group-count": (lambda: optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1).load_state_dict({"state": {}, "param_groups": []}),
+                                    Raises(ValueError, r"expected 1 parameter group\(s\), got 0")),
+    "scheduler-resume-without-initial_lr": (lambda: optim.lr_scheduler.LinearLR(optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1), last_epoch=3),
+                                            Raises(KeyError, r"expected 'initial_lr' in param_groups\[0\]")),
+    # -- state_dict misuse ----------------------------------------------------------------------
+    "state_dict-list-value": (lambda: sd_with("weight", [[1.0, 2.0], [3.0, 4.0]]),
+                              Raises(TypeError, r"weight: expected a NumPy array or a torch tensor, got list")),
+    "state_dict-missing-buffer": (ce_missing_buffer, Raises(KeyError, r"missing \['weight'\]")),
+    "state_dict-unexpected-key": (lambda: sd_with("weights", np.zeros((2, 2))), Raises(KeyError, r"unexpected \['weights'\]")),
+    "state_dict-wrong-shape": (lambda: sd_with("bias", np.zeros(3)), Raises(ValueError, r"bias: expected shape \(2,\), got \(3,\)")),
+    "state_dict-buffers-loaded": (ce_buffers_loaded, LikeTorch(lambda: TF.cross_entropy(T(X34), T([0, 3, 2]), weight=T(a(0.2, 1.0, 3.0, 0.5))))),
+    "Linear-float-features": (lambda: nn.Linear(2.5, 3), Raises(TypeError, r"expected in_features to be an int, got float 2.5")),
+    "Parameter-of-a-list": (lambda: nn.Parameter([1.0, 2.0]), Raises(TypeError, r"expected a NumPy array or a torch tensor, got list")),
+    "Parameter-requires-grad": (lambda: nn.Parameter(torch.zeros(2, requires_grad=True)), Raises(ValueError, r"requires_grad=False .* pass t.detach\(\)")),
+}
+
+
+def _as_tuple(x):
+    return x if isinstance(x, tuple) else (x,)
+
+
+@pytest.mark.parametrize("probe_id", list(PROBES))
+def test_probe(probe_id):
+    probe, expected = PROBES[probe_id]
+    if isinstance(expected, Raises):
+        with pytest.raises(expected.exc) as info:
+            probe()
+        msg = str(info.value.args[0]) if expected.exc is KeyError else str(info.value)
+        assert re.search(expected.pattern, msg), f"{probe_id}: message {msg!r} does not match {expected.pattern!r}"
+    elif isinstance(expected, Warns):
+        with pytest.warns(UserWarning, match=expected.pattern):
+            probe()
+    else:
+        got, want = _as_tuple(probe()), _as_tuple(expected.fn())
+        assert len(got) == len(want), f"{probe_id}: {len(got)} results, torch {len(want)}"
+        for i, (g, w) in enumerate(zip(got, want)):
+            g, w = to_numpy(g), w.detach().numpy()
+            assert g.shape == w.shape, f"{probe_id}[{i}]: shape {g.shape}, torch {w.shape}"
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-15, equal_nan=True, err_msg=f"{probe_id}[{i}] vs torch")
+
+
+def test_the_table_is_big_enough_and_covers_every_kind():
+    kinds = {type(e).__name__ for _, e in PROBES.values()}
+    assert len(PROBES) >= 45 and kinds == {"Raises", "LikeTorch", "Warns"}, (len(PROBES), kinds)
