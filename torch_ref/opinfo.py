@@ -590,6 +590,199 @@ def _sdpa_errors(rng):
     ]
 
 
+# -- convolution and pooling (manual/functional/conv.py, pooling.py) ----------------------------------
+
+_CONV_DIFF = ("input", "weight", "bias")
+
+
+def _conv2d_samples(rng):
+    """Strides, padding (int, tuple, 'valid', 'same' with odd and even kernels), dilation, groups
+    (depthwise too), 1x1 kernels, kernels as large as the padded input, batch of 1, unbatched, empty."""
+    n = rng.normal
+
+    def s(sid, xs, ws, bias=True, **kw):
+        args = (n(size=xs), n(size=ws)) + ((n(size=ws[0]),) if bias else ())
+        return Sample(sid, args, kw, diff=_CONV_DIFF if bias else _CONV_DIFF[:2])
+
+    return [
+        s("3x3", (2, 3, 5, 4), (4, 3, 3, 3)),
+        s("no-bias", (2, 2, 5, 5), (3, 2, 2, 2), bias=False),
+        s("stride2-pad1", (2, 3, 6, 5), (2, 3, 3, 3), stride=2, padding=1),
+        s("tuple-args", (1, 2, 6, 7), (3, 2, 2, 3), stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
+        s("dilation2", (1, 2, 7, 7), (2, 2, 3, 3), dilation=2),
+        s("groups2", (2, 4, 5, 5), (6, 2, 3, 3), groups=2),
+        s("depthwise", (2, 3, 5, 5), (3, 1, 3, 3), groups=3, padding=1),
+        s("depthwise-x2", (1, 2, 5, 5), (4, 1, 3, 3), groups=2, stride=2),
+        s("same-odd", (1, 2, 5, 5), (3, 2, 3, 3), padding="same"),
+        s("same-even-dilated", (1, 2, 6, 5), (2, 2, 2, 4), padding="same", dilation=(2, 1)),  # asymmetric padding
+        s("valid", (1, 2, 5, 6), (2, 2, 3, 2), padding="valid"),
+        s("1x1", (2, 4, 4, 3), (3, 4, 1, 1)),
+        s("kernel=input", (2, 2, 4, 4), (3, 2, 4, 4)),
+        s("kernel=padded-input", (1, 2, 3, 2), (2, 2, 5, 4), padding=1),
+        s("stride>kernel", (1, 2, 7, 7), (2, 2, 2, 2), stride=3, padding=1),  # inputs no window reads
+        s("batch1", (1, 3, 4, 4), (2, 3, 3, 3)),
+        s("unbatched", (3, 5, 4), (2, 3, 2, 2), stride=(1, 2)),
+        s("empty-batch", (0, 2, 4, 4), (3, 2, 3, 3)),
+    ]
+
+
+def _conv1d_samples(rng):
+    n = rng.normal
+
+    def s(sid, xs, ws, bias=True, **kw):
+        args = (n(size=xs), n(size=ws)) + ((n(size=ws[0]),) if bias else ())
+        return Sample(sid, args, kw, diff=_CONV_DIFF if bias else _CONV_DIFF[:2])
+
+    return [
+        s("k3", (2, 3, 8), (4, 3, 3)),
+        s("stride2-pad1-no-bias", (2, 2, 9), (3, 2, 3), bias=False, stride=2, padding=1),
+        s("dilation-groups", (1, 4, 10), (2, 2, 3), dilation=3, groups=2),
+        s("depthwise-same", (2, 3, 7), (3, 1, 4), groups=3, padding="same"),
+        s("tuple-args", (1, 2, 9), (2, 2, 2), stride=(3,), padding=(2,), dilation=(2,)),
+        s("kernel=input", (2, 2, 5), (3, 2, 5)),
+        s("unbatched", (3, 6), (2, 3, 1)),
+    ]
+
+
+def _distinct(rng, shape, gap=0.05):
+    """Values at least `gap` apart, shuffled: no ties, so a finite difference never moves an argmax."""
+    size = int(np.prod(shape))
+    return (rng.permutation(size) - size / 2).reshape(shape) * gap
+
+
+def _plateaus(rng, shape):
+    """Integers in [-2, 2]: windows full of ties (torch keeps the first maximum in row-major order)."""
+    return rng.integers(-2, 3, size=shape).astype(float)
+
+
+_TIES = "ties: the max is not differentiable there (torch's choice of the first maximum is a convention)"
+
+
+def _max_pool_samples(rng):
+    d = lambda *shape: _distinct(rng, shape)  # noqa: E731
+    return [
+        Sample("2x2", (d(2, 3, 6, 6),), {"kernel_size": 2}),
+        Sample("3x3-s2-p1", (d(2, 2, 7, 6),), {"kernel_size": 3, "stride": 2, "padding": 1}),
+        Sample("overlap-s1-p1", (d(1, 2, 5, 5),), {"kernel_size": 3, "stride": 1, "padding": 1}),
+        Sample("negative-padded", (d(1, 2, 5, 4) - 10.0,), {"kernel_size": 2, "padding": 1}),  # -inf padding never wins
+        Sample("ceil_mode", (d(2, 2, 6, 7),), {"kernel_size": 3, "stride": 2, "ceil_mode": True}),
+        Sample("ceil_mode-pad", (d(1, 2, 5, 5),), {"kernel_size": 2, "stride": 2, "padding": 1, "ceil_mode": True}),
+        Sample("dilation2", (d(1, 2, 7, 7),), {"kernel_size": 2, "dilation": 2}),
+        Sample("tuple-args", (d(2, 2, 6, 7),), {"kernel_size": (2, 3), "stride": (1, 2), "padding": (1, 1),
+                                                "dilation": (2, 1)}),
+        Sample("kernel=input", (d(2, 3, 4, 5),), {"kernel_size": (4, 5)}),
+        Sample("batch1", (d(1, 3, 4, 4),), {"kernel_size": 2, "stride": 1}),
+        Sample("unbatched", (d(3, 4, 6),), {"kernel_size": 2}),
+        Sample("ties-plateau", (np.ones((2, 2, 4, 4)),), {"kernel_size": 2}, fd=False, fd_reason=_TIES),
+        Sample("ties-overlap", (_plateaus(rng, (2, 3, 6, 6)),), {"kernel_size": 3, "stride": 1, "padding": 1},
+               fd=False, fd_reason=_TIES),
+        Sample("ties-ceil-dilated", (_plateaus(rng, (1, 2, 7, 6)),), {"kernel_size": 2, "stride": 2, "dilation": 2,
+                                                                      "ceil_mode": True}, fd=False, fd_reason=_TIES),
+    ]
+
+
+def _avg_pool_samples(rng):
+    n = rng.normal
+    return [
+        Sample("2x2", (n(size=(2, 3, 6, 6)),), {"kernel_size": 2}),
+        Sample("3x3-s2-p1", (n(size=(2, 2, 7, 6)),), {"kernel_size": 3, "stride": 2, "padding": 1}),
+        Sample("exclude-pad", (n(size=(1, 2, 5, 5)),), {"kernel_size": 3, "stride": 1, "padding": 1,
+                                                        "count_include_pad": False}),
+        Sample("ceil_mode", (n(size=(2, 2, 6, 7)),), {"kernel_size": 3, "stride": 2, "ceil_mode": True}),
+        Sample("ceil_mode-pad-exclude", (n(size=(1, 2, 5, 5)),), {"kernel_size": 2, "stride": 2, "padding": 1,
+                                                                  "ceil_mode": True, "count_include_pad": False}),
+        Sample("ceil_mode-pad-include", (n(size=(1, 2, 5, 6)),), {"kernel_size": 3, "stride": 2, "padding": 1,
+                                                                  "ceil_mode": True}),
+        Sample("divisor_override", (n(size=(1, 2, 5, 4)),), {"kernel_size": 2, "padding": 1, "divisor_override": 3}),
+        Sample("tuple-args", (n(size=(2, 2, 6, 7)),), {"kernel_size": (2, 3), "stride": (1, 2), "padding": (1, 1)}),
+        Sample("kernel=input", (n(size=(2, 3, 4, 5)),), {"kernel_size": (4, 5)}),
+        Sample("unbatched", (n(size=(3, 4, 6)),), {"kernel_size": 2, "stride": 1}),
+    ]
+
+
+def _adaptive_avg_pool_samples(rng):
+    n = rng.normal
+    return [
+        Sample("7x6->3x4", (n(size=(2, 3, 7, 6)),), {"output_size": (3, 4)}),
+        Sample("global", (n(size=(2, 4, 5, 3)),), {"output_size": 1}),
+        Sample("None-keeps-a-size", (n(size=(1, 2, 5, 6)),), {"output_size": (None, 2)}),
+        Sample("larger-than-input", (n(size=(1, 2, 3, 4)),), {"output_size": (5, 7)}),  # overlapping windows
+        Sample("same-size", (n(size=(2, 2, 3, 3)),), {"output_size": (3, 3)}),
+        Sample("unbatched", (n(size=(3, 5, 5)),), {"output_size": 2}),
+    ]
+
+
+def _conv_errors(nd):
+    op = f"conv{nd}d"
+
+    def errors(rng):
+        n = rng.normal
+        sp, k3, k2 = (8,) * nd, (3,) * nd, (2,) * nd
+        return [
+            ErrorInput("channels", (n(size=(2, 5) + sp), n(size=(4, 3) + k3)), {}, ValueError,
+                       rf"{op}: groups=1, weight of shape \(4, 3(, 3)+\): expected input with 3 channels "
+                       r"\(weight.shape\[1\] \* groups\), got 5 channels"),
+            ErrorInput("groups-channels", (n(size=(2, 6) + sp), n(size=(4, 3) + k3)), {"groups": 4}, ValueError,
+                       r"groups=4, weight of shape .*: expected input with 12 channels .*got 6 channels"),
+            ErrorInput("groups-divide-out", (n(size=(2, 6) + sp), n(size=(5, 3) + k3)), {"groups": 2}, ValueError,
+                       r"groups=2 must divide out_channels: expected weight.shape\[0\] divisible by 2"),
+            ErrorInput("groups-zero", (n(size=(2, 6) + sp), n(size=(4, 3) + k3)), {"groups": 0}, ValueError,
+                       r"expected groups to be a positive int, got 0"),
+            ErrorInput("kernel-too-large", (n(size=(2, 3) + k2), n(size=(4, 3) + k3)), {}, ValueError,
+                       rf"{op}: kernel larger than the padded input: expected a \(dilated\) kernel extent of at most "
+                       r"\(2,( 2)?\).*got kernel \(3,( 3)?\)"),
+            ErrorInput("dilated-kernel-too-large", (n(size=(1, 3) + (4,) * nd), n(size=(2, 3) + k3)),
+                       {"dilation": 2, "padding": 0}, ValueError, r"kernel larger than the padded input.*extent \(5"),
+            ErrorInput("stride-0", (n(size=(2, 3) + sp), n(size=(4, 3) + k3)), {"stride": 0}, ValueError,
+                       r"expected stride to be positive \(>= 1\), got 0"),
+            ErrorInput("padding-negative", (n(size=(2, 3) + sp), n(size=(4, 3) + k3)), {"padding": -1}, ValueError,
+                       r"expected padding to be non-negative \(>= 0\), got -1"),
+            ErrorInput("same-strided", (n(size=(2, 3) + sp), n(size=(4, 3) + k3)), {"padding": "same", "stride": 2},
+                       ValueError, r"padding='same' is not supported for strided convolutions"),
+            ErrorInput("bias-shape", (n(size=(2, 3) + sp), n(size=(4, 3) + k3), n(size=3)), {}, ValueError,
+                       r"expected bias of shape \(4,\), got \(3,\)"),
+            ErrorInput("backward-grad-shape", (n(size=(2, 4) + sp), n(size=(2, 3) + sp), n(size=(4, 3) + k3)), {},
+                       ValueError, rf"{op}_backward: expected grad_output of shape \(2, 4(, 6)+\) \(the output's\), "
+                                   rf"got \(2, 4(, 8)+\)", backward=True),
+        ]
+
+    return errors
+
+
+def _pool_errors(op):
+    def errors(rng):
+        x = rng.normal(size=(1, 2, 8, 8))
+        out = [
+            ErrorInput("stride-0", (x,), {"kernel_size": 2, "stride": 0}, ValueError,
+                       rf"{op}: expected stride to be positive \(>= 1\), got 0"),
+            ErrorInput("kernel-0", (x,), {"kernel_size": 0}, ValueError, r"expected kernel_size to be positive"),
+            ErrorInput("kernel-too-large", (x[..., :2, :2],), {"kernel_size": 3}, ValueError,
+                       rf"{op}: output size too small: input \(2, 2\) with kernel_size=\(3, 3\).*output of \(0, 0\)"),
+            ErrorInput("padding>half-kernel", (x,), {"kernel_size": 3, "padding": 2}, ValueError,
+                       r"expected padding of at most half the kernel size \(1, 1\) .*got padding=\(2, 2\)"),
+            ErrorInput("2d-input", (x[0, 0],), {"kernel_size": 2}, ValueError,
+                       r"expected a 3-D \(C, H, W\) or 4-D \(N, C, H, W\) input, got shape \(8, 8\)"),
+            ErrorInput("backward-grad-shape", (x[..., :3, :3], x), {"kernel_size": 2}, ValueError,
+                       rf"{op}_backward: expected grad_output of shape \(1, 2, 4, 4\) \(the output's\), got \(1, 2, 3, 3\)",
+                       backward=True),
+        ]
+        return out
+
+    return errors
+
+
+def _adaptive_errors(rng):
+    x = rng.normal(size=(2, 3, 4, 4))
+    return [
+        ErrorInput("empty-height", (np.zeros((2, 3, 0, 4)),), {"output_size": 2}, ValueError,
+                   r"adaptive_avg_pool2d: expected non-zero channel, height and width, got input of shape \(2, 3, 0, 4\)"),
+        ErrorInput("output_size-3", (x,), {"output_size": (2, 2, 2)}, ValueError,
+                   r"expected output_size to be a non-negative int or a tuple of 2 .*got \(2, 2, 2\)"),
+        ErrorInput("backward-grad-shape", (x[..., :1, :1], x), {"output_size": 2}, ValueError,
+                   r"adaptive_avg_pool2d_backward: expected grad_output of shape \(2, 3, 2, 2\)", backward=True),
+    ]
+
+
 # -- tolerances --------------------------------------------------------------------------------
 # Per op and dtype, (rtol, atol) a factor ~3-10 above the worst error measured over every sample
 # on NumPy and torch-cpu (the measured worst is in the reason). eps64 = 2.2e-16, eps32 = 1.2e-7.
@@ -672,6 +865,28 @@ OPS: list[OpInfo] = [
                               "abs 4e-17 beyond rtol 1e-13 (1.8e-16 beyond rtol 1e-14)"),
                (1e-5, 5e-7, "float32 matmuls and row sums (torch-cpu: a flash kernel) in a different order, "
                             "cancelling in dP - rowsum(dP P): measured abs 8e-8 beyond rtol 1e-5 (large-scores)"))),
+    OpInfo("conv2d", TF.conv2d, _conv2d_samples, arg_names=_CONV_DIFF, errors=_conv_errors(2), tols=_tols(
+        (1e-13, 1e-15, "dot products of up to 72 terms (im2col matmul vs torch's kernel) in a different order: "
+                       "measured abs 9.5e-16 beyond rtol 1e-14, 6.7e-17 beyond rtol 1e-13"),
+        (2e-6, 2e-6, "float32 dot products of up to 72 terms in a different order, weight gradients up to ~10: "
+                     "measured abs 4.5e-7 beyond rtol 2e-6 (groups2 grad_weight, torch-cpu)"))),
+    OpInfo("conv1d", TF.conv1d, _conv1d_samples, arg_names=_CONV_DIFF, errors=_conv_errors(1), tols=_tols(
+        (1e-13, 1e-15, "dot products of up to 24 terms in a different order: measured rel 9e-15, abs 1.8e-15"),
+        (2e-6, 3e-7, "float32 dot products in a different order: measured abs 9.6e-8 beyond rtol 1e-6"))),
+    OpInfo("max_pool2d", TF.max_pool2d, _max_pool_samples, errors=_pool_errors("max_pool2d"), tols=_tols(
+        (1e-15, 1e-16, "a max is exact and each input's gradient is the same sum in the same order on CPU "
+                       "(measured 0); overlapping windows add up to 9 gradients, in any order on CUDA (atomics)"),
+        (2e-6, 1e-7, "overlapping windows: NumPy's bincount adds up to 9 gradients in float64 and rounds once, "
+                     "torch in float32: measured rel 1.2e-6 (ties-overlap), abs 5e-9 beyond rtol 1e-6"))),
+    OpInfo("avg_pool2d", TF.avg_pool2d, _avg_pool_samples, errors=_pool_errors("avg_pool2d"), tols=_tols(
+        (1e-14, 1e-16, "window sums of up to 20 terms in a different order, then / divisor: measured abs "
+                       "3.2e-17 beyond rtol 1e-14"),
+        (1e-6, 5e-8, "float32 window sums in a different order: measured abs 1.3e-8 beyond rtol 1e-6"))),
+    OpInfo("adaptive_avg_pool2d", TF.adaptive_avg_pool2d, _adaptive_avg_pool_samples, errors=_adaptive_errors,
+           tols=_tols(
+               (1e-14, 1e-16, "window sums (a 0/1 matrix product) in a different order, then / count: measured "
+                              "abs 2.6e-18 beyond rtol 1e-14"),
+               (1e-6, 1e-8, "float32 window sums in a different order: measured abs 2.9e-9 beyond rtol 1e-6"))),
 ]
 OPS_BY_NAME = {op.name: op for op in OPS}
 
@@ -767,6 +982,30 @@ MODULES: list[ModuleInfo] = [
                          "padding_idx": {"num_embeddings": 9, "embedding_dim": 3, "padding_idx": 2}}),
     ModuleInfo("Flatten", lambda m, build, tensor: torch.nn.Flatten(m.start_dim, m.end_dim), input=(3, 2, 4, 5),
                examples={"default": {}, "middle": {"start_dim": 1, "end_dim": 2}}),
+    ModuleInfo("Conv2d", lambda m, build, tensor: torch.nn.Conv2d(
+        m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups, m.bias is not None),
+        input=(2, 4, 7, 6),
+        examples={"default": {"in_channels": 4, "out_channels": 6, "kernel_size": 3},
+                  "strided-grouped": {"in_channels": 4, "out_channels": 6, "kernel_size": (3, 2), "stride": 2,
+                                      "padding": 1, "dilation": (1, 2), "groups": 2, "bias": False},
+                  "depthwise-same": {"in_channels": 4, "out_channels": 4, "kernel_size": 3, "groups": 4,
+                                     "padding": "same"}}),
+    ModuleInfo("Conv1d", lambda m, build, tensor: torch.nn.Conv1d(
+        m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups, m.bias is not None),
+        input=(2, 4, 9),
+        examples={"default": {"in_channels": 4, "out_channels": 3, "kernel_size": 3},
+                  "strided-dilated-grouped": {"in_channels": 4, "out_channels": 6, "kernel_size": 2, "stride": 2,
+                                              "padding": 1, "dilation": 2, "groups": 2}}),
+    ModuleInfo("MaxPool2d", lambda m, build, tensor: torch.nn.MaxPool2d(
+        m.kernel_size, m.stride, m.padding, m.dilation, ceil_mode=m.ceil_mode), input=(2, 3, 7, 6),
+        examples={"default": {"kernel_size": 2}, "overlap-ceil": {"kernel_size": 3, "stride": 2, "padding": 1,
+                                                                  "ceil_mode": True}}),
+    ModuleInfo("AvgPool2d", lambda m, build, tensor: torch.nn.AvgPool2d(
+        m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override), input=(2, 3, 7, 6),
+        examples={"default": {"kernel_size": 2}, "ceil-exclude-pad": {"kernel_size": 3, "stride": 2, "padding": 1,
+                                                                      "ceil_mode": True, "count_include_pad": False}}),
+    ModuleInfo("AdaptiveAvgPool2d", lambda m, build, tensor: torch.nn.AdaptiveAvgPool2d(m.output_size),
+               input=(2, 3, 7, 6), examples={"default": {"output_size": (3, 2)}, "global": {"output_size": 1}}),
     ModuleInfo("GPT", lambda m, build, tensor: _gpt_twin(m), kind="container", examples={}),  # torch_ref/gpt.py
     ModuleInfo("MSELoss", lambda m, build, tensor: torch.nn.MSELoss(reduction=m.reduction), kind="loss"),
     ModuleInfo("BCEWithLogitsLoss", lambda m, build, tensor: torch.nn.BCEWithLogitsLoss(
