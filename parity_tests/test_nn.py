@@ -10,12 +10,14 @@ off by far more. Seeds are fixed, so each check is deterministic.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pytest
 import torch
 from conftest import BACKENDS, DEVICE_OF, torch_device
 
+import manual
 from manual import _backend as B
 from manual import init, nn, optim
 from manual._backend import to_numpy
@@ -214,6 +216,133 @@ def test_backward_before_forward_raises(module):
 def test_loss_backward_before_forward_raises():
     with pytest.raises(RuntimeError, match="before forward"):
         nn.MSELoss().backward()
+
+
+# -- what forward saves, and when backward may run (DESIGN, issue 8) ----------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_evaluation_under_no_grad_between_forward_and_backward_keeps_the_training_gradient(backend):
+    """The issue's silent wrong answer: a validation forward between the training forward and backward
+    gave the validation batch's gradient. Under manual.no_grad() it saves nothing, so backward
+    differentiates the training forward, as torch's loss.backward() does."""
+    device, tdev = DEVICE_OF[backend], torch_device(backend)
+    model, crit = mlp(device=device), nn.CrossEntropyLoss()
+    tmodel = twin(model)
+    rng = np.random.default_rng(5)
+    x, xv = rng.standard_normal((6, 3)), rng.standard_normal((9, 3))
+    y, yv = rng.integers(0, 2, 6), rng.integers(0, 2, 9)
+    place_y = (lambda t: t) if device == "numpy" else (lambda t: torch.as_tensor(t, device=device))
+    loss = crit(model(B.place(x, device, "float64")), place_y(y))
+    with manual.no_grad():
+        assert not manual.is_grad_enabled()
+        vloss = crit(model(B.place(xv, device, "float64")), place_y(yv))
+    assert manual.is_grad_enabled()
+    model.backward(crit.backward())
+    tloss = torch.nn.functional.cross_entropy(tmodel(torch.tensor(x, device=tdev)), torch.tensor(y, device=tdev))
+    with torch.no_grad():
+        tv = torch.nn.functional.cross_entropy(tmodel(torch.tensor(xv, device=tdev)), torch.tensor(yv, device=tdev))
+    tloss.backward()
+    np.testing.assert_allclose(float(loss), float(tloss.detach()), rtol=1e-13)
+    np.testing.assert_allclose(float(vloss), float(tv), rtol=1e-13)
+    for n, p in tmodel.named_parameters():
+        got, want = to_numpy(dict(model.named_parameters())[n].grad), p.grad.cpu().numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15, err_msg=f"grad of {n} ({backend})")
+
+
+def test_no_grad_saves_nothing_and_is_torchs_api():
+    model = mlp()
+    with manual.no_grad():
+        model(np.ones((2, 3)))
+    for name, m in model.named_modules():
+        arrays = [k for k, v in m.__dict__.items() if k.startswith("_") and isinstance(v, tuple)]
+        assert not arrays, f"module {name!r} saved {arrays} under no_grad"
+
+    @manual.no_grad()
+    def evaluate():
+        return manual.is_grad_enabled()
+
+    assert evaluate() is False and manual.is_grad_enabled()
+    with manual.no_grad():
+        with manual.enable_grad():
+            assert manual.is_grad_enabled()
+        assert not manual.is_grad_enabled()
+    manual.set_grad_enabled(False)
+    assert not manual.is_grad_enabled()
+    manual.set_grad_enabled(True)
+    with manual.set_grad_enabled(False):
+        assert not manual.is_grad_enabled()
+    assert manual.is_grad_enabled()
+    seen = []
+    with manual.no_grad():  # per thread, as torch's: another thread still saves
+        t = threading.Thread(target=lambda: seen.append(manual.is_grad_enabled()))
+        t.start()
+        t.join()
+    assert seen == [True]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch-cpu"])
+def test_second_backward_raises_and_grads_are_not_doubled(backend):
+    """Before the fix a second backward silently doubled every .grad."""
+    device = DEVICE_OF[backend]
+    model = mlp(device=device)
+    g = B.place(np.ones((2, 2)), device, "float64")
+    model(B.place(np.ones((2, 3)), device, "float64"))
+    model.backward(g)
+    once = {n: to_numpy(p.grad).copy() for n, p in model.named_parameters()}
+    with pytest.raises(RuntimeError, match=r"Linear\(in_features=4, out_features=2, bias=True\).backward: called twice"):
+        model.backward(g)
+    for n, p in model.named_parameters():
+        np.testing.assert_array_equal(to_numpy(p.grad), once[n], err_msg=f"{n} changed by the refused backward")
+    model(B.place(np.ones((2, 3)), device, "float64"))  # a new forward: backward may run again
+    model.backward(g)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch-cpu"])
+def test_in_place_change_of_a_saved_array_is_detected(backend):
+    device = DEVICE_OF[backend]
+    x = B.place(np.linspace(-1, 1, 6).reshape(2, 3), device, "float64")
+    lin = nn.Linear(3, 2, device=device, dtype="float64")
+    lin(x)
+    x *= 3.0  # the saved input, changed: dL/dW would use the new values
+    with pytest.raises(RuntimeError, match=r"_input was modified in place after forward"):
+        lin.backward(B.place(np.ones((2, 2)), device, "float64"))
+    tanh = nn.Tanh()
+    y = tanh(x)
+    y += 1.0  # the saved output
+    with pytest.raises(RuntimeError, match=r"Tanh\(\).backward: .*_saved_input was modified in place"):
+        tanh.backward(B.place(np.ones((2, 3)), device, "float64"))
+
+
+def test_numpy_fingerprint_sees_first_and_last_elements_only():
+    """The documented limit: NumPy has no version counter; a change that leaves the first and last
+    elements alone is not seen (torch tensors: every in-place change is, through t._version)."""
+    x = np.linspace(-1, 1, 6).reshape(2, 3)
+    lin = nn.Linear(3, 2).double()
+    lin(x)
+    x[0, 1] = 5.0
+    lin.backward(np.ones((2, 2)))  # not detected, by design (see manual/nn.py)
+    nan = np.array([[np.nan, 1.0, np.nan]])
+    lin(nan)
+    lin.backward(np.ones((1, 2)))  # a NaN left alone is not a change
+
+
+def test_save_keeps_any_value_and_saved_consumes_it():
+    """The protocol other modules build on: _save(name=value) of arrays, tuples, None; _saved reads once."""
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            self._save(_x=x, _shape=tuple(x.shape), _none=None)
+            return x
+
+        def backward(self, g):
+            assert self._saved("_shape") == (2,) and self._saved("_none") is None
+            return g * self._saved("_x")
+
+    m = Probe()
+    m(np.array([1.0, 2.0]))
+    np.testing.assert_array_equal(m.backward(np.array([3.0, 4.0])), [3.0, 8.0])
+    with pytest.raises(RuntimeError, match=r"Probe\(\).backward: called twice"):
+        m.backward(np.array([3.0, 4.0]))
 
 
 # -- init: reproducibility ---------------------------------------------------------------------------
