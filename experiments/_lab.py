@@ -210,10 +210,10 @@ def run_label(cfg) -> str:
         if isinstance(value, bool):
             parts.append(f.name if value else f"no_{f.name}")
         else:
-            text = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) \
+            text = "+".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) \
                 if isinstance(value, (list, tuple)) else (f"{value:g}" if isinstance(value, float) else str(value))
             parts.append(f"{f.name}={text}")
-    label = "".join(c if c.isalnum() or c in "=,._-" else "-" for c in "_".join(parts))
+    label = "".join(c if c.isalnum() or c in "=+._-" else "-" for c in "_".join(parts))  # no , or : (logdir_spec)
     return "_" + label[:80] if label else ""
 
 

@@ -12,7 +12,7 @@ import os
 import sys
 
 # Subcommand modules, in the order `--help` lists them.
-COMMANDS = ["runner", "bench", "verify"]
+COMMANDS = ["runner", "view", "bench", "verify"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,192 @@
+"""`backprop-lab view [NAME ...]` and `backprop-lab runs [--clean --keep N]`: look at runs.
+
+`view` starts the virtual environment's own TensorBoard on 127.0.0.1 at a free port, on the
+latest run of each experiment (two runs each, manual and torch: well under TensorBoard's
+40-run limit, past which it enables no run by default and every chart opens empty), and
+prints the URL. `runs` lists the runs under LOGDIR with their settings and outcome, and
+`runs --clean --keep N` removes all but the newest N runs of each experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from ._lab import OUTCOME
+
+WIDTH = 100
+
+
+def find_runs(logdir):
+    """experiment -> [run folder, ...], oldest first (folder names start with the time stamp)."""
+    out = {}
+    if not os.path.isdir(logdir):
+        return out
+    for exp in sorted(os.listdir(logdir)):
+        folder = os.path.join(logdir, exp)
+        if not os.path.isdir(folder):
+            continue
+        runs = [os.path.join(folder, r) for r in sorted(os.listdir(folder)) if _is_run(os.path.join(folder, r))]
+        if runs:
+            out[exp] = runs
+    return out
+
+
+def _is_run(path):
+    if not os.path.isdir(path):
+        return False
+    if os.path.exists(os.path.join(path, OUTCOME)):
+        return True
+    return any(f.startswith("events.out.tfevents") for _, _, files in os.walk(path) for f in files)
+
+
+def outcome(run):
+    try:
+        with open(os.path.join(run, OUTCOME)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def describe(run):
+    """(folder name, outcome text) for the listing."""
+    o = outcome(run)
+    if o is None:
+        return os.path.basename(run), "no outcome recorded (running, stopped, or not an experiment)"
+    text = o["status"]
+    if o.get("claims"):
+        text += f", {o['claims_hold']}/{o['claims']} claims hold"
+    if o.get("max_drift") is not None:
+        text += f", drift {o['max_drift']:.1e}" + ("" if o.get("drift_ok") else " OVER tolerance")
+    return os.path.basename(run), text
+
+
+# -- runs ------------------------------------------------------------------------------------
+
+def cmd_runs(args):
+    runs = find_runs(args.where)
+    if not runs:
+        print(f"no runs under {args.where}")
+        return 0
+    if args.clean:
+        doomed = [r for rs in runs.values() for r in rs[:max(len(rs) - args.keep, 0)]]
+        if not doomed:
+            print(f"nothing to remove: no experiment has more than {args.keep} run(s) under {args.where}")
+            return 0
+        verb = "would remove" if args.dry_run else "removing"
+        print(f"{verb} {len(doomed)} run(s), keeping the newest {args.keep} of each experiment:")
+        for r in doomed:
+            print(f"  {r}")
+        if not args.dry_run:
+            for r in doomed:
+                shutil.rmtree(r)
+        return 0
+    print(f"runs under {args.where} (folder: time stamp, then the settings that differ from the defaults)")
+    for exp, rs in runs.items():
+        print(f"{exp}  ({len(rs)} run{'s' * (len(rs) != 1)})")
+        for r in rs:
+            name, text = describe(r)
+            line = f"  {name}  {text}"
+            print(line if len(line) <= WIDTH else f"  {name}\n      {text}")
+    return 0
+
+
+# -- view ------------------------------------------------------------------------------------
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tensorboard_command():
+    """The venv's own TensorBoard: the one installed beside this Python (no activated venv needed)."""
+    return [sys.executable, "-m", "tensorboard.main"]
+
+
+def select(logdir, names, all_runs):
+    """The --logdir_spec: NAME:LOGDIR/NAME/<latest> for each experiment (or NAME:LOGDIR/NAME with --all-runs)."""
+    runs = find_runs(logdir)
+    names = names or list(runs)
+    missing = [n for n in names if n not in runs]
+    if missing:
+        have = ", ".join(runs) or "none"
+        raise LookupError(f"no runs of {', '.join(missing)} under {logdir} (runs there: {have}); "
+                          f"make one with `backprop-lab run {missing[0]}`")
+    spec = {n: (os.path.join(logdir, n) if all_runs else runs[n][-1]) for n in names}
+    bad = [p for p in spec.values() if "," in p or ":" in os.path.relpath(p)]
+    if bad:
+        raise LookupError(f"TensorBoard cannot take a path with ',' or ':': {bad[0]}")
+    return spec
+
+
+def cmd_view(args):
+    try:
+        spec = select(args.where, args.names, args.all_runs)
+    except LookupError as e:
+        print(f"backprop-lab view: error: {e}", file=sys.stderr)
+        return 2
+    port = args.port or free_port()
+    url = f"http://127.0.0.1:{port}/"
+    cmd = tensorboard_command() + ["--logdir_spec", ",".join(f"{n}:{p}" for n, p in spec.items()),
+                                   "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false"]
+    for name, path in spec.items():
+        print(f"{name}: {path}")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # until it answers (a few seconds), so the URL printed works when clicked
+            if proc.poll() is not None:
+                print(f"backprop-lab view: TensorBoard exited ({proc.returncode}):\n{proc.stderr.read()[-2000:]}",
+                      file=sys.stderr)
+                return 1
+            try:
+                urllib.request.urlopen(url + "data/runs", timeout=1).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    print("backprop-lab view: TensorBoard did not answer within 60 s", file=sys.stderr)
+                    return 1
+                time.sleep(0.25)
+        print(f"\nTensorBoard: {url}   ({len(spec)} experiment(s), {2 * len(spec)} runs if both implementations "
+              f"ran; Ctrl-C stops it)", flush=True)
+        proc.wait()
+        return 0
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) is how one stops viewing: not an error
+        return 0
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def register(sub):
+    p = sub.add_parser("view", help="open TensorBoard (the venv's, 127.0.0.1, a free port) on the latest run of "
+                                    "each experiment; prints the URL")
+    p.add_argument("names", nargs="*", metavar="NAME", help="experiments to show (default: every one with a run)")
+    p.add_argument("--all-runs", action="store_true", help="every run of those experiments, not only the latest")
+    p.add_argument("--logdir", dest="where", default="runs", help="where the runs are (default: runs)")
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    p.set_defaults(func=cmd_view)
+
+    p = sub.add_parser("runs", help="list the runs with their settings and outcome; --clean --keep N removes older ones")
+    p.add_argument("--logdir", dest="where", default="runs", help="where the runs are (default: runs)")
+    p.add_argument("--clean", action="store_true", help="remove all but the newest --keep runs of each experiment")
+    p.add_argument("--keep", type=_at_least_one, default=1, help="runs kept per experiment by --clean (default: 1)")
+    p.add_argument("--dry-run", action="store_true", help="with --clean: say what would be removed, remove nothing")
+    p.set_defaults(func=cmd_runs)
+
+
+def _at_least_one(text):
+    from .runner import _at_least_one as check
+
+    return check(text)
