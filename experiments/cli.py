@@ -84,17 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Exit codes: README "Exit codes" (runner.exit_code). SIGINT and SIGTERM, from start-up on,
-    end the run cleanly (experiments/checkpoint.py: Stop); exit 130 and 143."""
-    from . import checkpoint
+    end the run cleanly (experiments/signals.py: Stop); exit 130 and 143."""
+    from .signals import Stop, handle_signals  # stdlib only: installed before the heavy imports
 
-    with checkpoint.handle_signals(), checkpoint.quiet_writer_threads():
+    with handle_signals():
         try:
-            return _main(argv)
-        except checkpoint.CheckpointError as e:  # found after the start: a checkpoint that does not fit the run
-            print(f"backprop-lab: error: {e}", file=sys.stderr)
-            return 2
+            from . import checkpoint
+
+            with checkpoint.quiet_writer_threads():
+                try:
+                    return _main(argv)
+                except checkpoint.CheckpointError as e:  # a checkpoint that does not fit the run, found late
+                    print(f"backprop-lab: error: {e}", file=sys.stderr)
+                    return 2
         except KeyboardInterrupt as e:  # during start-up, or outside an experiment
-            stop = e if isinstance(e, checkpoint.Stop) else checkpoint.Stop()
+            stop = e if isinstance(e, Stop) else Stop()
             print(f"backprop-lab: interrupted ({stop.name})", file=sys.stderr)
             return stop.exit_code
 
