@@ -32,6 +32,9 @@ MODELS = [  # name, layer sizes, batch
     ("2-16-16-1", (2, 16, 16, 1), 64),
     ("64-256-256-10", (64, 256, 256, 10), 256),
     ("784-1024-1024-10", (784, 1024, 1024, 10), 512),
+    # GPTs (manual.gpt vs torch_ref.gpt): a dict of GPTConfig fields instead of layer sizes; batch of sequences
+    ("gpt-sort", dict(block_size=12, vocab_size=11, n_layer=2, n_head=4, n_embd=32), 64),  # the `gpt` experiment's
+    ("gpt-256x4", dict(block_size=128, vocab_size=65, n_layer=4, n_head=4, n_embd=256), 16),
 ]
 LR = 1e-3
 CHECK_TOL = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=1e-4, atol=1e-5)}
@@ -83,6 +86,8 @@ def make_steps(sizes, batch, dtype, device, only=None):
     from manual import _backend as B
     from torch_ref import to_torch, twin, twin_loss, twin_optimizer
 
+    if isinstance(sizes, dict):
+        return make_gpt_steps(sizes, batch, dtype, device, only)
     x, y = data(sizes, batch)
     steps = {}
 
@@ -124,6 +129,57 @@ def make_steps(sizes, batch, dtype, device, only=None):
         if only is None or name == only:
             steps[name] = make()
     return steps
+
+
+def make_gpt_steps(spec, batch, dtype, device, only=None):
+    """make_steps for a GPT: token ids (batch, block_size) in, cross-entropy on every next token, SGD."""
+    import manual
+    from manual import _backend as B
+    from torch_ref import twin
+
+    V, T = spec["vocab_size"], spec["block_size"]
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, V, (batch, T)), rng.integers(0, V, (batch, T))
+
+    def build_gpt(device_):
+        manual.init.manual_seed(0)
+        model = manual.nn.GPT(manual.nn.GPTConfig(**spec), device=device_, dtype=dtype)
+        return model, manual.nn.CrossEntropyLoss(), manual.optim.SGD(model.parameters(), lr=LR)
+
+    def manual_step(device_):
+        model, crit, opt = build_gpt(device_)
+        xm, ym = B.place_raw(x, device_), B.place_raw(y.reshape(-1), device_)
+        xp = B.namespace(xm)
+
+        def step():
+            opt.zero_grad()
+            logits = model(xm)  # (B, T, V)
+            loss = crit(xp.reshape(logits, (-1, V)), ym)
+            model.backward(xp.reshape(crit.backward(), logits.shape))
+            opt.step()
+            return loss
+
+        return step, lambda: {n: B.to_numpy(p.data) for n, p in model.named_parameters()}
+
+    def autograd_step(tdev):
+        model, _, _ = build_gpt(None)
+        tmodel = twin(model, device=tdev)
+        tcrit, topt = torch.nn.CrossEntropyLoss(), torch.optim.SGD(tmodel.parameters(), lr=LR)
+        xt, yt = torch.as_tensor(x, device=tdev), torch.as_tensor(y.reshape(-1), device=tdev)
+
+        def step():
+            topt.zero_grad()
+            loss = tcrit(tmodel(xt).reshape(-1, V), yt)
+            loss.backward()
+            topt.step()
+            return loss.detach()
+
+        return step, lambda: {n: p.detach().cpu().numpy() for n, p in tmodel.named_parameters()}
+
+    makers = {"manual-numpy": lambda: manual_step(None), "manual-torch": lambda: manual_step("cpu"),
+              "autograd": lambda: autograd_step("cpu")} if device == "cpu" else {
+        "manual-torch-cuda": lambda: manual_step("cuda"), "autograd-cuda": lambda: autograd_step("cuda")}
+    return {name: make() for name, make in makers.items() if only is None or name == only}
 
 
 def check_agree(steps, dtype):
@@ -186,7 +242,11 @@ def paired_rounds(steps, rounds, target_s):
 
 
 def step_flops(sizes, batch):
-    """Forward 2BKN + backward 4BKN multiply-adds per Linear (grad input + grad weight)."""
+    """Forward 2BKN + backward 4BKN multiply-adds per Linear (grad input + grad weight). A GPT: nanoGPT's
+    6 N + 12 L C T per token (N: block and head weights; the attention's q k^T and P v), B T tokens."""
+    if isinstance(sizes, dict):
+        L, C, T, V = sizes["n_layer"], sizes["n_embd"], sizes["block_size"], sizes["vocab_size"]
+        return (6 * (12 * L * C * C + V * C) + 12 * L * C * T) * batch * T
     return 6 * batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
