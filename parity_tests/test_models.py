@@ -175,6 +175,107 @@ def test_every_activation_in_a_deep_mlp(backend, act):
     run_case(case, "CE-label_smoothing", backend, "float64")
 
 
+# -- random residual / normalization networks (and an embedding front end) --------------------------
+
+@st.composite
+def norm_net_cases(draw):
+    """A random stack of blocks at one width: Linear + activation, a residual block around
+    [Linear, norm, activation], LayerNorm, Linear (no bias) + BatchNorm1d + activation, GroupNorm,
+    Dropout (eval only); optionally an Embedding + Flatten in front; the model in train or eval mode.
+
+    A batch norm follows a bias-free Linear, as practitioners write it: directly after a per-channel
+    scale or shift (a bias, another norm's weight) it removes them, so their gradient is 0 up to
+    eps / var, a cancellation that leaves only rounding noise on both sides (measured up to 2e-6 of
+    the model's largest gradient in float32, more than MODEL_TOL's atol allows)."""
+    mode = draw(st.sampled_from(["train", "eval"]))
+    kinds = ["linear", "residual", "layernorm", "batchnorm", "groupnorm"] + (["dropout"] if mode == "eval" else [])
+    return {
+        # GroupNorm(w // 4, w): 4 values per group; with 2, a group's input gradient is a cancellation
+        # (~eps/var of g) below both sides' rounding, checked op by op instead (as batch norm's below)
+        "width": draw(st.sampled_from([4, 8, 12])),
+        "blocks": draw(st.lists(st.sampled_from(kinds), min_size=1, max_size=5)),
+        "acts": draw(st.lists(st.sampled_from(ACTIVATIONS), min_size=5, max_size=5)),
+        "embedding": draw(st.booleans()),
+        # batch norm in training: 8+ values per channel; with fewer, gradients that a norm's invariance
+        # makes ~0 carry more float32 noise than MODEL_TOL (measured 4.6e-5 G at 4), and with 2 the input
+        # gradient is itself such a cancellation: small batches are checked op by op instead
+        # (batch_norm[batch2-train], [batch1-spatial-train]), each with its own measured tolerance
+        "batch": draw(st.sampled_from([8, 16])),
+        "loss": draw(st.sampled_from(["MSE", "CE"])),
+        "mode": mode,
+        "seed": draw(st.integers(0, 2**32 - 1)),
+    }
+
+
+def make_norm_net(case, device, dtype):
+    gen = np.random.default_rng(case["seed"])
+    w = case["width"]
+    lin = lambda i, o: nn.Linear(i, o, generator=gen)  # noqa: E731
+    norm = {"layernorm": lambda: nn.LayerNorm(w), "batchnorm": lambda: nn.BatchNorm1d(w),
+            "groupnorm": lambda: nn.GroupNorm(w // 4, w)}
+    layers = [nn.Embedding(7, 3, padding_idx=0, generator=gen), nn.Flatten(), lin(3 * 4, w)] if case["embedding"] \
+        else [lin(5, w)]
+    for i, kind in enumerate(case["blocks"]):
+        act = make_activation(case["acts"][i], gen)
+        if kind == "linear":
+            layers += [lin(w, w), act]
+        elif kind == "residual":
+            inner = norm[["layernorm", "batchnorm", "groupnorm"][int(gen.integers(3))]]()
+            layers.append(nn.Residual(nn.Sequential(nn.Linear(w, w, bias=False, generator=gen), inner, act)))
+        elif kind == "batchnorm":
+            layers += [nn.Linear(w, w, bias=False, generator=gen), nn.BatchNorm1d(w), act]
+        elif kind == "dropout":
+            layers.append(nn.Dropout(0.5))
+        else:
+            layers.append(norm[kind]())
+    layers.append(lin(w, 3))
+    model = nn.Sequential(*layers).to(device=device, dtype=dtype)
+    for name, p in model.named_parameters():  # norm weights away from ones, biases from zeros
+        if p.shape and ("weight" in name or "bias" in name) and len(p.shape) == 1:
+            p.data = B.place(gen.normal(1.0 if name.endswith("weight") else 0.0, 0.5, size=p.shape), device, dtype)
+    for m in model.modules() if hasattr(model, "modules") else (m for _, m in model.named_modules()):
+        if isinstance(m, nn.BatchNorm1d):  # running statistics that are not the defaults
+            m.running_mean[...] = B.place(gen.normal(0, 0.5, size=w), device, dtype)
+            m.running_var[...] = B.place(gen.uniform(0.5, 2.0, size=w), device, dtype)
+    return getattr(model, case["mode"])()
+
+
+def run_norm_case(case, backend, dtype):
+    device = DEVICE_OF[backend]
+    rng = np.random.default_rng(case["seed"] + 1)
+    model = make_norm_net(case, device, dtype)
+    n = case["batch"]
+    if case["embedding"]:
+        idx = rng.integers(0, 7, size=(n, 4))
+        x = idx if device == "numpy" else torch.as_tensor(idx, device=device)
+    else:
+        x = B.place(rng.standard_normal((n, 5)), device, dtype)
+    if case["loss"] == "MSE":
+        crit, y = nn.MSELoss(), B.place(rng.standard_normal((n, 3)), device, dtype)
+    else:
+        t = rng.integers(0, 3, size=n)
+        crit, y = nn.CrossEntropyLoss(), (t if device == "numpy" else torch.as_tensor(t, device=device))
+    label = f"{model!r} ({case['mode']}) + {crit!r} ({backend}, {dtype}, batch {n})".replace("\n", "")
+    r = check_model(model, crit, x, y, label, seed=case["seed"])
+    if case["mode"] == "train" and any(isinstance(m, nn.BatchNorm1d) for _, m in model.named_modules()):
+        assert any(k.endswith("running_var(after)") for k in r.errors), f"{label}: running statistics not compared"
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@settings(max_examples=25, **FAST)
+@given(case=norm_net_cases())
+def test_random_residual_norm_net_numpy(dtype, case):
+    run_norm_case(case, "numpy", dtype)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b.values[0] != "numpy"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@settings(max_examples=10, **FAST)
+@given(case=norm_net_cases())
+def test_random_residual_norm_net_torch_backend(backend, dtype, case):
+    run_norm_case(case, backend, dtype)
+
+
 # -- central finite differences in float64 -------------------------------------------------------
 
 # h = 1e-6: truncation ~h^2 |f'''|/6 ~ 1e-13, rounding ~eps |f| / h ~ 1e-10 (measured worst
