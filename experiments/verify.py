@@ -15,7 +15,7 @@ import time
 import torch
 
 from experiments.parity import (ACTIVATIONS, LOSSES, MODEL_TOL, available_backends, check_model, check_op,
-                                mlp_case)
+                                gpt_case, mlp_case)
 from torch_ref.opinfo import DTYPES, OPS, samples
 
 DEVICES = {  # --device -> backends
@@ -112,6 +112,28 @@ def _model_rows(dtypes, backends, only):
     return rows, details
 
 
+def _gpt_rows(dtypes, backends, only):
+    """One row per dtype x device: a 2-block GPT (random weights, token ids in) against its torch twin."""
+    rows, details = [], []
+    if only and "gpt" not in only:
+        return rows, details
+    for dt in dtypes:
+        for be in backends:
+            r = check_model(*gpt_case(dt, be))
+            errs = [e for e in r.errors.values() if math.isfinite(e[0])]  # not the token ids' (no) gradient
+            d = dict(model="gpt", loss="mse", dtype=dt, device=be, passed=r.passed, first_divergent=r.first_divergent,
+                     first_divergent_tensor=r.first_divergent_tensor, errors={k: list(v) for k, v in r.errors.items()})
+            note = "" if r.passed else (f"first diverging layer: {r.first_divergent} ({r.first_divergent_tensor})"
+                                        if r.first_divergent else "forward differs")
+            tol = MODEL_TOL[dt]
+            rows.append(dict(name="gpt", kind="model", dtype=dt, device=be, max_abs=max(e[0] for e in errs),
+                             max_rel=max(e[1] for e in errs), rtol=tol.rtol, atol=tol.atol, tol_reason=tol.reason,
+                             passed=r.passed, cases=1, failed=int(not r.passed), worst="2 blocks, 28 parameters",
+                             note=note))
+            details.append(d)
+    return rows, details
+
+
 def _model_abs(d):
     return max(e[0] for e in d["errors"].values())
 
@@ -135,13 +157,15 @@ def run(args) -> int:
         return 2
     dtypes = list(DTYPES) if args.dtype == "all" else [args.dtype]
     only = set(args.only or ())
-    known = {op.name for op in OPS} | {f"mlp[{a}]" for a in ACTIVATIONS}
+    known = {op.name for op in OPS} | {f"mlp[{a}]" for a in ACTIVATIONS} | {"gpt"}
     if only - known:
         print(f"verify --only: unknown name(s) {sorted(only - known)}; expected some of {sorted(known)}")
         return 2
     t0 = time.perf_counter()
     rows, details = _op_rows(dtypes, backends, only)
     mrows, mdetails = _model_rows(dtypes, backends, only)
+    grows, gdetails = _gpt_rows(dtypes, backends, only)
+    mrows, mdetails = mrows + grows, mdetails + gdetails
     seconds = time.perf_counter() - t0
     print(_table(rows + mrows))
     failed = [r for r in rows + mrows if not r["passed"]]

@@ -369,3 +369,95 @@ def test_gpt_experiment_text_mode(tmp_path):
     assert m["status"] == "ok" and all(c["holds"] for c in m["claims"]), m["claims"]
     assert m["data"]["vocab"] == len(set(path.read_text(encoding="utf-8")))
     assert m["results"]["manual"]["heldout_loss"] < 1.0  # a repeated sentence: far below ln(vocab) = 2.8
+
+
+# -- verify on a whole GPT: the first diverging layer is where the wrong derivative is -------------------
+
+CPU = ["numpy", "torch-cpu"]
+
+
+@pytest.mark.parametrize("backend", CPU)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_check_model_passes_a_gpt_and_compares_every_layer(dtype, backend):
+    from experiments.parity import check_model, gpt_case
+
+    r = check_model(*gpt_case(dtype, backend))
+    assert r.passed, {k: v for k, v in r.errors.items() if not v[2]}
+    for key in ("transformer.h.1.attn.sdpa.grad_input", "transformer.h.0.attn.c_attn.weight", "transformer.wte.weight",
+                "transformer.wpe.weight", "lm_head.grad_input", "transformer.ln_f.bias"):
+        assert key in r.errors and np.isfinite(r.errors[key][0]), key
+
+
+def _first(monkeypatch, target, name, wrong, dtype="float64", backend="numpy"):
+    from experiments.parity import check_model, gpt_case
+
+    monkeypatch.setattr(target, name, wrong)
+    r = check_model(*gpt_case(dtype, backend))
+    assert r.passed is False
+    return r
+
+
+@pytest.mark.parametrize("backend", CPU)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_check_model_names_the_attention_core_with_a_wrong_backward(dtype, backend, monkeypatch):
+    """The attention kernel's dq a little too large (both blocks; 1e-6 in float64, 1e-3 in float32, each well
+    above the model tolerance): named at the last block's attention core, whose upstream (c_proj's input
+    gradient) still agrees; everything closer to the loss agrees too."""
+    import manual.gpt as mg
+
+    real = mg._attention_backward
+
+    def wrong(*a, **k):
+        dq, dk, dv, dm = real(*a, **k)
+        return dq * (1 + (1e-6 if dtype == "float64" else 1e-3)), dk, dv, dm
+
+    r = _first(monkeypatch, mg, "_attention_backward", wrong, dtype, backend)
+    assert (r.first_divergent, r.first_divergent_tensor) == ("transformer.h.1.attn.sdpa",
+                                                             "transformer.h.1.attn.sdpa.grad_input"), r.errors
+    assert r.errors["transformer.h.1.attn.c_proj.weight"][2] and r.errors["transformer.h.1.attn.c_proj.grad_input"][2]
+
+
+def test_check_model_names_the_layer_below_a_dropped_skip_path(monkeypatch):
+    """A block whose backward forgets the residual's skip path around the MLP: the first tensor that differs is
+    the gradient entering the attention branch's last layer (resid_dropout) of that block."""
+    import manual.gpt as mg
+
+    def wrong(self, g, *, input_grad=True):
+        g = self.ln_2.backward(self.mlp.backward(g))  # should be g + ...
+        return g + self.ln_1.backward(self.attn.backward(g))
+
+    r = _first(monkeypatch, mg.Block, "backward", wrong)
+    assert r.first_divergent == "transformer.h.1.attn.resid_dropout", r.first_divergent_tensor
+    assert r.errors["transformer.h.1.ln_2.grad_input"][2]  # the MLP branch itself is right
+
+
+def test_check_model_names_the_position_table_when_its_gradient_skips_the_batch_sum(monkeypatch):
+    import manual.gpt as mg
+
+    def wrong(self, grad_output, *, input_grad=True):  # GPT.backward with wpe given batch item 0 only
+        tr = self.transformer
+        g = tr.ln_f.backward(self.lm_head.backward(grad_output))
+        for block in reversed(list(tr.h)):
+            g = block.backward(g)
+        g = tr.drop.backward(g)
+        tr.wte.backward(g)
+        tr.wpe.backward(g[0])
+        return None
+
+    r = _first(monkeypatch, mg.GPT, "backward", wrong)
+    assert (r.first_divergent, r.first_divergent_tensor) == ("transformer.wpe", "transformer.wpe.weight"), r.errors
+    assert r.errors["transformer.wte.weight"][2]
+
+
+def test_verify_cli_has_gpt_rows():
+    from experiments.cli import main as cli_main
+
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli_main(["verify", "--only", "gpt", "--device", "cpu"])
+    text = out.getvalue()
+    assert code == 0, text
+    assert text.count("\ngpt ") == 4 and "all passed" in text, text
