@@ -16,6 +16,7 @@ generated samples as text.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ class Config(_lab.RunConfig):
     grad_clip: float = opt(1.0, "clip the global gradient norm to this")
     heldout: int = opt(1000, "held-out sequences never trained on (quick: 125)")
     eval_every: int = opt(50, "steps between held-out evaluations (quick: 25)")
+    rounding_baseline: bool = opt(True, "also train a torch copy whose weights start one ulp away: how far "
+                                        "float64 rounding alone moves this run (the drift claim's yardstick)")
 
 
 def _quick(cfg):
@@ -185,6 +188,16 @@ class GPTTwins(_lab.Twins):
         self.vocab, self.clip, self.log = model.config.vocab_size, cfg.grad_clip, log
         self.schedulers = {"manual": schedule(self.optimizer, optim.lr_scheduler, eff),
                            "torch": schedule(self.toptimizer, torch.optim.lr_scheduler, eff)}
+        # the yardstick: the torch model again, every weight one ulp up, trained on the same batches
+        self.baseline, self.baseline_drift = None, []
+        if cfg.rounding_baseline and len(self.impls) == 2:
+            self.baseline = copy.deepcopy(self.tmodel)
+            with torch.no_grad():
+                for p in self.baseline.parameters():
+                    p.copy_(torch.nextafter(p, torch.full_like(p, math.inf)))
+            self.boptimizer = torch.optim.AdamW(param_groups(self.baseline.parameters(), cfg.weight_decay),
+                                                lr=eff["lr"], betas=(0.9, 0.95), foreach=False)
+            self.bscheduler = schedule(self.boptimizer, torch.optim.lr_scheduler, eff)
 
     def place(self, x, y=None):
         xm = B.place_raw(np.asarray(x, dtype=np.int64), self.mdev)
@@ -211,16 +224,26 @@ class GPTTwins(_lab.Twins):
             self.schedulers["manual"].step()
             out["manual"] = {"loss": float(B.to_numpy(loss)), "grad_norm": {"total": float(B.to_numpy(norm))}, "lr": lr}
         if "torch" in self.impls:
-            self.toptimizer.zero_grad()
-            tloss = self.tcriterion(self.tmodel(xt).reshape(-1, self.vocab), yt)
-            tloss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(self.tmodel.parameters(), self.clip)
             lr = self.toptimizer.param_groups[0]["lr"]
-            self.toptimizer.step()
-            self.schedulers["torch"].step()
+            tloss, norm = self._torch_step(self.tmodel, self.toptimizer, self.schedulers["torch"], xt, yt)
             out["torch"] = {"loss": float(tloss.detach()), "grad_norm": {"total": float(norm)}, "lr": lr}
         self.log.scalar("lr", {i: o.pop("lr") for i, o in out.items()}, step)
+        if self.baseline is not None:
+            self._torch_step(self.baseline, self.boptimizer, self.bscheduler, xt, yt)
+            with torch.no_grad():
+                d = max(float((a - b).abs().max()) for a, b in zip(self.tmodel.parameters(), self.baseline.parameters()))
+            self.baseline_drift.append(d)
+            self.log.scalar_all("parity/rounding_baseline", d, step)
         return out
+
+    def _torch_step(self, model, optimizer, scheduler, xt, yt):
+        optimizer.zero_grad()
+        loss = self.tcriterion(model(xt).reshape(-1, self.vocab), yt)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.clip)
+        optimizer.step()
+        scheduler.step()
+        return loss, norm
 
     def logits(self, x):
         """impl -> NumPy (B, T, V) logits in eval mode, nothing saved for a backward."""
@@ -263,18 +286,18 @@ def heldout_metrics(twins, task, sort, n=None):
 def attention_maps(twins, x):
     """impl -> [(nh, T, T) per layer]: the causal softmax weights of one sequence x (1, T).
 
-    manual: the attention modules keep their weights when asked (record_attention). torch: from
+    manual: the attention cores keep their weights when asked (record_attention). torch: from
     the twin's c_attn output, softmax(q k^T / sqrt(hs)) with the causal mask, computed here."""
     out = {}
     if "manual" in twins.impls:
         blocks = list(twins.model.transformer.h)
         for b in blocks:
-            b.attn.record_attention = True
+            b.attn.sdpa.record_attention = True
         twins.logits(x)
-        out["manual"] = [B.to_numpy(b.attn.attention)[0] for b in blocks]
+        out["manual"] = [B.to_numpy(b.attn.sdpa.attention)[0] for b in blocks]
         for b in blocks:
-            b.attn.record_attention = False
-            b.attn.attention = None
+            b.attn.sdpa.record_attention = False
+            b.attn.sdpa.attention = None
     if "torch" in twins.impls:
         caught, hooks = [], []
         for b in twins.tmodel.transformer.h:
@@ -285,7 +308,7 @@ def attention_maps(twins, x):
         maps = []
         for qkv, b in zip(caught, twins.tmodel.transformer.h):
             Bn, T, C3 = qkv.shape
-            nh = b.attn.n_head
+            nh = b.attn.sdpa.n_head
             q, k, _ = (t.view(Bn, T, nh, -1).transpose(1, 2) for t in qkv.split(C3 // 3, dim=2))
             s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
             s = s.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=s.device).tril(), float("-inf"))

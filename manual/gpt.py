@@ -83,32 +83,30 @@ class ModuleList(Module):
 
 # -- the GPT -------------------------------------------------------------------------------------
 
-class CausalSelfAttention(Module):
-    """Multi-head causal self-attention: c_attn -> q, k, v (B, nh, T, hs) -> softmax(q k^T / sqrt(hs)) v -> c_proj."""
+class CausalAttention(Module):
+    """The parameter-free core of the attention block: packed q, k, v (B, T, 3C) -> heads (B, nh, T, hs) ->
+    softmax(q k^T / sqrt(hs) + causal mask) v -> (B, T, C). A leaf of its own, so `verify` can name it."""
 
-    def __init__(self, config, device=None, dtype=None, generator=None):
+    def __init__(self, n_head, n_embd, dropout=0.0, generator=None):
         super().__init__()
-        C = config.n_embd
-        self.c_attn = Linear(C, 3 * C, bias=config.bias, device=device, dtype=dtype, generator=generator)
-        self.c_proj = Linear(C, C, bias=config.bias, device=device, dtype=dtype, generator=generator)
-        self.resid_dropout = Dropout(config.dropout, generator=generator)
-        self.n_head, self.n_embd, self.dropout, self.generator = config.n_head, C, config.dropout, generator
+        self.n_head, self.n_embd, self.dropout, self.generator = n_head, n_embd, dropout, generator
         self.record_attention = False  # True: forward keeps its softmax weights in .attention (for plots)
         self.attention = None
 
-    def _heads(self, xp, t, B_, T):
+    def _heads(self, xp, t, B_, T):  # (B, T, C) -> (B, nh, T, hs)
         return xp.permute_dims(xp.reshape(t, (B_, T, self.n_head, self.n_embd // self.n_head)), (0, 2, 1, 3))
 
-    def _merge(self, xp, t, B_, T):
+    def _merge(self, xp, t, B_, T):  # (B, nh, T, hs) -> (B, T, C)
         return xp.reshape(xp.permute_dims(t, (0, 2, 1, 3)), (B_, T, self.n_embd))
 
-    def forward(self, x):
-        xp = B.namespace(x)
-        B_, T, C = x.shape
-        qkv = self.c_attn(x)  # (B, T, 3C)
+    def forward(self, qkv):
+        xp = B.namespace(qkv)
+        B_, T, C3 = qkv.shape
+        C = self.n_embd
+        if C3 != 3 * C:
+            raise ValueError(f"{self!r}: expected packed q, k, v of shape (B, T, {3 * C}), got {tuple(qkv.shape)}")
         q, k, v = (self._heads(xp, qkv[..., i * C:(i + 1) * C], B_, T) for i in range(3))  # (B, nh, T, hs)
-        scale = 1.0 / math.sqrt(C // self.n_head)
-        p = _weights(xp, q, k, None, True, scale)  # (B, nh, T, T), causal softmax
+        p = _weights(xp, q, k, None, True, 1.0 / math.sqrt(C // self.n_head))  # (B, nh, T, T), causal softmax
         if self.record_attention:
             self.attention = p
         d = None
@@ -119,18 +117,39 @@ class CausalSelfAttention(Module):
         self._dropout_used = d is not None
         self._save(_q=q, _k=k, _v=v, _p=p)
         y = xp.matmul(p if d is None else p * d, v)  # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
-        return self.resid_dropout(self.c_proj(self._merge(xp, y, B_, T)))
+        return self._merge(xp, y, B_, T)
 
-    def backward(self, g, *, input_grad=True):
-        xp = B.namespace(g)
-        B_, T, C = g.shape
-        g = self.c_proj.backward(self.resid_dropout.backward(g))  # (B, T, C)
+    def backward(self, grad_output, *, input_grad=True):
+        """dq, dk, dv by the attention kernel's backward (manual.functional.attention), packed as (B, T, 3C)."""
+        xp = B.namespace(grad_output)
+        B_, T, C = grad_output.shape
         q, k, v, p = (self._saved(n) for n in ("_q", "_k", "_v", "_p"))
         d = self._saved("_d") if self._dropout_used else None
-        scale = 1.0 / math.sqrt(C // self.n_head)
-        dq, dk, dv, _ = _attention_backward(xp, self._heads(xp, g, B_, T), q, k, v, p, d, scale, None)
-        dqkv = xp.concat([self._merge(xp, t, B_, T) for t in (dq, dk, dv)], axis=-1)  # (B, T, 3C)
-        return self.c_attn.backward(dqkv, input_grad=input_grad)
+        g = self._heads(xp, grad_output, B_, T)
+        dq, dk, dv, _ = _attention_backward(xp, g, q, k, v, p, d, 1.0 / math.sqrt(C // self.n_head), None)
+        return xp.concat([self._merge(xp, t, B_, T) for t in (dq, dk, dv)], axis=-1)  # (B, T, 3C)
+
+    def extra_repr(self):
+        return f"n_head={self.n_head}, n_embd={self.n_embd}, dropout={self.dropout}"
+
+
+class CausalSelfAttention(Module):
+    """Multi-head causal self-attention: c_attn (C -> 3C), the attention core (sdpa), c_proj, dropout."""
+
+    def __init__(self, config, device=None, dtype=None, generator=None):
+        super().__init__()
+        C = config.n_embd
+        self.c_attn = Linear(C, 3 * C, bias=config.bias, device=device, dtype=dtype, generator=generator)
+        self.sdpa = CausalAttention(config.n_head, C, config.dropout, generator)
+        self.c_proj = Linear(C, C, bias=config.bias, device=device, dtype=dtype, generator=generator)
+        self.resid_dropout = Dropout(config.dropout, generator=generator)
+
+    def forward(self, x):
+        return self.resid_dropout(self.c_proj(self.sdpa(self.c_attn(x))))  # (B, T, C)
+
+    def backward(self, grad_output, *, input_grad=True):
+        g = self.sdpa.backward(self.c_proj.backward(self.resid_dropout.backward(grad_output)))  # (B, T, 3C)
+        return self.c_attn.backward(g, input_grad=input_grad)
 
 
 class MLP(Module):
