@@ -307,12 +307,18 @@ class Session:
         if seg["key"] != key:
             raise CheckpointError(f"checkpoint {r['path']}: segment {i} is {seg['key']!r}, this run's is {key!r}: "
                                   "it was written by different code or options")
+        hist = seg["hist"]
+        missing = [impl for impl in twins.impls if impl not in hist["loss"]]
+        if missing and i < len(r["done"]):
+            raise CheckpointError(
+                f"checkpoint {r['path']}: its finished training loop {key!r} was run by {', '.join(hist['loss'])} "
+                f"only, so it has no {', '.join(missing)} results; resume with --impl {next(iter(hist['loss']))}, or "
+                "switch implementation from a checkpoint inside the first loop")
         twins.load_state_dict(seg["twins"])
         set_rng_state(seg["rng"])
         self._set_log_state(seg["log"])
-        hist = seg["hist"]
-        for impl in twins.impls:  # a checkpoint of one implementation resumed with both
-            hist["loss"].setdefault(impl, [])
+        for impl in missing:  # one implementation's checkpoint continued by the other
+            hist["loss"][impl] = []
         if i < len(r["done"]):
             self.done.append(seg)
             return "done", hist, hist["steps"]

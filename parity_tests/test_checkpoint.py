@@ -359,3 +359,21 @@ def test_run_folders_created_at_the_same_moment_are_distinct(tmp_path):
     for t in threads:
         t.join()
     assert len(set(roots)) == 8 and all(os.path.isdir(r) for r in roots)
+
+
+def test_a_manual_run_resumes_in_torch(tmp_path):
+    """--impl manual checkpointed, --impl torch resumed: the torch twin continues from the manual
+    state (same names and layouts) and ends where the manual run ended, to float64 rounding."""
+    from experiments import xor
+
+    cfg = xor.Config(device="cpu", impl="manual", progress=False, logdir=str(tmp_path), steps=40, save_every=20)
+    ref = xor.main(cfg)
+    (mid,) = glob.glob(str(tmp_path / "xor" / "*" / "checkpoints" / "seg0-step0000020.safetensors"))
+    (end,) = glob.glob(str(tmp_path / "xor" / "*" / "checkpoints" / "seg0-step0000040-end.safetensors"))
+    os.replace(end, tmp_path / "end.safetensors")  # the resumed run below writes its own in that folder
+    end = str(tmp_path / "end.safetensors")
+    got = xor.main(dataclasses.replace(cfg, impl="torch", resume=mid))
+    for k, v in ref["results"]["manual"].items():  # manual and torch agree to ~1e-15 per step in float64
+        assert got["results"]["torch"][k] == pytest.approx(v, rel=0, abs=1e-12), k
+    with pytest.raises(checkpoint.CheckpointError, match=r"was run by manual only, so it has no torch results"):
+        xor.main(dataclasses.replace(cfg, impl="torch", resume=end))
