@@ -276,6 +276,77 @@ def test_random_residual_norm_net_torch_backend(backend, dtype, case):
     run_norm_case(case, backend, dtype)
 
 
+# -- random CNNs (convolution, pooling, BatchNorm2d / GroupNorm, residual conv blocks) -----------------
+
+@st.composite
+def cnn_cases(draw):
+    mode = draw(st.sampled_from(["train", "eval"]))
+    return {
+        "channels": draw(st.sampled_from([2, 4])),
+        "size": draw(st.sampled_from([6, 7, 8])),
+        "blocks": draw(st.lists(st.sampled_from(["conv", "conv-strided", "depthwise", "residual", "maxpool",
+                                                 "avgpool"]), min_size=1, max_size=3)),
+        "norm": draw(st.sampled_from(["none", "batchnorm", "groupnorm"])),
+        "act": draw(st.sampled_from(ACTIVATIONS)),
+        "batch": draw(st.sampled_from([2, 3])),
+        "mode": mode,
+        "seed": draw(st.integers(0, 2**32 - 1)),
+    }
+
+
+def make_cnn(case, device, dtype):
+    gen = np.random.default_rng(case["seed"])
+    c = case["channels"]
+    conv = lambda **kw: nn.Conv2d(c, c, generator=gen, **kw)  # noqa: E731
+    norm = {"none": lambda: None, "batchnorm": lambda: nn.BatchNorm2d(c), "groupnorm": lambda: nn.GroupNorm(2, c)}
+    layers, size = [nn.Conv2d(1, c, 3, padding=1, generator=gen)], case["size"]
+    for kind in case["blocks"]:
+        act, nm = make_activation(case["act"], gen), norm[case["norm"]]()
+        if kind == "residual":
+            layers.append(nn.Residual(nn.Sequential(*[m for m in (conv(kernel_size=3, padding="same", bias=nm is None),
+                                                                  nm, act) if m is not None])))
+        elif kind in ("maxpool", "avgpool") and size >= 4:
+            layers.append(nn.MaxPool2d(2) if kind == "maxpool" else nn.AvgPool2d(3, stride=2, padding=1))
+            size = size // 2 if kind == "maxpool" else (size - 1) // 2 + 1
+        elif kind in ("conv", "conv-strided", "depthwise"):
+            kw = {"conv": dict(kernel_size=3, padding=1), "conv-strided": dict(kernel_size=2, stride=2, dilation=1),
+                  "depthwise": dict(kernel_size=3, padding=1, groups=c)}[kind]
+            if kind == "conv-strided" and size < 4:
+                continue
+            layers += [m for m in (conv(bias=nm is None, **kw), nm, act) if m is not None]
+            size = size // 2 if kind == "conv-strided" else size
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 3, generator=gen)]
+    model = nn.Sequential(*layers).to(device=device, dtype=dtype)
+    return getattr(model, case["mode"])()
+
+
+def run_cnn_case(case, backend, dtype):
+    device = DEVICE_OF[backend]
+    rng = np.random.default_rng(case["seed"] + 1)
+    model = make_cnn(case, device, dtype)
+    n, s = case["batch"], case["size"]
+    x = B.place(rng.standard_normal((n, 1, s, s)), device, dtype)
+    t = rng.integers(0, 3, size=n)
+    y = t if device == "numpy" else torch.as_tensor(t, device=device)
+    label = f"{model!r} ({case['mode']}, {backend}, {dtype}, batch {n})".replace("\n", "")
+    check_model(model, nn.CrossEntropyLoss(), x, y, label, seed=case["seed"])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@settings(max_examples=15, **FAST)
+@given(case=cnn_cases())
+def test_random_cnn_numpy(dtype, case):
+    run_cnn_case(case, "numpy", dtype)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b.values[0] != "numpy"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@settings(max_examples=6, **FAST)
+@given(case=cnn_cases())
+def test_random_cnn_torch_backend(backend, dtype, case):
+    run_cnn_case(case, backend, dtype)
+
+
 # -- central finite differences in float64 -------------------------------------------------------
 
 # h = 1e-6: truncation ~h^2 |f'''|/6 ~ 1e-13, rounding ~eps |f| / h ~ 1e-10 (measured worst
