@@ -400,16 +400,16 @@ def _first(monkeypatch, target, name, wrong, dtype="float64", backend="numpy"):
 @pytest.mark.parametrize("backend", CPU)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_check_model_names_the_attention_core_with_a_wrong_backward(dtype, backend, monkeypatch):
-    """The attention kernel's dq a little too large (both blocks; 1e-6 in float64, 1e-3 in float32, each well
-    above the model tolerance): named at the last block's attention core, whose upstream (c_proj's input
-    gradient) still agrees; everything closer to the loss agrees too."""
+    """The attention kernel's dq a little too large (both blocks; 1e-6 in float64, 1e-2 in float32: the
+    float32 model tolerance, atol x the largest gradient, hides 1e-3 here): named at the last block's
+    attention core, whose upstream (c_proj's input gradient) still agrees, as does everything above it."""
     import manual.gpt as mg
 
     real = mg._attention_backward
 
     def wrong(*a, **k):
         dq, dk, dv, dm = real(*a, **k)
-        return dq * (1 + (1e-6 if dtype == "float64" else 1e-3)), dk, dv, dm
+        return dq * (1 + (1e-6 if dtype == "float64" else 1e-2)), dk, dv, dm
 
     r = _first(monkeypatch, mg, "_attention_backward", wrong, dtype, backend)
     assert (r.first_divergent, r.first_divergent_tensor) == ("transformer.h.1.attn.sdpa",
