@@ -459,3 +459,49 @@ def gpt_case(dtype: str, backend: str, seed=0, batch=3):
         B.fill_(p.data, base + rng.normal(size=p.shape) * (0.1 if base else 0.3))
     x = B.place_raw(rng.integers(0, cfg.vocab_size, size=(batch, 7)), dev)
     return model, nn.MSELoss(), x, place(rng.normal(size=(batch, 7, cfg.vocab_size)), backend, dtype)
+
+
+NETS = ("resnet[batchnorm]", "resnet[layernorm]", "resnet[groupnorm]", "embedding-mlp", "cnn")
+
+
+def net_case(name: str, mode: str, dtype: str, backend: str, seed=0, batch=8):
+    """(model, criterion, x, y) for verify's network rows, in mode "train" or "eval" (batch norm's
+    statistics, dropout): residual blocks around a normalization, an embedding front end, a small CNN."""
+    from manual import nn
+
+    if name not in NETS:
+        raise ValueError(f"net_case: expected one of {NETS}, got {name!r}")
+    rng = np.random.default_rng(seed_of("net", name, seed))
+    dev = DEVICE[backend]
+    lin = lambda i, o, **kw: nn.Linear(i, o, generator=rng, **kw)  # noqa: E731
+    if name.startswith("resnet"):
+        norm = {"batchnorm": lambda: nn.BatchNorm1d(8), "layernorm": lambda: nn.LayerNorm(8),
+                "groupnorm": lambda: nn.GroupNorm(2, 8)}[name[7:-1]]
+        block = lambda: nn.Residual(nn.Sequential(lin(8, 8, bias=False), norm(), nn.Tanh()))  # noqa: E731
+        model = nn.Sequential(lin(5, 8), block(), block(), lin(8, 3))
+        x = rng.normal(size=(batch, 5))
+    elif name == "embedding-mlp":
+        model = nn.Sequential(nn.Embedding(9, 4, padding_idx=0, generator=rng), nn.Flatten(), lin(12, 8), nn.GELU(),
+                              nn.Dropout(0.3), nn.LayerNorm(8), lin(8, 3))
+        x = rng.integers(0, 9, size=(batch, 3))
+    else:
+        model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False, generator=rng), nn.BatchNorm2d(4), nn.ReLU(),
+                              nn.MaxPool2d(2), nn.Residual(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, generator=rng),
+                                                                         nn.GroupNorm(2, 4), nn.ELU())),
+                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), lin(4, 3))
+        x = rng.normal(size=(batch, 1, 8, 8))
+    model = model.to(device=dev, dtype=dtype)
+    for n, p in model.named_parameters():  # norm weights away from 1 and biases away from 0
+        if len(p.shape) == 1:
+            B.fill_(p.data, (1.0 if n.endswith("weight") else 0.0) + rng.normal(size=p.shape) * 0.3)
+    if mode == "eval":
+        for _, m in model.named_modules():
+            if type(m).__name__.startswith("BatchNorm"):
+                B.fill_(m.running_mean, rng.normal(size=m.running_mean.shape) * 0.3)
+                B.fill_(m.running_var, rng.uniform(0.5, 2.0, size=m.running_var.shape))
+    if name == "embedding-mlp" and mode == "train":
+        model[4].p = 0.0  # dropout's masks cannot be shared with the twin: train mode checks the rest at p = 0
+    getattr(model, mode)()
+    x = place(x, backend, dtype)
+    t = place(rng.integers(0, 3, size=batch), backend, dtype)
+    return model, nn.CrossEntropyLoss(label_smoothing=0.1), x, t

@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from experiments.parity import (ACTIVATIONS, LOSSES, MODEL_TOL, available_backends, check_model, check_op,
-                                gpt_case, mlp_case)
+from experiments.parity import (ACTIVATIONS, LOSSES, MODEL_TOL, NETS, available_backends, check_model, check_op,
+                                gpt_case, mlp_case, net_case)
 from torch_ref.opinfo import DTYPES, OPS, samples
 
 DEVICES = {  # --device -> backends
@@ -134,8 +134,41 @@ def _gpt_rows(dtypes, backends, only):
     return rows, details
 
 
+def _net_rows(dtypes, backends, only):
+    """One row per network x dtype x device, each checked in train and in eval mode (running statistics,
+    dropout): residual blocks around each normalization, an embedding front end, a small CNN."""
+    rows, details = [], []
+    for name in NETS:
+        if only and name not in only:
+            continue
+        for dt in dtypes:
+            for be in backends:
+                results = []
+                for mode in ("train", "eval"):
+                    r = check_model(*net_case(name, mode, dt, be))
+                    results.append(dict(model=name, loss=mode, dtype=dt, device=be, passed=r.passed,
+                                        first_divergent=r.first_divergent,
+                                        first_divergent_tensor=r.first_divergent_tensor,
+                                        errors={k: list(v) for k, v in r.errors.items()}))
+                bad = [d for d in results if not d["passed"]]
+                errs = [e for d in results for e in d["errors"].values() if math.isfinite(e[0])]
+                note = ""
+                if bad:
+                    b = bad[0]
+                    note = (f"first diverging layer: {b['first_divergent']} ({b['first_divergent_tensor']}) "
+                            f"in {b['loss']} mode" if b["first_divergent"] else f"forward differs in {b['loss']} mode")
+                tol = MODEL_TOL[dt]
+                rows.append(dict(name=name, kind="model", dtype=dt, device=be,
+                                 max_abs=max(e[0] for e in errs), max_rel=max(e[1] for e in errs),
+                                 rtol=tol.rtol, atol=tol.atol, tol_reason=tol.reason, passed=not bad,
+                                 cases=len(results), failed=len(bad),
+                                 worst=(bad or [max(results, key=_model_abs)])[0]["loss"], note=note))
+                details += results
+    return rows, details
+
+
 def _model_abs(d):
-    return max(e[0] for e in d["errors"].values())
+    return max((e[0] for e in d["errors"].values() if math.isfinite(e[0])), default=0.0)
 
 
 def _table(rows) -> str:
@@ -157,7 +190,7 @@ def run(args) -> int:
         return 2
     dtypes = list(DTYPES) if args.dtype == "all" else [args.dtype]
     only = set(args.only or ())
-    known = {op.name for op in OPS} | {f"mlp[{a}]" for a in ACTIVATIONS} | {"gpt"}
+    known = {op.name for op in OPS} | {f"mlp[{a}]" for a in ACTIVATIONS} | {"gpt"} | set(NETS)
     if only - known:
         print(f"verify --only: unknown name(s) {sorted(only - known)}; expected some of {sorted(known)}")
         return 2
@@ -165,7 +198,8 @@ def run(args) -> int:
     rows, details = _op_rows(dtypes, backends, only)
     mrows, mdetails = _model_rows(dtypes, backends, only)
     grows, gdetails = _gpt_rows(dtypes, backends, only)
-    mrows, mdetails = mrows + grows, mdetails + gdetails
+    nrows, ndetails = _net_rows(dtypes, backends, only)
+    mrows, mdetails = mrows + nrows + grows, mdetails + ndetails + gdetails
     seconds = time.perf_counter() - t0
     print(_table(rows + mrows))
     failed = [r for r in rows + mrows if not r["passed"]]

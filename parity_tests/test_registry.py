@@ -270,3 +270,14 @@ def test_your_own_op_checked_before_it_is_in_manual():
     for s in opinfo.samples(info):
         r = parity.check_op(info, s, "float64", "numpy", forward=softplus, backward=softplus_backward)
         assert r.passed, r.errors
+
+
+def test_verify_has_network_rows_for_the_new_layers():
+    """`backprop-lab verify` checks residual nets around each normalization, an embedding front end and a
+    CNN, each in train and eval mode, through the same engine and tolerance as the tests."""
+    import experiments.verify as verify
+
+    rows, details = verify._net_rows(["float64"], ["numpy"], set())
+    assert [r["name"] for r in rows] == list(parity.NETS)
+    assert all(r["passed"] and r["cases"] == 2 for r in rows), rows
+    assert {d["loss"] for d in details} == {"train", "eval"}
