@@ -31,7 +31,8 @@ import torch
 import torch.distributed as dist
 
 from . import _backend as B
-from .nn import Module
+from ._grad_mode import is_grad_enabled
+from .nn import BatchNorm1d, BatchNorm2d, Module
 
 __all__ = [
     "DistributedDataParallel",
@@ -40,6 +41,7 @@ __all__ = [
     "shard_bounds",
     "global_mean_scale",
     "mean_of_means_gap",
+    "SyncBatchNorm",
 ]
 
 _MB = 1024 * 1024  # torch's bucket_cap_mb unit
@@ -216,6 +218,7 @@ class DistributedDataParallel(Module):
         self.broadcast_buffers = broadcast_buffers
         self.gradient_as_bucket_view = gradient_as_bucket_view
         self.require_backward_grad_sync = True
+        self.require_forward_param_sync = True
         named = list(module.named_parameters())
         if not named:
             raise ValueError("DistributedDataParallel: the module has no parameters to average")
@@ -243,9 +246,13 @@ class DistributedDataParallel(Module):
 
     # -- the two passes --------------------------------------------------------------------
     def forward(self, *args, **kwargs):
-        if self.broadcast_buffers and self.training:
+        # torch's rule: rank 0's buffers are broadcast before a forward that follows a synced,
+        # grad-enabled forward (and before the first): none inside no_sync() or after a no_grad() one
+        if self.broadcast_buffers and self.require_forward_param_sync:
             self._broadcast_buffers()
-        return self.module(*args, **kwargs)
+        out = self.module(*args, **kwargs)
+        self.require_forward_param_sync = is_grad_enabled() and self.require_backward_grad_sync
+        return out
 
     def backward(self, grad_output, *, input_grad=True):
         grad_input = self.module.backward(grad_output, input_grad=input_grad)
@@ -321,13 +328,16 @@ class DistributedDataParallel(Module):
                 p.data[...] = view  # in place: an optimizer built before wrapping keeps the same arrays
 
     def _broadcast_buffers(self):
+        """Rank 0's buffers (running statistics, ...) into every rank's, in place."""
         src = dist.get_global_rank(self.process_group, 0) if self.process_group is not None else 0
         for name, buf in self.module.named_buffers():
-            t = torch.from_numpy(np.ascontiguousarray(buf)) if B.backend_name(buf) == "numpy" else buf
+            numpy = B.backend_name(buf) == "numpy"
+            arr = buf if not numpy or buf.flags.c_contiguous else np.array(buf, order="C")
+            t = torch.from_numpy(arr) if numpy else buf  # shares arr's memory
             _collective(f"broadcast of buffer {name!r}", lambda: dist.broadcast(t, src=src, group=self.process_group),
                         self.process_group)
-            if B.backend_name(buf) == "numpy" and not np.shares_memory(t.numpy(), buf):
-                buf[...] = t.numpy()
+            if arr is not buf:
+                buf[...] = arr
 
     def _check_same_model(self, named):
         """Refuse to start if the ranks' models differ (names, shapes, dtypes): DDP checks this too."""
@@ -349,3 +359,124 @@ class DistributedDataParallel(Module):
 
     def __repr__(self):
         return f"DistributedDataParallel({self.extra_repr()})(\n  (module): " + repr(self.module).replace("\n", "\n  ") + "\n)"
+
+
+# -- batch norm with statistics over every rank ----------------------------------------------
+
+def _all_reduce_sum(a, what, group):
+    """sum over ranks of array `a` (NumPy: reduced in place through torch.from_numpy; torch: in place)."""
+    if B.backend_name(a) == "numpy":
+        a = np.ascontiguousarray(a)
+        t = torch.from_numpy(a)
+    else:
+        t = a = a.contiguous()
+    _collective(what, lambda: dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group), group)
+    return a
+
+
+class SyncBatchNorm(BatchNorm1d):
+    """Batch norm whose training statistics are those of the whole global batch (every rank's shard):
+
+        mu = (sum_r sum_i x) / M,   var = (sum_r sum_i (x - mu)^2) / M,   M = sum_r m_r values per channel
+
+    two all_reduces forward (the sums, then the centred squares). Backward, with gh = g w:
+
+        dx = rstd (gh - (sum_r sum_i gh) / M - xhat (sum_r sum_i gh xhat) / M)
+
+    one all_reduce of the two per-channel sums: each rank's dx also carries the other ranks' losses
+    through mu and var (as torch.nn.SyncBatchNorm). dw, db stay local sums; DDP averages them.
+    Running statistics use mu and the unbiased var * M / (M - 1). Outside training, or with one
+    rank, it is plain batch norm. Inputs (N, C, *) of any rank, as torch's.
+    """
+
+    _dims = (2, 3, 4, 5)  # torch's SyncBatchNorm takes any (N, C, *) input
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 process_group=None, device=None, dtype=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
+        self.process_group = process_group
+
+    def _sync_now(self):
+        return self.training and dist.is_initialized() and dist.get_world_size(self.process_group) > 1
+
+    def forward(self, input):
+        if not self._sync_now():
+            out = super().forward(input)
+            self._save(_synced=False)
+            return out
+        w, b = (None if p is None else p.data for p in (self.weight, self.bias))
+        if input.ndim not in self._dims or input.shape[1] != self.num_features:
+            raise ValueError(f"{self!r}: expected input of shape (N, {self.num_features}, *), got {tuple(input.shape)}")
+        like = w if w is not None else self.running_mean
+        if like is not None and (B.device_of(input) != B.device_of(like) or input.dtype != like.dtype):
+            raise TypeError(f"{self!r}: expected an input on {B.device_of(like)} of dtype {like.dtype} (the "
+                            f"parameters'), got one on {B.device_of(input)} of dtype {input.dtype}")
+        xp = B.namespace(input, w, b, op=f"{type(self).__name__}.forward")
+        nd, c = input.ndim, self.num_features
+        axes = (0,) + tuple(range(2, nd))
+        view = (1, c) + (1,) * (nd - 2)
+        m_local = math.prod(input.shape) // c
+        rank = dist.get_rank(self.process_group)
+        count = xp.ones((1,), dtype=input.dtype, device=input.device) * m_local
+        s = _all_reduce_sum(xp.concat([xp.sum(input, axis=axes), count]), f"{self!r}: all_reduce of the sums",
+                            self.process_group)  # (C + 1,): per-channel sums, then M
+        m = float(s[c])
+        mu = xp.reshape(s[:c] / m, view)
+        xc = input - mu
+        q = _all_reduce_sum(xp.sum(xc * xc, axis=axes), f"{self!r}: all_reduce of the squares", self.process_group)
+        var = q / m  # (C,), biased: the normalisation's
+        rstd = xp.reshape(1.0 / xp.sqrt(var + self.eps), view)
+        xhat = xc * rstd
+        if self.training and self.running_mean is not None:
+            if m < 2:
+                raise ValueError(f"rank {rank}: {self!r}: expected more than 1 value per channel over all ranks, got {m:g}")
+            self.num_batches_tracked += 1
+            mom = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            self.running_mean[...] = (1.0 - mom) * self.running_mean + mom * xp.reshape(mu, (c,))
+            self.running_var[...] = (1.0 - mom) * self.running_var + mom * var * (m / (m - 1))
+        self._save(_xhat=xhat, _rstd=rstd, _count=m, _synced=True)
+        out = xhat if w is None else xhat * xp.reshape(w, view)
+        return out if b is None else out + xp.reshape(b, view)
+
+    def backward(self, grad_output, *, input_grad=True):
+        if not self._saved("_synced"):
+            return super().backward(grad_output, input_grad=input_grad)
+        xhat, rstd, m = self._saved("_xhat"), self._saved("_rstd"), self._saved("_count")
+        if tuple(grad_output.shape) != tuple(xhat.shape) or grad_output.dtype != xhat.dtype:
+            raise ValueError(f"{self!r}.backward: expected grad_output of shape {tuple(xhat.shape)} and dtype "
+                             f"{xhat.dtype}, got shape {tuple(grad_output.shape)} and dtype {grad_output.dtype}")
+        xp = B.namespace(grad_output, xhat, op=f"{type(self).__name__}.backward")
+        nd, c = xhat.ndim, self.num_features
+        axes = (0,) + tuple(range(2, nd))
+        view = (1, c) + (1,) * (nd - 2)
+        for p, g in ((self.weight, lambda: xp.sum(grad_output * xhat, axis=axes)),
+                     (self.bias, lambda: xp.sum(grad_output, axis=axes))):
+            if p is not None:
+                p.grad = g() if p.grad is None else p.grad + g()
+        if not input_grad:
+            return None
+        gh = grad_output if self.weight is None else grad_output * xp.reshape(self.weight.data, view)
+        sums = _all_reduce_sum(xp.concat([xp.sum(gh, axis=axes), xp.sum(gh * xhat, axis=axes)]),
+                               f"{self!r}.backward: all_reduce of the gradient sums", self.process_group)
+        mean_gh, mean_ghx = xp.reshape(sums[:c] / m, view), xp.reshape(sums[c:] / m, view)
+        return rstd * (gh - mean_gh - xhat * mean_ghx)
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module, process_group=None):
+        """Every BatchNorm1d / BatchNorm2d inside `module` replaced by a SyncBatchNorm that shares its
+        Parameters and buffers (torch's classmethod of the same name); returns the converted module."""
+        if isinstance(module, (BatchNorm1d, BatchNorm2d)) and not isinstance(module, SyncBatchNorm):
+            like = module.running_mean if module.running_mean is not None else module.weight.data
+            out = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
+                      process_group, device=B.device_of(like), dtype=like.dtype)
+            if module.affine:
+                out.weight, out.bias = module.weight, module.bias
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                out.register_buffer(name, getattr(module, name))
+            out.train(module.training)
+            return out
+        for name, child in list(module._modules.items()):
+            new = cls.convert_sync_batchnorm(child, process_group)
+            if new is not child:
+                setattr(module, name, new)
+        return module

@@ -8,9 +8,10 @@ the assertions run here, in the test process.
 Tolerances: every comparison is float64. The three sides (manual DDP, torch DDP, one process
 on the whole batch) do the same arithmetic in different orders (per-rank sums then an
 all_reduce vs one sum over the whole batch; NumPy's vs torch's matmul kernels), so they agree
-to rounding: after 3 SGD-with-momentum steps the measured worst case was ~1e-16 on weights of
-size ~0.5; TOL = 1e-13 leaves 1000x margin and is still 10 orders of magnitude below any real
-difference (the unequal-shard gap asserted below is > 1e-3).
+to rounding: over every check below (3 SGD-with-momentum steps, accumulation, unequal shards,
+batch norm, SyncBatchNorm) the measured worst case was 2.2e-16 on values of size ~0.5;
+TOL = 1e-13 leaves ~500x margin and is still 10 orders of magnitude below any real difference
+(the unequal-shard gap asserted below is > 1e-3, per-rank vs whole-batch batch norm > 1e-4).
 """
 
 from __future__ import annotations
@@ -40,7 +41,11 @@ DEADLINE_S = 60  # hard limit on one process group's life in these tests
 # -- launching a group -----------------------------------------------------------------------
 
 def _child(fn, rank, world, port, out, timeout_s, init, args):
+    import faulthandler
+
     code = 0
+    stacks = open(os.path.join(out, f"rank{rank}.stack"), "w")
+    faulthandler.dump_traceback_later(DEADLINE_S - 5, file=stacks)  # where a hung rank was, for the report
     try:
         torch.set_num_threads(1)
         if init:
@@ -91,7 +96,9 @@ def run_group(fn, world, out, *args, timeout_s=20.0, deadline_s=DEADLINE_S, init
             p.kill()
             p.join()
     seconds = time.perf_counter() - t0
-    assert not hung, f"ranks {hung} still running after {deadline_s} s: killed (a hang)"
+    if hung:
+        stacks = {r: open(os.path.join(out, f"rank{r}.stack")).read() for r in range(world)}
+        raise AssertionError(f"ranks {hung} still running after {deadline_s} s: killed (a hang); stacks: {stacks}")
     errors = []
     for r in range(world):
         path = os.path.join(out, f"rank{r}.err")
@@ -119,6 +126,16 @@ def _data(n, seed):
 def _manual_model(seed):
     manual.init.manual_seed(seed)
     return nn.Sequential(nn.Linear(N_IN, N_HID), nn.Tanh(), nn.Linear(N_HID, N_OUT)).to(dtype="float64")
+
+
+def _bn_model(seed):
+    manual.init.manual_seed(seed)
+    return nn.Sequential(nn.Linear(N_IN, N_HID), nn.BatchNorm1d(N_HID), nn.Tanh(), nn.Linear(N_HID, N_OUT)).to(dtype="float64")
+
+
+def _buffers(model):
+    """Running mean and variance (num_batches_tracked is an integer count: compared elsewhere by the step count)."""
+    return {n: B.to_numpy(v).astype(np.float64).copy() for n, v in model.named_buffers() if "running" in n}
 
 
 def _torch_grads(tmodel):
@@ -254,6 +271,41 @@ def _claims_worker(rank, world, out, bucket_cap_mb):
     tcrit(tddp(torch.from_numpy(x[a:b])), torch.from_numpy(y[a:b])).backward()
     _record(rec, "variant_torchddp", _torch_grads(tddp))
 
+    # 5. Batch norm. (a) BatchNorm1d under DDP: per-rank statistics, rank 0's running statistics
+    #    broadcast before each forward (torch's broadcast_buffers); (b) SyncBatchNorm: statistics of the
+    #    whole batch, on unequal shards of 7 with each rank's loss weighted by W n_r / N.
+    x, y = _data(2 * 7, seed=6)
+    for tag in ("bn", "syncbn"):
+        n = BATCH if tag == "bn" else 7
+        a, b = P.shard_bounds(n, world, rank)
+        model = _bn_model(SEED0)
+        single = twin(model)  # plain torch BatchNorm1d on the whole batch
+        if tag == "syncbn":
+            model = P.SyncBatchNorm.convert_sync_batchnorm(model)
+        ddp = P.DistributedDataParallel(model, bucket_cap_mb=bucket_cap_mb)
+        opt = optim.SGD(ddp.parameters(), lr=LR, momentum=MOMENTUM)
+        sopt = torch.optim.SGD(single.parameters(), lr=LR, momentum=MOMENTUM, foreach=False)
+        if tag == "bn":
+            tddp = torch.nn.parallel.DistributedDataParallel(twin(_bn_model(SEED0)), bucket_cap_mb=bucket_cap_mb)
+            topt = torch.optim.SGD(tddp.parameters(), lr=LR, momentum=MOMENTUM, foreach=False)
+        scale = world * (b - a) / n if tag == "syncbn" else 1.0
+        for s in range(2):
+            xb, yb = x[s * n:(s + 1) * n], y[s * n:(s + 1) * n]
+            opt.zero_grad()
+            crit(ddp(xb[a:b]), yb[a:b])
+            ddp.backward(crit.backward(np.asarray(scale)))
+            opt.step()
+            _record(rec, f"{tag}_manual", {**_params(ddp), **_buffers(ddp)})
+            if tag == "bn":
+                topt.zero_grad()
+                tcrit(tddp(torch.from_numpy(xb[a:b])), torch.from_numpy(yb[a:b])).backward()
+                topt.step()
+                _record(rec, f"{tag}_torch", {**_params(tddp), **_buffers(tddp)})
+            sopt.zero_grad()
+            tcrit(single(torch.from_numpy(xb)), torch.from_numpy(yb)).backward()
+            sopt.step()
+            _record(rec, f"{tag}_single", {**_params(single), **_buffers(single)})
+
     np.savez(os.path.join(out, f"rank{rank}.npz"), **{k: np.stack(v) for k, v in rec.items()})
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(info, f)
@@ -363,6 +415,25 @@ def test_torch_tensor_buckets_and_gradient_as_bucket_view(group):
     assert all(infos[0]["grads_are_bucket_views"])
 
 
+def test_batch_norm_under_ddp_uses_per_rank_statistics_as_torch_does(group):
+    world, recs, _ = group
+    for r, rec in enumerate(recs):
+        d = _maxdiff(rec, "bn_manual", "bn_torch")  # parameters and running statistics, after each step
+        assert d <= TOL, f"rank {r}: manual DDP vs torch DDP with BatchNorm1d: {d:.3g}"
+        # per-rank statistics are not the whole batch's: the step differs from one process's
+        assert _maxdiff(rec, "bn_manual", "bn_single") > 1e-4
+    # rank 0's running statistics reach every rank before each forward, then each rank updates its own
+    assert _across_ranks(recs, "bn_manual") > 0
+
+
+def test_sync_batch_norm_equals_one_process_on_the_whole_batch(group):
+    world, recs, _ = group
+    for r, rec in enumerate(recs):
+        d = _maxdiff(rec, "syncbn_manual", "syncbn_single")
+        assert d <= TOL, f"rank {r}: SyncBatchNorm under DDP vs torch BatchNorm1d on the whole batch: {d:.3g}"
+    assert _across_ranks(recs, "syncbn_manual") == 0.0
+
+
 # -- failures end the group, name the rank, never hang ---------------------------------------
 
 def _raises_on_rank1(rank, world, out):
@@ -470,7 +541,7 @@ def _experiment_rank(rank, world, out, argv):
 
 def _experiment_argv(tmp_path):
     # circles, one epoch of batch 32 over 750 points: 24 steps, the last of 14 examples cut 7/7
-    return ["--data", "circles", "--quick", "--batch-size", "32", "--no-progress",
+    return ["--data", "circles", "--quick", "--batch-size", "32", "--no-progress", "--timeout-s", "20",
             "--logdir", str(tmp_path / "runs"), "--json", str(tmp_path / "out.json")]
 
 
