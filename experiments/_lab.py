@@ -640,9 +640,10 @@ def claim(text: str, holds_manual, holds_torch, manual=None, torch_=None, holds=
     }
 
 
-def result(cfg, log: RunLogger, results: dict, claims: list, drift=None, **extra):
-    """The dict every experiment's main() returns (and `--json` writes)."""
-    tol = DRIFT_TOL[cfg.dtype]
+def result(cfg, log: RunLogger, results: dict, claims: list, drift=None, drift_tol=None, **extra):
+    """The dict every experiment's main() returns (and `--json` writes). drift_tol: an experiment's own,
+    measured drift tolerance (the gpt experiment's rounding yardstick) instead of DRIFT_TOL[dtype]."""
+    tol = DRIFT_TOL[cfg.dtype] if drift_tol is None else drift_tol
     out = {
         "config": dataclasses.asdict(cfg),
         "logdir": log.root,

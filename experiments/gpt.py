@@ -9,9 +9,16 @@ is the same as generating the answer token by token (each step sees a correct pr
 teacher-forced forward pass measures it. `--text PATH` trains a character-level model on any
 UTF-8 file instead (the last 10% held out).
 
+Drift: float64 rounding differs between the two (other summation orders), and training amplifies
+it: late in a run Adam divides ever smaller gradients by their own root mean square. The yardstick
+is measured in the same run: a copy of the torch model whose every weight starts one ulp away,
+trained on the same batches (parity/rounding_baseline). Over the full run (600 steps) it reached
+1.5e-6 while manual and torch stayed within 3.9e-7 of each other; both stay below 1e-11 for the
+first 300 steps.
+
 TensorBoard: loss (train, held-out), learning rate (warmup then cosine), the gradient norm
-before clipping, drift, exact match, attention maps of every layer and head as images, and
-generated samples as text.
+before clipping, drift and its rounding yardstick, exact match, attention maps of every layer and
+head as images, and generated samples as text.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ METRICS = ("accuracy/exact_match", "loss/heldout")
 EXACT_MIN = 0.95
 IGNORE = -100  # CrossEntropyLoss's ignore_index: no loss on the prompt
 N_SAMPLES = 6  # generated samples shown as text
+ROUNDING_FACTOR = 10  # drift claim: within 10x of what rounding alone does (measured: 0.26x over 600 steps)
 
 
 @dataclass
@@ -427,7 +435,16 @@ def main(cfg: Config):
         claims.append(_lab.claim(f"it learns the text: held-out loss < ln(vocab) = {chance:.2f} (uniform guessing)",
                                  *[None if i not in loss else loss[i] < chance for i in _lab.IMPLS],
                                  manual=loss.get("manual"), torch_=loss.get("torch")))
-    if drift is not None:
+    base = max(twins.baseline_drift) if twins.baseline_drift else None
+    if drift is not None and base is not None:
+        # float64 rounding alone, amplified by training (Adam divides by sqrt(v) as gradients shrink), moves a
+        # torch copy started one ulp away by `base`: the honest scale of "the same run" here
+        tol = max(tol, ROUNDING_FACTOR * base)
+        claims.append(_lab.claim(f"both implementations train the same GPT: max |manual - torch| over every parameter "
+                                 f"and step <= max({_lab.DRIFT_TOL[cfg.dtype]:g}, {ROUNDING_FACTOR} x the drift of "
+                                 f"torch from itself started one ulp away = {base:.1e})", None, None, manual=drift,
+                                 torch_=drift, holds=drift <= tol))
+    elif drift is not None:
         claims.append(_lab.claim(f"both implementations train the same GPT: max |manual - torch| over every "
                                  f"parameter and step <= {tol:g} ({cfg.dtype})", None, None, manual=drift, torch_=drift,
                                  holds=drift <= tol))
@@ -435,4 +452,6 @@ def main(cfg: Config):
                    **({"exact_match": exact[i]} if sort else {})} for i in cfg.impls}
     data = {"vocab": task.vocab, "heldout": len(task.test), "steps": steps, "block_size": block,
             "parameters": sum(int(np.prod(p.shape)) for p in model.parameters()), "wall_seconds": round(seconds, 1)}
-    return _lab.result(cfg, log, results, claims, drift=drift, data=data, history={"loss/train": hist["loss"]})
+    data["rounding_baseline"] = base
+    return _lab.result(cfg, log, results, claims, drift=drift, drift_tol=tol, data=data,
+                       history={"loss/train": hist["loss"]})

@@ -324,11 +324,12 @@ def test_gpt_experiment_quick_sorts_heldout_sequences_and_logs_everything(tmp_pa
     for impl in ("manual", "torch"):
         assert m["results"][impl]["exact_match"] >= 0.95, impl
     assert m["max_drift"] <= 1e-8 and m["drift_ok"]
+    assert 0 < m["data"]["rounding_baseline"] <= 1e-8  # the yardstick ran: a torch copy one ulp away
     man, tor = events(m, "manual"), events(m, "torch")
     for ev in (man, tor):
         tags = ev.Tags()
         assert {"loss/train", "loss/heldout", "lr", "grad_norm/total", "accuracy/exact_match",
-                "parity/max_abs_param_diff"} <= set(tags["scalars"]), tags["scalars"]
+                "parity/max_abs_param_diff", "parity/rounding_baseline"} <= set(tags["scalars"]), tags["scalars"]
         assert "attention" in tags["images"] and len(ev.Images("attention")) == 2  # at init and at the end
         assert "samples/text_summary" in tags["tensors"]
     # the schedule, from torch's own classes on the torch side: warmup from lr/100 to lr, cosine to lr/10
