@@ -98,15 +98,18 @@ def _namespace_checked(arrays, op):
 
 
 _NP_F32, _NP_F64 = np.dtype(np.float32), np.dtype(np.float64)
-_FLOATS = (_NP_F32, _NP_F64) + ((torch.float32, torch.float64) if torch is not None else ())
+_T32, _T64 = (torch.float32, torch.float64) if torch is not None else (None, None)
 
 
 def check_float(op: str, x, what: str = "input") -> None:
     """Refuse, by name, every dtype but float32 and float64 (float16 sums overflow or round to 0,
     complex and integer inputs are not what the derivatives here are written for)."""
     dt = x.dtype
-    if dt is not _NP_F64 and dt is not _NP_F32 and dt not in _FLOATS:  # identity first: the common case is cheap
-        raise TypeError(f"{op}: expected {what} of dtype float32 or float64 (the dtypes manual supports), got {dt}")
+    if dt is _NP_F64 or dt is _NP_F32 or dt is _T32 or dt is _T64:  # identities: ~50 ns on the hot path
+        return
+    if isinstance(dt, np.dtype) and dt.kind == "f" and dt.itemsize in (4, 8):  # non-native byte order
+        return
+    raise TypeError(f"{op}: expected {what} of dtype float32 or float64 (the dtypes manual supports), got {dt}")
 
 
 def check_same_dtype(op: str, **arrays) -> None:

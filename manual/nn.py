@@ -116,11 +116,14 @@ class Module:
             for k, v in values.items():
                 t = type(v)
                 if t is np.ndarray:
-                    d[k] = (v, (v.item(0), v.item(-1)) if v.size else None)
+                    d[k] = (v, v.item(0), v.item(-1)) if v.size else (v, None, None)
                 elif t is _Tensor:
-                    d[k] = (v, _version(v))
+                    try:
+                        d[k] = (v, v._version, None)
+                    except RuntimeError:  # an inference-mode tensor has no version counter
+                        d[k] = (v, None, None)
                 else:
-                    d[k] = (v, None)
+                    d[k] = (v, None, None)
         else:
             for k in values:
                 if type(d.get(k)) is not tuple:  # keep what a grad-enabled forward saved
@@ -133,14 +136,13 @@ class Module:
         if type(entry) is not tuple:
             raise RuntimeError(_unsaved_message(self, entry))
         d[name] = _FREED
-        v, stamp = entry
-        if stamp is not None:
+        v, s0, s1 = entry
+        if s0 is not None:
             if type(v) is np.ndarray:
-                now = (v.item(0), v.item(-1))
-                if now != stamp and not all(a == b or (a != a and b != b) for a, b in zip(now, stamp)):
+                if (v.item(0) != s0 or v.item(-1) != s1) and _changed(v.item(0), s0, v.item(-1), s1):
                     raise RuntimeError(_modified_message(self, name, "its values changed"))
-            elif _version(v) != stamp:
-                raise RuntimeError(_modified_message(self, name, f"its version is {_version(v)}, forward saved version {stamp}"))
+            elif v._version != s0:
+                raise RuntimeError(_modified_message(self, name, f"its version is {v._version}, forward saved version {s0}"))
         return v
 
     # -- traversal -----------------------------------------------------------------------
@@ -288,11 +290,9 @@ except ImportError:  # pragma: no cover
     _Tensor = None
 
 
-def _version(t):
-    try:
-        return t._version
-    except RuntimeError:  # an inference-mode tensor has no version counter: nothing to check
-        return None
+def _changed(a0, s0, a1, s1):
+    """The fingerprint differs, counting NaN as equal to NaN."""
+    return not ((a0 == s0 or (a0 != a0 and s0 != s0)) and (a1 == s1 or (a1 != a1 and s1 != s1)))
 
 
 def _unsaved_message(module, why):
