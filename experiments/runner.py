@@ -22,6 +22,7 @@ EXPERIMENTS = {
     "xor": "xor",
     "circles": "circles",
     "digits": "digits",
+    "cnn": "cnn",
     "activations": "activations",
     "optimizers": "optimizers",
     "backprop": "backprop",
