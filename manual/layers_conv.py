@@ -14,6 +14,7 @@ from . import _backend as B
 from . import init as I
 from .functional import conv as _C
 from .functional import pooling as _P
+from ._grad_mode import is_grad_enabled
 from .nn import Module, Parameter, _accumulate, _check_placement
 
 
@@ -134,7 +135,7 @@ class MaxPool2d(Module):
         geo = _P._pool_geometry(repr(self), input, self.kernel_size, self.stride, self.padding, self.dilation,
                                 self.ceil_mode)
         x = _P._4d(input, xp)
-        out, index = _P._max_pool2d(x, geo, xp)
+        out, index = _P._max_pool2d(x, geo, xp, with_index=self.return_indices or is_grad_enabled())
         self._save(_index=index, _meta=(tuple(x.shape), geo.unbatched, out.dtype))
         if geo.unbatched:
             out, index = out[0, ...], index[0, ...]

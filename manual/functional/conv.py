@@ -5,12 +5,13 @@ Forward (torch's conv is a cross-correlation), per group g, with xp the zero-pad
     y[n, o, h, w] = b[o] + sum_{c, i, j} W[o, c, i, j] xp[n, c, h*sh + i*dh, w*sw + j*dw]
 
 im2col: the (N, C, OH, OW, kh, kw) windows of xp are a strided view (no copy); laid out as
-the matrix cols (N*OH*OW, C*kh*kw) they make the convolution one product cols @ W^T.
+the matrix cols (C*kh*kw, N*OH*OW) they make the convolution one product W cols.
 Backward:
-- grad_weight = g^T cols (the transpose of im2col's product), grad_bias = g summed over N, OH, OW;
-- grad_input is a convolution of grad_output with the flipped kernel: g spread back on the
-  stride grid, padded by d (k - 1), correlated (stride 1, same dilation) with W flipped in
-  both spatial axes and with in/out channels swapped within each group. No scatter, no loop.
+- grad_weight = g cols^T (im2col's product, transposed), grad_bias = g summed over N, OH, OW;
+- grad_input is the correlation of grad_output with the flipped kernel: g spread back on the
+  stride grid, padded by d (k - 1), correlated with W rotated 180 degrees, in/out channels
+  swapped within each group. Computed as col2im(W^T g): the same numbers, and cheaper than
+  an im2col of the padded g when out_channels * H * W > in_channels * OH * OW (LeNet's conv2: 5x).
 
 `conv2d_naive` / `conv2d_backward_naive` below are the definitions as loops, kept as the
 readable reference the fast version is tested against.
@@ -109,13 +110,15 @@ def _pad(x, pads, xp, value=0.0):
 
 
 def _im2col(xpad, kernel, stride, dilation, groups, out_hw, xp):
-    """(G, N*OH*OW, C/G*kh*kw): row (n, oh, ow) of group g is its receptive field, flattened."""
+    """(G, C/G*kh*kw, N*OH*OW): column (n, oh, ow) of group g is its receptive field, flattened.
+
+    Laid out (c, i, j) x (n, oh, ow) so that the copy runs along OW, the longest contiguous axis.
+    """
     n, c = xpad.shape[:2]
     (oh, ow), (kh, kw) = out_hw, kernel
     win = B.windows(xpad, out_hw, kernel, stride, dilation)  # (N, C, OH, OW, kh, kw), a view
-    win = xp.reshape(win, (n, groups, c // groups, oh, ow, kh, kw))
-    win = xp.permute_dims(win, (1, 0, 3, 4, 2, 5, 6))  # (G, N, OH, OW, C/G, kh, kw)
-    return xp.reshape(win, (groups, n * oh * ow, (c // groups) * kh * kw))  # the one copy
+    win = xp.permute_dims(win, (1, 4, 5, 0, 2, 3))  # (C, kh, kw, N, OH, OW), still a view
+    return xp.reshape(win, (groups, (c // groups) * kh * kw, n * oh * ow))  # the one copy
 
 
 def _conv2d(x, weight, bias, geo, xp):
@@ -124,18 +127,11 @@ def _conv2d(x, weight, bias, geo, xp):
     o, cg, kh, kw = weight.shape
     G, (oh, ow) = geo.groups, geo.out_hw
     cols = _im2col(_pad(x, geo.pads, xp), (kh, kw), geo.stride, geo.dilation, G, geo.out_hw, xp)
-    wmat = xp.reshape(weight, (G, o // G, cg * kh * kw))  # (G, O/G, K)
-    out = cols @ xp.permute_dims(wmat, (0, 2, 1))  # (G, N*OH*OW, K) @ (G, K, O/G) -> (G, N*OH*OW, O/G)
+    out = xp.reshape(weight, (G, o // G, cg * kh * kw)) @ cols  # (G, O/G, K) @ (G, K, N*OH*OW): the one matmul
     if bias is not None:
-        out += xp.reshape(bias, (G, 1, o // G))  # in place on our own product
-    out = xp.permute_dims(xp.reshape(out, (G, n, oh, ow, o // G)), (1, 0, 4, 2, 3))  # (N, G, O/G, OH, OW)
+        out += xp.reshape(bias, (G, o // G, 1))  # in place on our own product
+    out = xp.permute_dims(xp.reshape(out, (G, o // G, n, oh, ow)), (2, 0, 1, 3, 4))  # (N, G, O/G, OH, OW)
     return xp.reshape(out, (n, o, oh, ow)), cols
-
-
-class _Unit:
-    """Geometry of the flipped-kernel convolution in the input gradient: stride 1, no padding."""
-
-    __slots__ = ("stride", "dilation", "pads", "groups", "out_hw")
 
 
 def _conv2d_backward(grad_output, x_shape, cols, weight, has_bias, geo, xp, input_grad=True):
@@ -143,28 +139,27 @@ def _conv2d_backward(grad_output, x_shape, cols, weight, has_bias, geo, xp, inpu
     n, c, h, w = x_shape
     o, cg, kh, kw = weight.shape
     G, (oh, ow), (sh, sw), (dh, dw) = geo.groups, geo.out_hw, geo.stride, geo.dilation
-    # dL/dW = g^T cols, per group
-    gmat = xp.permute_dims(xp.reshape(grad_output, (n, G, o // G, oh, ow)), (1, 0, 3, 4, 2))
-    gmat = xp.reshape(gmat, (G, n * oh * ow, o // G))  # (G, N*OH*OW, O/G)
-    grad_weight = xp.reshape(xp.permute_dims(gmat, (0, 2, 1)) @ cols, (o, cg, kh, kw))
+    gmat = xp.permute_dims(xp.reshape(grad_output, (n, G, o // G, oh, ow)), (1, 2, 0, 3, 4))
+    gmat = xp.reshape(gmat, (G, o // G, n * oh * ow))  # (G, O/G, N*OH*OW)
+    # dL/dW = g cols^T, per group
+    grad_weight = xp.reshape(gmat @ xp.permute_dims(cols, (0, 2, 1)), (o, cg, kh, kw))
     grad_bias = xp.sum(grad_output, axis=(0, 2, 3)) if has_bias else None
     if not input_grad:
         return None, grad_weight, grad_bias
-    # dL/dx: g placed on the stride grid of the padded input, then a border of d (k - 1):
-    # gp[n, o, (kh-1)dh + oh*sh, (kw-1)dw + ow*sw] = g[n, o, oh, ow], zeros elsewhere
+    # dL/dcols = W^T g; col2im sends column (n, oh, ow)'s entry for tap (i, j) back to the input
+    # it was read from, x_pad[n, c, oh*sh + i*dh, ow*sw + j*dw]: one strided add per kernel tap
+    # over all positions at once (kh*kw adds, no loop over positions). The result equals the
+    # full correlation of g (on the stride grid) with the flipped kernel (parity_tests/test_conv.py).
+    dcols = xp.permute_dims(xp.reshape(weight, (G, o // G, cg * kh * kw)), (0, 2, 1)) @ gmat  # (G, K, N*OH*OW)
+    dcols = xp.reshape(dcols, (c, kh, kw, n, oh, ow))
     (pt, pb), (pl, pr) = geo.pads
-    eh, ew = dh * (kh - 1), dw * (kw - 1)
-    hp, wp = h + pt + pb, w + pl + pr
-    gp = xp.zeros((n, o, hp + eh, wp + ew), dtype=grad_output.dtype, device=grad_output.device)
-    gp[:, :, eh:eh + (oh - 1) * sh + 1:sh, ew:ew + (ow - 1) * sw + 1:sw] = grad_output  # our own fresh array
-    gp = gp[:, :, pt:pt + h + eh, pl:pl + w + ew]  # only the rows/columns that reach the unpadded input
-    # the flipped kernel, in/out channels swapped within each group: (C, O/G, kh, kw)
-    wt = xp.reshape(xp.flip(weight, axis=(2, 3)), (G, o // G, cg, kh, kw))
-    wt = xp.reshape(xp.permute_dims(wt, (0, 2, 1, 3, 4)), (c, o // G, kh, kw))
-    unit = _Unit()
-    unit.stride, unit.dilation, unit.pads, unit.groups, unit.out_hw = (1, 1), (dh, dw), ((0, 0), (0, 0)), G, (h, w)
-    grad_input, _ = _conv2d(gp, wt, None, unit, xp)  # dL/dx = g (*) rot180(W): (N, C, H, W)
-    return grad_input, grad_weight, grad_bias
+    gpad = xp.zeros((n, c, h + pt + pb, w + pl + pr), dtype=grad_output.dtype, device=grad_output.device)
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i * dh, i * dh + (oh - 1) * sh + 1, sh)
+            cols_ = slice(j * dw, j * dw + (ow - 1) * sw + 1, sw)
+            gpad[:, :, rows, cols_] += xp.permute_dims(dcols[:, i, j, ...], (1, 0, 2, 3))  # our own fresh array
+    return gpad[:, :, pt:pt + h, pl:pl + w], grad_weight, grad_bias
 
 
 # -- public ops ------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Pooling: max_pool2d, avg_pool2d, adaptive_avg_pool2d, each beside its backward.
 
-The windows are a strided view of the padded input (manual._backend.windows, no copy), so each
-pool is one reduction over the window axes, no loop over positions. Backward:
+The windows are strided views of the padded input (no copy): average pooling is one sum over
+the window axes, max pooling one comparison per kernel tap over all windows at once; no loop
+over positions. Backward:
 - max: the gradient goes to the one input the window chose (its first maximum in row-major
   window order, as torch; a NaN wins over numbers, the last NaN of a window as in torch); windows
   that overlap add up: a scatter-add of g at the chosen flat indices into a fresh array;
@@ -83,23 +84,36 @@ def _window_rows(xp, out, k, s, d, device):
 
 # -- max pooling ----------------------------------------------------------------------------
 
-def _max_pool2d(x, geo, xp):
-    """(output (N, C, OH, OW), flat index of each chosen input in x (N, C, H, W) viewed as 1-D)."""
+def _max_pool2d(x, geo, xp, with_index=True):
+    """(output (N, C, OH, OW), flat index of each chosen input in x (N, C, H, W) viewed as 1-D, or None).
+
+    torch's own rule, tap by tap in row-major window order: a value replaces the running maximum
+    when it is greater, or NaN; so ties keep the first maximum and a NaN the last NaN. One
+    strided view per kernel tap over all windows at once (kh*kw steps, no loop over positions).
+    """
     n, c, h, w = x.shape
     (oh, ow), (kh, kw), (sh, sw), (dh, dw) = geo.out_hw, geo.kernel, geo.stride, geo.dilation
-    win = B.windows(_pad(x, geo.pads, xp, _NEG_INF), geo.out_hw, geo.kernel, geo.stride, geo.dilation)
-    win = xp.reshape(win, (n, c, oh, ow, kh * kw))  # (N, C, OH, OW, K), one copy
-    arg = xp.argmax(win, axis=-1)  # the first maximum in row-major window order, as torch
-    out = xp.max(win, axis=-1)
-    if bool(xp.any(xp.isnan(out))):  # torch keeps the last NaN of a window
-        last_nan = (kh * kw - 1) - xp.argmax(xp.astype(xp.flip(xp.isnan(win), axis=-1), xp.int8), axis=-1)
-        arg = xp.where(xp.isnan(out), last_nan, arg)
-    dev = x.device
+    xpad = _pad(x, geo.pads, xp, _NEG_INF)
+    taps = [xpad[:, :, i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw]
+            for i in range(kh) for j in range(kw)]  # kh*kw strided views (N, C, OH, OW), no copies
+    if not with_index:  # evaluation: the value alone (NaN propagates through maximum, as in torch)
+        best = xp.asarray(taps[0], copy=True)
+        for v in taps[1:]:
+            best = xp.maximum(best, v)
+        return best, None
+    best, off = taps[0], xp.zeros(taps[0].shape, dtype=xp.int64, device=x.device)
+    for t, v in enumerate(taps[1:], 1):
+        better = (v > best) | (v != v)  # v != v: NaN
+        i, j = divmod(t, kw)
+        best, off = xp.where(better, v, best), xp.where(better, xp.asarray(i * dh * w + j * dw, device=x.device), off)
+    if len(taps) == 1:
+        best = xp.asarray(best, copy=True)  # a new array, not a view of the input
+    # flat index = (n C + c) H W + (oh sh - pt) W + (ow sw - pl) + the chosen tap's offset i dh W + j dw
     (pt, _), (pl, _) = geo.pads
-    rows = xp.reshape(xp.arange(oh, device=dev) * sh - pt, (oh, 1)) + (arg // kw) * dh  # (N, C, OH, OW)
-    cols = xp.reshape(xp.arange(ow, device=dev) * sw - pl, (1, ow)) + (arg % kw) * dw
-    plane = xp.reshape(xp.arange(n * c, device=dev) * (h * w), (n, c, 1, 1))
-    return out, plane + rows * w + cols
+    dev = x.device
+    start = (xp.reshape(xp.arange(oh, device=dev) * (sh * w) - pt * w, (oh, 1))
+             + xp.reshape(xp.arange(ow, device=dev) * sw - pl, (1, ow)))  # (OH, OW)
+    return best, off + (xp.reshape(xp.arange(n * c, device=dev) * (h * w), (n, c, 1, 1)) + start)
 
 
 def _max_pool2d_backward(grad_output, x_shape, index, xp):
