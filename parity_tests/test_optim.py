@@ -36,6 +36,8 @@ OPTIMIZERS = {
     "SGD-dampening": lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, dampening=0.3),
     "Adam": lambda ps: optim.Adam(ps, lr=1e-2),
     "Adam-weight_decay": lambda ps: optim.Adam(ps, lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05),
+    "AdamW": lambda ps: optim.AdamW(ps, lr=1e-2),
+    "AdamW-strong-decay": lambda ps: optim.AdamW(ps, lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.5),
 }
 
 
