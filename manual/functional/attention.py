@@ -80,30 +80,36 @@ def _scale(query, scale):
     return 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
 
 
-def _causal(xp, L, S, like):
-    """(L, S) boolean, True on and below the diagonal (top-left aligned, as torch's is_causal)."""
-    dev = like.device
-    return xp.arange(L, device=dev)[:, None] >= xp.arange(S, device=dev)[None, :]
+_CAUSAL: dict = {}
+
+
+def _causal_bias(xp, L, S, like):
+    """(L, S): 0 on and below the diagonal, -inf above (top-left aligned, as torch's is_causal); cached."""
+    key = (type(like), L, S, str(like.dtype), str(like.device))
+    bias = _CAUSAL.get(key)
+    if bias is None:
+        dev = like.device
+        keep = xp.arange(L, device=dev)[:, None] >= xp.arange(S, device=dev)[None, :]
+        zero = xp.zeros((L, S), dtype=like.dtype, device=dev)
+        bias = _CAUSAL[key] = xp.where(keep, zero, zero - math.inf)
+    return bias
 
 
 def _weights(xp, query, key, attn_mask, is_causal, scale):
     """P = softmax(scale * q k^T + M) along the keys, (..., L, S); fully masked rows -> 0."""
     s = xp.matmul(query, xp.matrix_transpose(key)) * scale  # (..., L, E) @ (..., E, S) -> (..., L, S)
-    keep = None
-    if is_causal:
-        keep = _causal(xp, s.shape[-2], s.shape[-1], s)
+    if is_causal:  # every row keeps key 0, so no row is fully masked: no guards needed
+        s = s + _causal_bias(xp, s.shape[-2], s.shape[-1], s)
     elif attn_mask is not None and attn_mask.dtype == xp.bool:
-        keep = attn_mask
+        s = xp.where(attn_mask, s, xp.asarray(-math.inf, dtype=s.dtype, device=s.device))
     elif attn_mask is not None:
         s = s + attn_mask
-    if keep is not None:
-        s = xp.where(keep, s, xp.asarray(-math.inf, dtype=s.dtype, device=s.device))
     m = xp.max(s, axis=-1, keepdims=True)  # (..., L, 1); -inf for a row with every key masked
-    if keep is not None or attn_mask is not None:
+    if attn_mask is not None:
         m = xp.where(m > -math.inf, m, xp.zeros_like(m))  # so exp(-inf - m) = 0 there, not NaN
     e = xp.exp(s - m)
     z = xp.sum(e, axis=-1, keepdims=True)
-    if keep is not None or attn_mask is not None:
+    if attn_mask is not None:
         z = xp.where(z > 0, z, xp.ones_like(z))  # a fully masked row: 0 / 1 = 0 (torch's safe softmax)
     return e / z
 
