@@ -106,6 +106,54 @@ ATTENTION_MUTANTS = {
                                                    _SDPA_BWD(g, q, k, v, is_causal=is_causal)),
 }
 
+def _conv2d_unflipped(g, x, w, b=None, **kw):
+    """dL/dx correlated with W itself instead of W rotated 180 degrees (the classic conv-backward slip)."""
+    xp = B.namespace(g)
+    wrong = MF.conv2d_backward(g, x, xp.flip(w, axis=(2, 3)), b, **kw)[0]  # the backward flips it back: unflipped
+    return (wrong,) + tuple(MF.conv2d_backward(g, x, w, b, **kw)[1:])
+
+
+def _max_pool_ties(rule):
+    """max_pool2d_backward by loops, sending each window's gradient to its last maximum ("last") or to
+    every tied maximum ("all", the masked `dx[x == max] = g` of many hand-written solutions)."""
+    def wrong(g, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+        gn, xn = B.to_numpy(g).astype(np.float64), B.to_numpy(x).astype(np.float64)
+        k = (kernel_size,) * 2 if isinstance(kernel_size, int) else kernel_size
+        s = k if stride is None else ((stride,) * 2 if isinstance(stride, int) else stride)
+        p = (padding,) * 2 if isinstance(padding, int) else padding
+        d = (dilation,) * 2 if isinstance(dilation, int) else dilation
+        H, W = xn.shape[-2:]
+        gx = np.zeros_like(xn)
+        for idx in np.ndindex(gn.shape):
+            *nc, oh, ow = idx
+            rows = [oh * s[0] - p[0] + i * d[0] for i in range(k[0])]
+            cols = [ow * s[1] - p[1] + j * d[1] for j in range(k[1])]
+            cells = [(r, c) for r in rows for c in cols if 0 <= r < H and 0 <= c < W]
+            vals = [xn[(*nc, r, c)] for r, c in cells]
+            best = max(vals)
+            hits = [rc for rc, v in zip(cells, vals) if v == best]
+            for rc in (hits if rule == "all" else hits[-1:]):
+                gx[(*nc, *rc)] += gn[idx]
+        return B.place(gx, B.device_of(x), x.dtype)
+    return wrong
+
+
+CONV_MUTANTS = {
+    "conv2d grad_input with the kernel unflipped": ("conv2d", "3x3", _conv2d_unflipped),
+    "conv2d grad_weight 1e-4": ("conv2d", "stride2-pad1", _scaled(MF.conv2d_backward, 1 + 1e-4, which=1)),
+    "conv2d grad_input 1e-4 (depthwise)": ("conv2d", "depthwise", _scaled(MF.conv2d_backward, 1 + 1e-4, which=0)),
+    "conv1d grad_bias 1e-4": ("conv1d", "dilation-groups", _scaled(MF.conv1d_backward, 1 + 1e-4, which=2)),
+    "max_pool2d ties to the last maximum": ("max_pool2d", "ties-overlap", _max_pool_ties("last")),
+    "max_pool2d gradient to every tied maximum": ("max_pool2d", "ties-plateau", _max_pool_ties("all")),
+    "max_pool2d 1e-4": ("max_pool2d", "3x3-s2-p1", _scaled(MF.max_pool2d_backward, 1 + 1e-4)),
+    "avg_pool2d count_include_pad ignored": ("avg_pool2d", "exclude-pad", lambda g, x, count_include_pad, **kw:
+                                             MF.avg_pool2d_backward(g, x, **kw)),
+    "avg_pool2d divisor_override ignored": ("avg_pool2d", "divisor_override", lambda g, x, divisor_override, **kw:
+                                            MF.avg_pool2d_backward(g, x, **kw)),
+    "adaptive_avg_pool2d 1e-4": ("adaptive_avg_pool2d", "larger-than-input",
+                                 _scaled(MF.adaptive_avg_pool2d_backward, 1 + 1e-4)),
+}
+
 MUTANTS = {  # id -> (op, sample id, wrong backward)
     "relu'(0)=1": ("relu", "kink0", lambda g, x: MF.relu_backward(g, x) + g * (x == 0)),
     "leaky_relu'(0)=1": ("leaky_relu", "kink0-negative_slope=0.2",
@@ -136,6 +184,7 @@ MUTANTS = {  # id -> (op, sample id, wrong backward)
                                         MF.cross_entropy_backward(g, x, t, reduction=reduction)),
     **NORM_MUTANTS,
     **ATTENTION_MUTANTS,
+    **CONV_MUTANTS,
 }
 
 
@@ -156,7 +205,8 @@ def test_wrong_backward_fails(mutant, dtype, backend):
         r.assert_close()
 
 
-@pytest.mark.parametrize("mutant", ["linear grad_weight 1e-4", "elu 1e-4", "cross_entropy 1e-4", "softmax 1e-4"])
+@pytest.mark.parametrize("mutant", ["linear grad_weight 1e-4", "elu 1e-4", "cross_entropy 1e-4", "softmax 1e-4",
+                                    "conv2d grad_weight 1e-4", "adaptive_avg_pool2d 1e-4"])
 def test_finite_differences_catch_a_1e4_error(mutant):
     op, sid, wrong = MUTANTS[mutant]
     info, s = OPS_BY_NAME[op], _sample(op, sid)
