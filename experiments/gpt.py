@@ -253,16 +253,17 @@ class GPTTwins(_lab.Twins):
         scheduler.step()
         return loss, norm
 
-    def logits(self, x):
+    def logits(self, x, impls=None):
         """impl -> NumPy (B, T, V) logits in eval mode, nothing saved for a backward."""
         xm, xt = self.place(x)
         out = {}
-        if "manual" in self.impls:
+        impls = self.impls if impls is None else impls
+        if "manual" in impls:
             self.model.eval()
             with manual.no_grad():
                 out["manual"] = B.to_numpy(self.model(xm))
             self.model.train()
-        if "torch" in self.impls:
+        if "torch" in impls:
             self.tmodel.eval()
             with torch.no_grad():
                 out["torch"] = self.tmodel(xt).cpu().numpy()
@@ -359,12 +360,12 @@ def greedy(twins, impl, prompt, n, block_size):
     """Greedy continuation of prompt (1, T0) by n tokens with one implementation."""
     ids = np.array(prompt)
     for _ in range(n):
-        lg = twins.logits(ids[:, -block_size:])
+        lg = twins.logits(ids[:, -block_size:], impls=(impl,))
         ids = np.concatenate([ids, lg[impl][:, -1].argmax(-1)[:, None]], axis=1)
     return ids
 
 
-def samples_text(twins, task, sort, block_size):
+def samples_text(twins, task, sort, block_size, n_text=200):
     """impl -> Markdown: generated answers to held-out prompts (sorting), or a continuation (text)."""
     out = {}
     for impl in twins.impls:
@@ -378,7 +379,7 @@ def samples_text(twins, task, sort, block_size):
                 rows.append(f"| {task.decode(seq[:L])} | {task.decode(gen[L + 1:])} | {'yes' if ok else 'NO'} |")
             out[impl] = "\n".join(rows)
         else:
-            gen = greedy(twins, impl, task.test[:1, :block_size // 2], 200, block_size)[0]
+            gen = greedy(twins, impl, task.test[:1, :block_size // 2], n_text, block_size)[0]
             out[impl] = "    " + task.decode(gen).replace("\n", "\n    ")
     return out
 
@@ -420,7 +421,7 @@ def main(cfg: Config):
                           log_histograms_every=steps, desc="gpt", progress=cfg.progress)
         loss, exact = heldout_metrics(twins, task, sort)
         log_attention(log, twins, task, hist["steps"], f"after {hist['steps']} steps")
-        for impl, text in samples_text(twins, task, sort, block).items():
+        for impl, text in samples_text(twins, task, sort, block, n_text=60 if cfg.quick else 200).items():
             log.writers[impl].add_text(log._tag("samples"), text, hist["steps"])
     seconds = time.perf_counter() - t0
     drift = float(np.max(hist["drift"])) if hist["drift"] else None

@@ -366,7 +366,7 @@ def test_exact_match_by_one_forward_pass_equals_greedy_generation():
 def test_gpt_experiment_text_mode(tmp_path):
     path = tmp_path / "tiny.txt"
     path.write_text("the cat sat on the mat. " * 40 + "äöü\n", encoding="utf-8")
-    m = _run_gpt_experiment(tmp_path / "runs", text=str(path), block_size=16, steps=60)
+    m = _run_gpt_experiment(tmp_path / "runs", text=str(path), block_size=16, steps=40)
     assert m["status"] == "ok" and all(c["holds"] for c in m["claims"]), m["claims"]
     assert m["data"]["vocab"] == len(set(path.read_text(encoding="utf-8")))
     assert m["results"]["manual"]["heldout_loss"] < 1.0  # a repeated sentence: far below ln(vocab) = 2.8
