@@ -24,6 +24,7 @@ EXPERIMENTS = {
     "digits": "digits",
     "cnn": "cnn",
     "activations": "activations",
+    "normalization": "normalization",
     "optimizers": "optimizers",
     "backprop": "backprop",
     "gpt": "gpt",

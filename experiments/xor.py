@@ -12,10 +12,11 @@ from . import _lab
 from ._lab import opt
 
 NAME = "xor"
-SUMMARY = "a linear model stays at or below 75% on XOR; one hidden layer reaches 100%"
+SUMMARY = ("a linear model stays at or below 75% on XOR; one hidden layer reaches 100%; two stacked Linear "
+           "layers without an activation are one Linear layer")
 SECTION = "What Hidden Layers Solve"
 # HParams metrics: the last value of these tags, one column each (_lab.write_hparams)
-METRICS = ("linear/accuracy/train", "mlp/accuracy/train", "mlp/loss/train")
+METRICS = ("linear/accuracy/train", "mlp/accuracy/train", "mlp/loss/train", "stacked_linear/accuracy/train")
 
 X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float64)
 Y = np.array([[0], [1], [1], [0]], dtype=np.float64)
@@ -63,6 +64,24 @@ def fit(cfg, log, model, prefix, steps):
     return twins, hist, acc
 
 
+# |stack(x) - folded(x)| on a grid of |x| <= 1.5: a few roundings of sums of `hidden` terms
+FOLD_TOL = {"float64": 1e-12, "float32": 1e-5}
+
+
+def folded_gap(twins, n=41):
+    """impl -> max |stack(x) - (W x + b)| over a grid, W = W2 W1 and b = W2 b1 + b2 from that impl's
+    trained weights: two Linear layers without an activation between them are one Linear layer."""
+    g = np.linspace(-0.5, 1.5, n)
+    grid = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+    out = {}
+    for impl, z in twins.forward(grid).items():
+        p = twins.params(impl)
+        w = p["1.weight"] @ p["0.weight"]  # (1, hidden) @ (hidden, 2) -> (1, 2)
+        b = p["1.weight"] @ p["0.bias"] + p["1.bias"]  # (1,)
+        out[impl] = float(np.max(np.abs(z - (grid.astype(w.dtype) @ w.T + b))))
+    return out
+
+
 def main(cfg: Config):
     _lab.seeded(cfg)
     steps = min(cfg.steps, 300) if cfg.quick else cfg.steps
@@ -70,7 +89,11 @@ def main(cfg: Config):
         lin, lin_hist, lin_acc = fit(cfg, log, nn.Linear(2, 1), "linear/", steps)
         mlp_model = nn.Sequential(nn.Linear(2, cfg.hidden), nn.Tanh(), nn.Linear(cfg.hidden, 1))
         mlp, mlp_hist, mlp_acc = fit(cfg, log, mlp_model, "mlp/", steps)
-    drifts = [d for h in (lin_hist, mlp_hist) for d in h["drift"]]
+        # guide, "Why We Need Them": without an activation, stacked layers are one linear map
+        stacked_model = nn.Sequential(nn.Linear(2, cfg.hidden), nn.Linear(cfg.hidden, 1))
+        stacked, stacked_hist, stacked_acc = fit(cfg, log, stacked_model, "stacked_linear/", steps)
+        folded = folded_gap(stacked)
+    drifts = [d for h in (lin_hist, mlp_hist, stacked_hist) for d in h["drift"]]
     get = lambda acc, i: acc.get(i)  # noqa: E731
     claims = [
         _lab.claim("a linear model cannot solve XOR (accuracy <= 75%)",
@@ -79,7 +102,15 @@ def main(cfg: Config):
         _lab.claim("one hidden layer solves XOR (accuracy 100%)",
                    *(None if i not in mlp_acc else mlp_acc[i] == 1.0 for i in _lab.IMPLS),
                    manual=get(mlp_acc, "manual"), torch_=get(mlp_acc, "torch")),
+        _lab.claim("two stacked Linear layers without an activation do no better than a linear model (accuracy <= 75%)",
+                   *(None if i not in stacked_acc else stacked_acc[i] <= 0.75 for i in _lab.IMPLS),
+                   manual=get(stacked_acc, "manual"), torch_=get(stacked_acc, "torch")),
+        _lab.claim("...because they are one Linear layer: W2 W1 x + (W2 b1 + b2) = the stack's output "
+                   "(max |difference| on a grid, float64 rounding)",
+                   *(None if i not in folded else folded[i] <= FOLD_TOL[cfg.dtype] for i in _lab.IMPLS),
+                   manual=get(folded, "manual"), torch_=get(folded, "torch")),
     ]
     results = {i: {"linear_accuracy": lin_acc[i], "mlp_accuracy": mlp_acc[i],
-                   "mlp_final_loss": mlp_hist["loss"][i][-1]} for i in cfg.impls}
+                   "mlp_final_loss": mlp_hist["loss"][i][-1], "stacked_linear_accuracy": stacked_acc[i],
+                   "stacked_folded_gap": folded[i]} for i in cfg.impls}
     return _lab.result(cfg, log, results, claims, drift=float(np.max(drifts)) if drifts else None)  # NaN propagates
