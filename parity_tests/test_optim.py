@@ -516,3 +516,38 @@ def test_read_only_parameter_at_step_is_a_clear_error():
         with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[0\] Parameter\(shape=\(3,\).* is read-only: "
                                              r"expected a writeable array"):
             opt.step()
+
+
+def test_optimizer_state_dict_survives_json_for_checkpoints():
+    """Checkpoints keep the arrays apart and the rest as JSON: integer keys come back as strings and
+    tuples as lists; loading that gives the same next steps."""
+    import json
+
+    w = nn.Parameter(np.array([1.0, -2.0, 0.5]))
+    opt = optim.AdamW([w], lr=0.1, betas=(0.8, 0.9))
+    sched = optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
+    for _ in range(3):
+        w.grad = np.tanh(w.data)
+        opt.step()
+        sched.step()
+    sd, ssd = opt.state_dict(), sched.state_dict()
+    arrays = {f"{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items() if isinstance(v, np.ndarray)}
+    rest = json.loads(json.dumps({"state": {i: {k: v for k, v in st.items() if not isinstance(v, np.ndarray)}
+                                            for i, st in sd["state"].items()}, "param_groups": sd["param_groups"]}))
+    for name, v in arrays.items():
+        i, k = name.split(".")
+        rest["state"][i][k] = v.copy()
+    w2 = nn.Parameter(w.data.copy())
+    opt2 = optim.AdamW([w2], lr=0.1, betas=(0.8, 0.9))
+    opt2.load_state_dict(rest)
+    sched2 = optim.lr_scheduler.CosineAnnealingLR(opt2, T_max=10)
+    sched2.load_state_dict(json.loads(json.dumps(ssd)))
+    assert opt2.param_groups[0]["betas"] == (0.8, 0.9) and opt2.state_dict()["state"][0]["step"] == 3
+    for _ in range(4):
+        w.grad, w2.grad = np.tanh(w.data), np.tanh(w2.data)
+        opt.step()
+        sched.step()
+        opt2.step()
+        sched2.step()
+        np.testing.assert_array_equal(w2.data, w.data)
+        assert sched2.get_last_lr() == sched.get_last_lr()

@@ -145,6 +145,8 @@ class Optimizer:
             new_groups.append(self._load_group(gi, g, sg))
         state = {}
         for k, v in state_dict["state"].items():
+            if isinstance(k, str) and k.isdigit():  # a state_dict that went through JSON
+                k = int(k)
             if k not in id_map:
                 raise KeyError(f"{name}.load_state_dict: state for parameter index {k!r}, which no group lists")
             p = id_map[k]
