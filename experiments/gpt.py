@@ -98,9 +98,9 @@ class SortTask:
         if space <= 200_000:  # enumerate: a held-out share of every possible prompt, the rest trains
             codes = rng.permutation(space)
             n_test = min(heldout, space // 5)
-            self.test_codes, self.train_codes = np.sort(codes[:n_test]), codes[n_test:]
+            self.test_codes, self.train_codes = codes[:n_test], codes[n_test:]  # in random order
         else:  # draw: held-out prompts, and training draws that hit one are redrawn
-            self.test_codes = np.unique(rng.integers(0, space, size=heldout))
+            self.test_codes = rng.permutation(np.unique(rng.integers(0, space, size=heldout)))
             self.train_codes = None
         self.space = space
         self.test = self.sequences(self._prompts(self.test_codes))
