@@ -417,9 +417,9 @@ class _Activation(Module):
         return out
 
     def backward(self, grad_output, *, input_grad=True):
+        saved = self._saved("_saved_input")  # consumed even when no input gradient is asked for
         if not input_grad:
             return None
-        saved = self._saved("_saved_input")
         if self._from_output:
             return type(self)._bwd(grad_output, output=saved)
         return type(self)._bwd(grad_output, saved, **self._kwargs())
