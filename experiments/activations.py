@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ._threads import one_thread
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -12,22 +13,23 @@ import torch
 import manual.functional as F
 from manual import _backend as B
 from manual import init, nn, optim
+from torch_ref.opinfo import MODULES, OPS_BY_NAME
 
 from . import _lab
 from ._lab import opt
 
 NAME = "activations"
-SUMMARY = "six activations and their derivatives; sigmoid's gradients vanish in a 12-layer net, ReLU's do not"
+SUMMARY = ("the registered activations and their derivatives; sigmoid's gradients vanish in a 12-layer net, "
+           "ReLU's do not")
 SECTION = "Activation Functions"
 
-# name -> (manual module, manual forward, manual backward, torch forward)
+# name -> (manual module factory, manual forward, manual backward, torch forward), each with the example's
+# arguments: every activation of the module registry (torch_ref.opinfo.MODULES, kind "activation"), so an
+# activation registered there is trained and plotted here with no change to this file
 ACTIVATIONS = {
-    "sigmoid": (nn.Sigmoid, F.sigmoid, F.sigmoid_backward, torch.sigmoid),
-    "tanh": (nn.Tanh, F.tanh, F.tanh_backward, torch.tanh),
-    "relu": (nn.ReLU, F.relu, F.relu_backward, torch.relu),
-    "leaky_relu": (nn.LeakyReLU, F.leaky_relu, F.leaky_relu_backward, torch.nn.functional.leaky_relu),
-    "elu": (nn.ELU, F.elu, F.elu_backward, torch.nn.functional.elu),
-    "gelu": (nn.GELU, F.gelu, F.gelu_backward, torch.nn.functional.gelu),
+    eid: (partial(getattr(nn, m.name), **kw), partial(getattr(F, m.op), **kw),
+          partial(getattr(F, m.op + "_backward"), **kw), partial(OPS_BY_NAME[m.op].ref, **kw))
+    for m in MODULES if m.kind == "activation" for eid, kw in m.examples.items()
 }
 # |manual <op>_backward - autograd| on the plotting grid, and relative gap of gradient norms
 DERIV_TOL = {"float64": 1e-12, "float32": 1e-6}
@@ -134,7 +136,7 @@ def profile_figure(norms, other, cfg, other_init, impl):
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
     for ax, prof, which in ((axes[0], norms, cfg.init), (axes[1], other, other_init)):
         for i, (name, g) in enumerate(prof.items()):
-            ax.semilogy(range(1, len(g[impl]) + 1), g[impl], "osv^dp"[i] + "-", color=f"C{i}", ms=4, mfc="none",
+            ax.semilogy(range(1, len(g[impl]) + 1), g[impl], "osv^dp<>*"[i % 9] + "-", color=f"C{i}", ms=4, mfc="none",
                         label=name)
         ax.set(title=f"{impl}: ||dL/dW|| at init ({which} init)", xlabel="layer (1 = input side)")
         ax.grid(alpha=0.3, which="both")
@@ -263,7 +265,7 @@ def derivative_claims(cfg, d, sig10):
         _lab.claim("sigmoid'(+-10) ~ 0.00005: tiny (rounds to 5e-5)",
                    *(4.5e-5 <= s10[i] < 5.5e-5 and same[i] <= tol for i in _lab.IMPLS),
                    manual=s10["manual"], torch_=s10["torch"]),
-        _lab.claim("<op>_backward(ones, x) = autograd f'(x), 6 activations (max diff)",
+        _lab.claim(f"<op>_backward(ones, x) = autograd f'(x), {len(d)} activations (max diff)",
                    None, None, manual=gap, holds=gap <= tol),
     ]
 

@@ -63,6 +63,12 @@ def test_every_manual_module_has_a_twin():
     assert not missing, f"manual.nn modules with no ModuleInfo (no torch twin) in torch_ref/opinfo.py: {missing}"
 
 
+def test_every_activation_names_its_registered_op():
+    """The experiments plot an activation's derivative from its op: the op must be registered (and checked)."""
+    bad = [m.name for m in MODULES if m.kind == "activation" and m.op not in OPS_BY_NAME]
+    assert not bad, f"activation ModuleInfo entries whose op= is not an OpInfo: {bad}"
+
+
 def test_every_registered_module_exists_in_manual():
     absent = [m.name for m in MODULES if not inspect.isclass(getattr(nn, m.name, None))]
     assert not absent, f"ModuleInfo entries naming no manual.nn class: {absent}"
@@ -188,7 +194,7 @@ SOFTPLUS = OpInfo("softplus", TF.softplus, _softplus_samples,
                         "float32": Tol(2e-6, 1e-7, "float32 log1p/exp within an ulp or two")},
                   errors=lambda rng: [ErrorInput("beta=0", (rng.normal(size=3),), {"beta": 0.0}, ValueError,
                                                  r"softplus: expected beta > 0, got 0.0")])
-SOFTPLUS_MODULE = ModuleInfo("Softplus", lambda m, build, tensor: torch.nn.Softplus(beta=m.beta), kind="activation",
+SOFTPLUS_MODULE = ModuleInfo("Softplus", lambda m, build, tensor: torch.nn.Softplus(beta=m.beta), kind="activation", op="softplus",
                              examples={"softplus": {}}, draw=lambda rng: {"beta": float(rng.uniform(0.5, 2.0))})
 
 
@@ -209,6 +215,9 @@ def with_softplus(monkeypatch):
     monkeypatch.setattr(verify, "OPS", opinfo.OPS)
     monkeypatch.setattr(verify, "ACTIVATIONS", opinfo.activations())
     monkeypatch.setattr(parity, "ACTIVATIONS", opinfo.activations())
+    from experiments import activations
+
+    assert "softplus" not in activations.ACTIVATIONS  # built at import; a real edit of opinfo.py reaches it
     return verify
 
 

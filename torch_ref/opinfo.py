@@ -28,7 +28,7 @@ finite differences (test_finite_diff.py), the contracts (test_contracts.py), the
 
 Register a module (one ModuleInfo in MODULES) and torch_ref.twin builds it, inside any model:
 
-    ModuleInfo("Softplus", lambda m, build, tensor: torch.nn.Softplus(m.beta), kind="activation",
+    ModuleInfo("Softplus", lambda m, build, tensor: torch.nn.Softplus(m.beta), kind="activation", op="softplus",
                examples={"softplus": {}}, draw=lambda rng: {"beta": float(rng.uniform(0.5, 2))})
 
     name        the class name in manual.nn (and the class name torch_ref.twin dispatches on)
@@ -40,6 +40,7 @@ Register a module (one ModuleInfo in MODULES) and torch_ref.twin builds it, insi
     draw        rng -> random constructor kwargs, for the hypothesis whole-model tests
     input       example input shape for the generic module test (features last = 6); index_high:
                 integer inputs in [0, index_high) instead of floats
+    op          an activation's manual.functional op (the experiments plot its derivative)
 
 Tolerances were measured: a small factor above the worst error over every sample on NumPy and
 torch-cpu, per op and dtype, the measurement in the reason (`backprop-lab verify --json`
@@ -124,6 +125,7 @@ class ModuleInfo:
     draw: Callable | None = None  # rng -> random constructor kwargs (hypothesis whole-model tests)
     input: tuple = (5, 6)  # example input shape for the generic module test
     index_high: int | None = None  # integer inputs in [0, index_high) (an embedding's token ids)
+    op: str | None = None  # an activation: the manual.functional op it applies (its OpInfo has the torch ref)
 
 
 # -- sample inputs ---------------------------------------------------------------------------
@@ -949,17 +951,17 @@ MODULES: list[ModuleInfo] = [
     ModuleInfo("Linear", lambda m, build, tensor: torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None),
                examples={"default": {"in_features": 6, "out_features": 4}, "no-bias": {"in_features": 6, "out_features": 3,
                                                                                         "bias": False}}),
-    ModuleInfo("ReLU", lambda m, build, tensor: torch.nn.ReLU(), kind="activation", examples={"relu": {}}),
-    ModuleInfo("LeakyReLU", lambda m, build, tensor: torch.nn.LeakyReLU(m.negative_slope), kind="activation",
+    ModuleInfo("ReLU", lambda m, build, tensor: torch.nn.ReLU(), kind="activation", op="relu", examples={"relu": {}}),
+    ModuleInfo("LeakyReLU", lambda m, build, tensor: torch.nn.LeakyReLU(m.negative_slope), kind="activation", op="leaky_relu",
                examples={"leaky_relu": {"negative_slope": 0.1}},
                draw=lambda rng: {"negative_slope": float(rng.uniform(0.001, 0.5))}),
-    ModuleInfo("ELU", lambda m, build, tensor: torch.nn.ELU(m.alpha), kind="activation", examples={"elu": {"alpha": 0.7}},
+    ModuleInfo("ELU", lambda m, build, tensor: torch.nn.ELU(m.alpha), kind="activation", op="elu", examples={"elu": {"alpha": 0.7}},
                draw=lambda rng: {"alpha": float(rng.uniform(0.1, 2.0))}),
-    ModuleInfo("GELU", lambda m, build, tensor: torch.nn.GELU(approximate=m.approximate), kind="activation",
+    ModuleInfo("GELU", lambda m, build, tensor: torch.nn.GELU(approximate=m.approximate), kind="activation", op="gelu",
                examples={"gelu": {}, "gelu_tanh": {"approximate": "tanh"}},
                draw=lambda rng: {"approximate": str(rng.choice(["none", "tanh"]))}),
-    ModuleInfo("Sigmoid", lambda m, build, tensor: torch.nn.Sigmoid(), kind="activation", examples={"sigmoid": {}}),
-    ModuleInfo("Tanh", lambda m, build, tensor: torch.nn.Tanh(), kind="activation", examples={"tanh": {}}),
+    ModuleInfo("Sigmoid", lambda m, build, tensor: torch.nn.Sigmoid(), kind="activation", op="sigmoid", examples={"sigmoid": {}}),
+    ModuleInfo("Tanh", lambda m, build, tensor: torch.nn.Tanh(), kind="activation", op="tanh", examples={"tanh": {}}),
     ModuleInfo("LayerNorm", lambda m, build, tensor: torch.nn.LayerNorm(
         m.normalized_shape, eps=m.eps, elementwise_affine=m.elementwise_affine, bias=m.bias is not None),
         examples={"default": {"normalized_shape": 6}, "no-bias": {"normalized_shape": (6,), "bias": False},
