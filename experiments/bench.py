@@ -35,6 +35,9 @@ MODELS = [  # name, layer sizes, batch
     # GPTs (manual.gpt vs torch_ref.gpt): a dict of GPTConfig fields instead of layer sizes; batch of sequences
     ("gpt-sort", dict(block_size=12, vocab_size=11, n_layer=2, n_head=4, n_embd=32), 64),  # the `gpt` experiment's
     ("gpt-256x4", dict(block_size=128, vocab_size=65, n_layer=4, n_head=4, n_embd=256), 16),
+    # CNNs (manual.nn.Conv2d / MaxPool2d vs torch.nn's): {"cnn": name} instead of layer sizes; batch of images
+    ("cnn-digits", {"cnn": "digits"}, 64),  # the `cnn` experiment's network on 8x8 digits
+    ("lenet-28x28", {"cnn": "lenet"}, 128),  # LeNet-5's layout (ReLU, max pooling) on 28x28 images
 ]
 LR = 1e-3
 CHECK_TOL = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=1e-4, atol=1e-5)}
@@ -59,8 +62,11 @@ def register(sub):
 # -- the models and their steps ------------------------------------------------------------
 
 def build(sizes, dtype, device=None, seed=0):
-    """A manual ReLU MLP, its loss and SGD; same weights for the same seed on any backend."""
+    """A manual ReLU MLP (or a CNN spec's network), its loss and SGD; same weights for the same seed on any backend."""
     import manual
+
+    if isinstance(sizes, dict):
+        return build_cnn(sizes, dtype, device, seed)
 
     manual.init.manual_seed(seed)
     nn = manual.nn
@@ -76,9 +82,50 @@ def build(sizes, dtype, device=None, seed=0):
 
 def data(sizes, batch, seed=1):
     rng = np.random.default_rng(seed)
+    if isinstance(sizes, dict):  # a CNN: images and class indices
+        return rng.standard_normal((batch,) + CNN_INPUT[sizes["cnn"]]), rng.integers(0, 10, batch)
     x = rng.standard_normal((batch, sizes[0]))
     y = rng.standard_normal((batch, 1)) if sizes[-1] == 1 else rng.integers(0, sizes[-1], batch)
     return x, y
+
+
+CNN_INPUT = {"digits": (1, 8, 8), "lenet": (1, 28, 28)}  # (C, H, W) of one image
+
+
+def build_cnn(spec, dtype, device=None, seed=0):
+    """The CNN of a {"cnn": name} spec, its loss and SGD: "digits" is experiments.cnn's network, "lenet"
+    LeNet-5's layout with ReLU and max pooling (conv 5x5 6, pool, conv 5x5 16, pool, 120, 84, 10)."""
+    import manual
+
+    manual.init.manual_seed(seed)
+    nn = manual.nn
+    if spec["cnn"] == "digits":
+        from .cnn import Config, build_cnn as digits_cnn
+
+        model = digits_cnn(Config())
+    else:
+        model = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),  # (6, 14, 14)
+                              nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),  # (400,)
+                              nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+    model.to(device=device, dtype=dtype)
+    return model, nn.CrossEntropyLoss(), manual.optim.SGD(model.parameters(), lr=LR)
+
+
+def cnn_flops(spec, batch):
+    """6 multiply-adds per weight use, as step_flops counts a Linear: a convolution uses each weight
+    OH*OW times per image (forward 2, input gradient 2, weight gradient 2)."""
+    import manual
+
+    model, _, _ = build_cnn(spec, "float32")
+    x = np.zeros((1,) + CNN_INPUT[spec["cnn"]], dtype=np.float32)
+    total = 0
+    with manual.no_grad():
+        for m in model:
+            y = m(x)
+            if type(m).__name__ in ("Conv2d", "Linear"):
+                total += 6 * m.weight.data.size * int(np.prod(y.shape[2:]))  # Linear: y.shape[2:] is ()
+            x = y
+    return total * batch
 
 
 def make_steps(sizes, batch, dtype, device, only=None):
@@ -86,7 +133,7 @@ def make_steps(sizes, batch, dtype, device, only=None):
     from manual import _backend as B
     from torch_ref import to_torch, twin, twin_loss, twin_optimizer
 
-    if isinstance(sizes, dict):
+    if isinstance(sizes, dict) and "cnn" not in sizes:
         return make_gpt_steps(sizes, batch, dtype, device, only)
     x, y = data(sizes, batch)
     steps = {}
@@ -244,6 +291,8 @@ def paired_rounds(steps, rounds, target_s):
 def step_flops(sizes, batch):
     """Forward 2BKN + backward 4BKN multiply-adds per Linear (grad input + grad weight). A GPT: nanoGPT's
     6 N + 12 L C T per token (N: block and head weights; the attention's q k^T and P v), B T tokens."""
+    if isinstance(sizes, dict) and "cnn" in sizes:
+        return cnn_flops(sizes, batch)
     if isinstance(sizes, dict):
         L, C, T, V = sizes["n_layer"], sizes["n_embd"], sizes["block_size"], sizes["vocab_size"]
         return (6 * (12 * L * C * C + V * C) + 12 * L * C * T) * batch * T

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -20,7 +21,9 @@ import torch
 import torch.nn.functional as TF
 from conftest import DEVICE_OF
 
+
 import manual.functional as F
+from experiments._threads import one_thread
 from manual import _backend as B
 from manual import nn
 from manual.functional.conv import conv2d_backward_naive, conv2d_naive
@@ -235,3 +238,37 @@ def test_channel_mismatch_matches_torchs_refusal():
                        ((2, 3, 2, 2), (4, 3, 3, 3), {}), ((2, 3, 4, 4), (4, 3, 3, 3), {"stride": 0})]:
         with pytest.raises(RuntimeError):
             TF.conv2d(torch.zeros(xs), torch.zeros(ws), **kw)
+
+
+# -- bench rows and the cnn experiment --------------------------------------------------------
+
+@pytest.mark.parametrize("spec", [{"cnn": "digits"}, {"cnn": "lenet"}], ids=["cnn-digits", "lenet-28x28"])
+def test_bench_cnn_rows_agree_before_timing(spec):
+    """The bench's CNN steps (manual on NumPy, manual on torch, autograd) give one loss and one update."""
+    from experiments import bench
+
+    with one_thread():
+        assert bench.check_agree(bench.make_steps(spec, 3, "float64", "cpu"), "float64") < 1e-12
+    conv1 = 6 * (1 * 5 * 5 * 6) * 28 * 28  # LeNet's first convolution: 150 weights, each used 28*28 times
+    if spec["cnn"] == "lenet":
+        assert bench.step_flops(spec, 1) == conv1 + 6 * (6 * 25 * 16 * 100 + 400 * 120 + 120 * 84 + 84 * 10)
+
+
+@pytest.mark.slow  # ~3 s of training and figures (more with the first imports of sklearn and TensorBoard)
+def test_cnn_experiment_logs_filters_feature_maps_and_parameter_counts(tmp_path):
+    """One epoch of the `cnn` experiment (its claim needs 6; `all --quick` checks it): both
+    implementations agree step for step, and the images and parameter counts are logged."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from experiments import cnn
+
+    with one_thread():  # as `backprop-lab run` does: small arrays, BLAS threads only contend
+        m = cnn.main(cnn.Config(epochs=1, progress=False, logdir=str(tmp_path)))
+    assert m["status"] == "ok" and m["max_drift"] < 1e-12, m["notes"]
+    assert m["data"]["parameters"] == {"cnn": 16 * 9 + 16 + 32 * 16 * 9 + 32 + 128 * 10 + 10,
+                                       "mlp": 64 * 32 + 32 + 32 * 10 + 10}
+    ea = EventAccumulator(os.path.join(m["logdir"], "manual"), size_guidance={"images": 0, "tensors": 0})
+    ea.Reload()
+    assert {"cnn/filters/conv1", "cnn/feature_maps/conv1"} <= set(ea.Tags()["images"])
+    assert len(ea.Images("cnn/filters/conv1")) == 2  # at initialisation and after training
+    assert "cnn/cnn/accuracy/test" in ea.Tags()["scalars"] and "cnn/mlp/accuracy/test" in ea.Tags()["scalars"]
