@@ -171,9 +171,13 @@ class Module:
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self):
-        """Parameter and buffer arrays by torch's names ("0.weight", ...); the arrays themselves, not copies."""
-        out = OrderedDict((n, p.data) for n, p in self.named_parameters())
-        out.update(self.named_buffers())
+        """Parameter and buffer arrays by torch's names ("0.weight", ...); the arrays themselves, not copies.
+        In torch's order: module by module, each module's parameters, then its buffers."""
+        out = OrderedDict()
+        for mod_name, mod in self.named_modules():
+            pre = f"{mod_name}." if mod_name else ""
+            out.update((pre + n, p.data) for n, p in mod._parameters.items())
+            out.update((pre + n, b) for n, b in mod._buffers.items() if b is not None)
         return out
 
     def load_state_dict(self, state_dict, strict=True):
