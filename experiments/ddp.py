@@ -393,6 +393,16 @@ def _run(cfg, rank, world, tdev, mdev, fail):
 
 # -- torchrun entry ----------------------------------------------------------------------------
 
+def _exit_now(code):
+    """Flush and end this rank at once. Not `return`: after a failed collective, freeing this rank's
+    process group and DDP objects can block in their C++ destructors (seen here in about 1 failing
+    run in 20: the failed rank stayed alive, stuck on `return`, until killed). Exiting now lets
+    torchrun and the other ranks see the failure immediately."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def cli(argv=None) -> int:
     from .runner import add_config_arguments, config_from_args, exit_code, print_summary, write_json
 
@@ -410,14 +420,14 @@ def cli(argv=None) -> int:
             metrics = main(cfg)
     except KeyboardInterrupt:
         print(f"rank {rank}: interrupted", file=sys.stderr)
-        return 130
+        _exit_now(130)
     except SystemExit:
         raise
     except BaseException as e:
         # the traceback, then one line that names the rank (torchrun's own report names it too)
         traceback.print_exc()
         print(f"rank {rank}: failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
-        return 1
+        _exit_now(1)
     if rank != 0:
         return 0
     print_summary({NAME: metrics})
