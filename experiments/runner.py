@@ -203,9 +203,19 @@ def cmd_list(args):
     return 0
 
 
+def no_gpu(parser, device):
+    """--device cuda without a GPU is a usage error: exit 2 before any work, as verify and bench do."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA GPU here (torch.cuda.is_available() is False); "
+                     "use --device auto or cpu")
+
+
 def cmd_run(args):
     from . import checkpoint
 
+    no_gpu(args._parser, args.device)
     cfg = config_from_args(args._config, args)
     if cfg.resume:  # the checkpoint's options, unless given here (and then they must agree)
         try:
@@ -228,6 +238,8 @@ def cmd_all(args):
     from tqdm.auto import tqdm
 
     from ._lab import RunConfig
+
+    no_gpu(args._parser, args.device)
 
     exps = experiments()
     names = args.only or list(exps)
@@ -375,9 +387,9 @@ def print_tensorboard_hint(logdir, names=()):
     """How to look at what just ran: `backprop-lab view` (the venv's TensorBoard, latest runs only)."""
     exe = os.path.join(os.path.dirname(sys.executable), "tensorboard")
     tb = exe if os.path.exists(exe) else f"{sys.executable} -m tensorboard.main"
-    print(f"\nview the runs:  backprop-lab view {' '.join(names)}".rstrip()
+    print(f"\nview the latest runs:  backprop-lab view {' '.join(names)}".rstrip()
           + ("" if logdir == "runs" else f" --logdir {logdir}"))
-    print(f"  (the latest run of each; every run: {tb} --logdir {logdir})")
+    print(f"every run, not only the latest:\n  {tb} --logdir {logdir}")
 
 
 def write_json(path, results):

@@ -118,20 +118,64 @@ def test_all_quick_only_xor_writes_the_json_report(tmp_path):
     assert "1 experiments in" in r.stdout
 
 
-@pytest.mark.slow
-def test_all_quick_runs_every_available_experiment(tmp_path):
-    """`backprop-lab all --quick` over whatever experiments exist now (all ten once written)."""
-    names = list(runner.available())
-    out = tmp_path / "all.json"
-    r = cli("all", "--quick", "--only", *names, "--no-progress", "--json", str(out),
-            "--logdir", str(tmp_path / "runs"), timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    report = json.loads(out.read_text())
-    assert list(report) == names
-    for name, m in report.items():
-        assert m["status"] == "ok", (name, m["notes"])
-        assert all(c["holds"] for c in m["claims"]), (name, [c["claim"] for c in m["claims"] if not c["holds"]])
-        assert m["drift_ok"] is not False, name
+# `all --quick` over every experiment: parity_tests/test_view.py (one shared run, then TensorBoard).
+
+
+def every_help():
+    """argv of every --help there is: the program, each command, and `run NAME` for each experiment."""
+    from experiments.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+    argvs = [["--help"], ["-h"]] + [[cmd, "--help"] for cmd in sub.choices] + [["run", "-h"]]
+    return argvs + [["run", name, "--help"] for name in runner.EXPERIMENTS]
+
+
+@pytest.mark.parametrize("argv", every_help(), ids=" ".join)
+def test_every_help_works(argv, capsys):
+    """Every usage error says "see --help": each help must print and exit 0 (a '%' in a summary used to crash it)."""
+    with pytest.raises(SystemExit) as e:
+        cli_main(argv)
+    out = capsys.readouterr()
+    assert e.value.code == 0 and "Traceback" not in out.err, out.err
+    assert out.out.startswith("usage: backprop-lab"), out.out[:200]
+    if argv[0] == "run" and len(argv) == 3:  # an experiment's own options and its guide section
+        mod = runner.load(argv[1])
+        assert mod.SECTION.split()[0] in out.out and "--seed" in out.out and "--json" in out.out
+
+
+def test_an_experiment_summary_with_a_percent_sign_shows_in_help():
+    assert "75%" in runner.load("xor").SUMMARY  # the case that crashed `run --help`
+    r = cli("run", "--help")
+    assert r.returncode == 0 and "75%" in r.stdout, r.stderr
+
+
+def test_listed_experiments_are_an_explicit_contract(monkeypatch):
+    """A renamed or broken module is an error naming it, never an experiment silently dropped."""
+    monkeypatch.setitem(runner.EXPERIMENTS, "renamed", "no_such_module")
+    with pytest.raises(runner.ExperimentError, match="'renamed' is listed in runner.EXPERIMENTS, but its module "
+                                                      "experiments.no_such_module does not exist"):
+        runner.experiments()
+    monkeypatch.delitem(runner.EXPERIMENTS, "renamed")
+    monkeypatch.setitem(runner.EXPERIMENTS, "xor-alias", "xor")
+    with pytest.raises(runner.ExperimentError, match="says NAME = 'xor'"):
+        runner.experiments()
+
+
+def test_list_fits_100_columns():
+    r = cli("list")
+    assert r.returncode == 0
+    assert max(map(len, r.stdout.splitlines())) <= 100
+
+
+def test_device_cuda_without_a_gpu_exits_2_like_verify_and_bench(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: --device cuda is valid here")
+    for argv in (["run", "xor", "--device", "cuda"], ["all", "--device", "cuda", "--only", "xor"]):
+        code, err = parse_error(capsys, *argv)
+        assert code == 2 and "--device cuda: torch sees no CUDA GPU" in err, argv
 
 
 @pytest.mark.parametrize("argv, message", [
