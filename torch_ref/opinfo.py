@@ -775,6 +775,8 @@ def _pool_errors(op):
                        r"expected padding of at most half the kernel size \(1, 1\) .*got padding=\(2, 2\)"),
             ErrorInput("2d-input", (x[0, 0],), {"kernel_size": 2}, ValueError,
                        r"expected a 3-D \(C, H, W\) or 4-D \(N, C, H, W\) input, got shape \(8, 8\)"),
+            ErrorInput("integer-input", (np.zeros((1, 2, 4, 4), dtype=np.int64),), {"kernel_size": 2}, TypeError,
+                       rf"{op}: expected input of dtype float32 or float64 .*got (torch\.)?int64"),
             ErrorInput("backward-grad-shape", (x[..., :3, :3], x), {"kernel_size": 2}, ValueError,
                        rf"{op}_backward: expected grad_output of shape \(1, 2, 4, 4\) \(the output's\), got \(1, 2, 3, 3\)",
                        backward=True),
@@ -789,6 +791,8 @@ def _adaptive_errors(rng):
     return [
         ErrorInput("empty-height", (np.zeros((2, 3, 0, 4)),), {"output_size": 2}, ValueError,
                    r"adaptive_avg_pool2d: expected non-zero channel, height and width, got input of shape \(2, 3, 0, 4\)"),
+        ErrorInput("integer-input", (np.zeros((1, 2, 4, 4), dtype=np.int64),), {"output_size": 2}, TypeError,
+                   r"adaptive_avg_pool2d: expected input of dtype float32 or float64 .*got (torch\.)?int64"),
         ErrorInput("output_size-3", (x,), {"output_size": (2, 2, 2)}, ValueError,
                    r"expected output_size to be a non-negative int or a tuple of 2 .*got \(2, 2, 2\)"),
         ErrorInput("backward-grad-shape", (x[..., :1, :1], x), {"output_size": 2}, ValueError,

@@ -32,6 +32,7 @@ def _check_input(op, input):
         raise ValueError(f"{op}: expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, got shape {tuple(input.shape)}")
     if input.shape[-1] == 0 or input.shape[-2] == 0 or input.shape[-3] == 0:
         raise ValueError(f"{op}: expected non-zero channel, height and width, got input of shape {tuple(input.shape)}")
+    check_same_dtype(op, input=input)  # float32 or float64, named
 
 
 def _pool_out(size, k, p, s, d, ceil_mode):
