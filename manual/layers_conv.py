@@ -18,6 +18,18 @@ from ._grad_mode import is_grad_enabled
 from .nn import Module, Parameter, _accumulate, _check_placement
 
 
+class _Name:
+    """The module's repr for error messages, built only when a message is (repr costs ~0.1 ms a call)."""
+
+    __slots__ = ("module",)
+
+    def __init__(self, module):
+        self.module = module
+
+    def __format__(self, spec):
+        return repr(self.module)
+
+
 def _check_grad(module, grad_output, shape, dtype):
     if tuple(grad_output.shape) != tuple(shape) or grad_output.dtype != dtype:
         raise ValueError(f"{module!r}.backward: expected grad_output of shape {tuple(shape)} and dtype {dtype} "
@@ -70,7 +82,7 @@ class _ConvNd(Module):
             _check_placement(self, input, w)
         xp = B.namespace(input, w)
         b = None if self.bias is None else self.bias.data
-        geo = _C._conv_geometry(repr(self), input, w, b, *self._args(), self._nd)
+        geo = _C._conv_geometry(_Name(self), input, w, b, *self._args(), self._nd)
         x4, w4 = _C._as4d(input, w, geo, self._nd, xp)
         out, cols = _C._conv2d(x4, w4, b, geo, xp)
         self._save(_cols=cols, _geo=geo, _x_shape=tuple(x4.shape))
@@ -132,7 +144,7 @@ class MaxPool2d(Module):
     def forward(self, input):
         B.backend_name(input)
         xp = B.namespace(input, op="MaxPool2d")
-        geo = _P._pool_geometry(repr(self), input, self.kernel_size, self.stride, self.padding, self.dilation,
+        geo = _P._pool_geometry(_Name(self), input, self.kernel_size, self.stride, self.padding, self.dilation,
                                 self.ceil_mode)
         x = _P._4d(input, xp)
         out, index = _P._max_pool2d(x, geo, xp, with_index=self.return_indices or is_grad_enabled())
