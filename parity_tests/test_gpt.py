@@ -325,6 +325,7 @@ def test_gpt_experiment_quick_sorts_heldout_sequences_and_logs_everything(tmp_pa
         assert m["results"][impl]["exact_match"] >= 0.95, impl
     assert m["max_drift"] <= 1e-8 and m["drift_ok"]
     assert 0 < m["data"]["rounding_baseline"] <= 1e-8  # the yardstick ran: a torch copy one ulp away
+    assert m["data"]["drift_over_rounding"] <= 10
     man, tor = events(m, "manual"), events(m, "torch")
     for ev in (man, tor):
         tags = ev.Tags()
@@ -343,6 +344,25 @@ def test_gpt_experiment_quick_sorts_heldout_sequences_and_logs_everything(tmp_pa
     assert (gt > 1.0).any(), "the clip at 1.0 must act at least once (the norm is logged before clipping)"
     text = tor.Tensors("samples/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert "| prompt | generated | right |" in text and text.count("| yes |") >= 5, text
+
+
+def test_gpt_experiment_drift_claim_catches_a_1e6_error_in_the_attention_backward(tmp_path, monkeypatch):
+    """The drift claim compares manual vs torch with rounding alone step by step, so a derivative wrong by
+    1e-6 fails it within 15 steps (while the drift is still far below any fixed tolerance one would set
+    for a 600-step chaotic run)."""
+    import manual.gpt as mg
+
+    real = mg._attention_backward
+
+    def wrong(*a, **k):
+        dq, dk, dv, dm = real(*a, **k)
+        return dq * (1 + 1e-6), dk, dv, dm
+
+    monkeypatch.setattr(mg, "_attention_backward", wrong)
+    m = _run_gpt_experiment(tmp_path, steps=15)
+    drift_claim = m["claims"][1]
+    assert "rounding allows" in drift_claim["claim"] and drift_claim["holds"] is False, drift_claim
+    assert m["data"]["drift_over_rounding"] > 100 and m["max_drift"] < 1e-6
 
 
 def test_exact_match_by_one_forward_pass_equals_greedy_generation():
