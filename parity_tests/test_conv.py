@@ -272,3 +272,56 @@ def test_cnn_experiment_logs_filters_feature_maps_and_parameter_counts(tmp_path)
     assert {"cnn/filters/conv1", "cnn/feature_maps/conv1"} <= set(ea.Tags()["images"])
     assert len(ea.Images("cnn/filters/conv1")) == 2  # at initialisation and after training
     assert "cnn/cnn/accuracy/test" in ea.Tags()["scalars"] and "cnn/mlp/accuracy/test" in ea.Tags()["scalars"]
+
+
+# -- whole CNNs: the engine names the layer whose backward is wrong ------------------------------
+
+def _lenet_like(backend, dtype):
+    gen = np.random.default_rng(5)
+    dev = DEVICE_OF[backend]
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1, generator=gen), nn.ReLU(), nn.MaxPool2d(2),  # "0" "1" "2"
+                          nn.Conv2d(3, 4, 3, generator=gen), nn.Tanh(), nn.AvgPool2d(2, ceil_mode=True),  # "3" "4" "5"
+                          nn.Flatten(), nn.Linear(4 * 2 * 2, 3, generator=gen)).to(device=dev, dtype=dtype)
+    rng = np.random.default_rng(6)
+    x = B.place(rng.standard_normal((3, 1, 10, 10)), dev, dtype)  # -> (3, 5, 5) -> (4, 3, 3) -> (4, 2, 2)
+    t = rng.integers(0, 3, size=3)
+    return model, nn.CrossEntropyLoss(), x, (t if backend == "numpy" else torch.as_tensor(t))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch-cpu"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_model_names_the_conv_with_a_wrong_weight_gradient(dtype, backend, monkeypatch):
+    from experiments.parity import check_model
+
+    model, crit, x, y = _lenet_like(backend, dtype)
+    assert check_model(model, crit, x, y).passed
+    conv, real = model[3], model[3].backward
+
+    def wrong(g, **kw):  # layer "3" accumulates a weight gradient 1e-3 too large
+        gi = real(g, **kw)
+        conv.weight.grad = conv.weight.grad * (1 + 1e-3)
+        return gi
+
+    monkeypatch.setattr(conv, "backward", wrong)
+    r = check_model(model, crit, x, y)
+    assert r.passed is False
+    assert (r.first_divergent, r.first_divergent_tensor) == ("3", "3.weight"), r.errors
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch-cpu"])
+def test_model_names_a_max_pool_with_the_wrong_tie_rule(backend, monkeypatch):
+    """A plateau input: every window ties; routing to the last maximum is caught at the pool, layer "2"."""
+    from experiments.parity import check_model
+    from manual.functional import pooling as P
+
+    model, crit, x, y = _lenet_like(backend, "float64")
+    model[0].weight.data = model[0].weight.data * 0.0  # conv "0" outputs its bias only: constant maps, all ties
+    assert check_model(model, crit, x, y).passed
+    real = P._max_pool2d_backward
+
+    def last_max(g, x_shape, index, xp):  # the tap offsets of the last maximum on a plateau: + (1, 1)
+        return real(g, x_shape, index + (x_shape[3] + 1), xp)
+
+    monkeypatch.setattr(P, "_max_pool2d_backward", last_max)
+    r = check_model(model, crit, x, y)
+    assert r.passed is False and r.first_divergent == "2", r.errors
