@@ -102,7 +102,8 @@ def test_run_xor_quick_writes_the_json_report(tmp_path):
     m = report["xor"]
     check_report(m)
     for impl in _lab.IMPLS:
-        assert set(m["results"][impl]) == {"linear_accuracy", "mlp_accuracy", "mlp_final_loss"}
+        assert set(m["results"][impl]) == {"linear_accuracy", "mlp_accuracy", "mlp_final_loss",
+                                           "stacked_linear_accuracy", "stacked_folded_gap"}
         assert m["results"][impl]["mlp_accuracy"] == 1.0
     assert m["config"]["logdir"] == str(tmp_path / "runs")
     assert "a linear model cannot solve XOR" in r.stdout  # the claims table
