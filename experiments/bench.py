@@ -39,6 +39,7 @@ MODELS = [  # name, layer sizes, batch
     ("cnn-digits", {"cnn": "digits"}, 64),  # the `cnn` experiment's network on 8x8 digits
     ("lenet-28x28", {"cnn": "lenet"}, 128),  # LeNet-5's layout (ReLU, max pooling) on 28x28 images
 ]
+QUICK_SKIP = ("gpt-256x4",)  # --quick leaves it out (seconds per step in float64); --models gpt-256x4 runs it
 LR = 1e-3
 CHECK_TOL = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=1e-4, atol=1e-5)}
 
@@ -422,7 +423,8 @@ def run(args):
     elif args.device == "cuda":
         print("bench --device cuda: torch sees no CUDA GPU", file=sys.stderr)
         return 2
-    models = [m for m in MODELS if not args.models or m[0] in args.models]
+    models = [m for m in MODELS if m[0] in args.models] if args.models else \
+        [m for m in MODELS if not (quick and m[0] in QUICK_SKIP)]
 
     np.ones((2, 2)) @ np.ones((2, 2))  # load BLAS so threadpoolctl can see it
     info = machine_info()
@@ -439,7 +441,8 @@ def run(args):
         for (name, sizes, batch), dtype, device in tqdm(work, desc="bench", leave=False, disable=None):
             rows += bench_model(name, sizes, batch, dtype, device, rounds, target_s, peaks)
         if not args.no_memory:  # float32 only; quick: the largest model only
-            mem_models = {m[0]: m for m in (models[-1:] if quick else models)}
+            largest = max(models, key=lambda m: step_flops(m[1], m[2]))
+            mem_models = {m[0]: m for m in ([largest] if quick else models)}
             mem_rows = [r for r in rows if r["model"] in mem_models and r["dtype"] == "float32"]
             cases = [(mem_models[r["model"]][1], r["batch"], "float32", r["impl"]) for r in mem_rows]
             for r, mb in zip(mem_rows, peak_memory_mb(cases)):
