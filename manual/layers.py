@@ -255,7 +255,7 @@ class Dropout(Module):
         xp = B.namespace(input, op="Dropout")
         if not R._active(self.p, self.training):
             self._save(_scale=1.0)
-            return input + 0.0
+            return input  # the identity, as torch's (no copy)
         gen = self.generator if self.generator is not None else I.default_generator()
         keep = R._keep_scale(xp, R.dropout_mask(input, self.p, generator=gen), self.p, input)
         self._save(_scale=keep)
@@ -265,8 +265,9 @@ class Dropout(Module):
         keep = self._saved("_scale")
         if not input_grad:
             return None
-        if not isinstance(keep, float):
-            _check_grad(self, grad_output, keep.shape, keep.dtype)
+        if isinstance(keep, float):
+            return grad_output
+        _check_grad(self, grad_output, keep.shape, keep.dtype)
         return grad_output * keep
 
     def extra_repr(self):
