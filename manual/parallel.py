@@ -193,7 +193,8 @@ class DistributedDataParallel(Module):
     starts from the same weights); `no_sync()` skips the averaging, so micro-batch gradients
     accumulate locally until the first backward outside it; `state_dict()` keys carry the
     "module." prefix; `bucket_cap_mb` bounds a bucket's size; `broadcast_buffers` sends rank 0's
-    buffers before each training forward. `gradient_as_bucket_view=True` leaves each averaged
+    buffers (running statistics) before each forward that follows a synced one, so batch norm
+    keeps per-rank batch statistics (SyncBatchNorm below: global ones). `gradient_as_bucket_view=True` leaves each averaged
     .grad as a view into its bucket (no copy back; the next sync overwrites it).
 
     `comm_stats` counts the collectives, bytes and seconds spent in them (communication timed
