@@ -10,6 +10,7 @@ from functools import partial
 import numpy as np
 import torch
 
+import manual
 import manual.functional as F
 from manual import _backend as B
 from manual import init, nn, optim
@@ -90,7 +91,7 @@ def dead_fraction(twins, x):
         if impl not in twins.impls:
             continue
         dead = []
-        with torch.no_grad():
+        with torch.no_grad(), manual.no_grad():  # a probe: nothing saved for backward on either side
             for i, layer in enumerate(model):
                 h = layer(h)
                 if i % 2:  # the activations sit at odd positions

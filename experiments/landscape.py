@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+import manual
 from manual import _backend as B
 from manual import nn, optim
 
@@ -159,7 +160,8 @@ def surface_manual(twins, raw, x, y, alphas):
             for j, a in enumerate(alphas.tolist()):
                 for n, p in params.items():
                     p.data = theta[n] + a * dirs[0][n] + b * dirs[1][n]
-                z[i, j] = float(B.to_numpy(crit(twins.model(xm), ym)))
+                with manual.no_grad():  # 2-D surface: evaluation only
+                    z[i, j] = float(B.to_numpy(crit(twins.model(xm), ym)))
     finally:
         for n, p in params.items():
             p.data = theta[n]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+import manual
 from manual import _backend as B
 from manual import init, nn, optim
 
@@ -200,7 +201,7 @@ def activation_scale(twins, x):
     for impl, model, h in (("manual", twins.model, xm), ("torch", twins.tmodel, xt)):
         if impl in twins.impls:
             rms = []
-            with torch.no_grad(), np.errstate(over="ignore"):
+            with torch.no_grad(), manual.no_grad(), np.errstate(over="ignore"):
                 for i, layer in enumerate(model):
                     h = layer(h)
                     if i % 2:

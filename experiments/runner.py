@@ -362,8 +362,10 @@ def summary_lines(results):
             if not c["holds"]:
                 failing.append(f"{name}: {c['claim']}")
             lines += row((c["claim"], _fmt(c["manual"]), _fmt(c["torch"]), "yes" if c["holds"] else "NO"), "  ")
+        # notes always: a divergence that is the point of a run (a large lr, a large init) is
+        # reported here beside the claim that checks it, not hidden behind status "ok"
+        lines += ["  " + t for note in m.get("notes", []) for t in textwrap.wrap(f"({note})", WIDTH - 2)]
         if m["status"] != "ok":
-            lines += ["  " + t for note in m.get("notes", []) for t in textwrap.wrap(f"({note})", WIDTH - 2)]
             if not m["claims"]:
                 failing.append(f"{name}: {m['status']}, no claim checked")
         if m.get("drift_ok") is False:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+import manual
 from manual import _backend as B
 from manual import nn, optim
 
@@ -90,7 +91,8 @@ def evaluate_grads(twins, impl, train, val):
         cost = twins.criterion(twins.model(xm), ym)
         twins.model.backward(twins.criterion.backward())
         norms = {n: float(np.linalg.norm(B.to_numpy(p.grad))) for n, p in twins.model.named_parameters()}
-        vcost = twins.criterion(twins.model(vxm), vym)
+        with manual.no_grad():  # the validation pass saves nothing for backward
+            vcost = twins.criterion(twins.model(vxm), vym)
         return float(B.to_numpy(cost)), norms, float(B.to_numpy(vcost))
     twins.toptimizer.zero_grad()
     cost = twins.tcriterion(twins.tmodel(xt), yt)
