@@ -520,6 +520,10 @@ def print_table(rows):
                       f"{r['ratio_vs_autograd']:.2f}x", f"{r['gflops']:.3g}", f"{100 * r['peak_fraction']:.1f}",
                       "-" if r.get("peak_mem_mb") is None else f"{r['peak_mem_mb']:.1f}"))
     _print_rows(lines)
+    print("vs autograd: this row's step time / torch autograd's on the same model (lower is faster;\n"
+          "  1.00x = as fast). % of peak: GFLOP/s over the machine's measured matmul ceiling. peak MiB:\n"
+          "  one step's peak memory, measured in float32 only (--quick: the largest model only); '-' where\n"
+          "  not measured (float64 rows, other models under --quick, --no-memory).")
 
 
 def print_scaling(scaling):
