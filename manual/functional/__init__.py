@@ -1,7 +1,10 @@
 """Hand-written forward and backward ops: the twin of torch.nn.functional.
 
 Each op `f` has `f_backward(grad_output, <f's args>)`, named as in PyTorch's derivative
-table, returning the gradient of the first input (or a tuple, for `linear`).
+table, returning the gradient of the input; an op with several array arguments returns one
+gradient per positional array argument, in order, None where nothing is differentiable
+(`batch_norm_backward` -> (grad_input, None, None, grad_weight, grad_bias): the running
+statistics; `embedding_backward` -> (None, grad_weight): the indices).
 """
 
 from .activations import (
