@@ -345,21 +345,26 @@ def test_resume_config_takes_the_checkpoints_options_and_refuses_a_clash(tmp_pat
         checkpoint.resume_config("digits", dataclasses.replace(mine, resume=state["path"]), given=set())
 
 
-def test_run_folders_created_at_the_same_moment_are_distinct(tmp_path):
-    """Two runs started in the same second never share a folder (the old exists-then-create
-    check let racing runs both pick the same one)."""
-    roots, barrier = [], threading.Barrier(8)
+def test_run_folders_created_at_the_same_moment_are_distinct(tmp_path, monkeypatch):
+    """Runs started in the same second never share a folder. A slow os.path.exists (50 ms) holds
+    any check-then-create window open: the old exists-then-create code gave all 4 racing runs
+    one folder under it (checked by hand); os.mkdir's atomic claim gives 4."""
+    import time
+
+    real = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda p: (time.sleep(0.05), real(p))[1])
+    roots, barrier = [], threading.Barrier(4)
 
     def make():
         barrier.wait()
         roots.append(_lab.make_run_dir(str(tmp_path / "exp"), "20260101-000000"))
 
-    threads = [threading.Thread(target=make) for _ in range(8)]
+    threads = [threading.Thread(target=make) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(set(roots)) == 8 and all(os.path.isdir(r) for r in roots)
+    assert len(set(roots)) == 4 and all(os.path.isdir(r) for r in roots)
 
 
 def test_a_manual_run_resumes_in_torch(tmp_path, monkeypatch):
