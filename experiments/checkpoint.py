@@ -280,7 +280,8 @@ class Session:
         self.experiment = experiment
         self.resume = resume
         self.done: list = []  # finished segments: {"key", "hist", "twins", "rng", "log"}
-        self.latest = None
+        self.latest = None  # the newest checkpoint this run wrote
+        self.written: list = []  # its mid-segment checkpoints, oldest first (pruned to KEEP)
 
     def _log_state(self):
         return {"status": self.log.status, "notes": list(self.log.notes)}
@@ -361,7 +362,7 @@ class Session:
         self.latest = path
         _LAST_WRITTEN[0] = path
         if not finished:  # keep the newest KEEP mid-segment checkpoints; every segment's end stays
-            self.written = [p for p in getattr(self, "written", []) if p != path] + [path]
+            self.written = [p for p in self.written if p != path] + [path]
             for old in self.written[:-KEEP]:
                 try:
                     os.unlink(old)
