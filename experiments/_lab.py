@@ -315,7 +315,8 @@ def write_hparams(writer, experiment, impl, cfg, status):
     types = {bool: api_pb2.DATA_TYPE_BOOL, float: api_pb2.DATA_TYPE_FLOAT64, str: api_pb2.DATA_TYPE_STRING}
     infos = []
     for name, kind in kinds.items():
-        info = api_pb2.HParamInfo(name=name, type=types[kind])
+        # differs=True: TensorBoard lists these columns first (and shows the first few by default)
+        info = api_pb2.HParamInfo(name=name, type=types[kind], differs=name in ("experiment", "impl"))
         if name in ("experiment", "impl"):
             info.domain_discrete.extend(list(runner.EXPERIMENTS) if name == "experiment" else list(IMPLS))
         infos.append(info)

@@ -33,7 +33,7 @@ SHOTS = [
      "xor's category: each model's training loss with manual and torch both in the legend, the drift chart beside it"),
     ("tensorboard_images.png", ["circles"], "#images", 10, (1500, 900),
      "circles: the decision boundary of the linear model and the MLP, manual and torch"),
-    ("tensorboard_hparams.png", [], "#hparams", 14, (1600, 900),
+    ("tensorboard_hparams.png", [], "#hparams", 25, (1600, 900),
      "HParams after one `all`: a row per experiment and implementation, every experiment's settings as columns"),
 ]
 
@@ -70,7 +70,7 @@ class Chromium:
             self.close()
             sys.exit("screenshots: chromium did not start")
         page = next(t for t in tabs if t["type"] == "page")
-        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=120)
+        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=120, suppress_origin=True)
         self.n = 0
         self.call("Page.enable")
 
@@ -112,6 +112,16 @@ def view(logdir, names):
             return proc, m.group(1)
 
 
+def wait_loaded(url, n_runs, timeout=600):
+    """Until TensorBoard lists every run (its loader reads them after the server starts answering)."""
+    deadline = time.monotonic() + timeout
+    while len(json.load(urllib.request.urlopen(url + "data/runs"))) < n_runs:
+        if time.monotonic() > deadline:
+            sys.exit(f"screenshots: TensorBoard did not load {n_runs} runs in {timeout} s")
+        time.sleep(1)
+    time.sleep(3)  # and their plugins' data
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--logdir", help="use the runs here instead of a fresh `all --quick`")
@@ -130,7 +140,7 @@ def main():
         for name, names, route, wait, size, what in SHOTS:
             proc, url = view(a.logdir, names)
             try:
-                time.sleep(5)  # TensorBoard's loader reads the runs after it starts answering
+                wait_loaded(url, 2 * len(names or os.listdir(a.logdir)))
                 browser.shoot(f"{url}?forceSVG=true{route}", os.path.join(a.out, name), wait, size)
                 print(f"  {what}")
             finally:
