@@ -389,9 +389,10 @@ class Linear(Module):
     def backward(self, grad_output, *, input_grad=True):
         x = self._saved("_input")
         xp = B.namespace(grad_output, x, op="Linear.backward")
-        gs = grad_output.shape
-        if grad_output.dtype != x.dtype or len(gs) != x.ndim or gs[-1] != self.out_features or gs[:-1] != x.shape[:-1]:
-            _bad_grad_output(self, grad_output, tuple(x.shape[:-1]) + (self.out_features,), x.dtype)
+        gs, xs = grad_output.shape, x.shape
+        if (grad_output.dtype != x.dtype or len(gs) != len(xs) or gs[-1] != self.out_features
+                or (len(xs) > 1 and (gs[0] != xs[0] or (len(xs) > 2 and gs[1:-1] != xs[1:-1])))):
+            _bad_grad_output(self, grad_output, tuple(xs[:-1]) + (self.out_features,), x.dtype)
         gi, gw, gb = _linear_backward(xp, grad_output, x, self.weight.data, self.bias is not None, input_grad)
         _accumulate(self.weight, gw)
         if self.bias is not None:

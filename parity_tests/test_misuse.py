@@ -195,6 +195,8 @@ PROBES = {
                                           Raises(ValueError, r"dtype float64 .* got shape \(3, 3\) and dtype float32")),
     "Linear.backward-grad_output-0d": (lambda: linear_fwd().backward(np.array(1.0)),
                                        Raises(ValueError, r"expected grad_output of shape \(3, 3\).* got shape \(\)")),
+    "Linear.backward-grad_output-3d": (lambda: (lambda m: (m(np.ones((2, 5, 4))), m.backward(np.ones((2, 6, 3)))))(nn.Linear(4, 3).double()),
+                                       Raises(ValueError, r"expected grad_output of shape \(2, 5, 3\) .* got shape \(2, 6, 3\)")),
     "relu_backward-shape": (lambda: F.relu_backward(np.ones(3), X34),
                             Raises(ValueError, r"relu_backward: expected grad_output of shape \(3, 4\) .* got \(3,\)")),
     "mse_loss-target-shape": (lambda: F.mse_loss(X34, np.zeros((4, 3))),
@@ -240,6 +242,7 @@ PROBES = {
     "Linear-int-dtype": (lambda: nn.Linear(2, 2, dtype="int32"), Raises(TypeError, r"expected float32 or float64, got 'int32'")),
     # -- NaN and inf ----------------------------------------------------------------------------
     "relu_backward-nan": (lambda: F.relu_backward(NAN_G, NAN_X), LikeTorch(lambda: grad_of(TF.relu, NAN_X, g=NAN_G))),
+    "relu_backward-nan-torch-tensors": (lambda: F.relu_backward(T(NAN_G), T(NAN_X)), LikeTorch(lambda: grad_of(TF.relu, NAN_X, g=NAN_G))),
     "elu_backward-nan-inf": (lambda: F.elu_backward(NAN_G, NAN_X), LikeTorch(lambda: grad_of(TF.elu, NAN_X, g=NAN_G))),
     "leaky_relu_backward-nan": (lambda: F.leaky_relu_backward(NAN_G, NAN_X, 0.1),
                                 LikeTorch(lambda: grad_of(lambda x: TF.leaky_relu(x, 0.1), NAN_X, g=NAN_G))),

@@ -9,6 +9,8 @@ times faster in NumPy and equally exact. Inputs must be float32 or float64 (chec
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import _backend as B
 from .._backend import check_float, check_same_dtype, namespace
 
@@ -41,7 +43,9 @@ def relu(input):
 def relu_backward(grad_output, input):
     """d relu/dx = 0 if x <= 0 else 1  (so NaN passes the gradient, as torch)."""
     xp = _backward_args("relu_backward", grad_output, input)
-    return grad_output * _mask(~(input <= 0), grad_output, xp)
+    if type(input) is not np.ndarray:  # torch: one where (2 kernels) beats compare, invert, cast, multiply
+        return xp.where(input <= 0, B.zero_like(grad_output), grad_output)
+    return grad_output * _mask(~(input <= 0), grad_output, xp)  # NumPy: where is ~8x slower at 256x256
 
 
 def leaky_relu(input, negative_slope=0.01):
