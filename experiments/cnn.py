@@ -91,7 +91,7 @@ def tiles_figure(tiles, title, cols=4, cmap="RdBu_r", vmin=-1.0):
     ax.imshow(mosaic(tiles, cols), cmap=plt.get_cmap(cmap).with_extremes(bad="0.85"), vmin=vmin, vmax=1,
               interpolation="nearest")
     ax.set_axis_off()
-    ax.set_title(title, fontsize=8)
+    ax.set_title(title, fontsize=9)
     return fig
 
 
