@@ -97,18 +97,21 @@ def _max_pool2d(x, geo, xp, with_index=True):
     xpad = _pad(x, geo.pads, xp, _NEG_INF)
     taps = [xpad[:, :, i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw]
             for i in range(kh) for j in range(kw)]  # kh*kw strided views (N, C, OH, OW), no copies
-    if not with_index:  # evaluation: the value alone (NaN propagates through maximum, as in torch)
-        best = xp.asarray(taps[0], copy=True)
-        for v in taps[1:]:
-            best = xp.maximum(best, v)
+    best = taps[0] if len(taps) > 1 else xp.asarray(taps[0], copy=True)  # a 1x1 window: a copy, not a view
+    for v in taps[1:]:
+        best = xp.maximum(best, v)  # NaN propagates, as in torch
+    if not with_index:  # evaluation: the value alone
         return best, None
-    best, off = taps[0], xp.zeros(taps[0].shape, dtype=xp.int64, device=x.device)
-    for t, v in enumerate(taps[1:], 1):
-        better = (v > best) | (v != v)  # v != v: NaN
-        i, j = divmod(t, kw)
-        best, off = xp.where(better, v, best), xp.where(better, xp.asarray(i * dh * w + j * dw, device=x.device), off)
-    if len(taps) == 1:
-        best = xp.asarray(best, copy=True)  # a new array, not a view of the input
+    offset = [xp.asarray(i * dh * w + j * dw, device=x.device) for i in range(kh) for j in range(kw)]
+    if not bool(xp.any(best != best)):  # no NaN: the first tap equal to the maximum (a backward scan)
+        off = xp.zeros(best.shape, dtype=xp.int64, device=x.device)
+        for t in range(len(taps) - 1, -1, -1):
+            off = xp.where(taps[t] == best, offset[t], off)
+    else:  # torch's loop itself: a value replaces the running maximum when greater, or NaN
+        run, off = taps[0], xp.zeros(best.shape, dtype=xp.int64, device=x.device)
+        for t, v in enumerate(taps[1:], 1):
+            better = (v > run) | (v != v)  # v != v: NaN
+            run, off = xp.where(better, v, run), xp.where(better, offset[t], off)
     # flat index = (n C + c) H W + (oh sh - pt) W + (ow sw - pl) + the chosen tap's offset i dh W + j dw
     (pt, _), (pl, _) = geo.pads
     dev = x.device
