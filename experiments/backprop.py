@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from manual import _backend as B
-from manual import init, nn, optim
+import manual
+from manual import guide, init, nn, optim
 
 from . import _lab
 from ._lab import opt
@@ -79,18 +80,21 @@ def layer_values(twins, impl):
 
 
 def worked_example(twins):
-    """Steps 1-4 of the guide on each implementation: impl -> {section: {name: value}}."""
+    """Steps 1-4 of the guide on each implementation: impl -> {section: {name: value}}.
+
+    manual: manual/guide.py's backprop_step, the guide's step by hand (one copy, shared with
+    the parity tests); torch: autograd on the twin, each intermediate's .grad retained."""
     out = {}
     for impl in twins.impls:
         if impl == "manual":
-            m, crit = twins.model, twins.criterion
-            m.zero_grad()
-            z1, h, yhat, loss = layer_values(twins, impl)
-            d_yhat = crit.backward()  # -2 (y - yhat)
-            d_h = m[2].backward(d_yhat)  # w2 dL/dyhat; fills dL/dw2 = dL/dyhat h, dL/db2 = dL/dyhat
-            d_z1 = m[1].backward(d_h)  # dL/dh relu'(z1)
-            m[0].backward(d_z1)  # fills dL/dw1 = dL/dz1 x, dL/db1 = dL/dz1
-            opt_ = twins.optimizer
+            s = guide.backprop_step(twins.model, float(X[0, 0]), float(Y[0, 0]), lr=GUIDE_LR)  # steps 1-3
+            g = s["grads"]
+            out[impl] = {
+                "forward": {k: s[k] for k in ("z1", "h", "yhat", "loss")},
+                "backward": {"dL/dyhat": s["dL_dyhat"], "dL/dw2": g["2.weight"], "dL/db2": g["2.bias"],
+                             "dL/dh": s["dL_dh"], "dL/dz1": s["dL_dz1"], "dL/dw1": g["0.weight"],
+                             "dL/db1": g["0.bias"]},
+            }
         else:
             m, opt_ = twins.tmodel, twins.toptimizer
             opt_.zero_grad()
@@ -98,18 +102,18 @@ def worked_example(twins):
             for t in (z1, h, yhat):
                 t.retain_grad()
             loss.backward()  # autograd
-            d_yhat, d_h, d_z1 = yhat.grad, h.grad, z1.grad
-        out[impl] = {
-            "forward": {"z1": _f(z1), "h": _f(h), "yhat": _f(yhat), "loss": _f(loss)},
-            "backward": {"dL/dyhat": _f(d_yhat), "dL/dw2": _f(m[2].weight.grad), "dL/db2": _f(m[2].bias.grad),
-                         "dL/dh": _f(d_h), "dL/dz1": _f(d_z1), "dL/dw1": _f(m[0].weight.grad),
-                         "dL/db1": _f(m[0].bias.grad)},
-        }
-        opt_.step()  # step 3: w = w - 0.01 dL/dw
+            out[impl] = {
+                "forward": {"z1": _f(z1), "h": _f(h), "yhat": _f(yhat), "loss": _f(loss)},
+                "backward": {"dL/dyhat": _f(yhat.grad), "dL/dw2": _f(m[2].weight.grad), "dL/db2": _f(m[2].bias.grad),
+                             "dL/dh": _f(h.grad), "dL/dz1": _f(z1.grad), "dL/dw1": _f(m[0].weight.grad),
+                             "dL/db1": _f(m[0].bias.grad)},
+            }
+            opt_.step()  # step 3: w = w - 0.01 dL/dw
         p = twins.params(impl)
         out[impl]["update"] = {"w2": p["2.weight"].item(), "b2": p["2.bias"].item(),
                                "w1": p["0.weight"].item(), "b1": p["0.bias"].item()}
-        out[impl]["new"] = dict(zip(("z1", "h", "yhat", "loss"), map(_f, layer_values(twins, impl))))  # step 4
+        with manual.no_grad():  # step 4: the forward pass again, nothing to differentiate
+            out[impl]["new"] = dict(zip(("z1", "h", "yhat", "loss"), map(_f, layer_values(twins, impl))))
     return out
 
 

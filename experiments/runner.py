@@ -343,7 +343,7 @@ def summary_lines(results):
 
     def row(cells, indent=""):
         cols = [textwrap.wrap(c, w, initial_indent=indent if i == 0 else "", subsequent_indent=indent * 2 if i == 0
-                              else "") or [""] for i, (c, w) in enumerate(zip(cells, COLUMNS))]
+                              else "", break_on_hyphens=False) or [""] for i, (c, w) in enumerate(zip(cells, COLUMNS))]
         for k in range(max(map(len, cols))):
             yield "  ".join((col[k] if k < len(col) else "").ljust(w) for col, w in zip(cols, COLUMNS)).rstrip()
 
