@@ -69,11 +69,6 @@ def best_line_accuracy(x, y, angles=720):
     return float(best)
 
 
-def cosine_lr(lr, step, steps):
-    """lr * (1 + cos(pi step / steps)) / 2: without the decay the last mini-batches bounce the boundary."""
-    return lr * 0.5 * (1 + np.cos(np.pi * step / steps))
-
-
 def boundary_figure(forward, x, y, title, n=121):
     """P(inside) over the square around the disc, the 0.5 contour, and the test points."""
     plt = _lab.pyplot()
@@ -109,7 +104,7 @@ def fit(cfg, log, model, prefix, data, order):
         return tags
 
     def batches(step):  # (B, 2), (B, 1): the shared order, at this step's learning rate
-        lr = cosine_lr(cfg.lr, step, steps)
+        lr = _lab.cosine_lr(cfg.lr, step, steps)  # without the decay the last mini-batches bounce the boundary
         twins.set_lr(lr)
         log.scalar(f"{prefix}lr", {i: lr for i in twins.impls}, step)
         return xtr[order[step]], ytr[order[step]]

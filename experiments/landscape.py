@@ -266,11 +266,6 @@ def guide_table_text(checks):
     return "\n".join(rows)
 
 
-def cosine_lr(lr, step, steps):
-    """lr (1 + cos(pi step / steps)) / 2: the fit settles into its minimum instead of circling it."""
-    return lr * 0.5 * (1 + np.cos(np.pi * step / steps))
-
-
 def main(cfg: Config):
     rng = _lab.seeded(cfg)
     grid = min(cfg.grid, 11) if cfg.quick else cfg.grid
@@ -290,10 +285,8 @@ def main(cfg: Config):
         twins = _lab.Twins(model, nn.MSELoss(), lambda p: optim.Adam(p, lr=cfg.lr), cfg)
 
         def batches(step):  # full batch, cosine-decayed lr written into both optimizers
-            lr = cosine_lr(cfg.lr, step, steps)
-            for o in (twins.optimizer, twins.toptimizer):
-                for g in o.param_groups:
-                    g["lr"] = lr
+            lr = _lab.cosine_lr(cfg.lr, step, steps)
+            twins.set_lr(lr)
             log.scalar("lr", {i: lr for i in twins.impls}, step)
             return x, y
 
