@@ -384,3 +384,14 @@ def test_a_manual_run_resumes_in_torch(tmp_path, monkeypatch):
         assert got["results"]["torch"][k] == pytest.approx(v, rel=0, abs=1e-12), k
     with pytest.raises(checkpoint.CheckpointError, match=r"was run by manual only, so it has no torch results"):
         xor.main(dataclasses.replace(cfg, impl="torch", resume=end))
+
+
+def test_save_every_on_an_experiment_without_a_training_loop_says_so():
+    import types
+
+    from experiments import runner
+
+    loopless = types.SimpleNamespace(NAME="loopless", main=lambda cfg: {"status": "ok", "notes": []})
+    m = runner.run_one(loopless, _lab.RunConfig(progress=False, save_every=3))
+    assert m["notes"] == ["--save-every 3: loopless has no _lab.train loop to checkpoint; nothing saved"]
+    assert runner.run_one(loopless, _lab.RunConfig(progress=False))["notes"] == []
