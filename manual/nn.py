@@ -339,6 +339,8 @@ def _accumulate(p, g):
 
 
 def _bad_grad_output(module, grad_output, shape, dtype):
+    if tuple(grad_output.shape) == tuple(shape) and grad_output.dtype == dtype:
+        return  # the fast check compares dtypes by identity; equal but distinct dtype objects are fine
     raise ValueError(
         f"{module!r}.backward: expected grad_output of shape {shape} and dtype {dtype} (like forward's output), "
         f"got shape {tuple(grad_output.shape)} and dtype {grad_output.dtype}"
@@ -390,7 +392,7 @@ class Linear(Module):
         x = self._saved("_input")
         xp = B.namespace(grad_output, x, op="Linear.backward")
         gs, xs = grad_output.shape, x.shape
-        if (grad_output.dtype != x.dtype or len(gs) != len(xs) or gs[-1] != self.out_features
+        if (grad_output.dtype is not x.dtype or len(gs) != len(xs) or gs[-1] != self.out_features
                 or (len(xs) > 1 and (gs[0] != xs[0] or (len(xs) > 2 and gs[1:-1] != xs[1:-1])))):
             _bad_grad_output(self, grad_output, tuple(xs[:-1]) + (self.out_features,), x.dtype)
         gi, gw, gb = _linear_backward(xp, grad_output, x, self.weight.data, self.bias is not None, input_grad)

@@ -217,7 +217,7 @@ class Optimizer:
                     grad = p.grad
                     if grad is not None:
                         d = p.data
-                        if grad.shape != d.shape or grad.dtype != d.dtype or type(grad) is not type(d):
+                        if grad.shape != d.shape or grad.dtype is not d.dtype or type(grad) is not type(d):
                             _bad_grad(self, g, p)
                         self._update(p, grad, g, state.setdefault(id(p), {}))
         except ValueError:
@@ -246,8 +246,10 @@ class Optimizer:
 
 
 def _bad_grad(opt, group, p):
+    g, d = p.grad, p.data
+    if type(g) is type(d) and g.shape == d.shape and g.dtype == d.dtype:
+        return  # the fast check compares dtypes by identity; equal but distinct dtype objects are fine
     where = f"param_groups[{opt.param_groups.index(group)}]['params'][{[id(q) for q in group['params']].index(id(p))}]"
-    g = p.grad
     raise ValueError(
         f"{type(opt).__name__}.step: {where}: expected a .grad like its parameter ({B.backend_name(p.data)}, "
         f"shape {p.shape}, dtype {p.data.dtype}), got ({B.backend_name(g) if B._is_array(g) else type(g).__name__}, "
@@ -289,7 +291,7 @@ class SGD(Optimizer):
                         grad = p.grad
                         if grad is not None:
                             d = p.data
-                            if grad.shape != d.shape or grad.dtype != d.dtype or type(grad) is not type(d):
+                            if grad.shape != d.shape or grad.dtype is not d.dtype or type(grad) is not type(d):
                                 _bad_grad(self, g, p)
                             d -= lr * (grad + wd * d if wd else grad)
                     continue
@@ -297,7 +299,7 @@ class SGD(Optimizer):
                 bufs = [state.get(id(p), {}).get("momentum_buffer") for p in ps]
                 for i, p in enumerate(ps):
                     grad, d = p.grad, p.data
-                    if grad.shape != d.shape or grad.dtype != d.dtype or type(grad) is not type(d):
+                    if grad.shape != d.shape or grad.dtype is not d.dtype or type(grad) is not type(d):
                         _bad_grad(self, g, p)
                     if wd:
                         grad = grad + wd * d
