@@ -112,14 +112,26 @@ def view(logdir, names):
             return proc, m.group(1)
 
 
+def sessions(url):
+    body = {"experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
+                                                      "STATUS_RUNNING"], "colParams": [], "startIndex": 0,
+            "sliceSize": 1000}
+    req = urllib.request.Request(url + "data/plugin/hparams/session_groups", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        return json.load(urllib.request.urlopen(req))["totalSize"]
+    except OSError:  # HTTP 500 now and then while runs are still loading
+        return 0
+
+
 def wait_loaded(url, n_runs, timeout=600):
-    """Until TensorBoard lists every run (its loader reads them after the server starts answering)."""
+    """Until TensorBoard has read every run, HParams sessions included (its loader reads them one
+    after another once the server answers; a page opened earlier shows only some)."""
     deadline = time.monotonic() + timeout
-    while len(json.load(urllib.request.urlopen(url + "data/runs"))) < n_runs:
+    while len(json.load(urllib.request.urlopen(url + "data/runs"))) < n_runs or sessions(url) < n_runs:
         if time.monotonic() > deadline:
             sys.exit(f"screenshots: TensorBoard did not load {n_runs} runs in {timeout} s")
         time.sleep(1)
-    time.sleep(3)  # and their plugins' data
 
 
 def main():
