@@ -31,8 +31,9 @@ def test_help_lists_the_commands():
 def test_list_names_every_available_experiment():
     r = cli("list")
     assert r.returncode == 0, r.stderr
-    for name, mod in runner.available().items():
-        assert name in r.stdout and mod.SECTION in r.stdout, name
+    flat = " ".join(r.stdout.split())  # list wraps long lines at 100 columns
+    for name, mod in runner.experiments().items():
+        assert name in r.stdout and mod.SECTION in flat and " ".join(mod.SUMMARY.split()) in flat, name
 
 
 def test_run_xor_help_shows_its_options():
@@ -107,6 +108,8 @@ def test_run_xor_quick_writes_the_json_report(tmp_path):
         assert m["results"][impl]["mlp_accuracy"] == 1.0
     assert m["config"]["logdir"] == str(tmp_path / "runs")
     assert "a linear model cannot solve XOR" in r.stdout  # the claims table
+    assert f"run folder: {m['logdir']}" in r.stdout and "backprop-lab view xor" in r.stdout
+    assert f"{len(m['claims'])}/{len(m['claims'])} claims hold for both implementations" in r.stdout
 
 
 def test_all_quick_only_xor_writes_the_json_report(tmp_path):
