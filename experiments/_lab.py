@@ -135,6 +135,13 @@ class RunLogger:
             if w is not None:
                 w.add_image(self._tag(tag), arr, step, dataformats="HWC")
 
+    def panels(self, impl, tag, fig, names, step=0):
+        """A figure of several axes as one image per axes, `tag/<name>`: one idea per image, each
+        legible at TensorBoard's card size (a three-panel figure shrinks to a third)."""
+        arrays = figure_panels(fig, f" ({impl})" if impl else "")
+        for name, arr in zip(names, arrays, strict=True):
+            self.image(impl, f"{tag}/{name}", arr, step)
+
     def text(self, tag, text, step=0):
         for w in self.writers.values():
             w.add_text(self._tag(tag), text, step)
@@ -357,6 +364,29 @@ def figure_to_array(fig) -> np.ndarray:
 DPI = 120  # with figures ~4-5 in wide: ~500-600 px, TensorBoard's card width, so text is not shrunk
 STYLE = {"font.size": 11, "axes.titlesize": 11, "axes.labelsize": 11, "legend.fontsize": 9,
          "xtick.labelsize": 9, "ytick.labelsize": 9, "figure.dpi": DPI}
+
+
+def figure_panels(fig, title_suffix="") -> list:
+    """Each axes of a figure rendered on its own (its title, labels and legend included)."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    out = []
+    for ax in fig.axes:
+        if title_suffix and title_suffix.strip(" ()") not in ax.get_title():
+            ax.set_title(ax.get_title() + title_suffix)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        for other in fig.axes:  # only this one drawn: no neighbour's title or labels in the crop
+            other.set_visible(other is ax)
+        box = ax.get_tightbbox(renderer).transformed(fig.dpi_scale_trans.inverted()).padded(0.08)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=DPI, bbox_inches=box)
+        buf.seek(0)
+        out.append(np.asarray(Image.open(buf).convert("RGB")))
+    plt.close(fig)
+    return out
 
 
 def pyplot():

@@ -190,7 +190,7 @@ def figure(impl, loop_losses, deep_losses, norms):
     plt = _lab.pyplot()
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(10.5, 3.2))
     a1.plot(plottable(loop_losses), ".-", ms=3)
-    a1.set(xlabel="iteration", ylabel="loss (floored at 1e-32)", title=f"{impl}: the guide's loop")
+    a1.set(xlabel="iteration", ylabel="loss (floored at 1e-32)", title="the guide's loop")
     log_y(a1)
     a2.plot(plottable(deep_losses))
     a2.set(xlabel="step", ylabel="MSE", title="L-layer net")
@@ -231,7 +231,7 @@ def main(cfg: Config):
         norms0 = {i: {n: float(np.linalg.norm(g)) for n, g in gs.items()} for i, gs in grads0.items()}
         for impl in cfg.impls:
             fig = figure(impl, loop[impl][0], dh["loss"][impl], norms0[impl])
-            log.image(impl, "losses_and_layer_grads", fig, deep_steps)
+            log.panels(impl, "losses", fig, ("guide_loop", "deep_net", "deep_grad_norms_at_init"), deep_steps)
 
     ref = reference_loop(cfg.iterations)
     close = lambda a, b: abs(a - b) <= tol * max(1.0, abs(b))  # noqa: E731

@@ -163,11 +163,12 @@ def figure(impl, sweep, bowl):
         label = f"lr {lr:g}: {s['regime'][impl]}"
         a1.plot(np.clip(x[:21], -1e3, 1e3), ".-", ms=4, label=label)
         a2.plot(plottable(np.abs(x)), lw=1, label=label)
-    a1.set(xlabel="step", ylabel="x", ylim=(-15, 15), title=f"{impl}: x^2 from x = 10")
+    a1.set(xlabel="step", ylabel="x", ylim=(-15, 15), title="x^2 from x = 10, per learning rate")
     a1.axhline(0, color="k", lw=0.5)
     a1.legend(fontsize=9)
     log_y(a2)
-    a2.set(xlabel="step", ylabel="|x|", title="|x| (log scale)")
+    a2.set(xlabel="step", ylabel="|x|", title="x^2 from x = 10: |x| (log scale)")
+    a2.legend(fontsize=9)
     g = np.linspace(-6, 6, 121)
     gx, gy = np.meshgrid(g, g)
     a3.contour(gx, gy, gx**2 + gy**2, levels=12, cmap="viridis", linewidths=0.7)
@@ -201,7 +202,7 @@ def main(cfg: Config):
                  for lr, s in sweep.items()]
         log.text("sweep/regimes", "\n".join(rows))
         for impl in cfg.impls:
-            log.image(impl, "trajectories", figure(impl, sweep, bowl), steps)
+            log.panels(impl, "trajectories", figure(impl, sweep, bowl), ("x_per_step", "abs_x_log", "bowl_path"), steps)
 
     results, holds = {}, {"guide_x": {}, "zero": {}, "guide_xy": {}, "origin": {}, "regimes": {}}
     for impl in cfg.impls:

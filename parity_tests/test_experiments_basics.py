@@ -15,8 +15,8 @@ from experiments import backprop, gradient_descent, linear_regression, runner, s
 SIZE = {"scalars": 0, "images": 0, "histograms": 0, "tensors": 0}
 MODULES = {"gradient-descent": gradient_descent, "linear-regression": linear_regression,
            "stopping": stopping, "backprop": backprop}
-IMAGES = {"gradient-descent": "trajectories", "linear-regression": "fit", "stopping": "validation/overfit",
-          "backprop": "losses_and_layer_grads"}
+IMAGES = {"gradient-descent": "trajectories/x_per_step", "linear-regression": "fit", "stopping": "validation/overfit",
+          "backprop": "losses/guide_loop"}  # multi-panel figures are logged one panel per image
 
 
 @pytest.fixture(scope="module")
