@@ -69,10 +69,14 @@ class Chromium:
         else:
             self.close()
             sys.exit("screenshots: chromium did not start")
-        page = next(t for t in tabs if t["type"] == "page")
-        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=120, suppress_origin=True)
-        self.n = 0
-        self.call("Page.enable")
+        try:
+            page = next(t for t in tabs if t["type"] == "page")
+            self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=120, suppress_origin=True)
+            self.n = 0
+            self.call("Page.enable")
+        except Exception:  # never leave a headless browser behind
+            self.close()
+            raise
 
     def call(self, method, **params):
         self.n += 1
