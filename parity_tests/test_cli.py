@@ -94,6 +94,7 @@ def check_report(m):
     assert Path(m["logdir"]).is_dir()
 
 
+@pytest.mark.slow  # a real training subprocess or run: the slow tier (`pytest -m slow`)
 def test_run_xor_quick_writes_the_json_report(tmp_path):
     out = tmp_path / "xor.json"
     r = cli("run", "xor", "--quick", "--no-progress", "--json", str(out), "--logdir", str(tmp_path / "runs"))
@@ -112,6 +113,7 @@ def test_run_xor_quick_writes_the_json_report(tmp_path):
     assert f"{len(m['claims'])}/{len(m['claims'])} claims hold for both implementations" in r.stdout
 
 
+@pytest.mark.slow  # a real training subprocess or run: the slow tier (`pytest -m slow`)
 def test_all_quick_only_xor_writes_the_json_report(tmp_path):
     out = tmp_path / "all.json"
     r = cli("all", "--quick", "--only", "xor", "--no-progress", "--json", str(out), "--logdir", str(tmp_path / "runs"))

@@ -15,6 +15,7 @@ def norm_run(tmp_path_factory):
     return normalization.main(cfg)
 
 
+@pytest.mark.slow  # a real training subprocess or run: the slow tier (`pytest -m slow`)
 def test_normalization_claims_hold(norm_run):
     bad = [c["claim"] for c in norm_run["claims"] if not c["holds"]]
     assert not bad, bad
@@ -22,6 +23,7 @@ def test_normalization_claims_hold(norm_run):
     assert norm_run["drift_ok"], norm_run["max_drift"]
 
 
+@pytest.mark.slow  # a real training subprocess or run: the slow tier (`pytest -m slow`)
 def test_normalization_profiles_show_the_cure(norm_run):
     """The plain net's first layer gets < 1e-2 of its last layer's gradient; every cure stays within 10x,
     at init; the profiles have one entry per Linear layer, and both implementations agree at init."""
@@ -36,6 +38,7 @@ def test_normalization_profiles_show_the_cure(norm_run):
         np.testing.assert_allclose(m[k]["grad_norm_at_init"], t[k]["grad_norm_at_init"], rtol=1e-10)
 
 
+@pytest.mark.slow  # a real training subprocess or run: the slow tier (`pytest -m slow`)
 def test_batch_norm_eval_mode_is_independent_of_the_batch(norm_run):
     dep = norm_run["batchnorm_train_vs_eval"]["batch_dependence"]
     for impl in ("manual", "torch"):

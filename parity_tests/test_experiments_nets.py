@@ -15,6 +15,8 @@ import pytest
 from scipy.optimize import brentq
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+pytestmark = pytest.mark.slow  # trains the activations and optimizers experiments (~25 CPU-s): the slow tier
+
 from experiments import _lab, activations, optimizers
 
 SIZE = {"scalars": 0, "images": 0, "histograms": 0, "tensors": 0}

@@ -156,6 +156,7 @@ def test_sigint_to_a_running_cli_exits_130_without_traceback(tmp_path):
         assert any("interrupted" in t for t in texts(ea)), impl
 
 
+@pytest.mark.slow  # a real training subprocess or run: the slow tier (`pytest -m slow`)
 def test_sigint_to_bench_keeps_the_rows_measured_so_far(tmp_path):
     """Ctrl-C during `bench`: exit 130, no traceback, and the JSON and TensorBoard hold what was measured."""
     out = tmp_path / "bench.json"
@@ -225,6 +226,7 @@ def in_process(mod, **kw):
     return runner.run_one(mod, cfg)
 
 
+@pytest.mark.slow  # a real training subprocess or run: the slow tier (`pytest -m slow`)
 def test_sigterm_mid_run_then_resume_latest_is_bit_identical_sgd_momentum(tmp_path):
     """SIGTERM: a checkpoint at the step boundary, events flushed, status in the JSON, exit 143;
     `--resume latest` then ends exactly where the uninterrupted run ends (SGD, momentum 0.9)."""
@@ -259,6 +261,7 @@ def test_sigterm_mid_run_then_resume_latest_is_bit_identical_sgd_momentum(tmp_pa
     assert any(f"at step {k} of" in n for n in resumed["notes"])
 
 
+@pytest.mark.slow  # a real training subprocess or run: the slow tier (`pytest -m slow`)
 def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical_adam(tmp_path):
     """SIGKILL (nothing can be flushed) in xor's second training loop, after a checkpoint: the
     resumed run restores the finished first loop, retrains the steps lost after the checkpoint,
@@ -302,6 +305,7 @@ def _tmpfs(path, size):
                           capture_output=True).returncode == 0
 
 
+@pytest.mark.slow  # a real training subprocess or run: the slow tier (`pytest -m slow`)
 def test_full_disk_is_one_message_exit_74_and_the_json_is_kept(tmp_path):
     """A disk that fills during a run: a real 256 KiB tmpfs where one can be mounted (root with
     CAP_SYS_ADMIN), else a per-process file-size limit (RLIMIT_FSIZE: writes past 48 KiB fail
