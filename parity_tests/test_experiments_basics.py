@@ -8,11 +8,10 @@ import os
 
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from _events import Events
 
 from experiments import backprop, gradient_descent, linear_regression, runner, stopping
 
-SIZE = {"scalars": 0, "images": 0, "histograms": 0, "tensors": 0}
 MODULES = {"gradient-descent": gradient_descent, "linear-regression": linear_regression,
            "stopping": stopping, "backprop": backprop}
 IMAGES = {"gradient-descent": "trajectories/x_per_step", "linear-regression": "fit", "stopping": "validation/overfit",
@@ -27,29 +26,6 @@ def runs(tmp_path_factory):
         cfg = mod.Config(quick=True, progress=False, device="cpu", logdir=str(tmp_path_factory.mktemp(mod.__name__)))
         out[name] = mod.main(cfg)
     return out
-
-
-class Events:
-    """A run's event file with tags as the experiment writes them ("loss/train"): on disk each tag
-    starts with the experiment's name (TensorBoard groups charts by it; checked here on every read)."""
-
-    def __init__(self, path):
-        self.ea = EventAccumulator(path, size_guidance=SIZE)
-        self.ea.Reload()
-        self.prefix = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(path)))) + "/"
-
-    def Tags(self):
-        out = {}
-        for kind, tags in self.ea.Tags().items():
-            if isinstance(tags, list) and kind in ("scalars", "images", "histograms", "tensors"):
-                assert all(t.startswith(self.prefix) for t in tags if kind != "tensors"), (self.prefix, tags)
-                tags = [t[len(self.prefix):] if t.startswith(self.prefix) else t for t in tags]
-            out[kind] = tags
-        return out
-
-    def __getattr__(self, name):  # Scalars, Images, Histograms, Tensors: by the unprefixed tag
-        method = getattr(self.ea, name)
-        return lambda tag, *a: method(self.prefix + tag, *a)
 
 
 def events(m, impl):

@@ -12,37 +12,12 @@ import os
 
 import numpy as np
 import pytest
+from _events import Events
 from scipy.optimize import brentq
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-pytestmark = pytest.mark.slow  # trains the activations and optimizers experiments (~25 CPU-s): the slow tier
 
 from experiments import _lab, activations, optimizers
 
-SIZE = {"scalars": 0, "images": 0, "histograms": 0, "tensors": 0}
-
-
-class Events:
-    """A run's event file with tags as the experiment writes them ("loss/train"): on disk each tag
-    starts with the experiment's name (TensorBoard groups charts by it; checked here on every read)."""
-
-    def __init__(self, path):
-        self.ea = EventAccumulator(path, size_guidance=SIZE)
-        self.ea.Reload()
-        self.prefix = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(path)))) + "/"
-
-    def Tags(self):
-        out = {}
-        for kind, tags in self.ea.Tags().items():
-            if isinstance(tags, list) and kind in ("scalars", "images", "histograms", "tensors"):
-                assert all(t.startswith(self.prefix) for t in tags if kind != "tensors"), (self.prefix, tags)
-                tags = [t[len(self.prefix):] if t.startswith(self.prefix) else t for t in tags]
-            out[kind] = tags
-        return out
-
-    def __getattr__(self, name):  # Scalars, Images, Histograms, Tensors: by the unprefixed tag
-        method = getattr(self.ea, name)
-        return lambda tag, *a: method(self.prefix + tag, *a)
+pytestmark = pytest.mark.slow  # trains the activations and optimizers experiments (~25 CPU-s): the slow tier
 
 
 def events(path):
