@@ -2,7 +2,8 @@
 
 Under `no_grad()` a module's forward saves nothing for backward (evaluation passes: no memory
 kept, and the saved state of an earlier training forward is left as it was). The mode is
-per thread, as torch's is.
+per thread, as torch's is. No autograd here: only a thread-local flag (standard library only) that
+`Module._save` reads; torch's names so that torch users find it.
 """
 
 from __future__ import annotations
