@@ -1,7 +1,8 @@
 """Hand-written data parallelism (manual.parallel) against torch's DistributedDataParallel.
 
-Real process groups: 2 and 3 processes on 127.0.0.1 over gloo, forked from the test process
-(torch is already imported: no per-rank start-up cost), each with a hard deadline. One group
+Real process groups: 2 and 3 processes on 127.0.0.1 over gloo, started by multiprocessing's
+forkserver (a fresh, single-threaded server process that imports torch once; each rank is forked
+from it, never from the threaded test process), each with a hard deadline. One group
 per world size runs every numerical claim; its ranks write what they saw to .npz files and
 the assertions run here, in the test process.
 
@@ -37,10 +38,10 @@ from torch_ref import twin
 TOL = 1e-13
 DEADLINE_S = 60  # hard limit on one process group's life in these tests
 
-# Ranks are forked from the test process, which already runs threads (TCPStore server, xdist):
-# in a clean-clone CI run one rank of the 3-rank group hung in its TCPStore connect (a fork-with-
-# threads deadlock). Until the launch moves to spawn/forkserver, this file is its own tier:
-# `pytest -m ddp`, outside the default run and CI.
+# Ranks are forked from a forkserver, not from the test process: the test process runs threads
+# (the TCPStore server, xdist), and a rank forked from it once hung in its TCPStore connect in a
+# clean-clone CI run (a fork-with-threads deadlock). The forkserver is a fresh interpreter with one
+# thread, started once per test process; it preloads torch and this module, so a rank costs a fork.
 pytestmark = pytest.mark.ddp
 
 
@@ -66,19 +67,23 @@ def _child(fn, rank, world, port, out, timeout_s, init, args):
         with open(os.path.join(out, f"rank{rank}.err"), "w") as f:
             f.write(traceback.format_exc())
     finally:
-        os._exit(code)  # a forked child of pytest: skip pytest's and torch's exit handlers
+        os._exit(code)  # skip torch's exit handlers: the exit code is the report
 
 
-def _warm():
-    """Import here, once, what every forked rank would otherwise import for itself (seconds each)."""
-    import torch._dynamo  # noqa: F401  torch's DDP imports it lazily (~3 s)
-    from manual import _backend
+# What the forkserver imports once, before it forks any rank (seconds each, otherwise paid per rank):
+# torch's DDP imports torch._dynamo lazily (~3 s); rank 0 of the experiment logs to TensorBoard.
+_PRELOAD = ["numpy", "torch", "torch.distributed", "torch._dynamo", "torch.utils.tensorboard",
+            "manual", "manual.parallel", "torch_ref", "experiments.ddp", __name__]
 
-    _backend.namespace(np.zeros(1))  # array-api-compat's NumPy namespace, built on first use (~0.5 s)
+
+def _context():
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)  # read when the server starts (the first group), ignored after
+    return ctx
 
 
 def run_group(fn, world, out, *args, timeout_s=20.0, deadline_s=DEADLINE_S, init=True):
-    """Run fn(rank, world, out, *args) on `world` forked ranks; returns ([exit codes], [error texts], seconds).
+    """Run fn(rank, world, out, *args) on `world` ranks forked by the forkserver; returns ([exit codes], [error texts], seconds).
 
     init=True: the group is initialized before fn runs; init=False: fn finds torchrun's environment.
     A rank's exit code is 1 if fn raised (its traceback in out/rank<r>.err), else what fn returned (or 0).
@@ -86,10 +91,9 @@ def run_group(fn, world, out, *args, timeout_s=20.0, deadline_s=DEADLINE_S, init
     The test process holds the TCPStore (port chosen by the OS: no port races); any rank still
     alive at the deadline is killed and the test fails, so nothing here can hang.
     """
-    _warm()
     store = dist.TCPStore("127.0.0.1", 0, None, is_master=True, wait_for_workers=False,
                           timeout=datetime.timedelta(seconds=30))
-    ctx = mp.get_context("fork")
+    ctx = _context()
     procs = [ctx.Process(target=_child, args=(fn, r, world, store.port, str(out), timeout_s, init, args)) for r in range(world)]
     t0 = time.perf_counter()
     for p in procs:
@@ -552,9 +556,6 @@ def _experiment_argv(tmp_path):
 
 
 def test_experiment_rank0_alone_writes_and_every_claim_holds(tmp_path):
-    import experiments.ddp  # noqa: F401  imported here, inherited by the forked ranks
-    import torch.utils.tensorboard  # noqa: F401  (rank 0 logs)
-
     codes, errors, _ = run_group(_experiment_rank, 2, tmp_path, _experiment_argv(tmp_path), init=False)
     stderr = [open(tmp_path / f"rank{r}.stderr").read() for r in range(2)]
     assert codes == [0, 0], (errors, stderr)
@@ -570,9 +571,6 @@ def test_experiment_rank0_alone_writes_and_every_claim_holds(tmp_path):
 
 
 def test_experiment_a_failing_rank_ends_the_job_named(tmp_path):
-    import experiments.ddp  # noqa: F401
-    import torch.utils.tensorboard  # noqa: F401
-
     argv = _experiment_argv(tmp_path) + ["--fail-at", "1:2"]
     codes, errors, seconds = run_group(_experiment_rank, 2, tmp_path, argv, init=False)
     stderr = [open(tmp_path / f"rank{r}.stderr").read() for r in range(2)]
@@ -586,7 +584,7 @@ def test_experiment_a_failing_rank_ends_the_job_named(tmp_path):
 @pytest.mark.slow  # ~10 CPU-seconds: torchrun and both workers each import torch from scratch
 def test_torchrun_launches_the_experiment(tmp_path):
     """The real launcher: `torchrun --standalone --nproc-per-node 2 -m experiments.ddp` (manual side only,
-    so the workers skip torch DDP's lazy torch._dynamo import; the forked tests above cover torch's DDP)."""
+    so the workers skip torch DDP's lazy torch._dynamo import; the forkserver tests above cover torch's DDP)."""
     import subprocess
     import sys
 
