@@ -38,6 +38,9 @@ MODELS = [  # name, layer sizes, batch
     # CNNs (manual.nn.Conv2d / MaxPool2d vs torch.nn's): {"cnn": name} instead of layer sizes; batch of images
     ("cnn-digits", {"cnn": "digits"}, 64),  # the `cnn` experiment's network on 8x8 digits
     ("lenet-28x28", {"cnn": "lenet"}, 128),  # LeNet-5's layout (ReLU, max pooling) on 28x28 images
+    # normalized MLPs: the medium MLP with a norm after each hidden Linear (Linear, norm, ReLU)
+    ("64-256-256-10+bn", {"norm": "batch", "sizes": (64, 256, 256, 10)}, 256),  # BatchNorm1d, training mode
+    ("64-256-256-10+ln", {"norm": "layer", "sizes": (64, 256, 256, 10)}, 256),  # LayerNorm
 ]
 QUICK_SKIP = ("gpt-256x4",)  # --quick leaves it out (seconds per step in float64); --models gpt-256x4 runs it
 LR = 1e-3
@@ -66,7 +69,10 @@ def build(sizes, dtype, device=None, seed=0):
     """A manual ReLU MLP (or a CNN spec's network), its loss and SGD; same weights for the same seed on any backend."""
     import manual
 
-    if isinstance(sizes, dict):
+    norm = None
+    if isinstance(sizes, dict) and "norm" in sizes:
+        norm, sizes = sizes["norm"], sizes["sizes"]
+    elif isinstance(sizes, dict):
         return build_cnn(sizes, dtype, device, seed)
 
     manual.init.manual_seed(seed)
@@ -75,6 +81,8 @@ def build(sizes, dtype, device=None, seed=0):
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(a, b, device=device, dtype=dtype))
         if i < len(sizes) - 2:
+            if norm is not None:
+                layers.append((nn.BatchNorm1d if norm == "batch" else nn.LayerNorm)(b, device=device, dtype=dtype))
             layers.append(nn.ReLU())
     model = nn.Sequential(*layers)
     crit = nn.MSELoss() if sizes[-1] == 1 else nn.CrossEntropyLoss()
@@ -83,6 +91,8 @@ def build(sizes, dtype, device=None, seed=0):
 
 def data(sizes, batch, seed=1):
     rng = np.random.default_rng(seed)
+    if isinstance(sizes, dict) and "norm" in sizes:
+        sizes = sizes["sizes"]
     if isinstance(sizes, dict):  # a CNN: images and class indices
         return rng.standard_normal((batch,) + CNN_INPUT[sizes["cnn"]]), rng.integers(0, 10, batch)
     x = rng.standard_normal((batch, sizes[0]))
@@ -134,7 +144,7 @@ def make_steps(sizes, batch, dtype, device, only=None):
     from manual import _backend as B
     from torch_ref import to_torch, twin, twin_loss, twin_optimizer
 
-    if isinstance(sizes, dict) and "cnn" not in sizes:
+    if isinstance(sizes, dict) and "cnn" not in sizes and "norm" not in sizes:
         return make_gpt_steps(sizes, batch, dtype, device, only)
     x, y = data(sizes, batch)
     steps = {}
@@ -294,6 +304,8 @@ def step_flops(sizes, batch):
     6 N + 12 L C T per token (N: block and head weights; the attention's q k^T and P v), B T tokens."""
     if isinstance(sizes, dict) and "cnn" in sizes:
         return cnn_flops(sizes, batch)
+    if isinstance(sizes, dict) and "norm" in sizes:  # the Linear layers' flops; the norms' are O(B N), not counted
+        sizes = sizes["sizes"]
     if isinstance(sizes, dict):
         L, C, T, V = sizes["n_layer"], sizes["n_embd"], sizes["block_size"], sizes["vocab_size"]
         return (6 * (12 * L * C * C + V * C) + 12 * L * C * T) * batch * T
@@ -369,8 +381,9 @@ def peak_memory_mb(cases):
 
     if not os.path.exists("/proc/self/clear_refs"):
         return [None] * len(cases)
-    with mp.get_context("spawn").Pool(min(2, os.cpu_count() or 1)) as pool:
-        return [round(v, 1) for v in pool.map(_memory_child, cases)]
+    # maxtasksperchild=1: every case gets a fresh process, so no allocator cache of an earlier case hides memory
+    with mp.get_context("spawn").Pool(min(2, os.cpu_count() or 1), maxtasksperchild=1) as pool:
+        return [round(v, 1) for v in pool.map(_memory_child, cases, chunksize=1)]
 
 
 # -- machine facts -------------------------------------------------------------------------
@@ -440,12 +453,10 @@ def run(args):
         work = [(m, dt, dev) for m in models for dt in dtypes for dev in devices]
         for (name, sizes, batch), dtype, device in tqdm(work, desc="bench", leave=False, disable=None):
             rows += bench_model(name, sizes, batch, dtype, device, rounds, target_s, peaks)
-        if not args.no_memory:  # float32 only; quick: the largest model only
-            largest = max(models, key=lambda m: step_flops(m[1], m[2]))
-            mem_models = {m[0]: m for m in ([largest] if quick else models)}
-            mem_rows = [r for r in rows if r["model"] in mem_models and r["dtype"] == "float32"]
-            cases = [(mem_models[r["model"]][1], r["batch"], "float32", r["impl"]) for r in mem_rows]
-            for r, mb in zip(mem_rows, peak_memory_mb(cases)):
+        if not args.no_memory:  # every row: one fresh child process per (model, dtype, impl)
+            spec = {m[0]: m[1] for m in models}
+            cases = [(spec[r["model"]], r["batch"], r["dtype"], r["impl"]) for r in rows]
+            for r, mb in zip(rows, peak_memory_mb(cases)):
                 r["peak_mem_mb"] = mb
         print_table(rows)
         scaling = measure_scaling(devices, quick, target_s)
@@ -522,8 +533,8 @@ def print_table(rows):
     _print_rows(lines)
     print("vs autograd: this row's step time / torch autograd's on the same model (lower is faster;\n"
           "  1.00x = as fast). % of peak: GFLOP/s over the machine's measured matmul ceiling. peak MiB:\n"
-          "  one step's peak memory, measured in float32 only (--quick: the largest model only); '-' where\n"
-          "  not measured (float64 rows, other models under --quick, --no-memory).")
+          "  the growth of a fresh process's peak memory over its first step (RSS on CPU, allocated on\n"
+          "  CUDA); '-' with --no-memory.")
 
 
 def print_scaling(scaling):

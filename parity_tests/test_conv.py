@@ -254,6 +254,34 @@ def test_bench_cnn_rows_agree_before_timing(spec):
         assert bench.step_flops(spec, 1) == conv1 + 6 * (6 * 25 * 16 * 100 + 400 * 120 + 120 * 84 + 84 * 10)
 
 
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+def test_bench_norm_rows_agree_before_timing(norm):
+    """The bench's normalized-MLP rows really hold their norm layers (BatchNorm1d in training mode, or
+    LayerNorm), and manual on NumPy, manual on torch and autograd give one loss and one update."""
+    from experiments import bench
+
+    spec = {"norm": norm, "sizes": (6, 8, 8, 3)}
+    model, _, _ = bench.build(spec, "float64")
+    kinds = [type(m).__name__ for m in model]
+    want = "BatchNorm1d" if norm == "batch" else "LayerNorm"
+    assert kinds == ["Linear", want, "ReLU", "Linear", want, "ReLU", "Linear"], kinds
+    with one_thread():
+        assert bench.check_agree(bench.make_steps(spec, 5, "float64", "cpu"), "float64") < 1e-12
+    assert bench.step_flops(spec, 2) == 6 * 2 * (6 * 8 + 8 * 8 + 8 * 3)
+
+
+@pytest.mark.slow  # two fresh child processes, each importing torch
+def test_bench_peak_memory_is_measured_for_any_row():
+    """Peak memory comes from a fresh process per case, for MLP, normalized, CNN rows alike: a
+    number for each, and a step that allocates (a 256 x 256 float64 batch through 256-wide layers) shows growth."""
+    from experiments import bench
+
+    mbs = bench.peak_memory_mb([({"norm": "batch", "sizes": (64, 256, 256, 10)}, 256, "float64", "manual-numpy"),
+                                ({"cnn": "digits"}, 8, "float32", "autograd")])
+    assert all(isinstance(mb, float) and mb >= 0 for mb in mbs), mbs
+    assert mbs[0] > 0.5, mbs  # 4 activations of 256 x 256 float64 alone are 2 MiB
+
+
 @pytest.mark.slow  # figures and TensorBoard files (seconds with the first imports of sklearn and TensorBoard)
 def test_cnn_experiment_logs_filters_feature_maps_and_parameter_counts(tmp_path):
     """One epoch of a small `cnn` experiment (its claim needs 6; `all --quick` checks it): both
