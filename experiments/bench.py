@@ -448,7 +448,7 @@ def run(args):
     print(f"\nmatmul ceiling (n={n_peak}, best of {3 if quick else 7} rounds, GFLOP/s): " + "; ".join(
         f"{dt}: " + ", ".join(f"{k} {v:.0f}" for k, v in p.items()) for dt, p in peaks.items()))
 
-    rows, scaling, status = [], [], "ok"
+    rows, scaling, status, code = [], [], "ok", 0
     try:
         work = [(m, dt, dev) for m in models for dt in dtypes for dev in devices]
         for (name, sizes, batch), dtype, device in tqdm(work, desc="bench", leave=False, disable=None):
@@ -461,9 +461,9 @@ def run(args):
         print_table(rows)
         scaling = measure_scaling(devices, quick, target_s)
         print_scaling(scaling)
-    except KeyboardInterrupt:  # keep what was measured: table, JSON and TensorBoard of the rows so far
-        status = "interrupted"
-        print(f"\ninterrupted: {len(rows)} rows measured so far", file=sys.stderr)
+    except KeyboardInterrupt as e:  # keep what was measured: table, JSON and TensorBoard of the rows so far
+        status, code = "interrupted", getattr(e, "exit_code", 130)  # signals.Stop: 130 Ctrl-C, 143 SIGTERM
+        print(f"\ninterrupted ({getattr(e, 'name', 'SIGINT')}): {len(rows)} rows measured so far", file=sys.stderr)
         print_table(rows)
     out = {"status": status, "machine": info, "matmul_peak_gflops": peaks, "rows": rows, "scaling": scaling,
            "protocol": {"rounds": rounds, "block_target_s": target_s, "settle_s": SETTLE_S}}
@@ -473,7 +473,7 @@ def run(args):
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
         print(f"wrote {args.json}", file=sys.stderr)
-    return 130 if status == "interrupted" else 0
+    return code
 
 
 def bench_model(name, sizes, batch, dtype, device, rounds, target_s, peaks):

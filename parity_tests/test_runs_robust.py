@@ -157,8 +157,10 @@ def test_sigint_to_a_running_cli_exits_130_without_traceback(tmp_path):
 
 
 @pytest.mark.slow  # a real training subprocess or run: the slow tier (`pytest -m slow`)
-def test_sigint_to_bench_keeps_the_rows_measured_so_far(tmp_path):
-    """Ctrl-C during `bench`: exit 130, no traceback, and the JSON and TensorBoard hold what was measured."""
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_to_bench_keeps_the_rows_measured_so_far(tmp_path, sig, code):
+    """Ctrl-C (or SIGTERM) during `bench`: exit 130 (143), no traceback, and the JSON and TensorBoard
+    hold what was measured."""
     out = tmp_path / "bench.json"
     p = subprocess.Popen([sys.executable, "-m", "experiments", "bench", "--quick", "--no-memory", "--dtype", "float64",
                           "--logdir", str(tmp_path / "runs"), "--json", str(out)],
@@ -170,11 +172,11 @@ def test_sigint_to_bench_keeps_the_rows_measured_so_far(tmp_path):
             if line.startswith("matmul ceiling"):
                 break
         time.sleep(3.0)  # about one model's paired rounds
-        p.send_signal(signal.SIGINT)
+        p.send_signal(sig)
         _, err = p.communicate(timeout=120)
     finally:
         p.kill()
-    assert p.returncode == 130, err[-2000:]
+    assert p.returncode == code, err[-2000:]
     assert "Traceback" not in err
     report = json.loads(out.read_text())
     assert report["status"] == "interrupted"
