@@ -42,6 +42,8 @@ class RunConfig:
 
     impl: str = opt("both", "which implementation(s) to train", choices=("manual", "torch", "both"))
     device: str = opt("auto", "auto takes CUDA when present; manual then runs on CUDA tensors", choices=("auto", "cpu", "cuda"))
+    backend: str = opt("auto", "arrays of the manual side: numpy, or torch tensors (autograd off) on --device; "
+                               "auto: NumPy on CPU, torch on CUDA", choices=("auto", "numpy", "torch"))
     dtype: str = opt("float64", "floating dtype of both implementations", choices=("float32", "float64"))
     seed: int = opt(0, "seed for weights, data and batch order")
     logdir: str = opt("runs", "TensorBoard log root: runs go to LOGDIR/<experiment>/<timestamp>/<impl>")
@@ -64,15 +66,22 @@ def config_table(cfg) -> str:
     return "\n".join(rows)
 
 
-def resolve_device(device: str):
-    """(torch device, manual device): CPU -> ('cpu', 'numpy'); CUDA -> ('cuda', 'cuda')."""
+def resolve_device(device: str, backend: str = "auto"):
+    """(torch device, manual device) from --device and --backend:
+    CPU -> ('cpu', 'numpy'), or ('cpu', 'cpu') with backend torch (torch CPU tensors); CUDA -> ('cuda', 'cuda')."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA GPU here (try --device auto or cpu)")
     if device not in ("cpu", "cuda"):
         raise SystemExit(f"--device: expected auto, cpu or cuda, got {device!r}")
-    return device, ("numpy" if device == "cpu" else "cuda")
+    if backend not in ("auto", "numpy", "torch"):
+        raise SystemExit(f"--backend: expected auto, numpy or torch, got {backend!r}")
+    if device == "cuda" and backend == "numpy":
+        raise SystemExit("--backend numpy runs on the CPU only: use --device cpu, or --backend torch/auto with --device cuda")
+    if device == "cuda":
+        return device, "cuda"
+    return device, ("cpu" if backend == "torch" else "numpy")
 
 
 # -- TensorBoard -------------------------------------------------------------------------
@@ -411,7 +420,7 @@ class Twins:
 
     def __init__(self, model, criterion, optimizer, cfg: RunConfig):
         self.impls = cfg.impls
-        self.tdev, self.mdev = resolve_device(cfg.device)
+        self.tdev, self.mdev = resolve_device(cfg.device, cfg.backend)
         self.dtype = cfg.dtype
         self.model = model.to(self.mdev, cfg.dtype)
         if getattr(criterion, "weight", None) is not None:

@@ -102,7 +102,7 @@ def dead_fraction(twins, x):
 
 def derivatives(cfg, grid):
     """name -> {"f": f(grid), "manual": <op>_backward(ones, grid), "torch": autograd d f/dx} as NumPy."""
-    tdev, mdev = _lab.resolve_device(cfg.device)
+    tdev, mdev = _lab.resolve_device(cfg.device, cfg.backend)
     xm = B.place(grid, mdev, cfg.dtype)
     out = {}
     for name, (_, fwd, bwd, tfwd) in ACTIVATIONS.items():

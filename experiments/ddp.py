@@ -281,7 +281,7 @@ def main(cfg: Config):
     if cfg.resume or cfg.save_every:
         raise SystemExit("ddp: --resume and --save-every are not supported under data parallelism yet")
     fail = parse_fail_at(cfg.fail_at)
-    tdev, mdev = _lab.resolve_device(cfg.device)
+    tdev, mdev = _lab.resolve_device(cfg.device, cfg.backend)
     with process_group(cfg, tdev) as (rank, world):
         return _run(cfg, rank, world, tdev, mdev, fail)
 

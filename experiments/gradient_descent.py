@@ -51,7 +51,7 @@ def descend(cfg, x0, lr, steps):
     Returns impl -> {"x": (T+1, d) iterates, "grad": (T, d) gradients, "blew_up": bool};
     T <= steps: a run stops once |x| passes BLOWUP |x0| or is not finite.
     """
-    tdev, mdev = _lab.resolve_device(cfg.device)
+    tdev, mdev = _lab.resolve_device(cfg.device, cfg.backend)
     x0 = np.atleast_1d(np.asarray(x0, dtype=np.float64))  # (d,)
     limit = BLOWUP * float(np.max(np.abs(x0)))
     out = {}

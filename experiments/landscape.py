@@ -270,7 +270,7 @@ def main(cfg: Config):
     rng = _lab.seeded(cfg)
     grid = min(cfg.grid, 11) if cfg.quick else cfg.grid
     steps = min(cfg.steps, 300) if cfg.quick else cfg.steps
-    tdev, mdev = _lab.resolve_device(cfg.device)
+    tdev, mdev = _lab.resolve_device(cfg.device, cfg.backend)
     x = np.linspace(-3, 3, cfg.n)[:, None]  # (n, 1)
     y = np.sin(x)  # (n, 1)
     # built first: the sweeps' own Linear layers draw from the same seeded generator

@@ -59,7 +59,7 @@ def make_houses(cfg, rng):
 
 def guide_mse(cfg):
     """The guide's three houses, through manual.nn.MSELoss and torch.nn.MSELoss: impl -> MSE."""
-    tdev, mdev = _lab.resolve_device(cfg.device)
+    tdev, mdev = _lab.resolve_device(cfg.device, cfg.backend)
     pred, actual = np.array(GUIDE_PREDICTED), np.array(GUIDE_ACTUAL)
     out = {}
     if "manual" in cfg.impls:

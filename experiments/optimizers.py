@@ -84,7 +84,7 @@ def run_1d(cfg, log, data, method, batches, prefix=None):
     manual: hand gradient, manual.optim on a Parameter; torch: autograd, torch.optim.
     Returns {"path": {impl: (steps+1,)}, "loss": {impl: [...]}, "drift": float, "status": str}.
     """
-    tdev, mdev = _lab.resolve_device(cfg.device)
+    tdev, mdev = _lab.resolve_device(cfg.device, cfg.backend)
     a, b = cfg.bump_a, cfg.bump_b
     p = nn.Parameter(B.place(np.array([cfg.w0]), mdev, cfg.dtype))
     t = torch.tensor([cfg.w0], dtype=getattr(torch, cfg.dtype), device=tdev, requires_grad=True)

@@ -203,19 +203,22 @@ def cmd_list(args):
     return 0
 
 
-def no_gpu(parser, device):
-    """--device cuda without a GPU is a usage error: exit 2 before any work, as verify and bench do."""
+def no_gpu(parser, device, backend="auto"):
+    """--device cuda without a GPU (or with --backend numpy) is a usage error: exit 2 before any work,
+    as verify and bench do."""
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA GPU here (torch.cuda.is_available() is False); "
                      "use --device auto or cpu")
+    if backend == "numpy" and (device == "cuda" or (device == "auto" and torch.cuda.is_available())):
+        parser.error("--backend numpy runs on the CPU only: add --device cpu, or use --backend torch (or auto) on CUDA")
 
 
 def cmd_run(args):
     from . import checkpoint
 
-    no_gpu(args._parser, args.device)
+    no_gpu(args._parser, args.device, args.backend)
     cfg = config_from_args(args._config, args)
     if cfg.resume:  # the checkpoint's options, unless given here (and then they must agree)
         try:
@@ -239,7 +242,7 @@ def cmd_all(args):
 
     from ._lab import RunConfig
 
-    no_gpu(args._parser, args.device)
+    no_gpu(args._parser, args.device, args.backend)
 
     exps = experiments()
     names = args.only or list(exps)

@@ -207,3 +207,57 @@ def test_a_logdir_that_cannot_be_created_is_refused(capsys, tmp_path):
     blocker.write_text("not a folder")
     code, err = parse_error(capsys, "all", "--quick", "--logdir", str(blocker / "runs"))
     assert code == 2 and f"--logdir {blocker / 'runs'}: cannot create it" in err
+
+
+# -- --backend: the manual side on NumPy or on torch CPU tensors --------------------------------
+
+def test_backend_picks_the_manual_sides_arrays():
+    """--backend torch puts the manual model on torch CPU tensors (autograd off), numpy and auto on NumPy."""
+    import numpy as np
+    import torch
+
+    from manual import nn
+
+    assert _lab.resolve_device("cpu", "auto") == ("cpu", "numpy")
+    assert _lab.resolve_device("cpu", "numpy") == ("cpu", "numpy")
+    assert _lab.resolve_device("cpu", "torch") == ("cpu", "cpu")
+    for backend, kind in (("numpy", np.ndarray), ("torch", torch.Tensor)):
+        cfg = _lab.RunConfig(device="cpu", backend=backend)
+        twins = _lab.Twins(nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)), nn.MSELoss(),
+                           lambda ps: __import__("manual").optim.SGD(ps, lr=0.1), cfg)
+        assert all(isinstance(p.data, kind) for p in twins.model.parameters()), backend
+        x, y = np.ones((4, 2)), np.zeros((4, 1))
+        (xm, ym), _ = twins.place(x, y)
+        assert isinstance(xm, kind) and isinstance(ym, kind)
+        twins.step(x, y)
+        assert twins.drift() < 1e-14  # same weights, same step, either array library
+        if backend == "torch":
+            assert not any(p.data.requires_grad for p in twins.model.parameters())  # autograd stays off
+
+
+@pytest.mark.slow  # a real training subprocess
+def test_run_xor_with_the_torch_backend_labels_the_run_and_every_claim_holds(tmp_path):
+    out = tmp_path / "xor.json"
+    r = cli("run", "xor", "--quick", "--backend", "torch", "--no-progress", "--json", str(out),
+            "--logdir", str(tmp_path / "runs"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = json.loads(out.read_text())["xor"]
+    assert m["config"]["backend"] == "torch"
+    assert "backend=torch" in m["logdir"]
+    assert all(c["holds"] for c in m["claims"]), m["claims"]
+
+
+def test_backend_numpy_on_cuda_is_a_usage_error(capsys, monkeypatch):
+    """NumPy arrays cannot live on a GPU: exit 2 before any work (a GPU is pretended, so that the
+    no-GPU check does not answer first); an unknown backend names the choices."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for argv in (["run", "xor", "--backend", "numpy", "--device", "cuda"],
+                 ["all", "--only", "xor", "--backend", "numpy"]):  # auto takes the (pretended) GPU
+        code, err = parse_error(capsys, *argv)
+        assert code == 2 and "--backend numpy runs on the CPU only" in err, (argv, err)
+    with pytest.raises(SystemExit, match="--backend numpy runs on the CPU only"):
+        _lab.resolve_device("cuda", "numpy")
+    code, err = parse_error(capsys, "run", "xor", "--backend", "gpu")
+    assert code == 2 and "invalid choice: 'gpu'" in err and "'torch'" in err, err
