@@ -439,8 +439,7 @@ class Twins:
         if y is None:
             return xm, xt
         if np.issubdtype(np.asarray(y).dtype, np.integer):
-            ym = np.asarray(y, dtype=np.int64) if self.mdev == "numpy" else torch.as_tensor(y, dtype=torch.int64, device=self.mdev)
-            yt = torch.as_tensor(np.asarray(y), dtype=torch.int64, device=self.tdev)
+            ym, yt = B.place_labels(y, self.mdev), B.place_labels(y, self.tdev)
         else:
             ym = B.place(y, self.mdev, self.dtype)
             yt = to_torch(np.asarray(y), device=self.tdev, dtype=self.dtype)

@@ -210,11 +210,11 @@ class GPTTwins(_lab.Twins):
             self.bscheduler = schedule(self.boptimizer, torch.optim.lr_scheduler, eff)
 
     def place(self, x, y=None):
-        xm = B.place_raw(np.asarray(x, dtype=np.int64), self.mdev)
+        xm = B.place_labels(x, self.mdev)
         xt = torch.as_tensor(np.asarray(x, dtype=np.int64), device=self.tdev)
         if y is None:
             return xm, xt
-        ym = B.place_raw(np.asarray(y, dtype=np.int64).reshape(-1), self.mdev)
+        ym = B.place_labels(np.asarray(y).reshape(-1), self.mdev)
         yt = torch.as_tensor(np.asarray(y, dtype=np.int64).reshape(-1), device=self.tdev)
         return (xm, ym), (xt, yt)
 

@@ -273,6 +273,15 @@ def place_raw(values: np.ndarray, device=None):
     return torch.as_tensor(np.asarray(values), device=dev)
 
 
+def place_labels(labels, device=None):
+    """Integer class indices (targets, token ids) as int64 on the given backend/device: what
+    cross_entropy and embedding take, on NumPy and torch alike."""
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"place_labels: expected integer class indices, got dtype {labels.dtype}")
+    return place_raw(labels.astype(np.int64, copy=False), device)
+
+
 def place_bool(mask, device=None):
     """A boolean mask (a dropout keep-mask) on the given backend/device, still boolean."""
     return place_raw(np.asarray(mask, dtype=bool), device)

@@ -109,3 +109,16 @@ def test_model_on_torch_builds_no_graph(backend):
     for name, p in model.named_parameters():
         assert p.data.grad is None and not p.data.requires_grad, f"{name}: torch autograd was used"
         assert p.grad.grad_fn is None, f"{name}.grad carries an autograd graph"
+
+
+@pytest.mark.parametrize("device", [None, "cpu"], ids=["numpy", "torch-cpu"])
+def test_place_labels_gives_int64_indices_on_the_backend(device):
+    """Integer targets from any NumPy integer dtype land as int64 on the asked backend (what
+    cross_entropy and embedding take); floats are refused rather than truncated."""
+    from manual import _backend as B
+
+    y = B.place_labels(np.array([3, 0, 2], dtype=np.int32), device)
+    assert (type(y) is np.ndarray) == (device is None)
+    assert str(y.dtype).endswith("int64") and to_numpy(y).tolist() == [3, 0, 2]
+    with pytest.raises(TypeError, match="expected integer class indices, got dtype float64"):
+        B.place_labels(np.array([1.0, 2.0]), device)
