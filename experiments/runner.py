@@ -120,7 +120,8 @@ def _non_negative(text):
 
 
 def _esc(text):
-    """argparse formats help with %: a literal % (as in "75%") must be doubled."""
+    """argparse formats an argument's or a subcommand's help with %: a literal % (as in "75%") must be
+    doubled there. A description is formatted only when it holds "%(prog)", so it stays as written."""
     return text.replace("%", "%%")
 
 
@@ -171,7 +172,7 @@ def register(sub):
     runs = p.add_subparsers(dest="experiment", metavar="NAME", parser_class=type(p))
     runs.required = True
     for name, mod in exps.items():
-        rp = runs.add_parser(name, help=_esc(mod.SUMMARY), description=_esc(f"{mod.SUMMARY} (guide: {mod.SECTION})"))
+        rp = runs.add_parser(name, help=_esc(mod.SUMMARY), description=f"{mod.SUMMARY} (guide: {mod.SECTION})")
         add_config_arguments(rp, mod.Config)
         rp.add_argument("--json", metavar="PATH", help="write the config, final metrics, drift and claims as JSON")
         rp.set_defaults(func=cmd_run, _config=mod.Config, _module=mod, _parser=rp)

@@ -154,6 +154,8 @@ def test_an_experiment_summary_with_a_percent_sign_shows_in_help():
     assert "75%" in runner.load("xor").SUMMARY  # the case that crashed `run --help`
     r = cli("run", "--help")
     assert r.returncode == 0 and "75%" in r.stdout, r.stderr
+    r = cli("run", "xor", "--help")  # the description, printed as written: one %, not two
+    assert r.returncode == 0 and "75%" in r.stdout and "%%" not in r.stdout, r.stdout
 
 
 def test_listed_experiments_are_an_explicit_contract(monkeypatch):
