@@ -72,7 +72,8 @@ def resolve_device(device: str, backend: str = "auto"):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: torch sees no CUDA GPU here (try --device auto or cpu)")
+        raise SystemExit("--device cuda: torch sees no CUDA GPU here (torch.cuda.is_available() is False); "
+                         "use --device auto or cpu")
     if device not in ("cpu", "cuda"):
         raise SystemExit(f"--device: expected auto, cpu or cuda, got {device!r}")
     if backend not in ("auto", "numpy", "torch"):

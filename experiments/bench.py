@@ -65,14 +65,21 @@ def register(sub):
 
 # -- the models and their steps ------------------------------------------------------------
 
+def spec_kind(sizes):
+    """'mlp' (a tuple of layer sizes), 'norm' ({"norm", "sizes"}), 'cnn' ({"cnn"}) or 'gpt' (GPTConfig fields)."""
+    if not isinstance(sizes, dict):
+        return "mlp"
+    return "norm" if "norm" in sizes else "cnn" if "cnn" in sizes else "gpt"
+
+
 def build(sizes, dtype, device=None, seed=0):
     """A manual ReLU MLP (or a CNN spec's network), its loss and SGD; same weights for the same seed on any backend."""
     import manual
 
     norm = None
-    if isinstance(sizes, dict) and "norm" in sizes:
+    if spec_kind(sizes) == "norm":
         norm, sizes = sizes["norm"], sizes["sizes"]
-    elif isinstance(sizes, dict):
+    elif spec_kind(sizes) == "cnn":
         return build_cnn(sizes, dtype, device, seed)
 
     manual.init.manual_seed(seed)
@@ -91,9 +98,9 @@ def build(sizes, dtype, device=None, seed=0):
 
 def data(sizes, batch, seed=1):
     rng = np.random.default_rng(seed)
-    if isinstance(sizes, dict) and "norm" in sizes:
+    if spec_kind(sizes) == "norm":
         sizes = sizes["sizes"]
-    if isinstance(sizes, dict):  # a CNN: images and class indices
+    if spec_kind(sizes) == "cnn":  # images and class indices
         return rng.standard_normal((batch,) + CNN_INPUT[sizes["cnn"]]), rng.integers(0, 10, batch)
     x = rng.standard_normal((batch, sizes[0]))
     y = rng.standard_normal((batch, 1)) if sizes[-1] == 1 else rng.integers(0, sizes[-1], batch)
@@ -144,7 +151,7 @@ def make_steps(sizes, batch, dtype, device, only=None):
     from manual import _backend as B
     from torch_ref import to_torch, twin, twin_loss, twin_optimizer
 
-    if isinstance(sizes, dict) and "cnn" not in sizes and "norm" not in sizes:
+    if spec_kind(sizes) == "gpt":
         return make_gpt_steps(sizes, batch, dtype, device, only)
     x, y = data(sizes, batch)
     steps = {}
@@ -302,11 +309,12 @@ def paired_rounds(steps, rounds, target_s):
 def step_flops(sizes, batch):
     """Forward 2BKN + backward 4BKN multiply-adds per Linear (grad input + grad weight). A GPT: nanoGPT's
     6 N + 12 L C T per token (N: block and head weights; the attention's q k^T and P v), B T tokens."""
-    if isinstance(sizes, dict) and "cnn" in sizes:
+    kind = spec_kind(sizes)
+    if kind == "cnn":
         return cnn_flops(sizes, batch)
-    if isinstance(sizes, dict) and "norm" in sizes:  # the Linear layers' flops; the norms' are O(B N), not counted
+    if kind == "norm":  # the Linear layers' flops; the norms' are O(B N), not counted
         sizes = sizes["sizes"]
-    if isinstance(sizes, dict):
+    elif kind == "gpt":
         L, C, T, V = sizes["n_layer"], sizes["n_embd"], sizes["block_size"], sizes["vocab_size"]
         return (6 * (12 * L * C * C + V * C) + 12 * L * C * T) * batch * T
     return 6 * batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))

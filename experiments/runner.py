@@ -207,13 +207,12 @@ def cmd_list(args):
 def no_gpu(parser, device, backend="auto"):
     """--device cuda without a GPU (or with --backend numpy) is a usage error: exit 2 before any work,
     as verify and bench do."""
-    import torch
+    from ._lab import resolve_device
 
-    if device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: torch sees no CUDA GPU here (torch.cuda.is_available() is False); "
-                     "use --device auto or cpu")
-    if backend == "numpy" and (device == "cuda" or (device == "auto" and torch.cuda.is_available())):
-        parser.error("--backend numpy runs on the CPU only: add --device cpu, or use --backend torch (or auto) on CUDA")
+    try:
+        resolve_device(device, backend)
+    except SystemExit as e:  # the one place that knows which device/backend pairs work
+        parser.error(str(e))
 
 
 def cmd_run(args):

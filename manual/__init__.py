@@ -6,6 +6,6 @@ torch namesakes. `manual.no_grad()` (torch's name) makes forward save nothing fo
 """
 
 from . import functional, init, nn, optim
-from ._grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from ._grad_mode import is_grad_enabled, no_grad, set_grad_enabled
 
-__all__ = ["functional", "init", "nn", "optim", "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled"]
+__all__ = ["functional", "init", "nn", "optim", "no_grad", "set_grad_enabled", "is_grad_enabled"]

@@ -1,4 +1,4 @@
-"""Grad mode: twins of torch.no_grad, torch.enable_grad, torch.set_grad_enabled, torch.is_grad_enabled.
+"""Grad mode: no_grad, set_grad_enabled and is_grad_enabled, named as torch names its own.
 
 Under `no_grad()` a module's forward saves nothing for backward (evaluation passes: no memory
 kept, and the saved state of an earlier training forward is left as it was). The mode is
@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import threading
 
-__all__ = ["no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled"]
+__all__ = ["no_grad", "set_grad_enabled", "is_grad_enabled"]
 
 
 class _Mode(threading.local):
@@ -52,12 +52,6 @@ class no_grad(_GradContext):
     """`with manual.no_grad(): model(x)`, or `@manual.no_grad()`: forward saves nothing for backward."""
 
     _target = False
-
-
-class enable_grad(_GradContext):
-    """Turn saving back on inside a no_grad block."""
-
-    _target = True
 
 
 class set_grad_enabled(_GradContext):

@@ -218,7 +218,7 @@ def test_backend_picks_the_manual_sides_arrays():
     import numpy as np
     import torch
 
-    from manual import nn
+    from manual import nn, optim
 
     assert _lab.resolve_device("cpu", "auto") == ("cpu", "numpy")
     assert _lab.resolve_device("cpu", "numpy") == ("cpu", "numpy")
@@ -226,7 +226,7 @@ def test_backend_picks_the_manual_sides_arrays():
     for backend, kind in (("numpy", np.ndarray), ("torch", torch.Tensor)):
         cfg = _lab.RunConfig(device="cpu", backend=backend)
         twins = _lab.Twins(nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)), nn.MSELoss(),
-                           lambda ps: __import__("manual").optim.SGD(ps, lr=0.1), cfg)
+                           lambda ps: optim.SGD(ps, lr=0.1), cfg)
         assert all(isinstance(p.data, kind) for p in twins.model.parameters()), backend
         x, y = np.ones((4, 2)), np.zeros((4, 1))
         (xm, ym), _ = twins.place(x, y)

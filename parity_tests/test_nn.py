@@ -263,7 +263,7 @@ def test_no_grad_saves_nothing_and_is_torchs_api():
 
     assert evaluate() is False and manual.is_grad_enabled()
     with manual.no_grad():
-        with manual.enable_grad():
+        with manual.set_grad_enabled(True):  # saving back on inside a no_grad block
             assert manual.is_grad_enabled()
         assert not manual.is_grad_enabled()
     manual.set_grad_enabled(False)
