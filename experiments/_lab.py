@@ -14,6 +14,7 @@ import datetime as _dt
 import io
 import math
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -673,22 +674,60 @@ def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(pred == np.asarray(y).reshape(-1)))
 
 
-def claim(text: str, holds_manual, holds_torch, manual=None, torch_=None, holds=None):
-    """One of the guide's claims checked on each implementation's own results."""
-    parts = [h for h in (holds_manual, holds_torch) if h is not None]
-    return {
-        "claim": text,
-        "manual": manual,
-        "torch": torch_,
-        "holds_manual": holds_manual,
-        "holds_torch": holds_torch,
-        "holds": bool(all(parts) if holds is None else holds) and bool(parts or holds is not None),
-    }
+@dataclass(frozen=True)
+class Claim:
+    """One of the guide's claims and its verdict, built with `Claim.each` or `Claim.pair`.
+
+    holds_manual / holds_torch: the claim tested on that implementation's own result (None where
+    it did not run or is not tested); joint: the verdict of a claim about the two together (their
+    drift). manual / torch: what the claims table shows in each column.
+    """
+
+    text: str
+    holds_manual: bool | None = None
+    holds_torch: bool | None = None
+    manual: object = None
+    torch: object = None
+    joint: bool | None = None
+
+    @classmethod
+    def each(cls, text: str, values: Mapping[str, object], test: Callable[[object], bool],
+             shown: Mapping[str, object] | None = None) -> Claim:
+        """Tested on each implementation's own value: holds_<impl> = test(values[impl]) for every impl
+        in `values` (the ones that ran); shown: what the table prints per impl (default: the values)."""
+        unknown = set(values) - set(IMPLS)
+        if unknown:
+            raise ValueError(f"Claim.each({text!r}): values are keyed by implementation {IMPLS}, got {sorted(unknown)}")
+        shown = values if shown is None else shown
+        holds = {i: bool(test(values[i])) for i in IMPLS if i in values}
+        return cls(text, holds.get("manual"), holds.get("torch"), shown.get("manual"), shown.get("torch"))
+
+    @classmethod
+    def pair(cls, text: str, value, holds: bool) -> Claim:
+        """A claim about manual and torch together (their drift, their agreement): one value, shown in
+        both columns, and one verdict."""
+        return cls(text, manual=value, torch=value, joint=bool(holds))
+
+    @property
+    def holds(self) -> bool:
+        """joint's verdict for a pair claim; else every tested implementation holds (and at least one was tested)."""
+        if self.joint is not None:
+            return self.joint
+        parts = [h for h in (self.holds_manual, self.holds_torch) if h is not None]
+        return bool(parts) and all(parts)
+
+    def as_dict(self) -> dict:
+        """The record `--json` and the claims table use."""
+        return {"claim": self.text, "manual": self.manual, "torch": self.torch,
+                "holds_manual": self.holds_manual, "holds_torch": self.holds_torch, "holds": self.holds}
 
 
-def result(cfg, log: RunLogger, results: dict, claims: list, drift=None, drift_tol=None, **extra):
+def result(cfg, log: RunLogger, results: dict, claims: list[Claim], drift=None, drift_tol=None, **extra):
     """The dict every experiment's main() returns (and `--json` writes). drift_tol: an experiment's own,
     measured drift tolerance (the gpt experiment's rounding yardstick) instead of DRIFT_TOL[dtype]."""
+    bad = [type(c).__name__ for c in claims if not isinstance(c, Claim)]
+    if bad:
+        raise TypeError(f"_lab.result: claims must be Claim records (Claim.each / Claim.pair), got {bad}")
     tol = DRIFT_TOL[cfg.dtype] if drift_tol is None else drift_tol
     out = {
         "config": dataclasses.asdict(cfg),
@@ -699,7 +738,7 @@ def result(cfg, log: RunLogger, results: dict, claims: list, drift=None, drift_t
         "max_drift": drift,
         "drift_tolerance": tol,
         "drift_ok": None if drift is None else bool(drift <= tol),
-        "claims": claims,
+        "claims": [c.as_dict() for c in claims],
         **extra,
     }
     write_outcome(log.root, log.experiment, out)

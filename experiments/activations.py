@@ -230,25 +230,24 @@ def net_claims(cfg, steps, norms, final, dead0, dead1):
     acc = {a: final[a]["accuracy/val"] for a in final}
     learned = {i: acc["relu"][i] >= 0.8 and acc["sigmoid"][i] <= 0.6 for i in cfg.impls}
     leaky = {i: max(dead0["leaky_relu"][i], dead1["leaky_relu"][i]) for i in cfg.impls}
+    Claim = _lab.Claim
     claims = [
-        _lab.claim(f"sigmoid, {cfg.depth} layers: last/first layer gradient >= 100x at init (vanishing)",
-                   *_per_impl(ratio["sigmoid"], lambda r: 1 / r >= 100),
-                   **_values({i: 1 / r for i, r in ratio["sigmoid"].items()})),
-        _lab.claim(f"ReLU, {cfg.depth} layers: first/last layer gradient within 10x at init (0.1..10)",
-                   *_per_impl(ratio["relu"], lambda r: 0.1 <= r <= 10), **_values(ratio["relu"])),
-        _lab.claim(f"ReLU net learns the circle (val acc >= 0.8), sigmoid's stays <= 0.6 ({steps} steps)",
-                   *_per_impl(learned, bool),
-                   **_values({i: f"relu {acc['relu'][i]:.2f} / sigmoid {acc['sigmoid'][i]:.2f}" for i in cfg.impls})),
-        _lab.claim("Leaky ReLU: no dead units (0 on every input), at init or trained",
-                   *_per_impl(leaky, lambda f: f == 0.0),
-                   **_values({i: f"{leaky[i]:g} (ReLU: {dead0['relu'][i]:.0%} -> {dead1['relu'][i]:.0%})"
-                              for i in cfg.impls})),
+        Claim.each(f"sigmoid, {cfg.depth} layers: last/first layer gradient >= 100x at init (vanishing)",
+                   {i: 1 / r for i, r in ratio["sigmoid"].items()}, lambda r: r >= 100),
+        Claim.each(f"ReLU, {cfg.depth} layers: first/last layer gradient within 10x at init (0.1..10)",
+                   ratio["relu"], lambda r: 0.1 <= r <= 10),
+        Claim.each(f"ReLU net learns the circle (val acc >= 0.8), sigmoid's stays <= 0.6 ({steps} steps)",
+                   learned, bool,
+                   shown={i: f"relu {acc['relu'][i]:.2f} / sigmoid {acc['sigmoid'][i]:.2f}" for i in cfg.impls}),
+        Claim.each("Leaky ReLU: no dead units (0 on every input), at init or trained", leaky, lambda f: f == 0.0,
+                   shown={i: f"{leaky[i]:g} (ReLU: {dead0['relu'][i]:.0%} -> {dead1['relu'][i]:.0%})"
+                          for i in cfg.impls}),
     ]
     if len(cfg.impls) == 2:
         gap = max(abs(a - b) / max(abs(b), 1e-300)
                   for n in norms for a, b in zip(norms[n]["manual"], norms[n]["torch"]))
-        claims.append(_lab.claim("per-layer gradient norms at init: manual = autograd (max rel gap)",
-                                 None, None, manual=gap, holds=gap <= NORM_RTOL[cfg.dtype]))
+        claims.append(Claim.pair("per-layer gradient norms at init: manual = autograd (max rel gap)",
+                                 gap, gap <= NORM_RTOL[cfg.dtype]))
     return claims
 
 
@@ -260,21 +259,9 @@ def derivative_claims(cfg, d, sig10):
     same = {i: float(abs(sig10[i][0] - sig10[i][1])) for i in ("manual", "torch")}
     gap = max(float(np.max(np.abs(v["manual"] - v["torch"]))) for v in d.values())
     return [
-        _lab.claim("sigmoid'(x) peaks at 0.25, at x = 0", *(abs(peak[i] - 0.25) <= tol and peak[i] == at0[i]
-                                                             for i in _lab.IMPLS), manual=peak["manual"],
-                   torch_=peak["torch"]),
-        _lab.claim("sigmoid'(+-10) ~ 0.00005: tiny (rounds to 5e-5)",
-                   *(4.5e-5 <= s10[i] < 5.5e-5 and same[i] <= tol for i in _lab.IMPLS),
-                   manual=s10["manual"], torch_=s10["torch"]),
-        _lab.claim(f"<op>_backward(ones, x) = autograd f'(x), {len(d)} activations (max diff)",
-                   None, None, manual=gap, holds=gap <= tol),
+        _lab.Claim.each("sigmoid'(x) peaks at 0.25, at x = 0", {i: (peak[i], at0[i]) for i in _lab.IMPLS},
+                        lambda v: abs(v[0] - 0.25) <= tol and v[0] == v[1], shown=peak),
+        _lab.Claim.each("sigmoid'(+-10) ~ 0.00005: tiny (rounds to 5e-5)", {i: (s10[i], same[i]) for i in _lab.IMPLS},
+                        lambda v: 4.5e-5 <= v[0] < 5.5e-5 and v[1] <= tol, shown=s10),
+        _lab.Claim.pair(f"<op>_backward(ones, x) = autograd f'(x), {len(d)} activations (max diff)", gap, gap <= tol),
     ]
-
-
-def _per_impl(values, test):
-    """(holds_manual, holds_torch): test(value) per implementation, None where it did not run."""
-    return tuple(None if i not in values else bool(test(values[i])) for i in _lab.IMPLS)
-
-
-def _values(values):
-    return {"manual": values.get("manual"), "torch_": values.get("torch")}

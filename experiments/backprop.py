@@ -264,24 +264,24 @@ def main(cfg: Config):
     grad_err = {i: max(abs(ex[i]["backward"][k] - g) for k, g in GUIDE["backward"].items()) for i in cfg.impls}
     upd_err = {i: max(abs(ex[i]["update"][k] - g) for k, g in GUIDE["update"].items()) for i in cfg.impls}
 
-    def mk(text, key, values):
-        return _lab.claim(text, *(h[i][key] if i in h else None for i in _lab.IMPLS),
-                          manual=values.get("manual"), torch_=values.get("torch"))
-
     get = lambda k: {i: results[i][k] for i in cfg.impls}  # noqa: E731
+    held = lambda key: {i: h[i][key] for i in h}  # noqa: E731  (each verdict, computed above)
+    Claim = _lab.Claim
     claims = [
-        mk("worked example: z1 = h = yhat = 2, loss 64", "forward", get("forward/loss")),
-        mk("dL/dyhat..dL/db1 = -16,-32,-16,-16,-16,-32,-16 (max err)", "grads", grad_err),
-        mk("update at lr 0.01: w = 1.32, b = 0.16 (max err)", "update", upd_err),
-        mk("one step: loss 64 -> 37.748736 (the guide's 37.7)", "step", get("new/loss")),
-        mk(f"the guide's {cfg.iterations}-iteration loop: final loss < {LOOP_MAX:g}", "loop", get("loop_final_loss")),
-        mk("... loss at every iteration = the guide's own code", "ref", get("loop_max_diff_vs_guide_code")),
-        mk(f"depth-{cfg.depth} ReLU net: loss decreases ({deep_steps} SGD steps)", "deep",
-           {i: f"{results[i]['deep_first_loss']:.3g} -> {results[i]['deep_final_loss']:.3g}" for i in cfg.impls}),
+        Claim.each("worked example: z1 = h = yhat = 2, loss 64", held("forward"), bool, shown=get("forward/loss")),
+        Claim.each("dL/dyhat..dL/db1 = -16,-32,-16,-16,-16,-32,-16 (max err)", held("grads"), bool, shown=grad_err),
+        Claim.each("update at lr 0.01: w = 1.32, b = 0.16 (max err)", held("update"), bool, shown=upd_err),
+        Claim.each("one step: loss 64 -> 37.748736 (the guide's 37.7)", held("step"), bool, shown=get("new/loss")),
+        Claim.each(f"the guide's {cfg.iterations}-iteration loop: final loss < {LOOP_MAX:g}", held("loop"), bool,
+                   shown=get("loop_final_loss")),
+        Claim.each("... loss at every iteration = the guide's own code", held("ref"), bool,
+                   shown=get("loop_max_diff_vs_guide_code")),
+        Claim.each(f"depth-{cfg.depth} ReLU net: loss decreases ({deep_steps} SGD steps)", held("deep"), bool,
+                   shown={i: f"{results[i]['deep_first_loss']:.3g} -> {results[i]['deep_final_loss']:.3g}"
+                          for i in cfg.impls}),
     ]
     if len(grads0) == 2:
         rd = results["manual"]["deep_grad_rel_diff_step0"]
-        claims.append(_lab.claim(f"depth-{cfg.depth}: layer-by-layer backward = autograd (rel.)", None, None,
-                                 manual=rd, holds=rd <= tol))
+        claims.append(Claim.pair(f"depth-{cfg.depth}: layer-by-layer backward = autograd (rel.)", rd, rd <= tol))
     drifts = [d for d in (drift, max(dh["drift"], default=None)) if d is not None]
     return _lab.result(cfg, log, results, claims, drift=max(drifts) if drifts and len(cfg.impls) == 2 else None)

@@ -138,12 +138,11 @@ def main(cfg: Config):
         mlp_hist, mlp_acc = fit(cfg, log, mlp, "mlp/", data, order)
     drifts = lin_hist["drift"] + mlp_hist["drift"]
     trained = lin_hist["status"] == "ok" and mlp_hist["status"] == "ok"  # a diverged run shows nothing
-    per = lambda acc, ok: [None if i not in acc else bool(trained and ok(acc[i])) for i in _lab.IMPLS]  # noqa: E731
     claims = [
-        _lab.claim(f"a linear model fails (test acc <= {LINEAR_MAX}; best line {ceiling:.2f})",
-                   *per(lin_acc, lambda a: a <= LINEAR_MAX), manual=lin_acc.get("manual"), torch_=lin_acc.get("torch")),
-        _lab.claim(f"hidden layers learn the circle (test acc >= {MLP_MIN})",
-                   *per(mlp_acc, lambda a: a >= MLP_MIN), manual=mlp_acc.get("manual"), torch_=mlp_acc.get("torch")),
+        _lab.Claim.each(f"a linear model fails (test acc <= {LINEAR_MAX}; best line {ceiling:.2f})",
+                        lin_acc, lambda a: trained and a <= LINEAR_MAX),
+        _lab.Claim.each(f"hidden layers learn the circle (test acc >= {MLP_MIN})", mlp_acc,
+                        lambda a: trained and a >= MLP_MIN),
     ]
     results = {i: {"linear_test_accuracy": lin_acc[i], "mlp_test_accuracy": mlp_acc[i],
                    "linear_final_loss": lin_hist["loss"][i][-1], "mlp_final_loss": mlp_hist["loss"][i][-1]}

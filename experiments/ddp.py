@@ -354,33 +354,27 @@ def _run(cfg, rank, world, tdev, mdev, fail):
     for i in cfg.impls:
         log.scalar("accuracy/test", {i: acc[i]}, steps)
     log.close()
-    has = {i: i in cfg.impls for i in _lab.IMPLS}
-    claims = [
-        _lab.claim(f"wrapping gives every rank rank 0's weights: spread across ranks 0 after (before: "
-                   f"{sides.spread_before:.3g})", sides.spread_after == 0.0 and (world == 1 or sides.spread_before > 0),
-                   None, manual=sides.spread_after),
-        _lab.claim(f"mean of per-rank means - whole-batch mean = sum_r (1/W - n_r/N) g_r on shards {gap['counts']} "
-                   f"(|gap| = {gap['gap_norm']:.3g}; error <= {tol:g})",
-                   gap["manual_gap_error"] <= tol, None if gap["torch_gap_error"] is None else gap["torch_gap_error"] <= tol,
-                   manual=gap["manual_gap_error"], torch_=gap["torch_gap_error"]),
-        _lab.claim(f"weighting each rank's gradient by W n_r / N gives the whole batch's mean gradient (<= {tol:g})",
-                   gap["weighted_error"] <= tol, None, manual=gap["weighted_error"]),
-        _lab.claim(f"{cfg.accumulate} micro-batch(es) per step: one all_reduce per bucket per step "
-                   f"({n_buckets} bucket(s) x {steps} steps)", collectives == n_buckets * steps if has["manual"] else None,
-                   None, manual=collectives),
-        _lab.claim("every rank ends with the same parameters, bit for bit",
-                   end_spread["manual"] == 0.0 if has["manual"] else None,
-                   end_spread["torch"] == 0.0 if has["torch"] else None,
-                   manual=end_spread.get("manual"), torch_=end_spread.get("torch")),
-        _lab.claim(f"the data-parallel MLP learns {cfg.data}: test accuracy >= {learn}",
-                   acc["manual"] >= learn if has["manual"] else None, acc["torch"] >= learn if has["torch"] else None,
-                   manual=acc["manual"], torch_=acc.get("torch")),
+    Claim, ran = _lab.Claim, (lambda d: {i: d[i] for i in cfg.impls})  # the impls --impl ran
+    both_gaps = {i: gap[f"{i}_gap_error"] for i in _lab.IMPLS if gap[f"{i}_gap_error"] is not None}
+    claims = [  # the checks on one side only are the manual DDP's own (torch DDP's internals are not visible)
+        Claim.each(f"wrapping gives every rank rank 0's weights: spread across ranks 0 after (before: "
+                   f"{sides.spread_before:.3g})", {"manual": sides.spread_after},
+                   lambda s: s == 0.0 and (world == 1 or sides.spread_before > 0)),
+        Claim.each(f"mean of per-rank means - whole-batch mean = sum_r (1/W - n_r/N) g_r on shards {gap['counts']} "
+                   f"(|gap| = {gap['gap_norm']:.3g}; error <= {tol:g})", both_gaps, lambda e: e <= tol),
+        Claim.each(f"weighting each rank's gradient by W n_r / N gives the whole batch's mean gradient (<= {tol:g})",
+                   {"manual": gap["weighted_error"]}, lambda e: e <= tol),
+        Claim.each(f"{cfg.accumulate} micro-batch(es) per step: one all_reduce per bucket per step "
+                   f"({n_buckets} bucket(s) x {steps} steps)", {"manual": collectives} if "manual" in cfg.impls else {},
+                   lambda c: c == n_buckets * steps),
+        Claim.each("every rank ends with the same parameters, bit for bit", ran(end_spread), lambda s: s == 0.0),
+        Claim.each(f"the data-parallel MLP learns {cfg.data}: test accuracy >= {learn}", ran(acc), lambda a: a >= learn),
     ]
     if cfg.mean == "global":
-        claims.insert(3, _lab.claim(f"after every step, data-parallel = one process on the whole batch (max |diff| <= {tol:g}; "
-                                    f"{unequal_steps} of {steps} steps had unequal shards)",
-                                    max(vs_single) <= tol, None, manual=max(vs_single)))
-    claims = [c for c in claims if c["holds_manual"] is not None or c["holds_torch"] is not None]  # --impl
+        claims.insert(3, Claim.each(f"after every step, data-parallel = one process on the whole batch (max |diff| <= "
+                                    f"{tol:g}; {unequal_steps} of {steps} steps had unequal shards)",
+                                    {"manual": max(vs_single)}, lambda d: d <= tol))
+    claims = [c for c in claims if c.holds_manual is not None or c.holds_torch is not None]  # --impl
     results = {i: {"test_accuracy": acc[i], "final_loss": hist[i][-1]} for i in cfg.impls}
     results["one_process"] = {"test_accuracy": acc["single"]}
     dp = {"world_size": world, "backend": dist.get_backend(), "steps": steps, "unequal_steps": unequal_steps,

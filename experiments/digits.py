@@ -110,12 +110,9 @@ def main(cfg: Config):
     moved = {i: float(np.linalg.norm(twins.params(i)["0.weight"] - w0[i]) / np.linalg.norm(w0[i]))
              for i in twins.impls}  # ||W_trained - W_init|| / ||W_init||
     claims = [
-        _lab.claim(f"random weights detect nothing: test acc at init <= {CHANCE_MAX} (chance 0.1)",
-                   *[None if i not in start else start[i] <= CHANCE_MAX for i in _lab.IMPLS],
-                   manual=start.get("manual"), torch_=start.get("torch")),
-        _lab.claim(f"trained, the neurons program themselves: test acc >= {TEST_MIN}",
-                   *[None if i not in acc else acc[i] >= TEST_MIN for i in _lab.IMPLS],
-                   manual=acc.get("manual"), torch_=acc.get("torch")),
+        _lab.Claim.each(f"random weights detect nothing: test acc at init <= {CHANCE_MAX} (chance 0.1)", start,
+                        lambda a: a <= CHANCE_MAX),
+        _lab.Claim.each(f"trained, the neurons program themselves: test acc >= {TEST_MIN}", acc, lambda a: a >= TEST_MIN),
     ]
     results = {i: {"test_accuracy": acc[i], "test_accuracy_at_init": start[i], "final_loss": hist["loss"][i][-1],
                    "first_layer_relative_change": moved[i]} for i in cfg.impls}

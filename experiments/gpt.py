@@ -430,14 +430,12 @@ def main(cfg: Config):
     tol = _lab.DRIFT_TOL[cfg.dtype]
     claims = []
     if sort:
-        claims.append(_lab.claim(f"a GPT by hand sorts held-out sequences: exact match >= {EXACT_MIN}",
-                                 *[None if i not in exact else exact[i] >= EXACT_MIN for i in _lab.IMPLS],
-                                 manual=exact.get("manual"), torch_=exact.get("torch")))
+        claims.append(_lab.Claim.each(f"a GPT by hand sorts held-out sequences: exact match >= {EXACT_MIN}", exact,
+                                      lambda e: e >= EXACT_MIN))
     else:
         chance = math.log(task.vocab)
-        claims.append(_lab.claim(f"it learns the text: held-out loss < ln(vocab) = {chance:.2f} (uniform guessing)",
-                                 *[None if i not in loss else loss[i] < chance for i in _lab.IMPLS],
-                                 manual=loss.get("manual"), torch_=loss.get("torch")))
+        claims.append(_lab.Claim.each(f"it learns the text: held-out loss < ln(vocab) = {chance:.2f} (uniform guessing)",
+                                      loss, lambda v: v < chance))
     base = max(twins.baseline_drift) if twins.baseline_drift else None
     ratio = None
     if drift is not None and base is not None and len(twins.baseline_drift) == len(hist["drift"]):
@@ -447,14 +445,13 @@ def main(cfg: Config):
         bt, dt = np.array(twins.baseline_drift), np.array(hist["drift"])
         ratio = float(np.max(dt / (bt + ULPS)))
         tol = max(tol, float(np.max(ROUNDING_FACTOR * bt + ULPS)))
-        claims.append(_lab.claim(f"both implementations train the same GPT as float64 rounding allows: at every step, "
-                                 f"max |manual - torch| <= {ROUNDING_FACTOR} x (drift of torch from itself started one "
-                                 f"ulp away) + {ULPS:g}; value: the largest ratio", None, None, manual=ratio,
-                                 torch_=ratio, holds=ratio <= ROUNDING_FACTOR))
+        claims.append(_lab.Claim.pair(f"both implementations train the same GPT as float64 rounding allows: at every "
+                                      f"step, max |manual - torch| <= {ROUNDING_FACTOR} x (drift of torch from itself "
+                                      f"started one ulp away) + {ULPS:g}; value: the largest ratio", ratio,
+                                      ratio <= ROUNDING_FACTOR))
     elif drift is not None:  # one implementation, a resumed run, or --no-rounding-baseline
-        claims.append(_lab.claim(f"both implementations train the same GPT: max |manual - torch| over every "
-                                 f"parameter and step <= {tol:g} ({cfg.dtype})", None, None, manual=drift, torch_=drift,
-                                 holds=drift <= tol))
+        claims.append(_lab.Claim.pair(f"both implementations train the same GPT: max |manual - torch| over every "
+                                      f"parameter and step <= {tol:g} ({cfg.dtype})", drift, drift <= tol))
     results = {i: {"heldout_loss": loss[i], "final_loss": hist["loss"][i][-1] if hist["loss"][i] else None,
                    **({"exact_match": exact[i]} if sort else {})} for i in cfg.impls}
     data = {"vocab": task.vocab, "heldout": len(task.test), "steps": steps, "block_size": block,

@@ -228,14 +228,13 @@ def main(cfg: Config):
     xy2 = val(lambda r: "({:.4g}, {:.4g})".format(*r["xy"][2]))
     xyn = val(lambda r: float(np.max(np.abs(r["final_xy"]))))
     reg = val(lambda r: ", ".join(r["regimes"].values()))
-    mk = lambda text, key, v: _lab.claim(text, holds[key].get("manual"), holds[key].get("torch"),  # noqa: E731
-                                          manual=v.get("manual"), torch_=v.get("torch"))
+    Claim = _lab.Claim  # each verdict was computed per implementation above (holds[key][impl])
     claims = [
-        mk("x^2 from 10, lr 0.1: x = 10, 8, 6.4, 5.12 (the guide)", "guide_x", x3),
-        mk(f"... and eventually x ~ 0 (|x| < 1e-6 after {steps} steps)", "zero", xn),
-        mk("x^2+y^2 from (5, 3): (4, 2.4), (3.2, 1.92) (the guide's)", "guide_xy", xy2),
-        mk("... and eventually (0, 0) (max |coordinate| < 1e-6)", "origin", xyn),
-        mk("lr " + "/".join(f"{lr:g}" for lr in cfg.lrs) + ": " + "/".join(expected_regime(lr) or "?" for lr in cfg.lrs),
-           "regimes", reg),
+        Claim.each("x^2 from 10, lr 0.1: x = 10, 8, 6.4, 5.12 (the guide)", holds["guide_x"], bool, shown=x3),
+        Claim.each(f"... and eventually x ~ 0 (|x| < 1e-6 after {steps} steps)", holds["zero"], bool, shown=xn),
+        Claim.each("x^2+y^2 from (5, 3): (4, 2.4), (3.2, 1.92) (the guide's)", holds["guide_xy"], bool, shown=xy2),
+        Claim.each("... and eventually (0, 0) (max |coordinate| < 1e-6)", holds["origin"], bool, shown=xyn),
+        Claim.each("lr " + "/".join(f"{lr:g}" for lr in cfg.lrs) + ": "
+                   + "/".join(expected_regime(lr) or "?" for lr in cfg.lrs), holds["regimes"], bool, shown=reg),
     ]
     return _lab.result(cfg, log, results, claims, drift=drift if len(cfg.impls) == 2 else None)

@@ -315,30 +315,21 @@ def main(cfg: Config):
     parts = [v for v in drift_parts.values() if v is not None]
     drift = float(np.max(parts)) if parts else None  # np.max: a NaN part makes the drift NaN
 
-    def per(key, fn=lambda v: v):
-        return [fn(checks[i][key]) if i in checks else None for i in _lab.IMPLS]
-
-    get = lambda d, i, k: d[i][k] if i in d else None  # noqa: E731
+    pick = lambda d, k: {i: d[i][k] for i in d}  # noqa: E731  (impl -> one entry of each impl's checks)
+    Claim = _lab.Claim
     claims = [
-        _lab.claim("w x: loss at w = 1,3,5,7 = the guide's 64,16,0,16; dL/dw = -2x(y - wx)",
-                   *per("linear_table_ok"), manual=get(checks, "manual", "linear_table_max_error"),
-                   torch_=get(checks, "torch", "linear_table_max_error")),
-        _lab.claim("w x: a convex bowl (second differences >= 0)",
-                   *per("linear_min_second_difference", lambda v: v >= 0),
-                   manual=get(checks, "manual", "linear_min_second_difference"),
-                   torch_=get(checks, "torch", "linear_min_second_difference")),
-        _lab.claim("ReLU: loss at w1 = -3..5 = the guide's 100,100,100,100,64,16,0",
-                   *per("relu_table_ok"), manual=get(checks, "manual", "relu_table_max_error"),
-                   torch_=get(checks, "torch", "relu_table_max_error")),
-        _lab.claim("ReLU: flat for w1 <= 0 (loss exactly 100, gradient exactly 0)",
-                   *per("relu_flat_ok"), manual=get(checks, "manual", "relu_flat_max_abs_grad"),
-                   torch_=get(checks, "torch", "relu_flat_max_abs_grad")),
-        _lab.claim(f"MLP at the bottom of its 2-D slice (centre-min <= {NEAR_MIN:.0%} range)",
-                   *[surf[i]["near_min"] if i in surf else None for i in _lab.IMPLS],
-                   manual=get(surf, "manual", "centre_gap_fraction"), torch_=get(surf, "torch", "centre_gap_fraction")),
-        _lab.claim("MLP slice is not a bowl: some lines bend down (2nd diff < 0)",
-                   *[surf[i]["nonconvex"] if i in surf else None for i in _lab.IMPLS],
-                   manual=get(surf, "manual", "nonconvex_fraction"), torch_=get(surf, "torch", "nonconvex_fraction")),
+        Claim.each("w x: loss at w = 1,3,5,7 = the guide's 64,16,0,16; dL/dw = -2x(y - wx)",
+                   pick(checks, "linear_table_ok"), bool, shown=pick(checks, "linear_table_max_error")),
+        Claim.each("w x: a convex bowl (second differences >= 0)", pick(checks, "linear_min_second_difference"),
+                   lambda v: v >= 0),
+        Claim.each("ReLU: loss at w1 = -3..5 = the guide's 100,100,100,100,64,16,0",
+                   pick(checks, "relu_table_ok"), bool, shown=pick(checks, "relu_table_max_error")),
+        Claim.each("ReLU: flat for w1 <= 0 (loss exactly 100, gradient exactly 0)",
+                   pick(checks, "relu_flat_ok"), bool, shown=pick(checks, "relu_flat_max_abs_grad")),
+        Claim.each(f"MLP at the bottom of its 2-D slice (centre-min <= {NEAR_MIN:.0%} range)",
+                   pick(surf, "near_min"), bool, shown=pick(surf, "centre_gap_fraction")),
+        Claim.each("MLP slice is not a bowl: some lines bend down (2nd diff < 0)",
+                   pick(surf, "nonconvex"), bool, shown=pick(surf, "nonconvex_fraction")),
     ]
     results = {i: {**checks[i], "surface": surf[i], "mlp_final_loss": hist["loss"][i][-1]} for i in cfg.impls}
     return _lab.result(cfg, log, results, claims, drift=drift, drift_parts=drift_parts,

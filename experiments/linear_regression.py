@@ -160,17 +160,15 @@ def main(cfg: Config):
     tol = EXACT_TOL[cfg.dtype]
     get = lambda key: {i: results[i][key] for i in cfg.impls}  # noqa: E731
 
-    def mk(text, key, ok):
-        v = get(key)
-        return _lab.claim(text, *(ok(v[i]) if i in v else None for i in _lab.IMPLS),
-                          manual=v.get("manual"), torch_=v.get("torch"))
-
+    Claim = _lab.Claim
     claims = [
-        mk("the guide's 3 houses: MSE = 200,000,000", "three_house_mse", lambda v: rel(v, GUIDE_MSE) <= tol),
-        mk(f"GD on y = w x + b reaches least squares' w, b (rel. {FIT_TOL:g})", "w_b_rel_err", lambda v: v <= FIT_TOL),
-        mk(f"... and least squares' MSE (rel. {FIT_TOL:g})", "mse_rel_err", lambda v: v <= FIT_TOL),
-        mk(f"GD on y = w x reaches least squares' w (rel. {FIT_TOL:g})", "no_bias_w_rel_err", lambda v: v <= FIT_TOL),
-        mk(f"... and least squares' MSE (rel. {FIT_TOL:g})", "no_bias_mse_rel_err", lambda v: v <= FIT_TOL),
-        mk("(-2/n) sum x (y - w x) = backward's dMSE/dw (rel. err.)", "grad_rel_err", lambda v: v <= tol),
+        Claim.each("the guide's 3 houses: MSE = 200,000,000", get("three_house_mse"), lambda v: rel(v, GUIDE_MSE) <= tol),
+        Claim.each(f"GD on y = w x + b reaches least squares' w, b (rel. {FIT_TOL:g})", get("w_b_rel_err"),
+                   lambda v: v <= FIT_TOL),
+        Claim.each(f"... and least squares' MSE (rel. {FIT_TOL:g})", get("mse_rel_err"), lambda v: v <= FIT_TOL),
+        Claim.each(f"GD on y = w x reaches least squares' w (rel. {FIT_TOL:g})", get("no_bias_w_rel_err"),
+                   lambda v: v <= FIT_TOL),
+        Claim.each(f"... and least squares' MSE (rel. {FIT_TOL:g})", get("no_bias_mse_rel_err"), lambda v: v <= FIT_TOL),
+        Claim.each("(-2/n) sum x (y - w x) = backward's dMSE/dw (rel. err.)", get("grad_rel_err"), lambda v: v <= tol),
     ]
     return _lab.result(cfg, log, results, claims, drift=max(drifts) if drifts else None)

@@ -211,16 +211,6 @@ def _main(cfg: Config):
                        drift_tol=DRIFT_TOL[cfg.dtype], batchnorm_train_vs_eval=results_bn)
 
 
-def _per_impl(values, test):
-    return tuple(None if i not in values else bool(test(values[i])) for i in _lab.IMPLS)
-
-
-def _values(values, fmt=None):
-    f = fmt or (lambda v: v)
-    return {"manual": f(values["manual"]) if "manual" in values else None,
-            "torch_": f(values["torch"]) if "torch" in values else None}
-
-
 def _claims(cfg, steps, profiles, final, bn_modes):
     ratio = {k: {i: g[0] / g[-1] for i, g in profiles["init"][k].items()} for k in NETS}
     acc = {k: {i: v[1] for i, v in final[k].items()} for k in NETS}
@@ -228,26 +218,25 @@ def _claims(cfg, steps, profiles, final, bn_modes):
     trains = {i: all(acc[k][i] >= 0.8 for k in cures) and acc["plain"][i] <= 0.6 for i in cfg.impls}
     dep = bn_modes["batch_dependence"]
     same = BATCH_TOL[cfg.dtype]
+    Claim = _lab.Claim
     claims = [
-        _lab.claim(f"plain sigmoid net, {cfg.depth} layers: first/last layer gradient < 1e-2 at init (vanishing)",
-                   *_per_impl(ratio["plain"], lambda r: r < 1e-2), **_values(ratio["plain"])),
+        Claim.each(f"plain sigmoid net, {cfg.depth} layers: first/last layer gradient < 1e-2 at init (vanishing)",
+                   ratio["plain"], lambda r: r < 1e-2),
     ]
     for k in cures:
-        claims.append(_lab.claim(f"{k}: first/last layer gradient within 10x at init (0.1..10)",
-                                 *_per_impl(ratio[k], lambda r: 0.1 <= r <= 10), **_values(ratio[k])))
+        claims.append(Claim.each(f"{k}: first/last layer gradient within 10x at init (0.1..10)", ratio[k],
+                                 lambda r: 0.1 <= r <= 10))
     claims += [
-        _lab.claim(f"the cured nets train (val acc >= 0.8 each) where the plain one stalls (<= 0.6), {steps} steps",
-                   *_per_impl(trains, bool),
-                   **_values({i: ", ".join(f"{k} {acc[k][i]:.2f}" for k in NETS) for i in cfg.impls})),
-        _lab.claim("trained batch norm: in eval mode (running statistics) 8 rows alone give the same logits as "
+        Claim.each(f"the cured nets train (val acc >= 0.8 each) where the plain one stalls (<= 0.6), {steps} steps",
+                   trains, bool, shown={i: ", ".join(f"{k} {acc[k][i]:.2f}" for k in NETS) for i in cfg.impls}),
+        Claim.each("trained batch norm: in eval mode (running statistics) 8 rows alone give the same logits as "
                    "within the whole batch; in train mode (batch statistics) they differ (max |logit gap|, eval / train)",
-                   *_per_impl({i: (dep["eval"][i], dep["train"][i]) for i in cfg.impls},
-                              lambda g: g[0] <= same and g[1] > 1e-3),
-                   **_values({i: f"{dep['eval'][i]:.1e} / {dep['train'][i]:.3f}" for i in cfg.impls})),
+                   {i: (dep["eval"][i], dep["train"][i]) for i in cfg.impls}, lambda g: g[0] <= same and g[1] > 1e-3,
+                   shown={i: f"{dep['eval'][i]:.1e} / {dep['train'][i]:.3f}" for i in cfg.impls}),
     ]
     if len(cfg.impls) == 2:  # at init both start from the same weights; trained, the trajectories drift (drift row)
         g = max(abs(a - b) / max(abs(b), 1e-300) for k in NETS
                 for a, b in zip(profiles["init"][k]["manual"], profiles["init"][k]["torch"]))
-        claims.append(_lab.claim("per-layer gradient norms at init: manual = autograd (max rel gap)",
-                                 None, None, manual=g, holds=g <= NORM_RTOL[cfg.dtype]))
+        claims.append(Claim.pair("per-layer gradient norms at init: manual = autograd (max rel gap)", g,
+                                 g <= NORM_RTOL[cfg.dtype]))
     return claims

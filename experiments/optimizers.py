@@ -294,8 +294,6 @@ def _main(cfg: Config):
 
 
 def _result(cfg, log, land, runs, sweep, ends, escaped, inits, scales, ihist, idrift, isteps):
-    per = lambda vals, test: tuple(None if i not in vals else bool(test(vals[i])) for i in _lab.IMPLS)  # noqa: E731
-    val = lambda vals: {"manual": vals.get("manual"), "torch_": vals.get("torch")}  # noqa: E731
     gw, sw = land["global"][0], land["shallow"][0]
     gd_end = {i: e[0] for i, e in ends["gd"].items()}
     mo_end = {i: e[0] for i, e in ends["momentum"].items()}
@@ -307,31 +305,30 @@ def _result(cfg, log, land, runs, sweep, ends, escaped, inits, scales, ihist, id
     fate = {n: {i: ("diverged" if ihist[n]["status"] == "diverged" else "stalled")
                 if not ihist[n]["loss"][i][-1] < ihist[n]["loss"][i][0] else "trained" for i in cfg.impls}
             for n in large}
+    Claim = _lab.Claim
     claims = [
-        _lab.claim(f"GD stops in the shallow valley w = {sw:.2f} (global: w = {gw:.2f}); value: final w",
-                   *per(ends["gd"], lambda e: not e[1] and abs(e[0] - sw) < 1e-3), **val(gd_end)),
-        _lab.claim(f"momentum (v = {cfg.beta:g} v + lr g) rolls past the bump to w = {gw:.2f}; value: final w",
-                   *per(ends["momentum"], lambda e: e[1] and abs(e[0] - gw) < 1e-3), **val(mo_end)),
-        _lab.claim(f"mini-batch noise (batch {cfg.batch}) escapes in some runs; value: fraction of {len(sweep)}",
-                   *per(frac, lambda f: f > 0), **val(frac)),
-        _lab.claim("He init: activation RMS ~constant (max/min over layers <= 10)",
-                   *per(he_spread, lambda r: r <= 10), **val(he_spread)),
+        Claim.each(f"GD stops in the shallow valley w = {sw:.2f} (global: w = {gw:.2f}); value: final w", ends["gd"],
+                   lambda e: not e[1] and abs(e[0] - sw) < 1e-3, shown=gd_end),
+        Claim.each(f"momentum (v = {cfg.beta:g} v + lr g) rolls past the bump to w = {gw:.2f}; value: final w",
+                   ends["momentum"], lambda e: e[1] and abs(e[0] - gw) < 1e-3, shown=mo_end),
+        Claim.each(f"mini-batch noise (batch {cfg.batch}) escapes in some runs; value: fraction of {len(sweep)}",
+                   frac, lambda f: f > 0),
+        Claim.each("He init: activation RMS ~constant (max/min over layers <= 10)", he_spread, lambda r: r <= 10),
     ]
     for n in large:
-        claims.append(_lab.claim(f"init N(0, {inits[n]:g}^2): RMS explodes, last/first layer >= 1000x",
-                                 *per(rms_ratio[n], lambda r: r >= 1000), **val(rms_ratio[n])))
-    claims.append(_lab.claim(f"He init trains: loss after {isteps} steps <= half the initial (final/initial)",
-                             *per(he_loss, lambda ls: ls[-1] <= 0.5 * ls[0]),
-                             **val({i: ls[-1] / ls[0] for i, ls in he_loss.items()})))
+        claims.append(Claim.each(f"init N(0, {inits[n]:g}^2): RMS explodes, last/first layer >= 1000x", rms_ratio[n],
+                                 lambda r: r >= 1000))
+    claims.append(Claim.each(f"He init trains: loss after {isteps} steps <= half the initial (final/initial)", he_loss,
+                             lambda ls: ls[-1] <= 0.5 * ls[0], shown={i: ls[-1] / ls[0] for i, ls in he_loss.items()}))
     for n in large:
-        claims.append(_lab.claim(f"init N(0, {inits[n]:g}^2) does not train at the same lr (diverges or stalls)",
-                                 *per(fate[n], lambda f: f != "trained"),
-                                 **val({i: f + (f" at step {ihist[n]['steps'] - 1}" if f == "diverged" else "")
-                                        for i, f in fate[n].items()})))
+        claims.append(Claim.each(f"init N(0, {inits[n]:g}^2) does not train at the same lr (diverges or stalls)",
+                                 fate[n], lambda f: f != "trained",
+                                 shown={i: f + (f" at step {ihist[n]['steps'] - 1}" if f == "diverged" else "")
+                                        for i, f in fate[n].items()}))
     if len(cfg.impls) == 2:
         d = runs["momentum"]["drift"]
-        claims.append(_lab.claim(f"guide's momentum = torch SGD(momentum={cfg.beta:g}) step for step (max |dw|)",
-                                 None, None, manual=d, holds=d <= _lab.DRIFT_TOL[cfg.dtype]))
+        claims.append(Claim.pair(f"guide's momentum = torch SGD(momentum={cfg.beta:g}) step for step (max |dw|)", d,
+                                 d <= _lab.DRIFT_TOL[cfg.dtype]))
     drifts = [r["drift"] for r in (runs["gd"], runs["momentum"], *sweep)] + ihist["he"]["drift"]
     results = {i: {"gd_final_w": gd_end[i], "momentum_final_w": mo_end[i],
                    "minibatch_final_w": ends["minibatch"][i][0], "minibatch_escaped_fraction": frac[i],

@@ -233,28 +233,29 @@ def main(cfg: Config):
     fired = lambda n: {i: f"{results[i][n]['reason']} @ {results[i][n]['iteration']}" for i in cfg.impls}  # noqa: E731
     first = lambda n: (lambda r: r["reason"] == n)  # noqa: E731  the designed condition fired first
 
-    def mk(text, name, ok, values):
-        return _lab.claim(text, *(ok(results[i][name]) if i in results else None for i in _lab.IMPLS),
-                          manual=values.get("manual"), torch_=values.get("torch"))
-
-    v = {i: results[i]["validation"] for i in cfg.impls}
+    scenario = lambda n: {i: results[i][n] for i in cfg.impls}  # noqa: E731  impl -> that scenario's stop
+    v = scenario("validation")
     above = lambda r: r["reason"] == "validation" and r["val_at_stop"] > r["best_val"]  # noqa: E731
     falling = lambda r: (r["reason"] == "validation" and r["train_at_stop"] < r["train_at_best"]  # noqa: E731
                          and r["train_at_stop"] < r["train_10_before_stop"])
+    Claim = _lab.Claim
     claims = [
-        mk(f"line, lr 0.1: ||grad|| < {cfg.eps_grad:g} fires first", "gradient", first("gradient"), fired("gradient")),
-        mk("line, lr 0.1: |cost change| < 0.01 fires first", "cost", first("cost"), fired("cost")),
-        mk("line, lr 0.001: the 200-iteration cap fires first", "max_iter", first("max_iter"), fired("max_iter")),
-        mk(f"overfitting MLP: val plateau (patience {cfg.patience}) fires", "validation", first("validation"),
-           fired("validation")),
-        mk("... at that stop, val loss is above its best", "validation", above,
-           {i: f"val {r['val_at_stop']:.3g}, best {r['best_val']:.3g}" for i, r in v.items()}),
-        mk("... while train loss still falls (vs best-val, 10 back)", "validation", falling,
-           {i: f"train {r['train_at_stop']:.3g}, was {r['train_at_best']:.3g}" for i, r in v.items()}),
+        Claim.each(f"line, lr 0.1: ||grad|| < {cfg.eps_grad:g} fires first", scenario("gradient"), first("gradient"),
+                   shown=fired("gradient")),
+        Claim.each("line, lr 0.1: |cost change| < 0.01 fires first", scenario("cost"), first("cost"),
+                   shown=fired("cost")),
+        Claim.each("line, lr 0.001: the 200-iteration cap fires first", scenario("max_iter"), first("max_iter"),
+                   shown=fired("max_iter")),
+        Claim.each(f"overfitting MLP: val plateau (patience {cfg.patience}) fires", v, first("validation"),
+                   shown=fired("validation")),
+        Claim.each("... at that stop, val loss is above its best", v, above,
+                   shown={i: f"val {r['val_at_stop']:.3g}, best {r['best_val']:.3g}" for i, r in v.items()}),
+        Claim.each("... while train loss still falls (vs best-val, 10 back)", v, falling,
+                   shown={i: f"train {r['train_at_stop']:.3g}, was {r['train_at_best']:.3g}" for i, r in v.items()}),
     ]
     if len(cfg.impls) == 2:
         key = lambda i, n: (results[i][n]["reason"], results[i][n]["iteration"])  # noqa: E731
         same = [n for n in out if key("manual", n) == key("torch", n)]
-        claims.append(_lab.claim("both implementations stop at the same iteration, same reason", None, None,
-                                 manual=f"{len(same)}/{len(out)} scenarios", holds=len(same) == len(out)))
+        claims.append(Claim.pair("both implementations stop at the same iteration, same reason",
+                                 f"{len(same)}/{len(out)} scenarios", len(same) == len(out)))
     return _lab.result(cfg, log, results, claims, drift=drift if len(cfg.impls) == 2 else None)

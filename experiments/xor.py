@@ -94,21 +94,14 @@ def main(cfg: Config):
         stacked, stacked_hist, stacked_acc = fit(cfg, log, stacked_model, "stacked_linear/", steps)
         folded = folded_gap(stacked)
     drifts = [d for h in (lin_hist, mlp_hist, stacked_hist) for d in h["drift"]]
-    get = lambda acc, i: acc.get(i)  # noqa: E731
+    Claim = _lab.Claim
     claims = [
-        _lab.claim("a linear model cannot solve XOR (accuracy <= 75%)",
-                   *(None if i not in lin_acc else lin_acc[i] <= 0.75 for i in _lab.IMPLS),
-                   manual=get(lin_acc, "manual"), torch_=get(lin_acc, "torch")),
-        _lab.claim("one hidden layer solves XOR (accuracy 100%)",
-                   *(None if i not in mlp_acc else mlp_acc[i] == 1.0 for i in _lab.IMPLS),
-                   manual=get(mlp_acc, "manual"), torch_=get(mlp_acc, "torch")),
-        _lab.claim("two stacked Linear layers without an activation do no better than a linear model (accuracy <= 75%)",
-                   *(None if i not in stacked_acc else stacked_acc[i] <= 0.75 for i in _lab.IMPLS),
-                   manual=get(stacked_acc, "manual"), torch_=get(stacked_acc, "torch")),
-        _lab.claim("...because they are one Linear layer: W2 W1 x + (W2 b1 + b2) = the stack's output "
-                   "(max |difference| on a grid, float64 rounding)",
-                   *(None if i not in folded else folded[i] <= FOLD_TOL[cfg.dtype] for i in _lab.IMPLS),
-                   manual=get(folded, "manual"), torch_=get(folded, "torch")),
+        Claim.each("a linear model cannot solve XOR (accuracy <= 75%)", lin_acc, lambda a: a <= 0.75),
+        Claim.each("one hidden layer solves XOR (accuracy 100%)", mlp_acc, lambda a: a == 1.0),
+        Claim.each("two stacked Linear layers without an activation do no better than a linear model (accuracy <= 75%)",
+                   stacked_acc, lambda a: a <= 0.75),
+        Claim.each("...because they are one Linear layer: W2 W1 x + (W2 b1 + b2) = the stack's output "
+                   "(max |difference| on a grid, float64 rounding)", folded, lambda g: g <= FOLD_TOL[cfg.dtype]),
     ]
     results = {i: {"linear_accuracy": lin_acc[i], "mlp_accuracy": mlp_acc[i],
                    "mlp_final_loss": mlp_hist["loss"][i][-1], "stacked_linear_accuracy": stacked_acc[i],
