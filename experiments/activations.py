@@ -66,15 +66,12 @@ def circle_task(rng, n, embed):
 
 def deep_net(act, depth, width, init_name):
     """Linear(width, width) -> act -> ... -> Linear(width, 1): `depth` Linear layers."""
-    layers = []
-    for _ in range(depth - 1):
-        layers += [nn.Linear(width, width), ACTIVATIONS[act][0]()]
-    layers.append(nn.Linear(width, 1))
+    model = nn.mlp([width] * depth + [1], activation=ACTIVATIONS[act][0])
     if init_name == "he":
-        for layer in layers[::2]:
+        for layer in model[::2]:
             init.he_normal_(layer.weight)
             init.zeros_(layer.bias)
-    return nn.Sequential(*layers)
+    return model
 
 
 def weight_grad_norms(twins, x, y):

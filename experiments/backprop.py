@@ -175,14 +175,11 @@ def deep_problem(cfg, rng):
     """y = sin(2 x1) + x2^2 on 128 points of [-1, 1]^2; an MLP of `depth` Linear layers, He-initialised."""
     x = rng.uniform(-1, 1, (128, 2))
     y = (np.sin(2 * x[:, 0]) + x[:, 1] ** 2)[:, None]  # (128, 1)
-    sizes = [2] + [cfg.width] * (cfg.depth - 1) + [1]
-    layers = []
-    for i in range(cfg.depth):
-        lin = nn.Linear(sizes[i], sizes[i + 1])
+    model = nn.mlp([2] + [cfg.width] * (cfg.depth - 1) + [1])
+    for lin in model[::2]:
         init.he_normal_(lin.weight)  # the guide's "smart init": std sqrt(2 / n_in)
         init.zeros_(lin.bias)
-        layers += [lin, nn.ReLU()] if i < cfg.depth - 1 else [lin]
-    return x, y, nn.Sequential(*layers)
+    return x, y, model
 
 
 def figure(impl, loop_losses, deep_losses, norms):

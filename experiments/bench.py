@@ -84,14 +84,8 @@ def build(sizes, dtype, device=None, seed=0):
 
     manual.init.manual_seed(seed)
     nn = manual.nn
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b, device=device, dtype=dtype))
-        if i < len(sizes) - 2:
-            if norm is not None:
-                layers.append((nn.BatchNorm1d if norm == "batch" else nn.LayerNorm)(b, device=device, dtype=dtype))
-            layers.append(nn.ReLU())
-    model = nn.Sequential(*layers)
+    model = nn.mlp(sizes, norm={None: None, "batch": nn.BatchNorm1d, "layer": nn.LayerNorm}[norm], device=device,
+                   dtype=dtype)
     crit = nn.MSELoss() if sizes[-1] == 1 else nn.CrossEntropyLoss()
     return model, crit, manual.optim.SGD(model.parameters(), lr=LR)
 

@@ -133,8 +133,7 @@ def main(cfg: Config):
     with _lab.RunLogger(NAME, cfg) as log:
         log.text("data", f"test set: majority rate {majority:.3f}; best accuracy of any straight line {ceiling:.3f}")
         lin_hist, lin_acc = fit(cfg, log, nn.Linear(2, 1), "linear/", data, order)
-        mlp = nn.Sequential(nn.Linear(2, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(),
-                            nn.Linear(cfg.hidden, 1))
+        mlp = nn.mlp((2, cfg.hidden, cfg.hidden, 1))
         mlp_hist, mlp_acc = fit(cfg, log, mlp, "mlp/", data, order)
     drifts = lin_hist["drift"] + mlp_hist["drift"]
     trained = lin_hist["status"] == "ok" and mlp_hist["status"] == "ok"  # a diverged run shows nothing

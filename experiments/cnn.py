@@ -65,7 +65,7 @@ def build_cnn(cfg):
 
 
 def build_mlp(cfg):
-    return nn.Sequential(nn.Linear(64, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 10))
+    return nn.mlp((64, cfg.hidden, 10))
 
 
 def n_params(model) -> int:

@@ -79,9 +79,8 @@ def load(cfg):
 
 def make_model(cfg, n_in):
     if cfg.data == "digits":
-        return nn.Sequential(nn.Linear(n_in, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 10)), nn.CrossEntropyLoss()
-    return (nn.Sequential(nn.Linear(n_in, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(),
-                          nn.Linear(cfg.hidden, 1)), nn.BCEWithLogitsLoss())
+        return nn.mlp((n_in, cfg.hidden, 10)), nn.CrossEntropyLoss()
+    return nn.mlp((n_in, cfg.hidden, cfg.hidden, 1)), nn.BCEWithLogitsLoss()
 
 
 def parse_fail_at(text):

@@ -86,7 +86,7 @@ def main(cfg: Config):
     (xtr, ytr), (xte, yte) = load_data(cfg)
     order = _lab.batch_order(rng, len(xtr), cfg.batch_size, epochs)  # (steps,) index arrays
     steps = len(order)
-    model = nn.Sequential(nn.Linear(64, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 10))
+    model = nn.mlp((64, cfg.hidden, 10))
     make_opt = ((lambda p: optim.Adam(p, lr=cfg.lr)) if cfg.optimizer == "adam"
                 else (lambda p: optim.SGD(p, lr=cfg.lr, momentum=0.9)))
     with _lab.RunLogger(NAME, cfg) as log:

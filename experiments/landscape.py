@@ -274,8 +274,7 @@ def main(cfg: Config):
     x = np.linspace(-3, 3, cfg.n)[:, None]  # (n, 1)
     y = np.sin(x)  # (n, 1)
     # built first: the sweeps' own Linear layers draw from the same seeded generator
-    model = nn.Sequential(nn.Linear(1, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(),
-                          nn.Linear(cfg.hidden, 1))
+    model = nn.mlp((1, cfg.hidden, cfg.hidden, 1))
     with _lab.RunLogger(NAME, cfg) as log:
         s = sweeps(cfg.impls, tdev, mdev, cfg.dtype)
         checks = {i: sweep_checks(s[i], cfg.dtype) for i in cfg.impls}

@@ -180,18 +180,14 @@ def regression_task(rng, n=256, d=8):
 
 def relu_mlp(depth, width, d_in, std):
     """depth Linear layers with ReLU between; weights He (std None) or N(0, std^2); zero biases."""
-    layers, d = [], d_in
-    for _ in range(depth - 1):
-        layers += [nn.Linear(d, width), nn.ReLU()]
-        d = width
-    layers.append(nn.Linear(d, 1))
-    for layer in layers[::2]:
+    model = nn.mlp([d_in] + [width] * (depth - 1) + [1])
+    for layer in model[::2]:
         if std is None:
             init.he_normal_(layer.weight)  # the guide's randn * sqrt(2 / n_in)
         else:
             init.normal_(layer.weight, 0.0, std)
         init.zeros_(layer.bias)
-    return nn.Sequential(*layers)
+    return model
 
 
 def activation_scale(twins, x):

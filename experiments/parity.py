@@ -428,9 +428,7 @@ def mlp_case(activation: str, loss: str, dtype: str, backend: str, seed=0, batch
     dev = DEVICE[backend]
     cls, kw = ACTIVATIONS[activation]
     act = lambda: getattr(nn, cls)(**kw)  # noqa: E731
-    model = nn.Sequential(nn.Linear(5, 8, device=dev, dtype=dtype, generator=rng), act(),
-                          nn.Linear(8, 6, device=dev, dtype=dtype, generator=rng), act(),
-                          nn.Linear(6, 3, device=dev, dtype=dtype, generator=rng))
+    model = nn.mlp((5, 8, 6, 3), activation=act, device=dev, dtype=dtype, generator=rng)
     x = place(rng.normal(size=(batch, 5)) * 2, backend, dtype)
     if loss == "mse":
         return model, nn.MSELoss(), x, place(rng.normal(size=(batch, 3)), backend, dtype)

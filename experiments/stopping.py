@@ -193,8 +193,7 @@ def main(cfg: Config):
     base = Rule(cfg.eps_grad, cfg.eps_cost, cfg.max_iter, cfg.patience)
     line_train, line_val = make_line(rng)
     wig_train, wig_val = make_wiggle(cfg, rng)
-    mlp = lambda: nn.Sequential(nn.Linear(1, cfg.hidden), nn.Tanh(), nn.Linear(cfg.hidden, cfg.hidden),  # noqa: E731
-                                nn.Tanh(), nn.Linear(cfg.hidden, 1))
+    mlp = lambda: nn.mlp((1, cfg.hidden, cfg.hidden, 1), activation=nn.Tanh)  # noqa: E731
     # name (= the condition designed to fire first) -> (model, optimizer, lr, rule, (train, val))
     scenarios = {
         "gradient": (nn.Linear(1, 1), optim.SGD, 0.1, base, (line_train, line_val)),

@@ -87,10 +87,10 @@ def main(cfg: Config):
     steps = min(cfg.steps, 300) if cfg.quick else cfg.steps
     with _lab.RunLogger(NAME, cfg) as log:
         lin, lin_hist, lin_acc = fit(cfg, log, nn.Linear(2, 1), "linear/", steps)
-        mlp_model = nn.Sequential(nn.Linear(2, cfg.hidden), nn.Tanh(), nn.Linear(cfg.hidden, 1))
+        mlp_model = nn.mlp((2, cfg.hidden, 1), activation=nn.Tanh)
         mlp, mlp_hist, mlp_acc = fit(cfg, log, mlp_model, "mlp/", steps)
         # guide, "Why We Need Them": without an activation, stacked layers are one linear map
-        stacked_model = nn.Sequential(nn.Linear(2, cfg.hidden), nn.Linear(cfg.hidden, 1))
+        stacked_model = nn.mlp((2, cfg.hidden, 1), activation=None)
         stacked, stacked_hist, stacked_acc = fit(cfg, log, stacked_model, "stacked_linear/", steps)
         folded = folded_gap(stacked)
     drifts = [d for h in (lin_hist, mlp_hist, stacked_hist) for d in h["drift"]]

@@ -500,6 +500,30 @@ class Sequential(Module):
         return grad_output
 
 
+def mlp(sizes, activation=ReLU, norm=None, *, bias=True, device=None, dtype=None, generator=None) -> Sequential:
+    """The multi-layer perceptron as one Sequential: Linear(sizes[0], sizes[1]), [norm], activation,
+    ..., Linear(sizes[-2], sizes[-1]), with no activation after the last layer (the loss takes logits).
+
+    activation: a module class or a zero-argument factory (`lambda: LeakyReLU(0.1)`); None stacks
+    Linear layers with nothing between them. norm: None, or a class called as norm(width,
+    device=, dtype=) after each hidden Linear (BatchNorm1d, LayerNorm). Layers are built in order,
+    so the weights are those of the same Sequential written out by hand, and the state_dict names
+    ("0.weight", ...) are those of the same torch.nn.Sequential.
+    """
+    sizes = tuple(sizes)
+    if len(sizes) < 2 or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in sizes):
+        raise ValueError(f"mlp: sizes must be two or more positive integers (input, hidden..., output), got {sizes!r}")
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(Linear(a, b, bias=bias, device=device, dtype=dtype, generator=generator))
+        if i < len(sizes) - 2:
+            if norm is not None:
+                layers.append(norm(b, device=device, dtype=dtype))
+            if activation is not None:
+                layers.append(activation())
+    return Sequential(*layers)
+
+
 class _Loss(Module):
     """criterion(input, target) -> loss; criterion.backward(grad_output=1) -> d loss / d input."""
 

@@ -55,6 +55,58 @@ def test_nested_names_and_shapes_equal_torchs():
     assert model.state_dict()["0.0.weight"].shape == (6, 4)  # (out, in), as torch
 
 
+# -- nn.mlp: the one MLP builder ----------------------------------------------------------------
+
+def _torch_mlp(sizes, act, norm=None):
+    """The same network written out in torch.nn, the way its documentation writes an MLP."""
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(a, b, dtype=torch.float64))
+        if i < len(sizes) - 2:
+            layers += ([norm(b, dtype=torch.float64)] if norm else []) + ([act()] if act else [])
+    return torch.nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("act, tact, norm, tnorm", [
+    (nn.ReLU, torch.nn.ReLU, None, None), (nn.Tanh, torch.nn.Tanh, None, None), (None, None, None, None),
+    (nn.ReLU, torch.nn.ReLU, nn.BatchNorm1d, torch.nn.BatchNorm1d), (nn.GELU, torch.nn.GELU, nn.LayerNorm, torch.nn.LayerNorm)])
+def test_mlp_is_torchs_sequential_mlp(act, tact, norm, tnorm):
+    sizes = (3, 5, 4, 2)
+    model = nn.mlp(sizes, activation=act, norm=norm, dtype="float64", generator=np.random.default_rng(0))
+    tmodel = _torch_mlp(sizes, tact, tnorm)
+    assert [type(m).__name__ for m in model] == [type(m).__name__ for m in tmodel]
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in tmodel.state_dict().items()}
+    load_weights(tmodel, model.state_dict())
+    x = np.random.default_rng(1).normal(size=(6, 3))
+    out = model(x)
+    tx = torch.tensor(x, requires_grad=True)
+    tout = tmodel(tx)
+    g = np.random.default_rng(2).normal(size=out.shape)
+    gx = model.backward(g)
+    tout.backward(torch.tensor(g))
+    torch.testing.assert_close(torch.tensor(out), tout.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.tensor(gx), tx.grad, rtol=1e-12, atol=1e-12)
+    for (n, p), (_, tp) in zip(model.named_parameters(), tmodel.named_parameters()):
+        torch.testing.assert_close(torch.tensor(p.grad), tp.grad, rtol=1e-12, atol=1e-12, msg=n)
+
+
+def test_mlp_draws_the_weights_of_the_sequential_written_out():
+    """Swapping a hand-written Sequential for nn.mlp changes no experiment's numbers: same layers, same order."""
+    manual.init.manual_seed(3)
+    by_hand = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+    manual.init.manual_seed(3)
+    built = nn.mlp((2, 4, 4, 1), activation=nn.Tanh)
+    for k, v in by_hand.state_dict().items():
+        arrays_equal(built.state_dict()[k], v, k)
+
+
+@pytest.mark.parametrize("sizes", [(3,), (), (3, 0, 1), (3, -2, 1), (3, 2.5, 1), (3, True, 1), "32"])
+def test_mlp_rejects_bad_sizes(sizes):
+    with pytest.raises(ValueError, match=r"mlp: sizes must be two or more positive integers .* got"):
+        nn.mlp(sizes)
+
+
 # -- load_state_dict ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)
