@@ -378,20 +378,26 @@ STYLE = {"font.size": 11, "axes.titlesize": 11, "axes.labelsize": 11, "legend.fo
 
 
 def figure_panels(fig, title_suffix="") -> list:
-    """Each axes of a figure rendered on its own (its title, labels and legend included)."""
+    """Each axes of a figure rendered on its own (its title, labels, legend and colorbar included)."""
     import matplotlib.pyplot as plt
+    from matplotlib.transforms import Bbox
     from PIL import Image
 
     out = []
-    for ax in fig.axes:
+    # a colorbar is drawn with the axes of the picture it explains, not as a panel of its own
+    bars = {a: a._colorbar.mappable.axes for a in fig.axes if getattr(a, "_colorbar", None) is not None}
+    main = [a for a in fig.axes if a not in bars]
+    for ax in main:
         if title_suffix and title_suffix.strip(" ()") not in ax.get_title():
             ax.set_title(ax.get_title() + title_suffix)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    for ax in fig.axes:
+    for ax in main:
+        shown = [ax] + [b for b, owner in bars.items() if owner is ax]
         for other in fig.axes:  # only this one drawn: no neighbour's title or labels in the crop
-            other.set_visible(other is ax)
-        box = ax.get_tightbbox(renderer).transformed(fig.dpi_scale_trans.inverted()).padded(0.08)
+            other.set_visible(other in shown)
+        box = Bbox.union([a.get_tightbbox(renderer) for a in shown]).transformed(
+            fig.dpi_scale_trans.inverted()).padded(0.08)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=DPI, bbox_inches=box)
         buf.seek(0)
@@ -408,6 +414,60 @@ def pyplot():
 
     plt.rcParams.update(STYLE)
     return plt
+
+
+# -- the figures several experiments draw ----------------------------------------------------------
+
+def mosaic(tiles, cols, scale="each") -> np.ndarray:
+    """(n, h, w) tiles in a grid `cols` wide, NaN borders around and between them (drawn grey).
+    scale: "each" divides every tile by its own max |value| (every filter's pattern shows), "all"
+    by the largest over all tiles (magnitudes compare), None leaves values as they are."""
+    tiles = np.asarray(tiles, dtype=np.float64)
+    n, h, w = tiles.shape
+    rows = -(-n // cols)
+    out = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1), np.nan)
+    top = np.max(np.abs(tiles), initial=0.0)
+    for k in range(n):
+        m = {"each": np.max(np.abs(tiles[k]), initial=0.0), "all": top, None: 1.0}[scale]
+        r, c = divmod(k, cols)
+        out[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = \
+            tiles[k] / (m if np.isfinite(m) and m > 0 else 1.0)
+    return out
+
+
+def mosaic_figure(image, title, cmap="RdBu_r", vmin=-1.0, vmax=1.0, size=(4.2, 4.2)):
+    """A mosaic as one picture with its title; no axes (the tiles are the content). Returns the figure;
+    its one axes is fig.axes[0] for a caller that labels tiles."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=size)
+    ax.imshow(image, cmap=plt.get_cmap(cmap).with_extremes(bad="0.85"), vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def boundary_figure(forward, lim, x, y, title, n=121, point_size=40,
+                    flat_note="p ~ 0.5 everywhere: the model\nseparates nothing (see the title)"):
+    """A binary logit model's P(class 1) over the square [lim[0], lim[1]]^2, its 0.5 contour and the
+    points x (N, 2) coloured by y. A model that predicts ~0.5 everywhere gets flat_note written on
+    it: one colour with no line reads as a broken image otherwise."""
+    plt = pyplot()
+    g = np.linspace(lim[0], lim[1], n)
+    gx, gy = np.meshgrid(g, g)
+    logit = forward(np.stack([gx.ravel(), gy.ravel()], 1)).reshape(n, n)
+    prob = np.nan_to_num(1 / (1 + np.exp(-np.clip(logit, -50, 50))), nan=0.5)
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.contourf(gx, gy, prob, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.75)
+    if prob.min() < 0.5 < prob.max():
+        ax.contour(gx, gy, prob, levels=[0.5], colors="k")
+    ax.scatter(x[:, 0], x[:, 1], c=np.asarray(y).reshape(-1), cmap="RdBu_r", edgecolors="k", linewidths=0.5,
+               s=point_size)
+    if np.max(np.abs(prob - 0.5)) < 0.05:
+        ax.text(0.5, 0.5, flat_note, ha="center", va="center", fontsize=10, transform=ax.transAxes,
+                bbox={"fc": "white", "alpha": 0.85})
+    ax.set_aspect("equal")
+    ax.set_title(title, fontsize=10)
+    return fig
 
 
 # -- side-by-side training ------------------------------------------------------------------

@@ -113,16 +113,18 @@ def derivatives(cfg, grid):
 
 def derivative_figure(grid, d):
     plt = _lab.pyplot()
-    fig, (a0, a1) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(10, 4))  # logged one panel per image (RunLogger.panels)
     for i, (name, v) in enumerate(d.items()):
         c = f"C{i}"
         a0.plot(grid, v["f"], color=c, label=name)
         a1.plot(grid, v["manual"], color=c, label=f"{name} (manual)")
         a1.plot(grid[::40], v["torch"][::40], "o", color=c, ms=3, mfc="none")
     a0.set(title="activation f(x)", xlabel="x", ylim=(-1.5, 3))
-    a1.set(title="f'(x): lines manual <op>_backward, circles autograd", xlabel="x", ylim=(-0.2, 1.3))
+    a1.set(title="f'(x): lines manual <op>_backward,\ncircles autograd (sigmoid' peaks at 0.25)", xlabel="x",
+           ylim=(-0.2, 1.3))
     a1.axhline(0.25, color="gray", lw=0.6, ls=":")
     a0.legend(fontsize=9)
+    a1.legend(fontsize=8)
     for a in (a0, a1):
         a.grid(alpha=0.3)
     return fig
@@ -131,15 +133,15 @@ def derivative_figure(grid, d):
 def profile_figure(norms, other, cfg, other_init, impl):
     """Per-layer weight-gradient norm vs depth at init, one line per activation; two inits side by side."""
     plt = _lab.pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))  # one panel per image: each keeps its own axis labels
     for ax, prof, which in ((axes[0], norms, cfg.init), (axes[1], other, other_init)):
         for i, (name, g) in enumerate(prof.items()):
             ax.semilogy(range(1, len(g[impl]) + 1), g[impl], "osv^dp<>*"[i % 9] + "-", color=f"C{i}", ms=4, mfc="none",
                         label=name)
-        ax.set(title=f"{impl}: ||dL/dW|| at init ({which} init)", xlabel="layer (1 = input side)")
+        ax.set(title=f"{impl}: ||dL/dW|| at init ({which} init)", xlabel="layer (1 = input side)",
+               ylabel="gradient norm")
         ax.grid(alpha=0.3, which="both")
-    axes[0].set_ylabel("gradient norm")
-    axes[0].legend(fontsize=9)
+        ax.legend(fontsize=9)
     return fig
 
 
@@ -174,7 +176,7 @@ def _main(cfg: Config):
                  f"{cfg.depth} Linear layers of width {cfg.width}, {cfg.init} init, Adam lr {cfg.lr}, "
                  f"{steps} steps of batch {cfg.batch}")
         d = derivatives(cfg, grid)
-        log.image(None, "derivatives", derivative_figure(grid, d))
+        log.panels(None, "derivatives", derivative_figure(grid, d), ("f", "f_prime"))
         sig10 = derivatives_at(cfg, [-10.0, 10.0])
 
         norms, other, dead0, dead1, final, hists = {}, {}, {}, {}, {}, {}
@@ -204,7 +206,8 @@ def _main(cfg: Config):
                 log.scalar(f"{name}/dead_fraction", {impl: dead0[name][impl]}, 0)
                 log.scalar(f"{name}/dead_fraction", {impl: dead1[name][impl]}, steps)
         for impl in cfg.impls:
-            log.image(impl, "grad_norm_vs_depth", profile_figure(norms, other, cfg, other_init, impl))
+            log.panels(impl, "grad_norm_vs_depth", profile_figure(norms, other, cfg, other_init, impl),
+                       (f"{cfg.init}_init", f"{other_init}_init"))
 
     claims = derivative_claims(cfg, d, sig10) + net_claims(cfg, steps, norms, final, dead0, dead1)
     drifts = [dd for h in hists.values() for dd in h["drift"]]

@@ -69,24 +69,6 @@ def best_line_accuracy(x, y, angles=720):
     return float(best)
 
 
-def boundary_figure(forward, x, y, title, n=121):
-    """P(inside) over the square around the disc, the 0.5 contour, and the test points."""
-    plt = _lab.pyplot()
-    g = np.linspace(-1.2, 1.2, n)
-    gx, gy = np.meshgrid(g, g)
-    logit = forward(np.stack([gx.ravel(), gy.ravel()], 1)).reshape(n, n)
-    prob = 1 / (1 + np.exp(-np.clip(logit, -50, 50)))
-    fig, ax = plt.subplots(figsize=(4.2, 4.2))
-    ax.contourf(gx, gy, np.nan_to_num(prob, nan=0.5), levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.75)
-    if np.nanmin(prob) < 0.5 < np.nanmax(prob):
-        ax.contour(gx, gy, prob, levels=[0.5], colors="k")
-    ax.add_patch(plt.Circle((0, 0), np.sqrt(0.5), fill=False, ls="--", color="g"))
-    ax.scatter(x[:, 0], x[:, 1], c=y[:, 0], cmap="RdBu_r", edgecolors="k", linewidths=0.3, s=10)
-    ax.set_aspect("equal")
-    ax.set_title(title, fontsize=9)
-    return fig
-
-
 def fit(cfg, log, model, prefix, data, order):
     (xtr, ytr), (xva, yva), (xte, yte) = data
     twins = _lab.Twins(model, nn.BCEWithLogitsLoss(), lambda p: optim.Adam(p, lr=cfg.lr), cfg)
@@ -118,7 +100,9 @@ def fit(cfg, log, model, prefix, data, order):
     for impl in twins.impls:
         fwd = lambda g, impl=impl: twins.forward(g)[impl]  # noqa: E731
         title = f"circles, {prefix.rstrip('/')} ({impl}): test accuracy {test[impl][1]:.3f}"
-        log.image(impl, f"{prefix}boundary", boundary_figure(fwd, xte, yte, title), hist["steps"])
+        fig = _lab.boundary_figure(fwd, (-1.2, 1.2), xte, yte, title, point_size=10)
+        fig.axes[0].add_patch(_lab.pyplot().Circle((0, 0), np.sqrt(0.5), fill=False, ls="--", color="g"))  # the truth
+        log.image(impl, f"{prefix}boundary", fig, hist["steps"])
     return hist, {i: v[1] for i, v in test.items()}
 
 

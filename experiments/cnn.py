@@ -72,29 +72,6 @@ def n_params(model) -> int:
     return sum(int(np.prod(p.shape)) for p in model.parameters())
 
 
-def mosaic(tiles, cols, scale_each=True):
-    """(n, h, w) tiles side by side, NaN borders; each tile scaled to its own max |value| (or all to one)."""
-    n, h, w = tiles.shape
-    rows = -(-n // cols)
-    out = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1), np.nan)
-    top = np.max(np.abs(tiles), initial=0.0)
-    for k in range(n):
-        m = np.max(np.abs(tiles[k]), initial=0.0) if scale_each else top
-        r, c = divmod(k, cols)
-        out[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = tiles[k] / (m if m > 0 else 1.0)
-    return out
-
-
-def tiles_figure(tiles, title, cols=4, cmap="RdBu_r", vmin=-1.0):
-    plt = _lab.pyplot()
-    fig, ax = plt.subplots(figsize=(3.4, 3.0))
-    ax.imshow(mosaic(tiles, cols), cmap=plt.get_cmap(cmap).with_extremes(bad="0.85"), vmin=vmin, vmax=1,
-              interpolation="nearest")
-    ax.set_axis_off()
-    ax.set_title(title, fontsize=9)
-    return fig
-
-
 def feature_maps(twins, impl, image):
     """The first convolution + ReLU applied to one image (1, 1, 8, 8): (c1, 8, 8) as NumPy."""
     if impl == "manual":
@@ -108,13 +85,15 @@ def feature_maps(twins, impl, image):
 def log_images(log, twins, image, step, when, maps=True):
     for impl in twins.impls:
         w = twins.params(impl)["0.weight"][:, 0]  # (c1, 3, 3)
-        log.image(impl, "filters/conv1", tiles_figure(w, f"{impl}: conv1 filters, {when}\n(red +, blue -)"), step)
+        log.image(impl, "filters/conv1", _lab.mosaic_figure(_lab.mosaic(w, cols=4), f"{impl}: conv1 filters, {when}\n"
+                                                                                   "(red +, blue -)"), step)
         if not maps:
             continue
         fmap = feature_maps(twins, impl, image)
         shown = np.concatenate([image[0], fmap])  # the digit, then one map per filter
-        log.image(impl, "feature_maps/conv1", tiles_figure(shown, f"{impl}: a test digit and its conv1+ReLU maps, "
-                                                                   f"{when}", cols=5, cmap="viridis", vmin=0.0), step)
+        log.image(impl, "feature_maps/conv1", _lab.mosaic_figure(
+            _lab.mosaic(shown, cols=5), f"{impl}: a test digit and its conv1+ReLU maps,\n{when}", cmap="viridis",
+            vmin=0.0), step)
 
 
 def main(cfg: Config):

@@ -49,35 +49,12 @@ def load_data(cfg):
 
 
 
-def weights_mosaic(w, n=N_SHOWN, cols=4):
-    """The first n hidden units' incoming weights (hidden, 64) tiled as 8x8 images, each scaled
-    to its own max |w| (so every unit's pattern shows), NaN borders between tiles."""
-    n = min(n, w.shape[0])
-    rows = -(-n // cols)
-    out = np.full((rows * 9 + 1, cols * 9 + 1), np.nan)
-    for k in range(n):
-        m = np.max(np.abs(w[k]), initial=0.0)
-        tile = w[k].reshape(8, 8) / (m if np.isfinite(m) and m > 0 else 1.0)
-        r, c = divmod(k, cols)
-        out[1 + 9 * r:9 + 9 * r, 1 + 9 * c:9 + 9 * c] = tile
-    return out  # (rows*9+1, cols*9+1), values in [-1, 1]
-
-
-def weights_figure(w, title):
-    plt = _lab.pyplot()
-    fig, ax = plt.subplots(figsize=(3.4, 3.6))
-    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")
-    ax.imshow(weights_mosaic(w), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
-    ax.set_axis_off()
-    ax.set_title(title, fontsize=9)
-    return fig
-
-
 def log_weights(log, twins, step, when):
     for impl in twins.impls:
         w = twins.params(impl)["0.weight"]  # (hidden, 64)
         title = f"{impl}: units 0-{N_SHOWN - 1}, input weights\n{when} (red +, blue -)"
-        log.image(impl, "first_layer_weights", weights_figure(w, title), step)
+        tiles = _lab.mosaic(w[:N_SHOWN].reshape(-1, 8, 8), cols=4)  # each unit scaled to its own max |w|
+        log.image(impl, "first_layer_weights", _lab.mosaic_figure(tiles, title), step)
 
 
 def main(cfg: Config):

@@ -328,26 +328,20 @@ def attention_maps(twins, x):
     return out
 
 
-def attention_mosaic(maps):
-    """One array: a row of heads per layer, each a T x T map, NaN borders between them."""
-    nl, nh, T = len(maps), maps[0].shape[0], maps[0].shape[-1]
-    out = np.full((nl * (T + 1) - 1, nh * (T + 1) - 1), np.nan)
-    for li, m in enumerate(maps):
-        for h in range(nh):
-            out[li * (T + 1):li * (T + 1) + T, h * (T + 1):h * (T + 1) + T] = m[h]
-    return out
-
-
 def attention_figure(maps, labels, title):
     """Layers down, heads across; in each T x T map row i is how much position i attends to position j."""
-    plt = _lab.pyplot()
     nl, nh, T = len(maps), maps[0].shape[0], maps[0].shape[-1]
-    fig, ax = plt.subplots(figsize=(min(1.2 + 1.3 * nh, 9), min(1.2 + 1.3 * nl, 9)))
-    ax.imshow(attention_mosaic(maps), cmap=plt.get_cmap("viridis").with_extremes(bad="white"), vmin=0, vmax=1,
-              interpolation="nearest")
-    ax.set_xticks([h * (T + 1) + T / 2 - 0.5 for h in range(nh)], [f"head {h}" for h in range(nh)])
-    ax.set_yticks([li * (T + 1) + T / 2 - 0.5 for li in range(nl)], [f"layer {li}" for li in range(nl)])
-    ax.set_title(f"{title}\ntokens: {' '.join(labels)} (row: query, column: key)", fontsize=9)
+    tiles = np.concatenate([np.asarray(m) for m in maps])  # (nl * nh, T, T): layer 0's heads first
+    fig = _lab.mosaic_figure(_lab.mosaic(tiles, cols=nh, scale=None), f"{title}\ntokens: {' '.join(labels)} "
+                             "(row: query, column: key)", cmap="viridis", vmin=0.0,
+                             size=(min(1.2 + 1.3 * nh, 9), min(1.2 + 1.3 * nl, 9)))
+    ax = fig.axes[0]
+    ax.set_axis_on()
+    ax.set_xticks([1 + h * (T + 1) + T / 2 - 0.5 for h in range(nh)], [f"head {h}" for h in range(nh)])
+    ax.set_yticks([1 + li * (T + 1) + T / 2 - 0.5 for li in range(nl)], [f"layer {li}" for li in range(nl)])
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
     return fig
 
 

@@ -213,27 +213,25 @@ STYLE = {"manual": dict(ls="-", lw=2.5, alpha=0.6), "torch": dict(ls="--", lw=1.
 def sweeps_figure(s):
     """The guide's two sweeps, each implementation's curve overlaid (they coincide)."""
     plt = _lab.pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(6.4, 2.9))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))  # logged one panel per image
     for impl, r in s.items():
         a1.plot(LINEAR_W, r["linear"][0], color="C0", label=impl, **STYLE[impl])
         a2.plot(RELU_W1, r["relu"][0], color="C1", label=impl, **STYLE[impl])
     a1.plot(list(LINEAR_TABLE), list(LINEAR_TABLE.values()), "o", mfc="none", color="k", label="guide's table")
-    a1.set(title="yhat = w x: a smooth bowl", xlabel="w", ylabel="loss")
+    a1.set(title=f"yhat = w x: a smooth bowl\n(loss over w; x = {X:g}, y = {Y:g})", xlabel="w", ylabel="loss")
     a2.plot(list(RELU_TABLE), list(RELU_TABLE.values()), "o", mfc="none", color="k", label="guide's table")
     a2.axvspan(RELU_W1[0], 0, color="0.9", label="flat: gradient 0")
-    a2.set(title="yhat = ReLU(w1 x): flat, then a kink", xlabel="w1")
+    a2.set(title=f"yhat = ReLU(w1 x): flat, then a kink\n(loss over w1; x = {X:g}, y = {Y:g})", xlabel="w1",
+           ylabel="loss")
     for ax in (a1, a2):
         ax.legend(fontsize=9)
-        ax.title.set_fontsize(8)
-    fig.suptitle(f"loss over one weight, x = {X:g}, y = {Y:g}", fontsize=9)
-    fig.subplots_adjust(wspace=0.3, top=0.83)
     return fig
 
 
 def surface_figure(z, alphas):
     """Contour of the first implementation's surface, and the 1-D slices of each overlaid."""
     plt = _lab.pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(7.4, 3.0))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))  # logged one panel per image
     first = next(iter(z))
     zf, c = z[first], len(alphas) // 2
     cs = a1.contourf(alphas, alphas, np.log10(np.maximum(zf, 1e-12)), levels=20, cmap="viridis")
@@ -241,18 +239,15 @@ def surface_figure(z, alphas):
     a1.plot(0, 0, "r+", ms=10, label="trained weights")
     i, j = np.unravel_index(np.argmin(zf), zf.shape)
     a1.plot(alphas[j], alphas[i], "wx", ms=6, label="grid min")
-    a1.set(title=f"{first}: 2-D slice (filter-normalised)", xlabel="alpha (d1)", ylabel="beta (d2)")
+    a1.set(title=f"trained MLP's loss, {first}:\n2-D slice (filter-normalised directions)", xlabel="alpha (d1)",
+           ylabel="beta (d2)")
     a1.legend(fontsize=9)
     for impl, zi in z.items():
         a2.plot(alphas, zi[c, :], color="C0", label=f"{impl} along d1", **STYLE[impl])
         a2.plot(alphas, zi[:, c], color="C3", label=f"{impl} along d2", **STYLE[impl])
-    a2.set(title="1-D slices through the centre", xlabel="step", ylabel="loss", yscale="log")
+    drift = f"\nmax |manual - torch| = {np.max(np.abs(z['manual'] - z['torch'])):.1e}" if len(z) == 2 else ""
+    a2.set(title=f"1-D slices through the centre{drift}", xlabel="step", ylabel="loss", yscale="log")
     a2.legend(fontsize=9)
-    for ax in (a1, a2):
-        ax.title.set_fontsize(8)
-    drift = f"; max |manual - torch| = {np.max(np.abs(z['manual'] - z['torch'])):.1e}" if len(z) == 2 else ""
-    fig.suptitle(f"trained MLP's loss landscape{drift}", fontsize=9)
-    fig.subplots_adjust(wspace=0.65, top=0.83)
     return fig
 
 
@@ -279,7 +274,7 @@ def main(cfg: Config):
         s = sweeps(cfg.impls, tdev, mdev, cfg.dtype)
         checks = {i: sweep_checks(s[i], cfg.dtype) for i in cfg.impls}
         log.text("guide_tables", guide_table_text(checks))
-        log.image(None, "sweeps_1d", _lab.figure_to_array(sweeps_figure(s)))  # rendered once, logged to every run
+        log.panels(None, "sweeps_1d", sweeps_figure(s), ("linear", "relu"))  # rendered once, logged to every run
 
         twins = _lab.Twins(model, nn.MSELoss(), lambda p: optim.Adam(p, lr=cfg.lr), cfg)
 
@@ -303,7 +298,7 @@ def main(cfg: Config):
             z["torch"] = surface_torch(twins, raw, x, y, alphas)
         surf = {i: surface_checks(z[i]) if i in z else SKIPPED for i in cfg.impls}
         if z:
-            log.image(None, "surface_2d", _lab.figure_to_array(surface_figure(z, alphas)), hist["steps"])
+            log.panels(None, "surface_2d", surface_figure(z, alphas), ("contour", "slices_1d"), hist["steps"])
 
     drift_parts = {"training_params": float(np.max(hist["drift"])) if hist["drift"] else None}
     if len(cfg.impls) == 2:

@@ -133,15 +133,15 @@ def batch_dependence(twins, x, mode):
 
 def profile_figure(profiles, impl, depth):
     plt = _lab.pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))  # one panel per image: each keeps its own axis labels
     for ax, when in zip(axes, ("init", "trained")):
         for i, kind in enumerate(NETS):
             g = profiles[when][kind][impl]
             ax.semilogy(range(1, len(g) + 1), g, "osv^"[i] + "-", color=f"C{i}", ms=4, mfc="none", label=kind)
-        ax.set(title=f"{impl}: ||dL/dW|| per layer ({when})", xlabel=f"Linear layer (1 = input side, {depth} = output)")
+        ax.set(title=f"{impl}: ||dL/dW|| per layer ({when})", xlabel=f"Linear layer (1 = input side, {depth} = output)",
+               ylabel="gradient norm")
         ax.grid(alpha=0.3, which="both")
-    axes[0].set_ylabel("gradient norm")
-    axes[0].legend(fontsize=9)
+        ax.legend(fontsize=9)
     return fig
 
 
@@ -191,7 +191,7 @@ def _main(cfg: Config):
                     g = profiles[when][kind][impl]
                     log.scalar(f"{kind}/grad_ratio_first_over_last", {impl: g[0] / g[-1]}, step)
         for impl in cfg.impls:
-            log.image(impl, "grad_norm_vs_depth", profile_figure(profiles, impl, cfg.depth))
+            log.panels(impl, "grad_norm_vs_depth", profile_figure(profiles, impl, cfg.depth), ("init", "trained"))
         bn_text = "\n".join(f"- {when}, {impl}: train mode (batch statistics) val loss {v['train'][impl][0]:.4f} acc "
                             f"{v['train'][impl][1]:.3f}; eval mode (running statistics) val loss "
                             f"{v['eval'][impl][0]:.4f} acc {v['eval'][impl][1]:.3f}"

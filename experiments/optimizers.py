@@ -149,7 +149,7 @@ def paths_figure(land, runs, sweep, impl):
     plt = _lab.pyplot()
     w, f = land["grid"]
     keep = (w > -2.5) & (w < 3.6)
-    fig, (a0, a1) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(10, 4))  # logged one panel per image
     a0.plot(w[keep], f[keep], "k-", lw=1)
     fw = lambda x: np.interp(x, w, f)  # noqa: E731
     style = {"minibatch": ("C2", 2, 0.4), "momentum": ("C1", 3, 0.8), "gd": ("C0", 5, 1.0)}  # back to front
@@ -164,7 +164,7 @@ def paths_figure(land, runs, sweep, impl):
         if land[key]:
             a1.axhline(land[key][0], color="gray", ls=ls, lw=0.8, label=key)
     a0.set(title=f"{impl}: full-batch loss L(w) and the paths", xlabel="w", ylabel="L(w)")
-    a1.set(title="w per step (faint: the other mini-batch seeds)", xlabel="step", ylabel="w")
+    a1.set(title=f"{impl}: w per step\n(faint: the other mini-batch seeds)", xlabel="step", ylabel="w")
     a0.legend(fontsize=9)
     a1.legend(fontsize=9, loc="upper right")
     return fig
@@ -282,7 +282,7 @@ def _main(cfg: Config):
         for k, r in enumerate(sweep):  # the sweep over batch orders: one point per order, in this run
             log.scalar("minibatch/final_w_by_order", {i: ends_in(r["path"][i], bw, gw)[0] for i in cfg.impls}, k)
         for impl in cfg.impls:
-            log.image(impl, "landscape/paths", paths_figure(land, runs, sweep, impl))
+            log.panels(impl, "landscape/paths", paths_figure(land, runs, sweep, impl), ("on_the_loss", "w_per_step"))
 
         inits, scales, ihist, idrift, isteps = init_runs(cfg, log, rng)
 

@@ -171,7 +171,7 @@ def make_wiggle(cfg, rng):
 def overfit_figure(impl, r, twins, train, val):
     """Left: train and val loss with the best val and the stop; right: the fit at the stop."""
     plt = _lab.pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.2))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))  # logged one panel per image
     a1.plot(plottable(r["train"]), label="train")
     a1.plot(plottable(r["val"]), label="val")
     log_y(a1)
@@ -184,6 +184,7 @@ def overfit_figure(impl, r, twins, train, val):
     a2.scatter(train[0][:, 0], train[1][:, 0], s=16, c="k", label="train")
     a2.plot(g[:, 0], np.sin(np.pi * g[:, 0]), "g:", label="sin(pi x)")
     a2.plot(g[:, 0], twins.forward(g)[impl][:, 0], "r", label="MLP at the stop")
+    a2.set(xlabel="x", ylabel="y", title=f"{impl}: the fit at the stop (iteration {r['iteration']})")
     a2.legend(fontsize=9)
     return fig
 
@@ -211,8 +212,8 @@ def main(cfg: Config):
             drift = max(drift, d)
             if name == "validation":
                 for impl in cfg.impls:
-                    log.image(impl, "validation/overfit", overfit_figure(impl, out[name][impl], twins, train, val),
-                              out[name][impl]["iteration"])
+                    log.panels(impl, "validation/overfit", overfit_figure(impl, out[name][impl], twins, train, val),
+                               ("losses", "fit_at_stop"), out[name][impl]["iteration"])
         rows = ["| scenario | optimizer | eps_grad | eps_cost | max_iter | patience | " + " | ".join(cfg.impls) + " |",
                 "|---|---|---|---|---|---|" + "---|" * len(cfg.impls)]
         for name, (_, opt_cls, lr, rule, _) in scenarios.items():

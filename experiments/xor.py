@@ -29,24 +29,6 @@ class Config(_lab.RunConfig):
     lr: float = opt(0.05, "Adam learning rate")
 
 
-def boundary_figure(forward, title, lo=-0.5, hi=1.5, n=121):
-    """Decision boundary of a binary logit model over the unit square, with the four XOR points."""
-    plt = _lab.pyplot()
-    g = np.linspace(lo, hi, n)
-    gx, gy = np.meshgrid(g, g)
-    grid = np.stack([gx.ravel(), gy.ravel()], 1)
-    prob = 1 / (1 + np.exp(-forward(grid).reshape(n, n)))
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.contourf(gx, gy, prob, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.8)
-    ax.contour(gx, gy, prob, levels=[0.5], colors="k")
-    ax.scatter(X[:, 0], X[:, 1], c=Y[:, 0], cmap="RdBu_r", edgecolors="k", s=80)
-    if np.max(np.abs(prob - 0.5)) < 0.05:  # one colour everywhere: say why, or it looks like a broken image
-        ax.text(0.5, 0.5, "p ~ 0.5 everywhere:\nno line separates XOR,\nso the best line is no line",
-                ha="center", va="center", fontsize=10, bbox={"fc": "white", "alpha": 0.85})
-    ax.set_title(title)
-    return fig
-
-
 def fit(cfg, log, model, prefix, steps):
     twins = _lab.Twins(model, nn.BCEWithLogitsLoss(), lambda p: optim.Adam(p, lr=cfg.lr), cfg)
 
@@ -60,7 +42,10 @@ def fit(cfg, log, model, prefix, steps):
     acc = {i: _lab.accuracy(o, Y) for i, o in out.items()}
     for impl in twins.impls:
         fwd = lambda g, impl=impl: twins.forward(g)[impl]  # noqa: E731
-        log.image(impl, f"{prefix}boundary", boundary_figure(fwd, f"XOR, {prefix.rstrip('/')} ({impl}): accuracy {acc[impl]:.2f}"), steps)
+        title = f"XOR, {prefix.rstrip('/')} ({impl}): accuracy {acc[impl]:.2f}"
+        log.image(impl, f"{prefix}boundary", _lab.boundary_figure(
+            fwd, (-0.5, 1.5), X, Y, title, point_size=80,
+            flat_note="p ~ 0.5 everywhere:\nno line separates XOR,\nso the best line is no line"), steps)
     return twins, hist, acc
 
 

@@ -14,7 +14,7 @@ from experiments import backprop, gradient_descent, linear_regression, runner, s
 
 MODULES = {"gradient-descent": gradient_descent, "linear-regression": linear_regression,
            "stopping": stopping, "backprop": backprop}
-IMAGES = {"gradient-descent": "trajectories/x_per_step", "linear-regression": "fit", "stopping": "validation/overfit",
+IMAGES = {"gradient-descent": "trajectories/x_per_step", "linear-regression": "fit", "stopping": "validation/overfit/losses",
           "backprop": "losses/guide_loop"}  # multi-panel figures are logged one panel per image
 
 

@@ -127,7 +127,7 @@ def test_landscape_does_not_depend_on_which_implementations_run(land, tmp_path):
 
 
 def test_landscape_logs(land):
-    ea = assert_logged(land, {"sweeps_1d", "surface_2d"})
+    ea = assert_logged(land, {"sweeps_1d/linear", "sweeps_1d/relu", "surface_2d/contour", "surface_2d/slices_1d"})
     assert "guide_tables/text_summary" in ea["manual"].Tags()["tensors"]
 
 
@@ -220,15 +220,24 @@ def test_digits_standardised_with_training_statistics_only():
     np.testing.assert_array_equal(xtr, xtr2)  # seeded
 
 
-def test_weights_mosaic_tiles_each_unit():
+def test_mosaic_tiles_each_unit():
+    """digits' first-layer weights (units' 64 inputs as 8x8 tiles), cnn's filters, gpt's attention: one mosaic."""
     w = np.random.default_rng(0).standard_normal((20, 64))
-    m = digits.weights_mosaic(w)
+    tiles = w[:16].reshape(-1, 8, 8)
+    m = _lab.mosaic(tiles, cols=4)
     assert m.shape == (37, 37)
     for k in (0, 5, 15):
         r, c = divmod(k, 4)
         tile = m[1 + 9 * r:9 + 9 * r, 1 + 9 * c:9 + 9 * c]
         np.testing.assert_array_equal(tile, w[k].reshape(8, 8) / np.abs(w[k]).max())
     assert np.isnan(m[0]).all() and np.isnan(m[:, 9]).all()
+    whole = _lab.mosaic(tiles, cols=4, scale="all")
+    np.testing.assert_array_equal(whole[1:9, 1:9], tiles[0] / np.abs(tiles).max())
+    raw = _lab.mosaic(tiles[:3], cols=2, scale=None)  # 3 tiles, 2 across: a second row half empty
+    assert raw.shape == (19, 19) and np.isnan(raw[10:18, 10:18]).all()
+    np.testing.assert_array_equal(raw[10:18, 1:9], tiles[2])
+    zero = _lab.mosaic(np.zeros((1, 2, 2)), cols=1)  # an all-zero tile stays zero, not NaN
+    np.testing.assert_array_equal(zero[1:3, 1:3], 0.0)
 
 
 def test_digits_logs_weights_before_and_after(digs):

@@ -140,7 +140,8 @@ def test_activations_event_files(act):
             assert loss[-1].value == pytest.approx(final, rel=1e-6)  # event values are float32
             assert len(ea.Scalars(f"{name}/grad_norm/0.weight")) == steps
             assert not os.path.exists(os.path.join(act["logdir"], impl, name))  # no run per activation
-        assert {"derivatives", "grad_norm_vs_depth"} <= set(ea.Tags()["images"])
+        assert {"derivatives/f", "derivatives/f_prime", "grad_norm_vs_depth/he_init",
+                "grad_norm_vs_depth/default_init"} <= set(ea.Tags()["images"])
         assert {"relu/grads/0.weight", "sigmoid/weights/22.weight"} <= set(ea.Tags()["histograms"])
     # the same gradient norms, step by step, in both implementations' logs
     gm = [e.value for e in act["ea"]["manual"].Scalars("sigmoid/grad_norm/0.weight")]
@@ -149,7 +150,7 @@ def test_activations_event_files(act):
 
 
 def test_profile_image_is_a_real_picture(act):
-    img = act["ea"]["manual"].Images("grad_norm_vs_depth")[-1]
+    img = act["ea"]["manual"].Images("grad_norm_vs_depth/he_init")[-1]
     assert img.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n" and img.width > 300 and img.height > 150
 
 
@@ -220,7 +221,8 @@ def test_optimizers_event_files(optm):
             if r["status"] == "diverged":
                 assert not math.isfinite(loss[-1].value)
             assert f"init_{name}/grad_norm/0.weight" in tags
-        assert {"landscape/paths", "init/activation_scale"} <= set(ea.Tags()["images"])
+        assert {"landscape/paths/on_the_loss", "landscape/paths/w_per_step", "init/activation_scale"} \
+            <= set(ea.Tags()["images"])
         assert os.listdir(os.path.join(optm["logdir"], impl)) == [  # sweeps are tags in the run, not runs
             f for f in os.listdir(os.path.join(optm["logdir"], impl)) if f.startswith("events.out.tfevents")]
         ends = ea.Scalars("minibatch/final_w_by_order")  # one point per batch order
