@@ -463,8 +463,8 @@ def boundary_figure(forward, lim, x, y, title, n=121, point_size=40,
     ax.scatter(x[:, 0], x[:, 1], c=np.asarray(y).reshape(-1), cmap="RdBu_r", edgecolors="k", linewidths=0.5,
                s=point_size)
     if np.max(np.abs(prob - 0.5)) < 0.05:
-        ax.text(0.5, 0.5, flat_note, ha="center", va="center", fontsize=10, transform=ax.transAxes,
-                bbox={"fc": "white", "alpha": 0.85})
+        ax.text(0.5, 0.03, flat_note, ha="center", va="bottom", fontsize=10, transform=ax.transAxes,
+                bbox={"fc": "white", "alpha": 0.9})  # at the bottom: the points and any line stay visible
     ax.set_aspect("equal")
     ax.set_title(title, fontsize=10)
     return fig

@@ -100,7 +100,8 @@ def fit(cfg, log, model, prefix, data, order):
     for impl in twins.impls:
         fwd = lambda g, impl=impl: twins.forward(g)[impl]  # noqa: E731
         title = f"circles, {prefix.rstrip('/')} ({impl}): test accuracy {test[impl][1]:.3f}"
-        fig = _lab.boundary_figure(fwd, (-1.2, 1.2), xte, yte, title, point_size=10)
+        fig = _lab.boundary_figure(fwd, (-1.2, 1.2), xte, yte, title, point_size=10,
+                                   flat_note="p ~ 0.5 everywhere: no line separates\na disc from its ring (dashed: the truth)")
         fig.axes[0].add_patch(_lab.pyplot().Circle((0, 0), np.sqrt(0.5), fill=False, ls="--", color="g"))  # the truth
         log.image(impl, f"{prefix}boundary", fig, hist["steps"])
     return hist, {i: v[1] for i, v in test.items()}

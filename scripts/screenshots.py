@@ -27,13 +27,26 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, "-m", "experiments"]
 
-# (file, experiments to open, TensorBoard route, seconds to settle, window size, what it shows)
+# The first `n` "Matches (k)" toggle buttons of the custom-scalars page (in shadow DOM), as click
+# points: each opens the chart's list of series, manual's and torch's, in their run colours, so two
+# runs that draw one line (they coincide) show as two.
+OPEN_MATCHES = """(n => {
+  const found = [];
+  const walk = root => root.querySelectorAll('*').forEach(el => {
+    if (el.shadowRoot) walk(el.shadowRoot);
+    if (found.length < n && el.classList.contains('toggle-matches-button')) found.push(el);
+  });
+  walk(document);
+  return found.map(el => { const r = el.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; });
+})(%d)"""
+
+# (file, experiments to open, TensorBoard route, seconds to settle, window size, JS to run then, what it shows)
 SHOTS = [
-    ("tensorboard_custom_scalars.png", ["xor"], "#custom_scalars", 10, (1500, 1000),
-     "xor's category: each model's training loss with manual and torch both in the legend, the drift chart beside it"),
-    ("tensorboard_images.png", ["circles"], "#images", 10, (1500, 900),
+    ("tensorboard_custom_scalars.png", ["xor"], "#custom_scalars", 10, (1500, 1000), OPEN_MATCHES % 3,
+     "xor's category: each model's training loss with manual and torch both listed under it, the drift chart beside it"),
+    ("tensorboard_images.png", ["circles"], "#images", 10, (1500, 900), None,
      "circles: the decision boundary of the linear model and the MLP, manual and torch"),
-    ("tensorboard_hparams.png", [], "#hparams", 25, (1600, 900),
+    ("tensorboard_hparams.png", [], "#hparams", 25, (1600, 900), None,
      "HParams after one `all`: a row per experiment and implementation, every experiment's settings as columns"),
 ]
 
@@ -86,11 +99,18 @@ class Chromium:
             if msg.get("id") == self.n:
                 return msg.get("result", msg)
 
-    def shoot(self, url, out, wait, size):
+    def shoot(self, url, out, wait, size, script=None):
         self.call("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1,
                   mobile=False)
         self.call("Page.navigate", url=url)
         time.sleep(wait)
+        if script:  # a real mouse click (Polymer's tap handlers ignore element.click()) on each point found
+            points = self.call("Runtime.evaluate", expression=script, returnByValue=True)["result"].get("value") or []
+            for x, y in points:
+                for kind in ("mousePressed", "mouseReleased"):
+                    self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
+            print(f"  clicked {len(points)} element(s)")
+            time.sleep(3)
         png = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
         with open(out, "wb") as f:
             f.write(png)
@@ -153,11 +173,11 @@ def main():
                        stdout=subprocess.DEVNULL)
     browser = Chromium()
     try:
-        for name, names, route, wait, size, what in SHOTS:
+        for name, names, route, wait, size, script, what in SHOTS:
             proc, url = view(a.logdir, names)
             try:
                 wait_loaded(url, 2 * len(names or os.listdir(a.logdir)))
-                browser.shoot(f"{url}?forceSVG=true{route}", os.path.join(a.out, name), wait, size)
+                browser.shoot(f"{url}?forceSVG=true{route}", os.path.join(a.out, name), wait, size, script)
                 print(f"  {what}")
             finally:
                 proc.send_signal(signal.SIGINT)
