@@ -153,13 +153,15 @@ def _conv2d_backward(grad_output, x_shape, cols, weight, has_bias, geo, xp, inpu
     dcols = xp.permute_dims(xp.reshape(weight, (G, o // G, cg * kh * kw)), (0, 2, 1)) @ gmat  # (G, K, N*OH*OW)
     dcols = xp.reshape(dcols, (c, kh, kw, n, oh, ow))
     (pt, pb), (pl, pr) = geo.pads
-    gpad = xp.zeros((n, c, h + pt + pb, w + pl + pr), dtype=grad_output.dtype, device=grad_output.device)
+    # accumulated channel-major, (C, N, H, W) as dcols is laid out, so that every tap's add reads
+    # one contiguous block; handed back as the (N, C, H, W) view of it
+    gpad = xp.zeros((c, n, h + pt + pb, w + pl + pr), dtype=grad_output.dtype, device=grad_output.device)
     for i in range(kh):
         for j in range(kw):
             rows = slice(i * dh, i * dh + (oh - 1) * sh + 1, sh)
             cols_ = slice(j * dw, j * dw + (ow - 1) * sw + 1, sw)
-            gpad[:, :, rows, cols_] += xp.permute_dims(dcols[:, i, j, ...], (1, 0, 2, 3))  # our own fresh array
-    return gpad[:, :, pt:pt + h, pl:pl + w], grad_weight, grad_bias
+            gpad[:, :, rows, cols_] += dcols[:, i, j, ...]  # our own fresh array
+    return xp.permute_dims(gpad[:, :, pt:pt + h, pl:pl + w], (1, 0, 2, 3)), grad_weight, grad_bias
 
 
 # -- public ops ------------------------------------------------------------------------------
