@@ -58,6 +58,9 @@ def register(sub):
     p.add_argument("--models", nargs="+", choices=[m[0] for m in MODELS], metavar="MODEL",
                    help="subset of " + ", ".join(m[0] for m in MODELS))
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (child processes)")
+    p.add_argument("--data-parallel", action="store_true",
+                   help="also time the 64-256-256-10 step on 1 and 2 processes (gloo), manual DDP against torch's "
+                        "(experiments/bench_ddp.py)")
     p.add_argument("--json", metavar="PATH", help="write every figure as JSON")
     p.add_argument("--logdir", default="runs", help="TensorBoard root; figures go to LOGDIR/bench/<timestamp>/<impl>")
     p.set_defaults(func=run)
@@ -450,7 +453,7 @@ def run(args):
     print(f"\nmatmul ceiling (n={n_peak}, best of {3 if quick else 7} rounds, GFLOP/s): " + "; ".join(
         f"{dt}: " + ", ".join(f"{k} {v:.0f}" for k, v in p.items()) for dt, p in peaks.items()))
 
-    rows, scaling, status, code = [], [], "ok", 0
+    rows, scaling, dp, status, code = [], [], [], "ok", 0
     try:
         work = [(m, dt, dev) for m in models for dt in dtypes for dev in devices]
         for (name, sizes, batch), dtype, device in tqdm(work, desc="bench", leave=False, disable=None):
@@ -463,11 +466,17 @@ def run(args):
         print_table(rows)
         scaling = measure_scaling(devices, quick, target_s)
         print_scaling(scaling)
+        if args.data_parallel:
+            from . import bench_ddp
+
+            dp = bench_ddp.measure("float64" if args.dtype == "float64" else "float32", rounds=rounds)
+            bench_ddp.print_rows(dp, _print_rows)
     except KeyboardInterrupt as e:  # keep what was measured: table, JSON and TensorBoard of the rows so far
         status, code = "interrupted", getattr(e, "exit_code", 130)  # signals.Stop: 130 Ctrl-C, 143 SIGTERM
         print(f"\ninterrupted ({getattr(e, 'name', 'SIGINT')}): {len(rows)} rows measured so far", file=sys.stderr)
         print_table(rows)
     out = {"status": status, "machine": info, "matmul_peak_gflops": peaks, "rows": rows, "scaling": scaling,
+           "data_parallel": dp,
            "protocol": {"rounds": rounds, "block_target_s": target_s, "settle_s": SETTLE_S}}
     logdir = log_tensorboard(args.logdir, out)
     print(f"\nTensorBoard: tensorboard --logdir {logdir}")
@@ -519,24 +528,28 @@ def measure_scaling(devices, quick, target_s):
 def print_machine(info):
     blas = "; ".join(f"{b['internal_api']} {b['version']} {b.get('architecture') or ''} x{b['num_threads']}"
                      for b in info["numpy_blas"]) or "?"
-    print(f"machine: {info['cpu']}, {info['cores']} cores, SIMD {'/'.join(info['simd']) or '-'}"
-          + (f", GPU {info['cuda']}" if info["cuda"] else ", no GPU"))
-    print(f"numpy {info['numpy']} (BLAS: {blas}); torch {info['torch']} ({info['torch_threads']} threads, "
-          f"{info['torch_blas']}); python {info['python']}" + (f"; env {info['env']}" if info["env"] else ""))
+    import textwrap
+
+    lines = [f"machine: {info['cpu']}, {info['cores']} cores, SIMD {'/'.join(info['simd']) or '-'}"
+             + (f", GPU {info['cuda']}" if info["cuda"] else ", no GPU"),
+             f"numpy {info['numpy']} (BLAS: {blas}); torch {info['torch']} ({info['torch_threads']} threads, "
+             f"{info['torch_blas']}); python {info['python']}" + (f"; env {info['env']}" if info["env"] else "")]
+    for line in lines:  # within 100 columns, as every table below
+        print("\n".join(textwrap.wrap(line, 100, subsequent_indent="  ", break_on_hyphens=False)))
 
 
 def print_table(rows):
-    hdr = ("model", "batch", "dtype", "device", "impl", "median ms", "vs autograd", "GFLOP/s", "% of peak", "peak MiB")
+    hdr = ("model", "batch", "dtype", "device", "impl", "ms", "vs autograd", "GFLOP/s", "% peak", "MiB")
     lines = [hdr]
     for r in rows:
         lines.append((r["model"], str(r["batch"]), r["dtype"], r["device"], r["impl"], f"{r['median_ms']:.4g}",
                       f"{r['ratio_vs_autograd']:.2f}x", f"{r['gflops']:.3g}", f"{100 * r['peak_fraction']:.1f}",
                       "-" if r.get("peak_mem_mb") is None else f"{r['peak_mem_mb']:.1f}"))
     _print_rows(lines)
-    print("vs autograd: this row's step time / torch autograd's on the same model (lower is faster;\n"
-          "  1.00x = as fast). % of peak: GFLOP/s over the machine's measured matmul ceiling. peak MiB:\n"
-          "  the growth of a fresh process's peak memory over its first step (RSS on CPU, allocated on\n"
-          "  CUDA); '-' with --no-memory.")
+    print("ms: median time of one step. vs autograd: this row's step time / torch autograd's on the same\n"
+          "  model (lower is faster; 1.00x = as fast). % peak: GFLOP/s over the machine's measured matmul\n"
+          "  ceiling. MiB: peak memory, the growth of a fresh process's peak over its first step (RSS on\n"
+          "  CPU, allocated on CUDA); '-' with --no-memory.")
 
 
 def print_scaling(scaling):
@@ -578,6 +591,10 @@ def log_tensorboard(logroot, out):
     for s in out["scaling"]:
         w = writers.setdefault(s["impl"], SummaryWriter(os.path.join(root, s["impl"])))
         w.add_scalar(f"scaling_{s['axis']}/step_ms_{s['device']}", s["median_ms"], s["value"])
+    for d in out.get("data_parallel", []):  # x axis: the number of ranks
+        w = writers.setdefault(d["impl"], SummaryWriter(os.path.join(root, d["impl"])))
+        w.add_scalar("data_parallel/step_ms", d["median_ms"], d["ranks"])
+        w.add_scalar("data_parallel/efficiency", d["efficiency"], d["ranks"])
     if not writers:  # interrupted before the first row: still leave the machine and the status
         writers["machine"] = SummaryWriter(os.path.join(root, "machine"))
     for w in writers.values():
