@@ -36,6 +36,7 @@ from . import _lab
 from ._lab import opt
 
 NAME = "ddp"
+MULTIPROCESS = True  # `backprop-lab run ddp --nproc N` launches it with torchrun
 SUMMARY = ("hand-written gradients averaged over ranks equal torch's DDP and one process's step on the whole "
            "batch; the mean-of-means gap of unequal shards is the predicted one")
 SECTION = "Non-Convex Optimization: Mini-Batch SGD"

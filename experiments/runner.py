@@ -29,6 +29,11 @@ EXPERIMENTS = {
     "backprop": "backprop",
     "gpt": "gpt",
 }
+# `run NAME` also offers these; `all` leaves them out: their claims are about several processes
+# (`run ddp --nproc 2`, or torchrun), and `all` is the one-process main job.
+RUN_ONLY = {
+    "ddp": "ddp",
+}
 
 
 CONTRACT = ("NAME", "SUMMARY", "SECTION", "Config", "main")
@@ -39,7 +44,7 @@ class ExperimentError(RuntimeError):
 
 
 def load(name):
-    module = f"experiments.{EXPERIMENTS[name]}"
+    module = f"experiments.{EXPERIMENTS.get(name) or RUN_ONLY[name]}"
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as e:
@@ -171,10 +176,15 @@ def register(sub):
     p = sub.add_parser("run", help="run one experiment (both implementations side by side by default)")
     runs = p.add_subparsers(dest="experiment", metavar="NAME", parser_class=type(p))
     runs.required = True
-    for name, mod in exps.items():
+    runnable = {**exps, **{name: load(name) for name in RUN_ONLY}}
+    for name, mod in runnable.items():
         rp = runs.add_parser(name, help=_esc(mod.SUMMARY), description=f"{mod.SUMMARY} (guide: {mod.SECTION})")
         add_config_arguments(rp, mod.Config)
         rp.add_argument("--json", metavar="PATH", help="write the config, final metrics, drift and claims as JSON")
+        rp.add_argument("--nproc", type=_at_least_one, default=1, metavar="N",
+                        help=("processes on this machine, launched with torchrun (gloo on CPU, nccl on CUDA); rank 0 "
+                              "writes the logs and JSON (default: 1)") if getattr(mod, "MULTIPROCESS", False) else
+                        f"processes: 1 for {name} (only {', '.join(multiprocess(runnable))} runs on more; default: 1)")
         rp.set_defaults(func=cmd_run, _config=mod.Config, _module=mod, _parser=rp)
 
     p = sub.add_parser("all", help="run every experiment, then print the claims table (the main job)")
@@ -215,10 +225,72 @@ def no_gpu(parser, device, backend="auto"):
         parser.error(str(e))
 
 
+MAX_NPROC = 64  # one machine's processes; more nodes are torchrun's own (--nnodes, README)
+
+
+def multiprocess(exps=None):
+    """The experiments that run on several processes (a MULTIPROCESS = True module)."""
+    mods = exps or {**experiments(), **{name: load(name) for name in RUN_ONLY}}
+    return [n for n, m in mods.items() if getattr(m, "MULTIPROCESS", False)]
+
+
+def forwarded_options(args, config_cls):
+    """The options given on the command line, rebuilt as arguments for the same experiment's own parser."""
+    out = []
+    for f in dataclasses.fields(config_cls):
+        if f.name not in getattr(args, "_given", set()):
+            continue
+        flag, value = "--" + f.name.replace("_", "-"), getattr(args, f.name)
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, (list, tuple)):
+            out += [flag, *map(str, value)]
+        else:
+            out += [flag, str(value)]
+    return out + (["--json", args.json] if args.json else [])
+
+
+def launch(args, nproc):
+    """`torchrun --standalone --nproc-per-node N -m experiments.<name> <options>` with this venv's Python;
+    its exit code. Ctrl-C / SIGTERM here is passed on to torchrun, which stops every rank."""
+    import subprocess
+
+    from .signals import Stop
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", args._module.__name__, *forwarded_options(args, args._config)]
+    print(f"launching {nproc} processes: torchrun --standalone --nproc-per-node={nproc} -m {args._module.__name__} "
+          + " ".join(cmd[7:]), file=sys.stderr, flush=True)
+    proc = subprocess.Popen(cmd)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt as e:  # signals.Stop: SIGINT or SIGTERM reached us
+        stop = e if isinstance(e, Stop) else Stop()
+        proc.send_signal(stop.signum)  # torchrun forwards it to every worker
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        print(f"backprop-lab: interrupted ({stop.name}); every rank stopped", file=sys.stderr)
+        return stop.exit_code
+
+
 def cmd_run(args):
     from . import checkpoint
 
     no_gpu(args._parser, args.device, args.backend)
+    if args.nproc > 1:
+        if not getattr(args._module, "MULTIPROCESS", False):
+            args._parser.error(f"--nproc {args.nproc}: {args.experiment} runs in one process; only "
+                               f"{', '.join(multiprocess())} runs on several (--nproc 1, the default, runs it here)")
+        if args.nproc > MAX_NPROC:
+            args._parser.error(f"--nproc {args.nproc}: expected at most {MAX_NPROC} processes on one machine "
+                               "(more machines: torchrun --nnodes, README 'More than one process')")
+        if args.resume:
+            args._parser.error(f"--nproc {args.nproc} with --resume: resuming a data-parallel run is not supported "
+                               "yet; run it again from the start")
+        return launch(args, args.nproc)
     cfg = config_from_args(args._config, args)
     if cfg.resume:  # the checkpoint's options, unless given here (and then they must agree)
         try:
