@@ -280,6 +280,14 @@ def cmd_run(args):
     from . import checkpoint
 
     no_gpu(args._parser, args.device, args.backend)
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun in each worker it starts
+    if world > 1 or "LOCAL_RANK" in os.environ:  # `torchrun ... -m experiments run NAME`: we are one rank
+        if not getattr(args._module, "MULTIPROCESS", False):
+            args._parser.error(f"{args.experiment} runs in one process, but torchrun started {world} of them; only "
+                               f"{', '.join(multiprocess())} runs on several")
+        if args.nproc > 1:
+            args._parser.error(f"--nproc {args.nproc} inside torchrun: torchrun already started the processes")
+        return args._module.cli(forwarded_options(args, args._config))  # its ranks: rank 0 reports, failures named
     if args.nproc > 1:
         if not getattr(args._module, "MULTIPROCESS", False):
             args._parser.error(f"--nproc {args.nproc}: {args.experiment} runs in one process; only "

@@ -89,3 +89,21 @@ def test_sigterm_stops_every_rank_and_keeps_the_logs(tmp_path):
     ea = EventAccumulator(str(run))
     ea.Reload()
     assert len(ea.Scalars("ddp/loss/train")) > 10  # what rank 0 logged before the signal is readable
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_torchrun_runs_the_cli_itself(tmp_path):
+    """`torchrun --nproc-per-node 2 -m experiments run ddp`: each worker is one rank of the experiment;
+    a one-process experiment under torchrun is refused on every rank instead of running twice."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+                "experiments", "run"]
+    r = subprocess.run(torchrun + ["ddp", "--quick", "--no-progress", "--logdir", str(tmp_path / "runs")],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("claims hold") == 1 and "2 rank(s) on gloo" in r.stdout
+    r = subprocess.run(torchrun + ["xor", "--quick", "--logdir", str(tmp_path / "runs")], capture_output=True,
+                       text=True, timeout=240)
+    assert r.returncode != 0
+    assert r.stderr.count("xor runs in one process, but torchrun started 2 of them") == 2
+    assert not (tmp_path / "runs" / "xor").exists()
