@@ -203,10 +203,11 @@ WIDTH = 100  # terminal output fits this many columns
 def cmd_list(args):
     import textwrap
 
-    exps = experiments()
+    exps = {**experiments(), **{name: load(name) for name in RUN_ONLY}}
     width = max(map(len, exps))
     for name, mod in exps.items():
-        text = f"{mod.SUMMARY} [guide: {mod.SECTION}]"
+        text = f"{mod.SUMMARY} [guide: {mod.SECTION}]" + (
+            " (run only, not in `all`; `run ddp --nproc N` on N processes)" if name in RUN_ONLY else "")
         lines = textwrap.wrap(text, WIDTH - width - 2) or [""]
         print(f"{name:<{width}}  {lines[0]}")
         for line in lines[1:]:

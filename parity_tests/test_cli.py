@@ -34,6 +34,7 @@ def test_list_names_every_available_experiment():
     flat = " ".join(r.stdout.split())  # list wraps long lines at 100 columns
     for name, mod in runner.experiments().items():
         assert name in r.stdout and mod.SECTION in flat and " ".join(mod.SUMMARY.split()) in flat, name
+    assert "ddp" in r.stdout and "run only, not in `all`" in flat  # the run-only experiments too
 
 
 def test_run_xor_help_shows_its_options():
