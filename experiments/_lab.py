@@ -297,7 +297,7 @@ def hparam_space():
     from . import runner
 
     kinds, metrics = {"experiment": str, "impl": str}, []
-    for name, mod in runner.available().items():
+    for name, mod in runner.runnable().items():  # run-only ones (ddp) too: their runs are sessions as well
         cfg = mod.Config()
         for f in dataclasses.fields(cfg):
             if f.name in LABEL_SKIP:
@@ -336,7 +336,7 @@ def write_hparams(writer, experiment, impl, cfg, status):
         # differs=True: TensorBoard lists these columns first (and shows the first few by default)
         info = api_pb2.HParamInfo(name=name, type=types[kind], differs=name in ("experiment", "impl"))
         if name in ("experiment", "impl"):
-            info.domain_discrete.extend(list(runner.EXPERIMENTS) if name == "experiment" else list(IMPLS))
+            info.domain_discrete.extend(list(runner.runnable()) if name == "experiment" else list(IMPLS))
         infos.append(info)
     experiment_pb = api_pb2.Experiment(hparam_infos=infos, metric_infos=[
         api_pb2.MetricInfo(name=api_pb2.MetricName(tag=t), display_name=t) for t in metrics])

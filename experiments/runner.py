@@ -69,6 +69,11 @@ def experiments():
 available = experiments  # the older name
 
 
+def runnable():
+    """What `run NAME` offers: every experiment of `all`, then the run-only ones."""
+    return {**experiments(), **{name: load(name) for name in RUN_ONLY}}
+
+
 # -- argparse from dataclasses ---------------------------------------------------------------
 
 def add_config_arguments(parser, config_cls, skip=()):
@@ -176,15 +181,15 @@ def register(sub):
     p = sub.add_parser("run", help="run one experiment (both implementations side by side by default)")
     runs = p.add_subparsers(dest="experiment", metavar="NAME", parser_class=type(p))
     runs.required = True
-    runnable = {**exps, **{name: load(name) for name in RUN_ONLY}}
-    for name, mod in runnable.items():
+    every = runnable()
+    for name, mod in every.items():
         rp = runs.add_parser(name, help=_esc(mod.SUMMARY), description=f"{mod.SUMMARY} (guide: {mod.SECTION})")
         add_config_arguments(rp, mod.Config)
         rp.add_argument("--json", metavar="PATH", help="write the config, final metrics, drift and claims as JSON")
         rp.add_argument("--nproc", type=_at_least_one, default=1, metavar="N",
                         help=("processes on this machine, launched with torchrun (gloo on CPU, nccl on CUDA); rank 0 "
                               "writes the logs and JSON (default: 1)") if getattr(mod, "MULTIPROCESS", False) else
-                        f"processes: 1 for {name} (only {', '.join(multiprocess(runnable))} runs on more; default: 1)")
+                        f"processes: 1 for {name} (only {', '.join(multiprocess(every))} runs on more; default: 1)")
         rp.set_defaults(func=cmd_run, _config=mod.Config, _module=mod, _parser=rp)
 
     p = sub.add_parser("all", help="run every experiment, then print the claims table (the main job)")
@@ -203,7 +208,7 @@ WIDTH = 100  # terminal output fits this many columns
 def cmd_list(args):
     import textwrap
 
-    exps = {**experiments(), **{name: load(name) for name in RUN_ONLY}}
+    exps = runnable()
     width = max(map(len, exps))
     for name, mod in exps.items():
         text = f"{mod.SUMMARY} [guide: {mod.SECTION}]" + (
@@ -231,7 +236,7 @@ MAX_NPROC = 64  # one machine's processes; more nodes are torchrun's own (--nnod
 
 def multiprocess(exps=None):
     """The experiments that run on several processes (a MULTIPROCESS = True module)."""
-    mods = exps or {**experiments(), **{name: load(name) for name in RUN_ONLY}}
+    mods = exps or runnable()
     return [n for n, m in mods.items() if getattr(m, "MULTIPROCESS", False)]
 
 

@@ -135,7 +135,7 @@ def every_help():
     parser = build_parser()
     (sub,) = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
     argvs = [["--help"], ["-h"]] + [[cmd, "--help"] for cmd in sub.choices] + [["run", "-h"]]
-    return argvs + [["run", name, "--help"] for name in runner.EXPERIMENTS]
+    return argvs + [["run", name, "--help"] for name in runner.runnable()]
 
 
 @pytest.mark.parametrize("argv", every_help(), ids=" ".join)
