@@ -244,6 +244,55 @@ def make_gpt_steps(spec, batch, dtype, device, only=None):
     return {name: make() for name, make in makers.items() if only is None or name == only}
 
 
+FLOOR = "numpy-floor"  # timed beside the rows, reported under the table (not a row of its own)
+
+
+def numpy_floor_step(sizes, batch, dtype):
+    """(step(), params()): the same ReLU-MLP step as manual-numpy's (same weights, data, loss and SGD), written
+    as straight-line NumPy: no modules, no checks, no saved-tensor bookkeeping. What any hand-written step on
+    NumPy costs at least, so a goal below it is out of reach of NumPy itself, not of this code."""
+    model, _, _ = build(sizes, dtype)
+    Ws = [np.array(p.data) for n, p in model.named_parameters() if n.endswith("weight")]
+    bs = [np.array(p.data) for n, p in model.named_parameters() if n.endswith("bias")]
+    names = [n for n, _ in model.named_parameters()]
+    x, y = data(sizes, batch)
+    x = x.astype(dtype)
+    mse = sizes[-1] == 1
+    y = y.astype(dtype) if mse else y
+    rows = np.arange(batch)
+
+    def step():
+        a, saved = x, []
+        for W, b in zip(Ws[:-1], bs[:-1]):
+            z = a @ W.T
+            z += b
+            saved.append((a, z))
+            a = np.maximum(z, 0)
+        out = a @ Ws[-1].T
+        out += bs[-1]
+        if mse:  # mean((out - y)^2), d/dout = 2 (out - y) / n
+            g = out - y
+            loss = float(np.mean(g * g))
+            g *= 2.0 / g.size
+        else:  # mean cross-entropy of logits, d/dout = (softmax - onehot) / N
+            g = np.exp(out - out.max(1, keepdims=True))
+            g /= g.sum(1, keepdims=True)
+            loss = float(-np.mean(np.log(g[rows, y])))
+            g[rows, y] -= 1.0
+            g /= batch
+        grads = [(g.T @ a, g.sum(0))]
+        for i in range(len(saved) - 1, -1, -1):
+            g = g @ Ws[i + 1]
+            g *= saved[i][1] > 0
+            grads.append((g.T @ saved[i][0], g.sum(0)))
+        for (gw, gb), W, b in zip(reversed(grads), Ws, bs):
+            W -= LR * gw
+            b -= LR * gb
+        return loss
+
+    return step, lambda: dict(zip(names, (v for pair in zip(Ws, bs) for v in pair)))
+
+
 def check_agree(steps, dtype):
     """One step on each implementation: same loss and same updated weights (raises if not)."""
     ref_name = next(n for n in steps if n.startswith("autograd"))
@@ -490,9 +539,12 @@ def run(args):
 def bench_model(name, sizes, batch, dtype, device, rounds, target_s, peaks):
     """Check agreement, then time paired rounds: one table row per implementation."""
     steps = make_steps(sizes, batch, dtype, device)
+    if device == "cpu" and spec_kind(sizes) == "mlp":
+        steps[FLOOR] = numpy_floor_step(sizes, batch, dtype)
     err = check_agree(steps, dtype)
     times = paired_rounds(steps, rounds, target_s)
     ref = next(n for n in steps if n.startswith("autograd"))
+    floor = times.pop(FLOOR, None)
     flops = step_flops(sizes, batch)
     rows = []
     for impl, ts in times.items():
@@ -504,6 +556,9 @@ def bench_model(name, sizes, batch, dtype, device, rounds, target_s, peaks):
             "rounds": len(ts), "gflops": gflops, "peak_fraction": gflops / peaks[dtype][_peak_of(impl)],
             "check_max_abs_diff": err,
         })
+        if floor is not None and impl == "manual-numpy":  # what NumPy alone needs for this step
+            rows[-1].update(numpy_floor_ms=statistics.median(floor) * 1e3,
+                            numpy_floor_ratio=statistics.median(f / r for f, r in zip(floor, times[ref])))
     return rows
 
 
@@ -550,6 +605,13 @@ def print_table(rows):
           "  model (lower is faster; 1.00x = as fast). % peak: GFLOP/s over the machine's measured matmul\n"
           "  ceiling. MiB: peak memory, the growth of a fresh process's peak over its first step (RSS on\n"
           "  CPU, allocated on CUDA); '-' with --no-memory.")
+    floors = [r for r in rows if r.get("numpy_floor_ms") is not None]
+    if floors:
+        print("\nthe floor under manual-numpy: the same step as straight-line NumPy (no modules, no checks;\n"
+              "  bench.numpy_floor_step), timed in the same rounds:")
+        _print_rows([("model", "dtype", "floor ms", "floor vs autograd", "manual-numpy vs autograd")] + [
+            (r["model"], r["dtype"], f"{r['numpy_floor_ms']:.4g}", f"{r['numpy_floor_ratio']:.2f}x",
+             f"{r['ratio_vs_autograd']:.2f}x") for r in floors])
 
 
 def print_scaling(scaling):

@@ -1,0 +1,40 @@
+"""`backprop-lab bench`'s straight-line NumPy floor: the same step as manual-numpy, so that a goal
+below it is shown out of reach by a measurement. It must be the same math: checked here against
+torch autograd's step (loss and every updated weight), for the MSE and the cross-entropy nets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from experiments import bench
+
+
+@pytest.mark.parametrize("sizes, batch", [((2, 4, 1), 4), ((2, 16, 16, 1), 64), ((64, 32, 32, 10), 16)])
+def test_numpy_floor_takes_autograds_step(sizes, batch):
+    steps = bench.make_steps(sizes, batch, "float64", "cpu", only="autograd")
+    steps[bench.FLOOR] = bench.numpy_floor_step(sizes, batch, "float64")
+    assert bench.check_agree(steps, "float64") <= 1e-13  # raises on any loss or weight that differs
+    for _ in range(3):  # and it keeps stepping alike
+        for step, _ in steps.values():
+            step()
+    a, f = steps["autograd"][1](), steps[bench.FLOOR][1]()
+    assert max(float(np.max(np.abs(a[k] - f[k]))) for k in a) <= 1e-13
+
+
+def test_a_wrong_floor_is_caught(monkeypatch):
+    steps = bench.make_steps((2, 16, 16, 1), 64, "float64", "cpu", only="autograd")
+    steps[bench.FLOOR] = bench.numpy_floor_step((2, 16, 16, 1), 64, "float64")
+    monkeypatch.setattr(bench, "LR", bench.LR * 1.01)  # read by the floor's update: it steps 1% too far
+    with pytest.raises(AssertionError, match="numpy-floor updated"):
+        bench.check_agree(steps, "float64")
+
+
+def test_the_floor_is_reported_with_manual_numpy_for_mlps_only():
+    peaks = {"float64": {"numpy": 1.0, "torch": 1.0}}
+    rows = bench.bench_model("2-4-1", (2, 4, 1), 4, "float64", "cpu", rounds=1, target_s=0.001, peaks=peaks)
+    assert [r["impl"] for r in rows] == ["manual-numpy", "manual-torch", "autograd"]  # still 3 rows
+    assert rows[0]["numpy_floor_ms"] > 0 and rows[0]["numpy_floor_ratio"] > 0
+    assert all("numpy_floor_ms" not in r for r in rows[1:])
+    cnn = bench.bench_model("cnn-digits", {"cnn": "digits"}, 4, "float64", "cpu", rounds=1, target_s=0.001, peaks=peaks)
+    assert all("numpy_floor_ms" not in r for r in cnn)
