@@ -88,6 +88,10 @@ def resolve_device(device: str, backend: str = "auto"):
 
 # -- TensorBoard -------------------------------------------------------------------------
 
+EVENT_QUEUE = 4096  # events a SummaryWriter holds before add_* waits for its writer thread
+GRAD_NORM_POINTS = 50  # points per per-parameter gradient-norm curve (train() logs every ceil(steps/50)th step)
+
+
 class RunLogger:
     """One SummaryWriter per implementation under LOGDIR/<experiment>/<timestamp>/<impl>."""
 
@@ -98,7 +102,11 @@ class RunLogger:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S") + run_label(cfg)
         root = (resume and checkpoint.run_root(resume["path"])) or make_run_dir(os.path.join(cfg.logdir, experiment), stamp)
         self.root = root
-        self.writers = {impl: SummaryWriter(os.path.join(root, impl)) for impl in cfg.impls}
+        # max_queue: torch's default of 10 events makes every add_scalar past the tenth wait for the writer
+        # thread (a GIL hand-over each: 8.6 of activations' 49 s profiled); flush_secs bounds what a kill -9
+        # could lose, and close() (also on Ctrl-C, SIGTERM, divergence) writes everything
+        self.writers = {impl: SummaryWriter(os.path.join(root, impl), max_queue=EVENT_QUEUE, flush_secs=10)
+                        for impl in cfg.impls}
         self.status = "ok"
         self.notes: list[str] = []
         self.experiment, self.cfg = experiment, cfg
@@ -612,8 +620,12 @@ class Twins:
         """max |manual param - torch param| over all parameters (None with one implementation)."""
         if len(self.impls) < 2:
             return None
-        pm, pt = self.params("manual"), self.params("torch")
-        return max(float(np.max(np.abs(pm[n] - pt[n]), initial=0.0)) for n in self.names)
+        if getattr(self, "_pairs", None) is None:  # the Parameter objects stay; their values change in place
+            tp = dict(self.tmodel.named_parameters())
+            self._pairs = [(p, tp[n]) for n, p in self.model.named_parameters()]
+        with torch.no_grad():
+            return max(float(np.max(np.abs(B.to_numpy(p.data) - t.detach().cpu().numpy()), initial=0.0))
+                       for p, t in self._pairs)
 
 
 def train(twins: Twins, log: RunLogger, batches, steps: int, *, evaluate=None, eval_every=10,
@@ -655,15 +667,21 @@ def _train_steps(twins, log, batches, steps, start, hist, ck, key, evaluate, eva
 
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, leave=False,
                disable=not progress or None, dynamic_ncols=True)
+    # per-parameter gradient norms: at most GRAD_NORM_POINTS points per curve (and the last step). Every
+    # step of every parameter was most of a run's events: writing them cost more than training
+    # activations' 12-layer nets (profiled: 84k of 91k scalars)
+    norm_every = max(1, math.ceil(steps / GRAD_NORM_POINTS))
     for step in bar:
         x, y = batches(step)
         out = twins.step(x, y)
         for impl, o in out.items():
             hist["loss"][impl].append(o["loss"])
         log.scalar(f"{prefix}loss/train", {i: o["loss"] for i, o in out.items()}, step)
-        for impl, o in out.items():
-            for name, g in o["grad_norm"].items():
-                log.scalar(f"{prefix}grad_norm/{name}", {impl: g}, step)
+        bad = [i for i, o in out.items() if not math.isfinite(o["loss"])]
+        if step % norm_every == 0 or step == steps - 1 or bad:  # and the step that diverges
+            for impl, o in out.items():
+                for name, g in o["grad_norm"].items():
+                    log.scalar(f"{prefix}grad_norm/{name}", {impl: g}, step)
         d = twins.drift()
         if d is not None:
             hist["drift"].append(d)
@@ -674,7 +692,6 @@ def _train_steps(twins, log, batches, steps, start, hist, ck, key, evaluate, eva
         if log_histograms_every and (step % log_histograms_every == 0 or step == steps - 1):
             log_histograms(twins, log, step, prefix)
         hist["steps"] = step + 1
-        bad = [i for i, o in out.items() if not math.isfinite(o["loss"])]
         if bad:
             hist["status"] = "diverged"
             log.status = "diverged"
