@@ -35,6 +35,7 @@ from ._grad_mode import _mode as _grad_mode
 sys.modules.setdefault(__name__ + ".utils", utils)  # `import manual.nn.utils` works too (nn.py is a module)
 from .functional._util import check_reduction
 from .functional.linear import _linear, _linear_backward
+from .functional.activations import _gelu_backward_erf, _gelu_erf
 from .functional.losses import _mse_loss_backward
 
 
@@ -459,6 +460,27 @@ class GELU(_Activation):
         super().__init__()
         F.gelu(B.place([0.0]), approximate)  # validates `approximate` now, not at the first forward
         self.approximate = approximate
+
+    # The exact form keeps erf(x / sqrt 2) from forward for backward, as torch keeps what it needs:
+    # the same expressions as F.gelu / F.gelu_backward, one erf per step instead of two.
+    def forward(self, input):
+        if self.approximate != "none":
+            return super().forward(input)
+        B.namespace(input, op="gelu")  # F.gelu's own input checks
+        B.check_float("gelu", input)
+        out, e = _gelu_erf(input)
+        self._save(_saved_input=input, _erf=e)
+        return out
+
+    def backward(self, grad_output, *, input_grad=True):
+        if self.approximate != "none":
+            return super().backward(grad_output, input_grad=input_grad)
+        x, e = self._saved("_saved_input"), self._saved("_erf")
+        if not input_grad:
+            return None
+        xp = B.namespace(grad_output, x, op="GELU.backward")
+        _bad_grad_output(self, grad_output, x.shape, x.dtype)
+        return _gelu_backward_erf(grad_output, x, e, xp)
 
 
 class Sigmoid(_Activation):

@@ -97,7 +97,20 @@ def gelu(input, approximate="none"):
         xp = namespace(input)
         inner = B.SQRT_2_OVER_PI * (input + _KAPPA * input * input * input)
         return 0.5 * input * (1.0 + xp.tanh(inner))
-    return 0.5 * input * (1.0 + B.erf(input / B.SQRT_2))
+    return _gelu_erf(input)[0]
+
+
+def _gelu_erf(x):
+    """(gelu(x), erf(x / sqrt 2)): the module keeps the erf for its backward (the costly part on NumPy)."""
+    e = B.erf(x / B.SQRT_2)
+    return 0.5 * x * (1.0 + e), e
+
+
+def _gelu_backward_erf(grad_output, x, e, xp):
+    """g (Phi(x) + x phi(x)) with Phi(x) = (1 + e) / 2 from e = erf(x / sqrt 2)."""
+    cdf = 0.5 * (1.0 + e)
+    pdf = B.INV_SQRT_2PI * xp.exp(-0.5 * x * x)
+    return grad_output * (cdf + x * pdf)
 
 
 def gelu_backward(grad_output, input, approximate="none"):
@@ -109,9 +122,7 @@ def gelu_backward(grad_output, input, approximate="none"):
         t = xp.tanh(B.SQRT_2_OVER_PI * (input + _KAPPA * x2 * input))
         d = 0.5 * (1.0 + t) + 0.5 * input * (1.0 - t * t) * B.SQRT_2_OVER_PI * (1.0 + 3.0 * _KAPPA * x2)
         return grad_output * d
-    cdf = 0.5 * (1.0 + B.erf(input / B.SQRT_2))
-    pdf = B.INV_SQRT_2PI * xp.exp(-0.5 * input * input)
-    return grad_output * (cdf + input * pdf)
+    return _gelu_backward_erf(grad_output, input, B.erf(input / B.SQRT_2), xp)
 
 
 def sigmoid(input):
