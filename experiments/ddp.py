@@ -408,13 +408,15 @@ def cli(argv=None) -> int:
     cfg = config_from_args(Config, args)
     rank = int(os.environ.get("RANK", 0))
     from ._threads import one_thread
+    from .signals import Stop, handle_signals
 
     try:
-        with one_thread():
+        with handle_signals(), one_thread():  # SIGTERM from torchrun, like Ctrl-C, closes rank 0's logs
             metrics = main(cfg)
-    except KeyboardInterrupt:
-        print(f"rank {rank}: interrupted", file=sys.stderr)
-        _exit_now(130)
+    except KeyboardInterrupt as e:
+        stop = e if isinstance(e, Stop) else Stop()
+        print(f"rank {rank}: interrupted ({stop.name})", file=sys.stderr)
+        _exit_now(stop.exit_code)
     except SystemExit:
         raise
     except BaseException as e:
