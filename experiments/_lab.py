@@ -500,7 +500,8 @@ class Twins:
         self.tmodel = twin(self.model, device=self.tdev)
         self.tcriterion = twin_loss(criterion, device=self.tdev)
         self.toptimizer = twin_optimizer(self.optimizer, self.tmodel.parameters())
-        self.names = [n for n, _ in self.model.named_parameters()]
+        tparams = dict(self.tmodel.named_parameters())  # drift's pairs: the Parameters stay, their values change
+        self._pairs = [(p, tparams[n]) for n, p in self.model.named_parameters()]
 
     # data placement: NumPy in, each side's arrays out
     def place(self, x, y=None):
@@ -620,12 +621,8 @@ class Twins:
         """max |manual param - torch param| over all parameters (None with one implementation)."""
         if len(self.impls) < 2:
             return None
-        if getattr(self, "_pairs", None) is None:  # the Parameter objects stay; their values change in place
-            tp = dict(self.tmodel.named_parameters())
-            self._pairs = [(p, tp[n]) for n, p in self.model.named_parameters()]
-        with torch.no_grad():
-            return max(float(np.max(np.abs(B.to_numpy(p.data) - t.detach().cpu().numpy()), initial=0.0))
-                       for p, t in self._pairs)
+        return max(float(np.max(np.abs(B.to_numpy(p.data) - t.detach().cpu().numpy()), initial=0.0))
+                   for p, t in self._pairs)
 
 
 def train(twins: Twins, log: RunLogger, batches, steps: int, *, evaluate=None, eval_every=10,

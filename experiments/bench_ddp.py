@@ -13,7 +13,6 @@ one flat buffer as large as every gradient, alone, with no compute around it.
 
 from __future__ import annotations
 
-import socket
 import statistics
 import time
 
@@ -21,12 +20,6 @@ MODEL = ("64-256-256-10", (64, 256, 256, 10), 256)  # name, sizes, global batch
 RANKS = (1, 2)
 IMPLS = ("manual-ddp", "torch-ddp")
 TIMEOUT_S = 300
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank, world, port, sizes, batch, dtype, rounds, n, queue):
@@ -91,8 +84,7 @@ def _worker(rank, world, port, sizes, batch, dtype, rounds, n, queue):
                 times[k].append(slowest((time.perf_counter() - t0) / n))
                 if k == "manual-ddp":
                     waits.append(slowest((ddp.comm_stats["seconds"] - c0) / n))
-        flat = torch.zeros(sum(ddp.bucket_sizes) // B.to_numpy(next(iter(model.parameters())).data).itemsize,
-                           dtype=getattr(torch, dtype))
+        flat = torch.zeros(sum(p.data.size for p in model.parameters()), dtype=getattr(torch, dtype))
         alone = []
         for _ in range(rounds):  # communication alone: every gradient's bytes in one all_reduce
             dist.barrier()
@@ -118,7 +110,9 @@ def _run_world(world, sizes, batch, dtype, rounds, n):
 
     ctx = mp.get_context("spawn")  # fresh interpreters: no threads or BLAS pools inherited
     queue = ctx.Queue()
-    port = _free_port()
+    from .view import free_port
+
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, world, port, sizes, batch, dtype, rounds, n, queue), daemon=True)
              for r in range(world)]
     for p in procs:

@@ -517,3 +517,23 @@ def test_input_grad_false_skips_only_the_input_gradient(backend):
         grads.append({n: B.to_numpy(p.grad) for n, p in model.named_parameters()})
     for name in grads[0]:
         np.testing.assert_array_equal(grads[1][name], grads[0][name], err_msg=name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gelu_module_keeps_its_erf_and_equals_the_op_bit_for_bit(backend):
+    """GELU's module saves erf(x / sqrt 2) from forward; its output and input gradient are F.gelu's and
+    F.gelu_backward's exactly, and it keeps the saved-tensor contract (one backward per forward)."""
+    import manual.functional as F
+
+    dev = DEVICE_OF[backend]
+    x = B.place(np.random.default_rng(0).normal(size=(5, 7)) * 3, dev, "float64")
+    g = B.place(np.random.default_rng(1).normal(size=(5, 7)), dev, "float64")
+    m = nn.GELU()
+    arrays_equal(m(x), F.gelu(x), "forward")
+    arrays_equal(m.backward(g), F.gelu_backward(g, x), "backward")
+    with pytest.raises(RuntimeError):
+        m.backward(g)  # what forward saved is consumed
+    with manual.no_grad():
+        m(x)
+    with pytest.raises(RuntimeError):
+        m.backward(g)  # nothing saved under no_grad
