@@ -94,7 +94,7 @@ def _worker(rank, world, port, sizes, batch, dtype, rounds, n, queue):
             alone.append(slowest((time.perf_counter() - t0) / n))
         figures = {"times": times, "wait": waits, "all_reduce_alone": alone, "agree": agree,
                    "bytes": sum(ddp.bucket_sizes), "buckets": len(ddp.bucket_sizes), "shard": hi - lo}
-        del tddp  # torch's reducer goes before its process group does
+        tddp = None  # torch's reducer goes before its process group does (torch_step is not called again)
         dist.barrier()  # no rank tears the group down while another still uses it
         if rank == 0:
             queue.put(("ok", figures))
