@@ -475,10 +475,13 @@ def print_summary(results):
 
 
 def print_tensorboard_hint(logdir, names=()):
-    """How to look at what just ran: `backprop-lab view` (the venv's TensorBoard, latest runs only)."""
-    exe = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    """How to look at what just ran: `backprop-lab view` (the venv's TensorBoard, latest runs only). Both
+    commands name the venv's own executables: they work whether or not the venv is activated."""
+    here = os.path.dirname(sys.executable)
+    exe, cli = os.path.join(here, "tensorboard"), os.path.join(here, "backprop-lab")
     tb = exe if os.path.exists(exe) else f"{sys.executable} -m tensorboard.main"
-    print(f"\nview the latest runs:  backprop-lab view {' '.join(names)}".rstrip()
+    cli = cli if os.path.exists(cli) else f"{sys.executable} -m experiments"
+    print(f"\nview the latest runs:  {cli} view {' '.join(names)}".rstrip()
           + ("" if logdir == "runs" else f" --logdir {logdir}"))
     print(f"every run, not only the latest:\n  {tb} --logdir {logdir}")
 

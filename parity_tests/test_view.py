@@ -144,7 +144,9 @@ def test_all_quick_exits_0_every_claim_holds_output_fits_100_columns(all_quick):
         for c in m["claims"]:
             assert c["claim"].split()[-1] in r["stdout"], c["claim"]
     assert "…" not in r["stdout"]
-    assert "backprop-lab view" in r["stdout"]  # the hint works without an activated venv
+    (hint,) = [line.split(":", 1)[1].split() for line in r["stdout"].splitlines()
+               if line.startswith("view the latest runs:")]
+    assert hint[1:2] == ["view"] and os.access(hint[0], os.X_OK), hint  # works without an activated venv
 
 
 def test_one_all_writes_two_runs_per_experiment(all_quick):
