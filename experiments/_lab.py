@@ -24,7 +24,7 @@ import manual
 from manual import _backend as B
 from torch_ref import to_torch, twin, twin_loss, twin_optimizer
 
-from . import checkpoint
+from . import _dist, checkpoint
 
 IMPLS = ("manual", "torch")
 # Max |manual param - torch param| tolerated over a whole training run, by dtype: the
@@ -99,14 +99,18 @@ class RunLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         resume = checkpoint.open_for_run(cfg, experiment)  # None unless cfg.resume
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S") + run_label(cfg)
-        root = (resume and checkpoint.run_root(resume["path"])) or make_run_dir(os.path.join(cfg.logdir, experiment), stamp)
-        self.root = root
-        # max_queue: torch's default of 10 events makes every add_scalar past the tenth wait for the writer
-        # thread (a GIL hand-over each: 8.6 of activations' 49 s profiled); flush_secs bounds what a kill -9
-        # could lose, and close() (also on Ctrl-C, SIGTERM, divergence) writes everything
-        self.writers = {impl: SummaryWriter(os.path.join(root, impl), max_queue=EVENT_QUEUE, flush_secs=10)
-                        for impl in cfg.impls}
+        # on several ranks (experiments/_dist.py) rank 0 alone writes: the others' logger has no writers
+        self.root = root = None
+        self.writers = {}
+        if _dist.is_main():
+            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S") + run_label(cfg)
+            self.root = root = ((resume and checkpoint.run_root(resume["path"]))
+                                or make_run_dir(os.path.join(cfg.logdir, experiment), stamp))
+            # max_queue: torch's default of 10 events makes every add_scalar past the tenth wait for the writer
+            # thread (a GIL hand-over each: 8.6 of activations' 49 s profiled); flush_secs bounds what a kill -9
+            # could lose, and close() (also on Ctrl-C, SIGTERM, divergence) writes everything
+            self.writers = {impl: SummaryWriter(os.path.join(root, impl), max_queue=EVENT_QUEUE, flush_secs=10)
+                            for impl in cfg.impls}
         self.status = "ok"
         self.notes: list[str] = []
         self.experiment, self.cfg = experiment, cfg
@@ -157,6 +161,9 @@ class RunLogger:
     def panels(self, impl, tag, fig, names, step=0):
         """A figure of several axes as one image per axes, `tag/<name>`: one idea per image, each
         legible at TensorBoard's card size (a three-panel figure shrinks to a third)."""
+        if not self.writers:  # a rank other than 0: nothing to render for
+            pyplot().close(fig)
+            return
         arrays = figure_panels(fig, f" ({impl})" if impl else "")
         for name, arr in zip(names, arrays, strict=True):
             self.image(impl, f"{tag}/{name}", arr, step)
@@ -164,6 +171,11 @@ class RunLogger:
     def text(self, tag, text, step=0):
         for w in self.writers.values():
             w.add_text(self._tag(tag), text, step)
+
+    def text_to(self, impl, tag, text, step=0):
+        """Text in one implementation's run only (skipped where it is not written: --impl, ranks other than 0)."""
+        if impl in self.writers:
+            self.writers[impl].add_text(self._tag(tag), text, step)
 
     def note(self, message, step=0):
         """A line that ends up in the run's text log and in the returned metrics."""
@@ -175,7 +187,7 @@ class RunLogger:
         if self._closed:
             return
         self._closed = True
-        if self.tags:
+        if self.tags and self.writers:
             next(iter(self.writers.values())).add_custom_scalars(layout(self.experiment, self.tags))
         for impl, w in self.writers.items():
             write_hparams(w, self.experiment, impl, self.cfg, self.status)
@@ -502,6 +514,18 @@ class Twins:
         self.toptimizer = twin_optimizer(self.optimizer, self.tmodel.parameters())
         tparams = dict(self.tmodel.named_parameters())  # drift's pairs: the Parameters stay, their values change
         self._pairs = [(p, tparams[n]) for n, p in self.model.named_parameters()]
+        # on several ranks (experiments/_dist.py): a step runs through the two DDPs on this rank's shard;
+        # everything else (evaluation, gradients, drift, checkpoints) uses the unwrapped models
+        self.sharded = _dist.sharded()
+        self.mddp = self.tddp = None
+        if self.sharded:
+            from manual import parallel as P
+
+            if "manual" in self.impls:
+                self.mddp = P.DistributedDataParallel(self.model)
+            if "torch" in self.impls:
+                self.tddp = torch.nn.parallel.DistributedDataParallel(
+                    self.tmodel, device_ids=[torch.cuda.current_device()] if self.tdev == "cuda" else None)
 
     # data placement: NumPy in, each side's arrays out
     def place(self, x, y=None):
@@ -518,6 +542,8 @@ class Twins:
 
     def step(self, x, y):
         """One training step on each implementation; returns impl -> {loss, grad_norm/<name>...}."""
+        if self.sharded:
+            return self._sharded_step(x, y)
         (xm, ym), (xt, yt) = self.place(x, y)
         out = {}
         if "manual" in self.impls:
@@ -534,6 +560,32 @@ class Twins:
             grads = {n: float(p.grad.norm()) for n, p in self.tmodel.named_parameters()}
             self.toptimizer.step()
             out["torch"] = {"loss": float(tloss.detach()), "grad_norm": grads}
+        return out
+
+    def _sharded_step(self, x, y):
+        """step() on this rank's shard of the batch: the loss gradient seeded with W d_r / D, then each
+        side's DDP averages the gradients over the ranks: the whole batch's gradient on every rank."""
+        xs, ys, scale, share = _dist.shard(self.criterion, np.asarray(x), np.asarray(y))
+        (xm, ym), (xt, yt) = self.place(xs, ys)
+        out, local = {}, {}
+        if "manual" in self.impls:
+            self.optimizer.zero_grad()
+            loss = self.criterion(self.mddp(xm), ym)
+            self.mddp.backward(self.criterion.backward(B.place(np.asarray(scale), self.mdev, self.dtype)))
+            grads = {n: float(np.linalg.norm(B.to_numpy(p.grad))) for n, p in self.model.named_parameters()}
+            self.optimizer.step()
+            local["manual"], out["manual"] = float(B.to_numpy(loss)), {"grad_norm": grads}
+        if "torch" in self.impls:
+            self.toptimizer.zero_grad()
+            tloss = self.tcriterion(self.tddp(xt), yt)
+            (tloss * scale).backward()
+            grads = {n: float(p.grad.norm()) for n, p in self.tmodel.named_parameters()}
+            self.toptimizer.step()
+            local["torch"], out["torch"] = float(tloss.detach()), {"grad_norm": grads}
+        whole = _dist.all_sum([local.get(i, 0.0) * share for i in IMPLS])  # the whole batch's loss
+        for k, impl in enumerate(IMPLS):
+            if impl in out:
+                out[impl]["loss"] = whole[k]
         return out
 
     def forward(self, x):
@@ -663,7 +715,7 @@ def _train_steps(twins, log, batches, steps, start, hist, ck, key, evaluate, eva
     from tqdm.auto import tqdm
 
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, leave=False,
-               disable=not progress or None, dynamic_ncols=True)
+               disable=not progress or not _dist.is_main() or None, dynamic_ncols=True)
     # per-parameter gradient norms: at most GRAD_NORM_POINTS points per curve (and the last step). Every
     # step of every parameter was most of a run's events: writing them cost more than training
     # activations' 12-layer nets (profiled: 84k of 91k scalars)
@@ -695,6 +747,8 @@ def _train_steps(twins, log, batches, steps, start, hist, ck, key, evaluate, eva
             log.note(f"diverged at step {step}: loss is {out[bad[0]]['loss']} for {', '.join(bad)}", step)
             break
         signum = checkpoint.pending_stop()
+        if twins.sharded:  # every rank stops at the same step, on any rank's signal
+            signum = _dist.agree_stop(signum)
         if signum is not None:  # stopped between two steps: a checkpoint resumes exactly here
             if ck:
                 ck.save(twins, key, hist, reason=checkpoint.Stop(signum).name)
@@ -815,7 +869,8 @@ def result(cfg, log: RunLogger, results: dict, claims: list[Claim], drift=None, 
         "claims": [c.as_dict() for c in claims],
         **extra,
     }
-    write_outcome(log.root, log.experiment, out)
+    if log.root is not None:  # rank 0 (or one process) only
+        write_outcome(log.root, log.experiment, out)
     return out
 
 

@@ -23,6 +23,7 @@ NAME = "activations"
 SUMMARY = ("the registered activations and their derivatives; sigmoid's gradients vanish in a 12-layer net, "
            "ReLU's do not")
 SECTION = "Activation Functions"
+DATA_PARALLEL = True  # on several ranks (`run NAME --nproc N`, torchrun) each step shards its batch: experiments/_dist.py
 
 # name -> (manual module factory, manual forward, manual backward, torch forward), each with the example's
 # arguments: every activation of the module registry (torch_ref.opinfo.MODULES, kind "activation"), so an

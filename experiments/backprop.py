@@ -20,13 +20,14 @@ from manual import _backend as B
 import manual
 from manual import guide, init, nn, optim
 
-from . import _lab
+from . import _dist, _lab
 from ._lab import opt
 from .gradient_descent import log_y, plottable
 
 NAME = "backprop"
 SUMMARY = "the guide's worked example (loss 64 -> 37.75, grads -16/-32) by hand and by autograd; an L-layer net trains"
 SECTION = "Backpropagation"
+SINGLE_PROCESS = "the guide's worked example is one example, and its loop steps it by hand: nothing to split"  # why `run NAME --nproc N` is refused (runner.single_process_reason)
 # HParams metrics: the last value of these tags, one column each (_lab.write_hparams)
 METRICS = ("loss/train", "deep/loss/train")
 
@@ -213,7 +214,7 @@ def main(cfg: Config):
         lines = [f"Iter {i}: " + " | ".join(f"{impl} Loss={loop[impl][0][i]:.2f}, Pred={loop[impl][1][i]:.2f}"
                                            for impl in cfg.impls) for i in range(0, cfg.iterations, 10)]  # as the guide prints
         log.text("guide/loop", "\n\n".join(lines))
-        if cfg.verbose:
+        if cfg.verbose and _dist.is_main():  # on several ranks (`all --nproc N`) rank 0 prints
             print("The guide's worked example (Backpropagation, steps 1-4):")
             print(example_text(rows, cfg.impls, markdown=False))
             print(f"\nThe guide's loop, lr {GUIDE_LR}:")

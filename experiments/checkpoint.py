@@ -274,8 +274,13 @@ class Session:
     """
 
     def __init__(self, log, cfg, experiment: str, resume: dict | None = None):
+        from . import _dist
+
         self.log = log
-        self.dir = os.path.join(log.root, "checkpoints")
+        self.dir = log.root and os.path.join(log.root, "checkpoints")  # None on ranks other than 0: they write none
+        self.world = _dist.world_size()
+        self.per_rank_stats = False  # batch norm on sharded batches: its statistics depend on the rank count
+        self.world_note = None
         self.every = int(getattr(cfg, "save_every", 0) or 0)
         self.config = dataclasses.asdict(cfg)
         self.experiment = experiment
@@ -296,8 +301,11 @@ class Session:
         _STATS["segments"] += 1
         _STATS["root"] = self.log.root
         r, i = self.resume, len(self.done)
+        self.per_rank_stats = self.per_rank_stats or per_rank_statistics(twins)
         if r is None:
             return "fresh", None, 0
+        if i == 0:
+            self.world_note = self._check_world(r)  # noted once the run goes live (restoring resets the notes)
         if i < len(r["done"]):
             seg = r["done"][i]
         elif r["current"] is not None:
@@ -305,6 +313,7 @@ class Session:
         else:  # checkpointed at the end of the previous segment: this one starts afresh
             self.resume = None
             self.log.note(f"resumed from {r['path']} after segment {i - 1}; {key} starts at step 0")
+            self._note_world()
             return "fresh", None, 0
         if seg["key"] != key:
             raise CheckpointError(f"checkpoint {r['path']}: segment {i} is {seg['key']!r}, this run's is {key!r}: "
@@ -326,7 +335,25 @@ class Session:
             return "done", hist, hist["steps"]
         self.resume = None  # from here on, the run is live
         self.log.note(f"resumed from {r['path']} at step {hist['steps']} of {key}", hist["steps"])
+        self._note_world(hist["steps"])
         return "resume", hist, hist["steps"]
+
+    def _check_world(self, r):
+        """A checkpoint written on W ranks resumes on W' ranks where the math allows: every step is the whole
+        batch's step, so W only changes the order of the sums (rounding), except for batch norm, whose batch
+        statistics are each rank's own: with another W they are other numbers, and the run another run."""
+        saved = int(r.get("world_size", 1))
+        if saved == self.world:
+            return None
+        check_world(r, self.world, self.per_rank_stats)
+        return (f"resumed on {self.world} rank(s) from a checkpoint written on {saved}: each step is still the "
+                "whole batch's, so the run continues; the gradient sums are reduced in another order, so it "
+                "equals the uninterrupted run to rounding, not bit for bit")
+
+    def _note_world(self, step=0):
+        if self.world_note:
+            self.log.note(self.world_note, step)
+            self.world_note = None
 
     def unused(self):
         """A message if the run ended before reaching the checkpoint's segment, else None."""
@@ -352,10 +379,13 @@ class Session:
             self.save(None, key, hist, finished=True)
 
     def save(self, twins, key, hist, finished=False, reason="every"):
+        if self.dir is None:  # a rank other than 0: rank 0 writes the job's checkpoints
+            return None
         current = None if finished else self.state(twins, key, hist)
         state = {"experiment": self.experiment, "config": self.config, "reason": reason,
                  "segment": len(self.done) - (1 if finished else 0), "key": key, "step": hist["steps"],
-                 "current": current, "done": self.done}
+                 "current": current, "done": self.done, "world_size": self.world,
+                 "per_rank_statistics": self.per_rank_stats}
         os.makedirs(self.dir, exist_ok=True)
         seg = state["segment"]
         path = os.path.join(self.dir, f"seg{seg}-step{hist['steps']:07d}{'-end' if finished else ''}{SUFFIX}")
@@ -371,6 +401,26 @@ class Session:
                     pass
             self.written = self.written[-KEEP:]
         return path
+
+
+def check_world(state, world, per_rank_stats=False):
+    """CheckpointError if a checkpoint written on state["world_size"] ranks cannot resume on `world`: only
+    batch norm on sharded batches ties a run to its rank count (see Session._check_world)."""
+    saved = int(state.get("world_size", 1))
+    if saved != world and (state.get("per_rank_statistics") or per_rank_stats):
+        raise CheckpointError(
+            f"checkpoint {state.get('path')}: written on {saved} process(es), resumed on {world}: this model has "
+            f"batch norm, whose statistics are each process's own shard's, so with another process count the "
+            f"resumed steps are not the checkpointed run's: resume it on {saved} (--nproc {saved})")
+
+
+def per_rank_statistics(twins) -> bool:
+    """True when twins trains sharded batches through batch norm (per-rank batch statistics)."""
+    if not getattr(twins, "sharded", False):
+        return False
+    from manual import nn
+
+    return any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for _, m in twins.model.named_modules())
 
 
 _LAST_WRITTEN = [None]

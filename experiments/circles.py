@@ -15,6 +15,7 @@ from ._lab import opt
 NAME = "circles"
 SUMMARY = "a linear model stays near the majority rate on inside-vs-outside a circle; an MLP passes 95%"
 SECTION = "What Hidden Layers Solve"
+DATA_PARALLEL = True  # on several ranks (`run NAME --nproc N`, torchrun) each step shards its batch: experiments/_dist.py
 # HParams metrics: the last value of these tags, one column each (_lab.write_hparams)
 METRICS = ("linear/accuracy/test", "mlp/accuracy/test", "mlp/loss/val")
 

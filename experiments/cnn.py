@@ -25,6 +25,7 @@ from ._lab import opt
 NAME = "cnn"
 SUMMARY = "a small CNN passes 97% on held-out 8x8 digits, by hand and by autograd, beside the MLP of `digits`"
 SECTION = "How Neurons Self-Program"
+DATA_PARALLEL = True  # on several ranks (`run NAME --nproc N`, torchrun) each step shards its batch: experiments/_dist.py
 
 TEST_MIN = 0.97
 METRICS = ("cnn/accuracy/test", "mlp/accuracy/test", "cnn/loss/train", "mlp/loss/train")

@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import os
 import sys
-import traceback
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -32,7 +31,7 @@ from manual import nn, optim
 from manual import parallel as P
 from torch_ref import twin, twin_loss, twin_optimizer
 
-from . import _lab
+from . import _dist, _lab
 from ._lab import opt
 
 NAME = "ddp"
@@ -279,7 +278,9 @@ def gap_check(cfg, sides, x, y):
 
 def main(cfg: Config):
     if cfg.resume or cfg.save_every:
-        raise SystemExit("ddp: --resume and --save-every are not supported under data parallelism yet")
+        raise SystemExit("ddp: --resume and --save-every: this experiment is a short check that writes no checkpoints; "
+                         "the batch experiments (`run digits --nproc N --save-every K`, ...) checkpoint and resume "
+                         "on any number of processes")
     fail = parse_fail_at(cfg.fail_at)
     tdev, mdev = _lab.resolve_device(cfg.device, cfg.backend)
     with process_group(cfg, tdev) as (rank, world):
@@ -387,16 +388,6 @@ def _run(cfg, rank, world, tdev, mdev, fail):
 
 # -- torchrun entry ----------------------------------------------------------------------------
 
-def _exit_now(code):
-    """Flush and end this rank at once. Not `return`: after a failed collective, freeing this rank's
-    process group and DDP objects can block in their C++ destructors (seen here in about 1 failing
-    run in 20: the failed rank stayed alive, stuck on `return`, until killed). Exiting now lets
-    torchrun and the other ranks see the failure immediately."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def cli(argv=None) -> int:
     from .runner import add_config_arguments, config_from_args, exit_code, print_summary, write_json
 
@@ -408,22 +399,11 @@ def cli(argv=None) -> int:
     cfg = config_from_args(Config, args)
     rank = int(os.environ.get("RANK", 0))
     from ._threads import one_thread
-    from .signals import Stop, handle_signals
+    from .signals import handle_signals
 
-    try:
-        with handle_signals(), one_thread():  # SIGTERM from torchrun, like Ctrl-C, closes rank 0's logs
-            metrics = main(cfg)
-    except KeyboardInterrupt as e:
-        stop = e if isinstance(e, Stop) else Stop()
-        print(f"rank {rank}: interrupted ({stop.name})", file=sys.stderr)
-        _exit_now(stop.exit_code)
-    except SystemExit:
-        raise
-    except BaseException as e:
-        # the traceback, then one line that names the rank (torchrun's own report names it too)
-        traceback.print_exc()
-        print(f"rank {rank}: failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
-        _exit_now(1)
+    with handle_signals(), one_thread():  # SIGTERM from torchrun, like Ctrl-C, closes rank 0's logs
+        # a failure prints its traceback and one line naming the rank, then ends this rank at once
+        metrics = _dist.run_rank(lambda: main(cfg), rank_of=rank)
     if rank != 0:
         return 0
     print_summary({NAME: metrics})

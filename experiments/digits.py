@@ -16,6 +16,7 @@ from ._lab import opt
 NAME = "digits"
 SUMMARY = "from random weights an MLP passes 95% on held-out 8x8 digits; its first-layer weights become pixel patterns"
 SECTION = "How Neurons Self-Program"
+DATA_PARALLEL = True  # on several ranks (`run NAME --nproc N`, torchrun) each step shards its batch: experiments/_dist.py
 # HParams metrics: the last value of these tags, one column each (_lab.write_hparams)
 METRICS = ("accuracy/test", "loss/train")
 

@@ -38,14 +38,16 @@ import manual
 from manual import _backend as B
 from manual import nn, optim
 from manual.nn.utils import clip_grad_norm_
+from torch_ref import twin
 
-from . import _lab
+from . import _dist, _lab
 from ._lab import opt
 
 NAME = "gpt"
 SUMMARY = ("a GPT written by hand learns to sort digits: held-out exact match >= 0.95 for both "
            "implementations, drift within float64 rounding")
 SECTION = "beyond the guide: attention and a GPT"
+DATA_PARALLEL = True  # on several ranks (`run NAME --nproc N`, torchrun) each step shards its batch: experiments/_dist.py
 METRICS = ("accuracy/exact_match", "loss/heldout")
 
 EXACT_MIN = 0.95
@@ -203,7 +205,9 @@ class GPTTwins(_lab.Twins):
         # the yardstick: the torch model again, every weight one ulp up, trained on the same batches
         self.baseline, self.baseline_drift = None, []
         if cfg.rounding_baseline and len(self.impls) == 2 and not cfg.resume:  # (the copy is not checkpointed)
-            self.baseline = copy.deepcopy(self.tmodel)
+            # on several ranks the yardstick trains in one process on the whole batch (a twin, not a copy of the
+            # DDP-wrapped model): its drift then also holds the data-parallel sums' other rounding
+            self.baseline = twin(self.model, device=self.tdev) if self.sharded else copy.deepcopy(self.tmodel)
             with torch.no_grad():
                 for p in self.baseline.parameters():
                     p.copy_(torch.nextafter(p, torch.full_like(p, math.inf)))
@@ -221,15 +225,21 @@ class GPTTwins(_lab.Twins):
         return (xm, ym), (xt, yt)
 
     def step(self, x, y):
+        whole = self.place(x, y)[1] if self.baseline is not None else None  # the yardstick's: the whole batch
+        scale = share = None
+        if self.sharded:  # this rank's sequences; scale and share as in Twins._sharded_step
+            x, y, scale, share = _dist.shard(self.criterion, np.asarray(x), np.asarray(y))
         (xm, ym), (xt, yt) = self.place(x, y)
         out = {}
         step = self.schedulers["manual" if "manual" in self.impls else "torch"].last_epoch
         if "manual" in self.impls:
             xp = B.namespace(xm)
+            model = self.mddp or self.model
             self.optimizer.zero_grad()
-            logits = self.model(xm)  # (B, T, V)
+            logits = model(xm)  # (B, T, V)
             loss = self.criterion(xp.reshape(logits, (-1, self.vocab)), ym)
-            self.model.backward(xp.reshape(self.criterion.backward(), logits.shape))
+            seed = None if scale is None else B.place(np.asarray(scale), self.mdev, self.dtype)
+            model.backward(xp.reshape(self.criterion.backward(seed), logits.shape))
             norm = clip_grad_norm_(self.model.parameters(), self.clip)  # the norm before clipping
             lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer.step()
@@ -237,21 +247,29 @@ class GPTTwins(_lab.Twins):
             out["manual"] = {"loss": float(B.to_numpy(loss)), "grad_norm": {"total": float(B.to_numpy(norm))}, "lr": lr}
         if "torch" in self.impls:
             lr = self.toptimizer.param_groups[0]["lr"]
-            tloss, norm = self._torch_step(self.tmodel, self.toptimizer, self.schedulers["torch"], xt, yt)
+            tloss, norm = self._torch_step(self.tmodel, self.toptimizer, self.schedulers["torch"], xt, yt,
+                                           forward=self.tddp, scale=scale)
             out["torch"] = {"loss": float(tloss.detach()), "grad_norm": {"total": float(norm)}, "lr": lr}
+        if self.sharded:  # the whole batch's loss: sum over ranks of share_r loss_r
+            total = _dist.all_sum([out[i]["loss"] * share if i in out else 0.0 for i in _lab.IMPLS])
+            for k, impl in enumerate(_lab.IMPLS):
+                if impl in out:
+                    out[impl]["loss"] = total[k]
         self.log.scalar("lr", {i: o.pop("lr") for i, o in out.items()}, step)
         if self.baseline is not None:
-            self._torch_step(self.baseline, self.boptimizer, self.bscheduler, xt, yt)
+            self._torch_step(self.baseline, self.boptimizer, self.bscheduler, *whole)
             with torch.no_grad():
                 d = max(float((a - b).abs().max()) for a, b in zip(self.tmodel.parameters(), self.baseline.parameters()))
             self.baseline_drift.append(d)
             self.log.scalar_all("parity/rounding_baseline", d, step)
         return out
 
-    def _torch_step(self, model, optimizer, scheduler, xt, yt):
+    def _torch_step(self, model, optimizer, scheduler, xt, yt, forward=None, scale=None):
+        """forward: the module the batch goes through (torch's DDP around `model` on several ranks);
+        scale: the seed of the loss's gradient there."""
         optimizer.zero_grad()
-        loss = self.tcriterion(model(xt).reshape(-1, self.vocab), yt)
-        loss.backward()
+        loss = self.tcriterion((forward or model)(xt).reshape(-1, self.vocab), yt)
+        (loss if scale is None else loss * scale).backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.clip)
         optimizer.step()
         scheduler.step()
@@ -420,7 +438,7 @@ def main(cfg: Config):
         loss, exact = heldout_metrics(twins, task, sort)
         log_attention(log, twins, task, hist["steps"], f"after {hist['steps']} steps")
         for impl, text in samples_text(twins, task, sort, block, n_text=60 if cfg.quick else 200).items():
-            log.writers[impl].add_text(log._tag("samples"), text, hist["steps"])
+            log.text_to(impl, "samples", text, hist["steps"])
     seconds = time.perf_counter() - t0
     drift = float(np.max(hist["drift"])) if hist["drift"] else None
     tol = _lab.DRIFT_TOL[cfg.dtype]

@@ -20,6 +20,7 @@ NAME = "landscape"
 SUMMARY = ("yhat = w x is a bowl, ReLU adds a flat region and a kink (the guide's tables); "
            "a trained MLP sits at the bottom of a bumpy 2-D slice")
 SECTION = "Why Neural Networks Create Bumpy Landscapes"
+DATA_PARALLEL = True  # on several ranks (`run NAME --nproc N`, torchrun) each step shards its batch: experiments/_dist.py
 # HParams metrics: the last value of these tags, one column each (_lab.write_hparams)
 METRICS = ("loss/train", "parity/max_abs_param_diff")
 

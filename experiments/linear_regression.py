@@ -26,6 +26,7 @@ from ._lab import opt
 NAME = "linear-regression"
 SUMMARY = "the guide's 3 houses have MSE 200,000,000; GD on MSE reaches the least-squares line"
 SECTION = "MSE and Cost Functions"
+DATA_PARALLEL = True  # on several ranks (`run NAME --nproc N`, torchrun) each step shards its batch: experiments/_dist.py
 # HParams metrics: the last value of these tags, one column each (_lab.write_hparams)
 METRICS = ("with_bias/loss/train", "no_bias/loss/train", "with_bias/parity/max_abs_param_diff")
 

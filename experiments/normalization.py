@@ -22,6 +22,13 @@ NAME = "normalization"
 SUMMARY = ("a 12-layer sigmoid net's gradients vanish; batch norm, layer norm and skip connections keep "
            "them within 10x across depth, and those nets train where the plain one stalls")
 SECTION = "The Vanishing Gradient Problem"
+# Not split over processes: its claims are about batch norm's statistics over the whole batch. On W ranks
+# each rank's batch norm would normalise its own shard (DDP's default, as torch does), another algorithm:
+# measured on 2 ranks (quick), batch norm's val acc fell from 0.88 to 0.73, as one process gets with
+# --batch 32 (0.78). torch's SyncBatchNorm, the twin of whole-batch statistics, runs on CUDA only.
+SINGLE_PROCESS = ("its claims are about batch norm over the whole batch; split over ranks, each rank's batch "
+                  "norm would see only its shard, and torch's SyncBatchNorm, the twin of whole-batch statistics, "
+                  "runs on CUDA only")
 NETS = ("plain", "batchnorm", "layernorm", "residual")
 METRICS = tuple(f"{n}/{q}" for n in NETS for q in ("loss/train", "accuracy/val"))
 NORM_RTOL = {"float64": 1e-10, "float32": 1e-4}  # manual vs autograd per-layer gradient norms (as activations')

@@ -21,6 +21,7 @@ from ._threads import one_thread
 NAME = "optimizers"
 SUMMARY = "GD sticks in a shallow valley, momentum rolls past it, mini-batch noise may escape; He init vs large init"
 SECTION = "Non-Convex Optimization"
+DATA_PARALLEL = True  # on several ranks (`run NAME --nproc N`, torchrun) each step shards its batch: experiments/_dist.py
 # HParams metrics: the last value of these tags, one column each (_lab.write_hparams)
 METRICS = ("gd/w", "momentum/w", "minibatch/final_w_by_order", "init_he/loss/train", "init_std1/loss/train")
 

@@ -187,9 +187,10 @@ def register(sub):
         add_config_arguments(rp, mod.Config)
         rp.add_argument("--json", metavar="PATH", help="write the config, final metrics, drift and claims as JSON")
         rp.add_argument("--nproc", type=_at_least_one, default=1, metavar="N",
-                        help=("processes on this machine, launched with torchrun (gloo on CPU, nccl on CUDA); rank 0 "
-                              "writes the logs and JSON (default: 1)") if getattr(mod, "MULTIPROCESS", False) else
-                        f"processes: 1 for {name} (only {', '.join(multiprocess(every))} runs on more; default: 1)")
+                        help=("processes on this machine, launched with torchrun (gloo on CPU, nccl on CUDA)"
+                              + (", each step's batch split over them" if data_parallel(mod) else "")
+                              + "; rank 0 writes the logs, checkpoints and JSON (default: 1)") if name in multiprocess(every)
+                        else f"processes: 1 for {name} ({_esc(single_process_reason(mod))}; default: 1)")
         rp.set_defaults(func=cmd_run, _config=mod.Config, _module=mod, _parser=rp)
 
     p = sub.add_parser("all", help="run every experiment, then print the claims table (the main job)")
@@ -199,7 +200,10 @@ def register(sub):
     add_config_arguments(p, RunConfig, skip=("quick", "resume"))  # --resume names one experiment's checkpoint
     p.add_argument("--json", metavar="PATH", help="write every experiment's metrics as JSON")
     p.add_argument("--only", nargs="+", choices=list(exps), metavar="NAME", help="run only these experiments")
-    p.set_defaults(func=cmd_all)
+    p.add_argument("--nproc", type=_at_least_one, default=1, metavar="N",
+                   help="processes on this machine, launched with torchrun: the batch experiments split each step's "
+                        "batch over them, the others run the same on every process; rank 0 writes the logs (default: 1)")
+    p.set_defaults(func=cmd_all, _parser=p)
 
 
 WIDTH = 100  # terminal output fits this many columns
@@ -234,10 +238,20 @@ def no_gpu(parser, device, backend="auto"):
 MAX_NPROC = 64  # one machine's processes; more nodes are torchrun's own (--nnodes, README)
 
 
+def data_parallel(mod) -> bool:
+    """An experiment that trains on batches and splits them over ranks (DATA_PARALLEL = True)."""
+    return getattr(mod, "DATA_PARALLEL", False)
+
+
+def single_process_reason(mod) -> str:
+    """Why an experiment does not run on several processes (its SINGLE_PROCESS text, else the usual reason)."""
+    return getattr(mod, "SINGLE_PROCESS", "it trains on no batches to split")
+
+
 def multiprocess(exps=None):
-    """The experiments that run on several processes (a MULTIPROCESS = True module)."""
+    """The experiments that run on several processes: their own (MULTIPROCESS = True, ddp) or data parallel."""
     mods = exps or runnable()
-    return [n for n, m in mods.items() if getattr(m, "MULTIPROCESS", False)]
+    return [n for n, m in mods.items() if getattr(m, "MULTIPROCESS", False) or data_parallel(m)]
 
 
 def forwarded_options(args, config_cls):
@@ -256,17 +270,18 @@ def forwarded_options(args, config_cls):
     return out + (["--json", args.json] if args.json else [])
 
 
-def launch(args, nproc):
-    """`torchrun --standalone --nproc-per-node N -m experiments.<name> <options>` with this venv's Python;
-    its exit code. Ctrl-C / SIGTERM here is passed on to torchrun, which stops every rank."""
+def launch(args, nproc, target=None):
+    """`torchrun --standalone --nproc-per-node N -m <target...>` with this venv's Python; its exit code.
+    target: the module and its arguments (default: the experiment's own module, ddp's torchrun entry).
+    Ctrl-C / SIGTERM here is passed on to torchrun, which stops every rank."""
     import subprocess
 
     from .signals import Stop
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", args._module.__name__, *forwarded_options(args, args._config)]
-    print(f"launching {nproc} processes: torchrun --standalone --nproc-per-node={nproc} -m {args._module.__name__} "
-          + " ".join(cmd[7:]), file=sys.stderr, flush=True)
+    target = target or [args._module.__name__, *forwarded_options(args, args._config)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", *target]
+    print(f"launching {nproc} processes: torchrun --standalone --nproc-per-node={nproc} -m " + " ".join(cmd[6:]),
+          file=sys.stderr, flush=True)
     proc = subprocess.Popen(cmd)
     try:
         return proc.wait()
@@ -285,69 +300,126 @@ def launch(args, nproc):
 def cmd_run(args):
     from . import checkpoint
 
+    from . import _dist
+
     no_gpu(args._parser, args.device, args.backend)
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun in each worker it starts
-    if world > 1 or "LOCAL_RANK" in os.environ:  # `torchrun ... -m experiments run NAME`: we are one rank
-        if not getattr(args._module, "MULTIPROCESS", False):
-            args._parser.error(f"{args.experiment} runs in one process, but torchrun started {world} of them; only "
-                               f"{', '.join(multiprocess())} runs on several")
+    ddp_own = getattr(args._module, "MULTIPROCESS", False)  # ddp: its own torchrun entry (experiments/ddp.py)
+    if _dist.launched():  # `torchrun ... -m experiments run NAME`: we are one rank
+        if args.experiment not in multiprocess():
+            args._parser.error(f"{args.experiment} runs in one process ({single_process_reason(args._module)}), "
+                               f"but torchrun started {world} of them; these run on several: "
+                               f"{', '.join(multiprocess())}")
         if args.nproc > 1:
             args._parser.error(f"--nproc {args.nproc} inside torchrun: torchrun already started the processes")
-        return args._module.cli(forwarded_options(args, args._config))  # its ranks: rank 0 reports, failures named
+        if ddp_own:
+            return args._module.cli(forwarded_options(args, args._config))  # its ranks: rank 0 reports, failures named
     if args.nproc > 1:
-        if not getattr(args._module, "MULTIPROCESS", False):
-            args._parser.error(f"--nproc {args.nproc}: {args.experiment} runs in one process; only "
-                               f"{', '.join(multiprocess())} runs on several (--nproc 1, the default, runs it here)")
+        if args.experiment not in multiprocess():
+            args._parser.error(f"--nproc {args.nproc}: {args.experiment} runs in one process "
+                               f"({single_process_reason(args._module)}); these run on several: "
+                               f"{', '.join(multiprocess())} (--nproc 1, the default, runs it here)")
         if args.nproc > MAX_NPROC:
             args._parser.error(f"--nproc {args.nproc}: expected at most {MAX_NPROC} processes on one machine "
                                "(more machines: torchrun --nnodes, README 'More than one process')")
-        if args.resume:
-            args._parser.error(f"--nproc {args.nproc} with --resume: resuming a data-parallel run is not supported "
-                               "yet; run it again from the start")
-        return launch(args, args.nproc)
+        if args.resume and ddp_own:
+            args._parser.error(f"--nproc {args.nproc} with --resume: the ddp experiment is a short check that writes "
+                               "no checkpoints; the batch experiments (run NAME --nproc N) resume on any number of processes")
     cfg = config_from_args(args._config, args)
     if cfg.resume:  # the checkpoint's options, unless given here (and then they must agree)
         try:
-            cfg, _ = checkpoint.resume_config(args._module.NAME, cfg, getattr(args, "_given", set()))
+            cfg, state = checkpoint.resume_config(args._module.NAME, cfg, getattr(args, "_given", set()))
+            checkpoint.check_world(state, args.nproc if args.nproc > 1 else world)
         except checkpoint.CheckpointError as e:
             args._parser.error(str(e))
+    if args.nproc > 1:
+        if ddp_own:
+            return launch(args, args.nproc)
+        return launch(args, args.nproc, ["experiments", "run", args.experiment,
+                                         *forwarded_options(args, args._config)])
+    if not _dist.launched():
+        return _run_here(args, cfg)
+    with _dist.job(cfg.device, cfg.backend), _dist.sharding(True):  # a batch experiment on this rank's shards
+        return _dist.run_rank(lambda: _run_here(args, cfg))
+
+
+def _run_here(args, cfg):
+    """Run the experiment in this process (one rank of several under torchrun: rank 0 alone prints and writes)."""
+    from . import _dist
+
     t0 = time.perf_counter()
     metrics = run_one(args._module, cfg)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
+    if not _dist.is_main():
+        return _rank_exit_code({args.experiment: metrics})
     print_summary({args.experiment: metrics})
     if metrics.get("logdir"):
         print(f"\nrun folder: {metrics['logdir']}")
+    if _dist.world_size() > 1:
+        print(f"{_dist.world_size()} processes: each step's batch split over them (rank 0 wrote the logs)")
     print_tensorboard_hint(cfg.logdir, [args.experiment])
     if args.json and not write_json(args.json, {args.experiment: metrics}):
         return EXIT_WRITE_FAILED
     return exit_code({args.experiment: metrics})
 
 
-def cmd_all(args):
-    from tqdm.auto import tqdm
+def _rank_exit_code(results):
+    """A rank other than 0: 0, or the stop signal's code. The claims' verdict is rank 0's exit code (the job's)."""
+    code = exit_code(results)
+    return code if code in (130, 143) else 0
 
+
+def cmd_all(args):
+    from . import _dist
     from ._lab import RunConfig
 
     no_gpu(args._parser, args.device, args.backend)
+    if _dist.launched() and args.nproc > 1:
+        args._parser.error(f"--nproc {args.nproc} inside torchrun: torchrun already started the processes")
+    if args.nproc > 1:
+        if args.nproc > MAX_NPROC:
+            args._parser.error(f"--nproc {args.nproc}: expected at most {MAX_NPROC} processes on one machine "
+                               "(more machines: torchrun --nnodes, README 'More than one process')")
+        return launch(args, args.nproc, ["experiments", "all", *forwarded_options(args, RunConfig)]
+                      + (["--quick"] if args.quick else []) + (["--only", *args.only] if args.only else []))
+    if not _dist.launched():
+        return _all_here(args)
+    with _dist.job(args.device, args.backend):
+        return _dist.run_rank(lambda: _all_here(args))
+
+
+def _all_here(args):
+    """Every experiment in this process; under torchrun one rank's share: batch experiments sharded
+    (DATA_PARALLEL), the others computed the same on every rank; rank 0 alone prints and writes."""
+    from tqdm.auto import tqdm
+
+    from . import _dist
+    from ._lab import RunConfig
 
     exps = experiments()
     names = args.only or list(exps)
     results = {}
     t0 = time.perf_counter()
-    bar = tqdm(names, desc="experiments", disable=not args.progress or None, dynamic_ncols=True)
+    bar = tqdm(names, desc="experiments", disable=not args.progress or not _dist.is_main() or None, dynamic_ncols=True)
     for name in bar:
         bar.set_postfix_str(name)
         mod = exps[name]
         base = config_from_args(RunConfig, args, quick=args.quick)
         cfg = mod.Config(**dataclasses.asdict(base))
         t = time.perf_counter()
-        metrics = run_one(mod, cfg)
+        with _dist.sharding(data_parallel(mod)):
+            metrics = run_one(mod, cfg)
         metrics["seconds"] = round(time.perf_counter() - t, 2)
         results[name] = metrics
         if metrics["status"] in ("interrupted", "write-failed"):
             break
     bar.close()
+    if not _dist.is_main():
+        return _rank_exit_code(results)
     print_summary(results)
+    if _dist.world_size() > 1:
+        print(f"{_dist.world_size()} processes: the batch experiments split each step's batch over them, the others "
+              "ran the same on each (rank 0 wrote the logs)")
     print(f"{len(results)} experiments in {time.perf_counter() - t0:.1f} s")
     print_tensorboard_hint(args.logdir, list(results) if args.only else ())
     if args.json and not write_json(args.json, results):

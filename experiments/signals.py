@@ -90,3 +90,9 @@ def pending_stop():
         _SIG["pending"] = None
         _SIG["raised"] = True
     return s
+
+
+def claim_stop():
+    """Mark this process as stopping though no signal reached it (another rank's did): a signal that
+    arrives during the clean-up is then told to wait, as after a signal of its own."""
+    _SIG["raised"] = True

@@ -30,6 +30,7 @@ from .gradient_descent import log_y, plottable
 NAME = "stopping"
 SUMMARY = "gradient, cost, max-iterations and validation stops each fire where expected; val stop catches overfitting"
 SECTION = "Stopping Conditions"
+SINGLE_PROCESS = "its stopping rules step each implementation on its own, outside the shared training step"  # why `run NAME --nproc N` is refused (runner.single_process_reason)
 # HParams metrics: the last value of these tags, one column each (_lab.write_hparams)
 METRICS = ("gradient/loss/train", "cost/loss/train", "max_iter/loss/train", "validation/loss/val")
 
@@ -130,7 +131,7 @@ def run_loop(twins, log, prefix, rule, train, val, lr, hist_every=None):
             if reason is not None:
                 out[impl].update(reason=reason, iteration=it)
                 active.remove(impl)
-                log.writers[impl].add_text(f"{prefix}stop", f"{MESSAGES[reason]} (before update {it})", it)
+                log.text_to(impl, f"{prefix}stop", f"{MESSAGES[reason]} (before update {it})", it)
                 if reason == "diverged":
                     log.status = "diverged"
                     log.note(f"{prefix}{impl}: loss or gradient not finite at iteration {it}", it)
@@ -145,7 +146,7 @@ def run_loop(twins, log, prefix, rule, train, val, lr, hist_every=None):
         if not active:
             break
     for impl in active:
-        log.writers[impl].add_text(f"{prefix}stop", f"{MESSAGES['max_iter']} ({rule.max_iter})", rule.max_iter)
+        log.text_to(impl, f"{prefix}stop", f"{MESSAGES['max_iter']} ({rule.max_iter})", rule.max_iter)
     for impl, s in stoppers.items():
         out[impl].update(best_it=s.best_it, best_val=s.best_val)
     return out, drift

@@ -15,6 +15,7 @@ NAME = "xor"
 SUMMARY = ("a linear model stays at or below 75% on XOR; one hidden layer reaches 100%; two stacked Linear "
            "layers without an activation are one Linear layer")
 SECTION = "What Hidden Layers Solve"
+SINGLE_PROCESS = "its batch is the 4 points of XOR: nothing worth splitting"  # why `run NAME --nproc N` is refused (runner.single_process_reason)
 # HParams metrics: the last value of these tags, one column each (_lab.write_hparams)
 METRICS = ("linear/accuracy/train", "mlp/accuracy/train", "mlp/loss/train", "stacked_linear/accuracy/train")
 

@@ -83,13 +83,17 @@ PROBES = {
                                       r"--resume .*: the run would not be the one checkpointed: --steps 300 \(the checkpoint has 40\)"),
     "resume on all": (lambda t, L: ["all", "--resume", "latest"], r"unrecognized arguments: --resume latest"),
     "nproc for a one-process experiment": (lambda t, L: ["run", "xor", "--nproc", "2"],
-                                           r"--nproc 2: xor runs in one process; only ddp runs on several"),
+                                           r"--nproc 2: xor runs in one process \(its batch is the 4 points of XOR: "
+                                           r"nothing worth splitting\); these run on several: .*digits, cnn.*ddp"),
+    "nproc for normalization": (lambda t, L: ["run", "normalization", "--nproc", "2"],
+                                r"--nproc 2: normalization runs in one process \(its claims are about batch norm over "
+                                r"the whole batch; .*SyncBatchNorm.* runs on CUDA only\)"),
     "nproc zero": (lambda t, L: ["run", "ddp", "--nproc", "0"], r"argument --nproc: expected an integer >= 1, got 0"),
     "nproc not a number": (lambda t, L: ["run", "ddp", "--nproc", "two"], r"argument --nproc: expected an integer >= 1, got 'two'"),
     "nproc too many": (lambda t, L: ["run", "ddp", "--nproc", "65"], r"--nproc 65: expected at most 64 processes on one machine"),
     "nproc with resume": (lambda t, L: ["run", "ddp", "--nproc", "2", "--resume", "latest"],
-                          r"--nproc 2 with --resume: resuming a data-parallel run is not supported yet"),
-    "nproc on all": (lambda t, L: ["all", "--nproc", "2"], r"unrecognized arguments: --nproc 2"),
+                          r"--nproc 2 with --resume: the ddp experiment is a short check that writes no checkpoints"),
+    "nproc on all too many": (lambda t, L: ["all", "--nproc", "65"], r"--nproc 65: expected at most 64 processes"),
 }
 if not ROOT_USER:
     PROBES.update({

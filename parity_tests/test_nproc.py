@@ -133,5 +133,67 @@ def test_torchrun_runs_the_cli_itself(tmp_path):
     r = subprocess.run(torchrun + ["xor", "--quick", "--logdir", str(tmp_path / "runs")], capture_output=True,
                        text=True, timeout=240)
     assert r.returncode != 0
-    assert r.stderr.count("xor runs in one process, but torchrun started 2 of them") == 2
+    assert r.stderr.count("xor runs in one process (its batch is the 4 points of XOR: nothing worth splitting), "
+                          "but torchrun started 2 of them") == 2
     assert not (tmp_path / "runs" / "xor").exists()
+
+
+# -- the batch experiments on several processes (experiments/_dist.py) ------------------------------
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_a_batch_experiment_on_two_processes_is_the_one_process_run(tmp_path):
+    """`run digits --nproc 2`: every step's batch split over 2 ranks, each step the whole batch's, so the
+    run is the one-process run to rounding: the same test accuracy, final losses within 1e-12."""
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    common = ["run", "digits", "--quick", "--no-progress", "--logdir", str(tmp_path / "runs")]
+    r1 = subprocess.run(cli(*common, "--json", str(one)), capture_output=True, text=True, timeout=240)
+    r2 = subprocess.run(cli(*common, "--nproc", "2", "--json", str(two)), capture_output=True, text=True, timeout=240)
+    assert r1.returncode == 0 and r2.returncode == 0, r2.stderr[-3000:]
+    assert "launching 2 processes: torchrun --standalone --nproc-per-node=2 -m experiments run digits" in r2.stderr
+    assert r2.stdout.count("claims hold") == 1 and "2 processes: each step's batch split over them" in r2.stdout
+    a, b = json.loads(one.read_text())["digits"], json.loads(two.read_text())["digits"]
+    assert len(list((tmp_path / "runs" / "digits").iterdir())) == 2  # one folder per run: rank 1 wrote none
+    for impl in ("manual", "torch"):
+        assert a["results"][impl]["test_accuracy"] == b["results"][impl]["test_accuracy"]
+        assert abs(a["results"][impl]["final_loss"] - b["results"][impl]["final_loss"]) <= 1e-12
+    assert b["max_drift"] <= 1e-13
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_all_on_two_processes_splits_the_batch_experiments_and_replicates_the_rest(tmp_path):
+    out = tmp_path / "all.json"
+    r = subprocess.run(cli("all", "--nproc", "2", "--quick", "--no-progress", "--only", "xor", "circles",
+                           "--logdir", str(tmp_path / "runs"), "--json", str(out)),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads(out.read_text())
+    assert set(m) == {"xor", "circles"} and all(c["holds"] for e in m.values() for c in e["claims"])
+    assert r.stdout.count("claims hold") == 1
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["circles", "xor"]
+    assert all(len(list((tmp_path / "runs" / n).iterdir())) == 1 for n in ("circles", "xor"))
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_a_two_process_checkpoint_resumes_on_three(tmp_path):
+    """--save-every on 2 processes; the mid-run checkpoint resumed on 3: it says so and ends where the
+    uninterrupted 2-process run ends, to rounding."""
+    runs = tmp_path / "runs"
+    full = tmp_path / "full.json"
+    common = ["run", "circles", "--quick", "--no-progress", "--logdir", str(runs)]
+    r = subprocess.run(cli(*common, "--nproc", "2", "--save-every", "10", "--json", str(full)),
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpts = sorted(p for p in (runs / "circles").glob("*/checkpoints/seg*-step*.safetensors") if "-end" not in p.name)
+    assert ckpts, list(runs.rglob("*.safetensors"))  # the newest mid-segment ones are kept (checkpoint.KEEP)
+    resumed = tmp_path / "resumed.json"
+    r = subprocess.run(cli("run", "circles", "--no-progress", "--resume", str(ckpts[0]), "--nproc", "3",
+                           "--json", str(resumed)), capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = json.loads(full.read_text())["circles"], json.loads(resumed.read_text())["circles"]
+    assert any("resumed on 3 rank(s) from a checkpoint written on 2" in n for n in b["notes"]), b["notes"]
+    for impl in ("manual", "torch"):
+        for key in ("linear_final_loss", "mlp_final_loss"):
+            assert abs(a["results"][impl][key] - b["results"][impl][key]) <= 1e-10, key
