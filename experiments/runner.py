@@ -282,7 +282,8 @@ def launch(args, nproc, target=None):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", *target]
     print(f"launching {nproc} processes: torchrun --standalone --nproc-per-node={nproc} -m " + " ".join(cmd[6:]),
           file=sys.stderr, flush=True)
-    proc = subprocess.Popen(cmd)
+    # one thread per rank (as the experiments run anyway); set, torchrun skips its OMP_NUM_THREADS banner
+    proc = subprocess.Popen(cmd, env={"OMP_NUM_THREADS": "1", **os.environ})
     try:
         return proc.wait()
     except KeyboardInterrupt as e:  # signals.Stop: SIGINT or SIGTERM reached us
