@@ -141,12 +141,87 @@ def zero_like(x):
 
 
 def erf(x):
-    """Error function, elementwise, on either backend (not in the Array API standard)."""
+    """Error function, elementwise, on either backend (not in the Array API standard).
+
+    torch: `torch.special.erf`. NumPy float32: `_erf_float32` below (whole-array NumPy operations,
+    2-2.5x faster than SciPy's scalar loop, at most 0.85 float32 ulp from the true value). Other NumPy
+    dtypes (float64): `scipy.special.erf`, accurate to float64 rounding, which is what the float64
+    parity tests need.
+    """
     if backend_name(x) == "torch":
         return torch.special.erf(x)
+    if x.dtype.kind == "f" and x.dtype.itemsize == 4:
+        return _erf_float32(x)
     from scipy.special import erf as _erf  # accurate to float64 rounding
 
     return _erf(x).astype(x.dtype, copy=False)
+
+
+# erf(x) = x R(x^2) for |x| <= float32(3.95): the odd rational x P(x^2) / Q(x^2) of Eigen's and XLA's
+# float32 erf, here with P and Q of degree 5 in t = x^2, written as the continued fraction
+#   R(t) = A0 + B0 / (t + A1 + B1 / (t + A2 + B2 / (t + A3 + B3 / (t + A4 + B4 / (t + A5)))))
+# (the same rational P(t) / Q(t) in 15 NumPy operations instead of Horner's 21). Fitted here, not copied:
+# minimax (Lawson's iteratively reweighted linearised least squares) of the relative error of
+# erf(sqrt t) / sqrt t on t in [0, 3.95^2], then converted to the continued fraction in 50-digit arithmetic
+# (every tail t + A_k + ... stays >= 2.5 on that range: no division comes near 0). Relative error of R:
+# 2.07e-8 (checked against mpmath's erf), i.e. at most 0.35 float32 ulp, plus 0.5 ulp for the final rounding.
+_ERF32_A = (0.053550348468469205, 17.422967849477374, -15.141243697725749,
+            26.957956834433823, -14.061370338254754, 15.767343111499326)
+_ERF32_B = (5.867950928965285, -48.20517644897031, 551.977129869859, 4.856739404427415, 263.44307026122704)
+# |x| >= 3.95: erf(x) > 1 - 2^-25 rounds to 1 in float32 (erfc(3.95) = 2.3e-8), and R(3.95^2) 3.95 rounds
+# to exactly 1.0, so clamping gives erf(+-inf) = +-1 and no overflow; NaN passes through the clip.
+_ERF32_CLAMP = np.float32(3.95)
+_ERF32_CHUNK = 65536  # elements per pass: three float64 scratch rows of 512 KiB, reused chunk after chunk
+
+
+def _erf_float32(x):
+    """erf of a float32 NumPy array (or scalar) in float64 arithmetic, rounded once to float32.
+
+    Approximation: x R(x^2), R the degree-(5, 5) rational of `_ERF32_A` / `_ERF32_B` (above), evaluated
+    as a continued fraction in float64 (rounding error ~2e-15, nothing next to the fit's 2.07e-8) over
+    chunks of `_ERF32_CHUNK` elements (small scratch, no whole-array float64 temporaries). Accuracy, measured against
+    `scipy.special.erf` in float64 on every one of the 1,082,130,433 float32 in [0, 4] (subnormals
+    included; erf(-x) = -erf(x) bit for bit by construction, and |x| > 3.95 is the clamp): max error
+    0.847 ulp of the float32 result (R's relative error 2.07e-8, up to 0.35 ulp, plus the final
+    rounding; reached at x = 3.2290947 and near 0), max absolute error 5.05e-8 (at x = 3.2290947).
+    erf(+-0) = +-0, erf(+-inf) = +-1 exactly, NaN in NaN out. Eigen's/XLA's float32 rationals (the
+    older [-4, 4] one and the newer degree-9/12 one), evaluated in float32 NumPy (no fused multiply-add),
+    measured 7.2 and 5.3 ulp on every 97th float32 in [0, 5]: hence float64 arithmetic here.
+    18 NumPy passes over float64: 2-2.5x faster than SciPy here (7.1 against 16.8 ms on 1M elements,
+    2 cores at load 2.7); torch.erf is faster still, but torch is not called from NumPy code (its
+    thread pool contended with NumPy's).
+
+    Same semantics as the ufunc it replaces: shape kept, a 0-d array or a NumPy scalar gives a NumPy
+    float32 scalar, dtype float32 (a non-native byte order is kept), the input is never written.
+    """
+    a0, a1, a2, a3, a4, a5 = _ERF32_A
+    b0, b1, b2, b3, b4 = _ERF32_B
+    c = _ERF32_CLAMP
+    flat = np.ravel(x)  # a view when x is contiguous; read only
+    n = flat.size
+    out = np.empty(n, np.float32)
+    size = min(n, _ERF32_CHUNK)
+    if size:
+        y, t, r = np.empty((3, size))
+        with np.errstate(under="ignore"):  # erf of a subnormal x rounds to a subnormal float32
+            for s in range(0, n, size):
+                e = min(s + size, n)
+                if e - s != size:  # the last, shorter chunk
+                    y, t, r = y[: e - s], t[: e - s], r[: e - s]
+                np.clip(flat[s:e], -c, c, out=y)  # to float64, exactly
+                np.multiply(y, y, out=t)  # exact in float64
+                np.add(t, a5, out=r)
+                for a, b in ((a4, b4), (a3, b3), (a2, b2), (a1, b1)):
+                    np.divide(b, r, out=r)
+                    np.add(r, t, out=r)
+                    np.add(r, a, out=r)
+                np.divide(b0, r, out=r)
+                np.add(r, a0, out=r)
+                np.multiply(y, r, out=out[s:e])  # the one rounding to float32
+    res = out.reshape(np.shape(x))
+    if res.dtype != x.dtype:  # non-native byte order, as scipy's erf(x).astype(x.dtype) gave
+        res = res.astype(x.dtype)
+    return res if res.ndim else res[()]
 
 
 SQRT_2 = math.sqrt(2.0)
