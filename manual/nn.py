@@ -33,6 +33,7 @@ from . import init as I
 from ._grad_mode import _mode as _grad_mode
 
 sys.modules.setdefault(__name__ + ".utils", utils)  # `import manual.nn.utils` works too (nn.py is a module)
+from .functional import losses as _losses
 from .functional._util import check_reduction
 from .functional.linear import _linear, _linear_backward
 from .functional.activations import _gelu_backward_erf, _gelu_erf
@@ -611,6 +612,16 @@ class CrossEntropyLoss(_Loss):
             "reduction": self.reduction,
             "label_smoothing": self.label_smoothing,
         }
+
+    def backward(self, grad_output=None):
+        if grad_output is None and self.weight is None and not self.label_smoothing and self.reduction == "mean":
+            input, target = self._saved("_input"), self._saved("_target")
+            if input.ndim == 2 and B.namespace(target).isdtype(target.dtype, "integral"):
+                # the common case in one short expression (forward validated the arguments)
+                return _losses._ce_mean_backward(input, target, self.ignore_index)
+            seed = B.namespace(input).ones((), dtype=input.dtype, device=input.device)  # d loss / d loss
+            return F.cross_entropy_backward(seed, input, target, **self._kwargs())
+        return super().backward(grad_output)
 
 from .layers_conv import AdaptiveAvgPool2d, AvgPool2d, Conv1d, Conv2d, MaxPool2d  # noqa: E402,F401 (manual/layers_conv.py)
 from .layers import BatchNorm1d, BatchNorm2d, Dropout, Embedding, Flatten, GroupNorm, LayerNorm, Residual  # noqa: E402,F401 (manual/layers.py)

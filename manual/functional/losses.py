@@ -178,6 +178,25 @@ def cross_entropy_backward(
     return _ce_restore(xp, g, input)
 
 
+def _ce_mean_backward(input, target, ignore_index):
+    """cross_entropy_backward(1, input, target, ignore_index=...) for the common case, unchecked (the
+    module's forward has validated the arguments): input (N, C), class-index target, no weight, no
+    smoothing, reduction "mean". The formula above with w = 1, eps = 0:
+        dl/dx_i = valid_i (p_i - onehot(y_i)) / n_valid
+    in ~8 array operations instead of ~25 (tested bit for bit against cross_entropy_backward)."""
+    xp = namespace(input, target)
+    C = input.shape[1]
+    e = xp.exp(input - xp.max(input, axis=1, keepdims=True))
+    p = e / xp.sum(e, axis=1, keepdims=True)  # softmax(x), as softmax() computes it
+    kept = target != ignore_index  # (N,); ignore_index may be a real class
+    valid = xp.astype(kept, input.dtype)
+    onehot = xp.astype((target[:, None] == xp.arange(C, device=input.device)[None, :]) & kept[:, None], input.dtype)
+    n = xp.sum(valid)
+    one = xp.ones_like(n)
+    # ignored rows: 0 - 0 = +0 (as torch; (p - onehot) * 0 would give -0); every row ignored: n -> 1, all 0
+    return (p * valid[:, None] - onehot) * (one / xp.maximum(n, one))
+
+
 def _ce_prepare(op, xp, input, target, weight, ignore_index, reduction, label_smoothing):
     check_reduction(op, reduction)
     if input.ndim < 1:

@@ -1,0 +1,95 @@
+"""The fused paths (issue 12) equal the plain expressions they stand for, bit for bit.
+
+manual.functional keeps the readable expression as the reference; where a backend has one kernel
+for it (torch's aten.threshold_backward), or where a module can skip re-validating what its
+forward validated (CrossEntropyLoss's common case), the fast path must give the same bits:
+the expected values come from the reference expression, on the same inputs, including the
+values where the two could part (NaN, +-0, +-inf inputs; ignored targets, ignore_index that is a
+real class, every target ignored).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from manual import _backend as B
+from manual import nn
+from manual.functional import activations as A
+from manual.functional import cross_entropy_backward, relu_backward
+from manual.functional import losses as L
+
+
+def _bits_equal(a, b):
+    a, b = B.to_numpy(a), B.to_numpy(b)
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert a.tobytes() == b.tobytes(), f"max |diff| {np.max(np.abs(a.astype(float) - b.astype(float)))}"
+
+
+SPECIAL = [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-45, -1e-45, 3.0, -3.0]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(), (7,), (4, 9), (2, 3, 5)])
+def test_relu_backward_threshold_kernel_equals_the_where_expression(dtype, shape):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=shape)
+    g = rng.normal(size=shape)
+    if x.size:  # the values where `x <= 0` could be read differently, and gradients that are not finite
+        flat_x, flat_g = x.reshape(-1), g.reshape(-1)
+        k = min(len(SPECIAL), flat_x.size)
+        flat_x[:k] = SPECIAL[:k]
+        flat_g[-k:] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 2.0, 5.0][:k]
+        x, g = flat_x.reshape(shape), flat_g.reshape(shape)
+    xt, gt = (torch.as_tensor(a, dtype=getattr(torch, dtype)) for a in (x, g))
+    _bits_equal(relu_backward(gt, xt), A._relu_backward_plain(gt, xt))
+
+
+def _ce_case(backend, dtype, ignore_index, ignored):
+    rng = np.random.default_rng(1)
+    n, c = 13, 5
+    x = rng.normal(size=(n, c)) * 3
+    y = rng.integers(0, c, size=n)
+    if ignored == "some":
+        y[[1, 4, 5]] = ignore_index
+    elif ignored == "all":
+        y[:] = ignore_index
+    if backend == "torch":
+        return torch.as_tensor(x, dtype=getattr(torch, dtype)), torch.as_tensor(y)
+    return x.astype(dtype), y
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("ignore_index,ignored", [(-100, "none"), (-100, "some"), (2, "some"), (-100, "all")])
+def test_cross_entropy_common_case_equals_the_general_backward(backend, dtype, ignore_index, ignored):
+    x, y = _ce_case(backend, dtype, ignore_index, ignored)
+    one = B.namespace(x).ones((), dtype=x.dtype, device=x.device) if backend == "torch" else np.ones((), dtype)
+    ref = cross_entropy_backward(one, x, y, ignore_index=ignore_index)
+    _bits_equal(L._ce_mean_backward(x, y, ignore_index), ref)
+    crit = nn.CrossEntropyLoss(ignore_index=ignore_index)  # the module takes the common-case path
+    crit(x, y)
+    _bits_equal(crit.backward(), ref)
+
+
+@pytest.mark.parametrize("kwargs", [dict(label_smoothing=0.1), dict(reduction="sum"),
+                                    dict(weight=np.array([0.5, 1.0, 2.0, 1.0, 0.25]))])
+def test_cross_entropy_module_outside_the_common_case_takes_the_general_backward(kwargs):
+    x, y = _ce_case("numpy", "float64", -100, "some")
+    crit = nn.CrossEntropyLoss(**kwargs)
+    crit(x, y)
+    got = crit.backward()
+    one = np.ones((), "float64")
+    _bits_equal(got, cross_entropy_backward(one, x, y, **kwargs))
+    with pytest.raises(RuntimeError):  # one backward per forward, on both paths
+        crit.backward()
+
+
+def test_cross_entropy_common_case_keeps_the_one_backward_contract():
+    x, y = _ce_case("numpy", "float64", -100, "none")
+    crit = nn.CrossEntropyLoss()
+    crit(x, y)
+    crit.backward()
+    with pytest.raises(RuntimeError):
+        crit.backward()
