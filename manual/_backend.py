@@ -236,6 +236,31 @@ def threshold_backward(grad_output, input, threshold):
     return torch.ops.aten.threshold_backward.default(grad_output, input, threshold)
 
 
+UPDATE_CHUNK = 1 << 16  # elements per piece of an in-place update: a 256 KiB (float32) temporary at most
+
+
+def sub_scaled_(d, lr, x):
+    """d -= lr * x, in place, with the plain expression's two roundings (bit for bit), but with the (lr x)
+    temporary bounded to UPDATE_CHUNK elements instead of the parameter's size: a large parameter is
+    updated piece by piece through flat views. (torch.optim.SGD's d.add_(x, alpha=-lr) has no
+    temporary, but it may fuse the two roundings into one multiply-add, and the guide's worked numbers
+    are checked exactly.)"""
+    n = d.size if type(d) is np.ndarray else d.numel()
+    if n <= UPDATE_CHUNK or not _flat_view_ok(d, x):
+        d -= lr * x
+        return d
+    fd, fx = d.reshape(-1), x.reshape(-1)  # views: both contiguous
+    for s in range(0, n, UPDATE_CHUNK):
+        fd[s:s + UPDATE_CHUNK] -= lr * fx[s:s + UPDATE_CHUNK]
+    return d
+
+
+def _flat_view_ok(d, x):
+    if type(d) is np.ndarray:
+        return d.flags.c_contiguous and x.flags.c_contiguous and d.shape == x.shape
+    return d.is_contiguous() and x.is_contiguous() and d.shape == x.shape
+
+
 SQRT_2 = math.sqrt(2.0)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)

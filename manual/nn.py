@@ -435,7 +435,7 @@ class _Activation(Module):
 
 
 class ReLU(_Activation):
-    _fn, _bwd = F.relu, F.relu_backward
+    _fn, _bwd, _from_output = F.relu, F.relu_backward, True  # the output, which the next layer keeps anyway
 
 
 class LeakyReLU(_Activation):

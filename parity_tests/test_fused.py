@@ -93,3 +93,18 @@ def test_cross_entropy_common_case_keeps_the_one_backward_contract():
     crit.backward()
     with pytest.raises(RuntimeError):
         crit.backward()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("shape", [(64, 33), (1000, 300), (B.UPDATE_CHUNK + 5,)])
+def test_sgd_update_in_place_equals_the_plain_expression(backend, shape):
+    """B.sub_scaled_ (SGD's d -= lr * x) updates in place, piece by piece for a parameter larger than
+    UPDATE_CHUNK (no parameter-sized temporary), with the same bits as the plain expression."""
+    rng = np.random.default_rng(2)
+    d0, x = rng.normal(size=shape).astype("float32"), rng.normal(size=shape).astype("float32")
+    lr = 0.37
+    ref = d0 - lr * x
+    d = d0.copy() if backend == "numpy" else torch.as_tensor(d0).clone()
+    out = B.sub_scaled_(d, lr, x if backend == "numpy" else torch.as_tensor(x))
+    assert out is d
+    _bits_equal(d, ref)

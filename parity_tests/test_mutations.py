@@ -155,7 +155,8 @@ CONV_MUTANTS = {
 }
 
 MUTANTS = {  # id -> (op, sample id, wrong backward)
-    "relu'(0)=1": ("relu", "kink0", lambda g, x: MF.relu_backward(g, x) + g * (x == 0)),
+    "relu'(0)=1": ("relu", "kink0", lambda g, x=None, output=None: MF.relu_backward(g, x, output=output)
+                   + g * ((x if output is None else output) == 0)),  # from output: every x <= 0 (relu(x) = 0)
     "leaky_relu'(0)=1": ("leaky_relu", "kink0-negative_slope=0.2",
                          lambda g, x, negative_slope: MF.leaky_relu_backward(g, x, negative_slope)
                          + g * (x == 0) * (1 - negative_slope)),
@@ -267,7 +268,7 @@ def test_model_names_the_activation_with_a_wrong_derivative(dtype, backend, monk
 # -- the contract tests catch what they claim to ---------------------------------------------
 
 def test_contracts_catch_a_view(monkeypatch):
-    monkeypatch.setattr(MF, "relu_backward", lambda g, x: g[...])  # right on x > 0 only, and a view of g
+    monkeypatch.setattr(MF, "relu_backward", lambda g, x=None, output=None: g[...])  # right on x > 0 only, a view of g
     with pytest.raises(AssertionError, match="shares memory with grad_output"):
         contracts.test_backward_returns_new_arrays(OPS_BY_NAME["relu"], "numpy")
 
@@ -275,9 +276,10 @@ def test_contracts_catch_a_view(monkeypatch):
 def test_contracts_catch_an_input_written_in_place(monkeypatch):
     real = MF.relu_backward
 
-    def writes_input(g, x):
-        out = real(g, x)
-        x[...] = MF.relu(x)  # a masked write into the caller's array
+    def writes_input(g, x=None, output=None):
+        out = real(g, x, output=output)
+        arr = x if output is None else output
+        arr[...] = MF.relu(arr - 1)  # a write into the caller's array
         return out
 
     monkeypatch.setattr(MF, "relu_backward", writes_input)

@@ -819,7 +819,7 @@ OPS: list[OpInfo] = [
                        "measured abs 7e-15 on outputs of size ~30"),
         (1e-6, 3e-6, "float32 dot products of 16 terms in a different order; measured 9e-7 abs "
                      "beyond rtol 1e-6, on outputs of size ~30"))),
-    OpInfo("relu", TF.relu, _activation_samples([{}]), tols=_tols(EXACT, EXACT)),
+    OpInfo("relu", TF.relu, _activation_samples([{}]), from_output=True, tols=_tols(EXACT, EXACT)),
     OpInfo("leaky_relu", TF.leaky_relu, _activation_samples([{}, {"negative_slope": 0.2}]), tols=_tols(EXACT, EXACT)),
     OpInfo("elu", TF.elu, _activation_samples([{}, {"alpha": 0.5}]), tols=_tols(
         (1e-14, 1e-17, "expm1/exp of NumPy vs torch, within an ulp; measured rel 3e-16"),

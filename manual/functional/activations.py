@@ -40,14 +40,18 @@ def relu(input):
     return xp.maximum(input, B.zero_like(input))  # a cached 0-d zero: clip() costs 3x more in NumPy
 
 
-def relu_backward(grad_output, input):
-    """d relu/dx = 0 if x <= 0 else 1  (so NaN passes the gradient, as torch)."""
-    xp = _backward_args("relu_backward", grad_output, input)
-    if type(input) is not np.ndarray:  # torch: the same in one fused kernel (tested equal to the where below)
-        return B.threshold_backward(grad_output, input, 0)
+def relu_backward(grad_output, input=None, *, output=None):
+    """d relu/dx = 0 if x <= 0 else 1  (so NaN passes the gradient, as torch).
+
+    output=relu(x) gives the same mask (relu(x) <= 0 exactly where x <= 0, NaN stays NaN): the module
+    keeps its output, which the next layer keeps anyway, instead of a second array (as autograd does)."""
+    xp = _backward_args("relu_backward", grad_output, input, output)
+    x = input if output is None else output
+    if type(x) is not np.ndarray:  # torch: the same in one fused kernel (tested equal to the where below)
+        return B.threshold_backward(grad_output, x, 0)
     # NumPy: where is ~8x slower at 256x256. The product differs from torch's select only where the upstream
     # gradient is NaN or inf at x <= 0 (0 * NaN = NaN here, 0 in torch) and in the sign of zeros there
-    return grad_output * _mask(~(input <= 0), grad_output, xp)
+    return grad_output * _mask(~(x <= 0), grad_output, xp)
 
 
 def _relu_backward_plain(grad_output, input):

@@ -293,7 +293,7 @@ class SGD(Optimizer):
                             d = p.data
                             if grad.shape != d.shape or grad.dtype is not d.dtype or type(grad) is not type(d):
                                 _bad_grad(self, g, p)
-                            d -= lr * (grad + wd * d if wd else grad)
+                            B.sub_scaled_(d, lr, grad + wd * d if wd else grad)  # d -= lr * grad, in place
                     continue
                 ps = [p for p in g["params"] if p.grad is not None]
                 bufs = [state.get(id(p), {}).get("momentum_buffer") for p in ps]
@@ -309,7 +309,7 @@ class SGD(Optimizer):
                     else:
                         buf *= mu
                         buf += (1.0 - g["dampening"]) * grad
-                    d -= lr * (grad + mu * buf if g["nesterov"] else buf)
+                    B.sub_scaled_(d, lr, grad + mu * buf if g["nesterov"] else buf)  # d -= lr * (...), in place
                 for p, buf in zip(ps, bufs):
                     state.setdefault(id(p), {})["momentum_buffer"] = buf
         except ValueError:
