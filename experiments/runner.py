@@ -221,6 +221,10 @@ def cmd_list(args):
         print(f"{name:<{width}}  {lines[0]}")
         for line in lines[1:]:
             print(" " * (width + 2) + line)
+    several = [n for n, m in exps.items() if data_parallel(m)]
+    print("\n" + "\n".join(textwrap.wrap(
+        f"On several processes (--nproc N, or torchrun), each step's batch split over them: {', '.join(several)}; "
+        "`all --nproc N` runs the others the same on each (README: More than one process).", WIDTH)))
     return 0
 
 

@@ -35,6 +35,9 @@ def test_list_names_every_available_experiment():
     for name, mod in runner.experiments().items():
         assert name in r.stdout and mod.SECTION in flat and " ".join(mod.SUMMARY.split()) in flat, name
     assert "ddp" in r.stdout and "run only, not in `all`" in flat  # the run-only experiments too
+    several = [n for n, m in runner.experiments().items() if runner.data_parallel(m)]
+    assert "digits" in several and "xor" not in several
+    assert f"On several processes (--nproc N, or torchrun), each step's batch split over them: {', '.join(several)};" in flat
 
 
 def test_run_xor_help_shows_its_options():
