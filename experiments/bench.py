@@ -293,6 +293,31 @@ def numpy_floor_step(sizes, batch, dtype):
     return step, lambda: dict(zip(names, (v for pair in zip(Ws, bs) for v in pair)))
 
 
+MATMULS = "torch-matmuls"  # timed beside the rows, reported under the table (not a row of its own)
+
+
+def torch_matmul_step(sizes, batch, dtype):
+    """Only the matrix multiplies of one MLP step, on torch CPU tensors: per layer a W^T forward and
+    g^T a for dW, and g W for every layer's input gradient but the first's (what manual-torch and
+    autograd both run). No step can do less; against autograd's whole step it shows how far below
+    autograd manual-torch could go on this machine. (Nothing to check: it computes no update.)"""
+    gen = torch.Generator().manual_seed(0)
+    dt = getattr(torch, dtype)
+    Ws = [torch.randn(o, i, generator=gen, dtype=dt) for i, o in zip(sizes[:-1], sizes[1:])]
+    acts = [torch.randn(batch, i, generator=gen, dtype=dt) for i in sizes[:-1]]
+    gouts = [torch.randn(batch, o, generator=gen, dtype=dt) for o in sizes[1:]]
+
+    def step():
+        out = [a @ W.T for a, W in zip(acts, Ws)]
+        for k, (a, W, go) in enumerate(zip(acts, Ws, gouts)):
+            out.append(go.T @ a)
+            if k:
+                out.append(go @ W)
+        return out[0][0, 0]
+
+    return step, None
+
+
 def check_agree(steps, dtype):
     """One step on each implementation: same loss and same updated weights (raises if not)."""
     ref_name = next(n for n in steps if n.startswith("autograd"))
@@ -542,9 +567,12 @@ def bench_model(name, sizes, batch, dtype, device, rounds, target_s, peaks):
     if device == "cpu" and spec_kind(sizes) == "mlp":
         steps[FLOOR] = numpy_floor_step(sizes, batch, dtype)
     err = check_agree(steps, dtype)
+    if device == "cpu" and spec_kind(sizes) == "mlp":
+        steps[MATMULS] = torch_matmul_step(sizes, batch, dtype)
     times = paired_rounds(steps, rounds, target_s)
     ref = next(n for n in steps if n.startswith("autograd"))
     floor = times.pop(FLOOR, None)
+    matmuls = times.pop(MATMULS, None)
     flops = step_flops(sizes, batch)
     rows = []
     for impl, ts in times.items():
@@ -559,6 +587,9 @@ def bench_model(name, sizes, batch, dtype, device, rounds, target_s, peaks):
         if floor is not None and impl == "manual-numpy":  # what NumPy alone needs for this step
             rows[-1].update(numpy_floor_ms=statistics.median(floor) * 1e3,
                             numpy_floor_ratio=statistics.median(f / r for f, r in zip(floor, times[ref])))
+        if matmuls is not None and impl == "manual-torch":  # what the step's matrix multiplies alone take
+            rows[-1].update(torch_matmuls_ms=statistics.median(matmuls) * 1e3,
+                            torch_matmuls_ratio=statistics.median(m / r for m, r in zip(matmuls, times[ref])))
     return rows
 
 
@@ -612,6 +643,13 @@ def print_table(rows):
         _print_rows([("model", "dtype", "floor ms", "floor vs autograd", "manual-numpy vs autograd")] + [
             (r["model"], r["dtype"], f"{r['numpy_floor_ms']:.4g}", f"{r['numpy_floor_ratio']:.2f}x",
              f"{r['ratio_vs_autograd']:.2f}x") for r in floors])
+    mms = [r for r in rows if r.get("torch_matmuls_ms") is not None]
+    if mms:
+        print("\nthe floor under manual-torch: the step's matrix multiplies alone on torch tensors (no other op;\n"
+              "  bench.torch_matmul_step), timed in the same rounds:")
+        _print_rows([("model", "dtype", "matmuls ms", "matmuls vs autograd", "manual-torch vs autograd")] + [
+            (r["model"], r["dtype"], f"{r['torch_matmuls_ms']:.4g}", f"{r['torch_matmuls_ratio']:.2f}x",
+             f"{r['ratio_vs_autograd']:.2f}x") for r in mms])
 
 
 def print_scaling(scaling):

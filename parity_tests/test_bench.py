@@ -5,6 +5,7 @@ torch autograd's step (loss and every updated weight), for the MSE and the cross
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 from experiments import bench
@@ -36,5 +37,21 @@ def test_the_floor_is_reported_with_manual_numpy_for_mlps_only():
     assert [r["impl"] for r in rows] == ["manual-numpy", "manual-torch", "autograd"]  # still 3 rows
     assert rows[0]["numpy_floor_ms"] > 0 and rows[0]["numpy_floor_ratio"] > 0
     assert all("numpy_floor_ms" not in r for r in rows[1:])
+    assert rows[1]["torch_matmuls_ms"] > 0 and rows[1]["torch_matmuls_ratio"] > 0  # beside manual-torch only
+    assert all("torch_matmuls_ms" not in r for r in (rows[0], rows[2]))
     cnn = bench.bench_model("cnn-digits", {"cnn": "digits"}, 4, "float64", "cpu", rounds=1, target_s=0.001, peaks=peaks)
-    assert all("numpy_floor_ms" not in r for r in cnn)
+    assert all("numpy_floor_ms" not in r and "torch_matmuls_ms" not in r for r in cnn)
+
+
+def test_the_matmul_floor_runs_the_steps_matmuls():
+    """Forward: one x W^T per layer; backward: g^T a per layer and g W for all but the first: 3L - 1."""
+    calls = []
+    real = torch.Tensor.__matmul__
+    step, _ = bench.torch_matmul_step((3, 5, 7, 2), 4, "float64")
+    try:
+        torch.Tensor.__matmul__ = lambda a, b: calls.append((tuple(a.shape), tuple(b.shape))) or real(a, b)
+        step()
+    finally:
+        torch.Tensor.__matmul__ = real
+    assert calls == [((4, 3), (3, 5)), ((4, 5), (5, 7)), ((4, 7), (7, 2)),
+                     ((5, 4), (4, 3)), ((7, 4), (4, 5)), ((4, 7), (7, 5)), ((2, 4), (4, 7)), ((4, 2), (2, 7))]
