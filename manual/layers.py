@@ -8,6 +8,7 @@ recompute the statistics); the math is in `manual.functional.normalization` / `r
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -54,7 +55,8 @@ def _zeros(n, device, dtype):
 # -- normalization ---------------------------------------------------------------------------
 
 class _Norm(Module):
-    """Shared backward: dx = rstd (gh - mean(gh) - xhat mean(gh xhat)) over the normalised set, gh = g w."""
+    """Shared backward: dx = rstd (gh - mean(gh) - xhat mean(gh xhat)) over the normalised set, gh = g w
+    (LayerNorm: N._norm_backward_rows, BatchNorm: N._norm_backward_channel, GroupNorm: N._norm_backward)."""
 
     def _affine_grads(self, xp, grad_output, xhat, axes, shape):
         if self.weight is not None:
@@ -89,12 +91,16 @@ class LayerNorm(_Norm):
         _check_grad(self, grad_output, xhat.shape, xhat.dtype)
         xp = B.namespace(grad_output, xhat, op="LayerNorm.backward")
         k = len(self.normalized_shape)
-        axes = tuple(range(xhat.ndim - k, xhat.ndim))
-        self._affine_grads(xp, grad_output, xhat, tuple(range(xhat.ndim - k)), self.normalized_shape)
+        gxhat = grad_output * xhat  # dw's product, and mean(gh xhat) = (g xhat) @ (w / D) in dx
+        batch = tuple(range(xhat.ndim - k))
+        if self.weight is not None:
+            _accumulate(self.weight, xp.sum(gxhat, axis=batch))
+        if self.bias is not None:
+            _accumulate(self.bias, xp.sum(grad_output, axis=batch))
         if not input_grad:
             return None
-        gh = grad_output if self.weight is None else grad_output * self.weight.data
-        return N._norm_backward(xp, gh, xhat, rstd, axes)
+        return N._norm_backward_rows(xp, grad_output, None if self.weight is None else self.weight.data, xhat, rstd,
+                                     gxhat, k)
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
@@ -153,10 +159,11 @@ class _BatchNorm(_Norm):
             xc = input - mu
             var = xp.mean(xc * xc, axis=axes, keepdims=True)
             rstd = 1.0 / xp.sqrt(var + self.eps)
-            xhat = xc * rstd
+            xc *= rstd  # xhat, in the temporary x - mu (the input is never written)
+            xhat = xc
             if update:
-                rm[...] = (1.0 - momentum) * rm + momentum * xp.reshape(mu, (-1,))
-                rv[...] = (1.0 - momentum) * rv + momentum * xp.reshape(var, (-1,)) * (m / (m - 1))
+                N._update_running(rm, xp.reshape(mu, (-1,)), momentum)
+                N._update_running(rv, xp.reshape(var, (-1,)) * (m / (m - 1)), momentum)
         else:
             rstd = 1.0 / N._channel_view(xp, xp.sqrt(rv + self.eps), nd)
             xhat = (input - N._channel_view(xp, rm, nd)) * rstd
@@ -171,11 +178,19 @@ class _BatchNorm(_Norm):
         xp = B.namespace(grad_output, xhat, op=f"{type(self).__name__}.backward")
         nd = xhat.ndim
         axes = (0,) + tuple(range(2, nd))
-        self._affine_grads(xp, grad_output, xhat, axes, (self.num_features,))
+        sum_g = xp.sum(grad_output, axis=axes, keepdims=True)  # db, and mean(gh) = w sum(g) / M in dx
+        sum_gxhat = xp.sum(grad_output * xhat, axis=axes, keepdims=True)  # dw, and mean(gh xhat) = w dw / M
+        if self.weight is not None:
+            _accumulate(self.weight, xp.reshape(sum_gxhat, (-1,)))
+        if self.bias is not None:
+            _accumulate(self.bias, xp.reshape(sum_g, (-1,)))
         if not input_grad:
             return None
-        gh = grad_output if self.weight is None else grad_output * N._channel_view(xp, self.weight.data, nd)
-        return N._norm_backward(xp, gh, xhat, rstd, axes) if batch_stats else gh * rstd
+        wc = None if self.weight is None else N._channel_view(xp, self.weight.data, nd)
+        if not batch_stats:  # eval: the running statistics are constants, dx = g w rstd
+            return grad_output * rstd if wc is None else grad_output * (wc * rstd)
+        m = math.prod(tuple(xhat.shape)) // xhat.shape[1]  # values per channel
+        return N._norm_backward_channel(grad_output, wc, xhat, rstd, sum_g, sum_gxhat, m)
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "

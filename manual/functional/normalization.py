@@ -13,6 +13,19 @@ gh = g * w the gradient reaching xhat and the means taken over the same M values
 
 The statistics are recomputed in the backward from the input (pure: nothing is cached
 between the two calls), as llm.c recomputes `norm`.
+
+Cost (issue 9): on torch tensors each whole-array operation pays a dispatch and a pass over
+memory, so the backward reuses what it already has instead of taking more passes. Where w is
+constant over the normalised set (batch norm: one w per channel) it leaves the mean:
+mean(gh) = w sum(g) / M and mean(gh xhat) = w sum(g xhat) / M, the very sums db and dw, so
+
+    dx = w rstd (g - sum(g) / M - xhat sum(g xhat) / M)                  (_norm_backward_channel)
+
+Where w varies over the normalised set (layer norm) the two row means are matrix-vector
+products, mean(gh) = g @ (w / D) and mean(gh xhat) = (g xhat) @ (w / D), the product g xhat
+being dw's too (_norm_backward_rows). Temporaries an op made itself are updated in place
+(`t -= ...`); its arguments never are. parity_tests/test_norm_fast.py checks both against
+_norm_backward.
 """
 
 from __future__ import annotations
@@ -50,12 +63,42 @@ def _stats(xp, x, axes, eps):
     xc = x - mu
     var = xp.mean(xc * xc, axis=axes, keepdims=True)
     rstd = 1.0 / xp.sqrt(var + eps)
-    return xc * rstd, rstd
+    xc *= rstd  # xhat = (x - mu) * rstd, in the temporary made above (x itself is never written)
+    return xc, rstd
 
 
 def _norm_backward(xp, gh, xhat, rstd, axes):
-    """dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat)), the means over `axes`."""
+    """dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat)), the means over `axes` (the reference form)."""
     return rstd * (gh - xp.mean(gh, axis=axes, keepdims=True) - xhat * xp.mean(gh * xhat, axis=axes, keepdims=True))
+
+
+def _norm_backward_channel(grad_output, weight, xhat, rstd, sum_g, sum_gxhat, m):
+    """_norm_backward when w is constant over the normalised set (batch norm; weight (1, C, 1, ...) or None):
+    dx = w rstd (g - sum(g) / M - xhat sum(g xhat) / M), sum_g and sum_gxhat over the M values, kept dims."""
+    dx = grad_output - sum_g / m
+    dx -= xhat * (sum_gxhat / m)
+    dx *= rstd if weight is None else weight * rstd
+    return dx
+
+
+def _norm_backward_rows(xp, grad_output, weight, xhat, rstd, gxhat, k):
+    """_norm_backward over the last k dims (layer norm; weight of those dims' shape, or None):
+    dx = rstd (gh - mean(gh) - xhat mean(gh xhat)), gh = g w, D values a row, with the row means as
+    products mean(gh) = g @ (w / D) and mean(gh xhat) = (g xhat) @ (w / D) (gxhat = g xhat, dw's too)."""
+    shape = _shape(xhat)
+    d = math.prod(shape[len(shape) - k:])
+    if weight is None:
+        axes = tuple(range(len(shape) - k, len(shape)))
+        dx = grad_output - xp.sum(grad_output, axis=axes, keepdims=True) / d
+        mean_ghx = xp.sum(gxhat, axis=axes, keepdims=True) / d
+    else:  # the means at once: mean(gh) = g @ (w / D), mean(gh xhat) = (g xhat) @ (w / D)
+        rows, wd = math.prod(shape[:len(shape) - k]), xp.reshape(weight, (d,)) / d
+        mean_ghx = xp.reshape(xp.reshape(gxhat, (rows, d)) @ wd, _shape(rstd))
+        dx = grad_output * weight
+        dx -= xp.reshape(xp.reshape(grad_output, (rows, d)) @ wd, _shape(rstd))
+    dx -= xhat * mean_ghx
+    dx *= rstd
+    return dx
 
 
 # -- layer norm ----------------------------------------------------------------------------
@@ -92,16 +135,20 @@ def layer_norm_backward(grad_output, input, normalized_shape, weight=None, bias=
     namespace(grad_output, input, op=op)
     _check_grad(op, grad_output, input)
     xhat, rstd = _stats(xp, input, axes, eps)
-    gh = grad_output if weight is None else grad_output * weight
+    gxhat = grad_output * xhat
     batch = tuple(range(input.ndim - len(axes)))  # the dims w and b are shared across
-    grad_weight = None if weight is None else xp.sum(grad_output * xhat, axis=batch)
+    grad_weight = None if weight is None else xp.sum(gxhat, axis=batch)
     grad_bias = None if bias is None else xp.sum(grad_output, axis=batch)
-    return _norm_backward(xp, gh, xhat, rstd, axes), grad_weight, grad_bias
+    return _norm_backward_rows(xp, grad_output, weight, xhat, rstd, gxhat, len(axes)), grad_weight, grad_bias
 
 
 def _affine(xhat, weight, bias):
-    out = xhat if weight is None else xhat * weight
-    return out if bias is None else out + bias
+    if weight is None:
+        return xhat if bias is None else xhat + bias
+    out = xhat * weight
+    if bias is not None:
+        out += bias  # into the product made above, never into xhat
+    return out
 
 
 # -- batch norm ----------------------------------------------------------------------------
@@ -137,6 +184,12 @@ def _bn_check(op, input, running_mean, running_var, weight, bias, training, mome
     return xp, (0,) + tuple(range(2, input.ndim)), m
 
 
+def _update_running(stat, batch_value, momentum):
+    """stat <- (1 - momentum) stat + momentum batch_value, in place (the same two roundings as the expression)."""
+    stat *= 1.0 - momentum
+    stat += momentum * batch_value
+
+
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
     """y = w * (x - mu) / sqrt(var + eps) + b per channel (dim 1); mu, var: the batch's (training) or the running ones.
 
@@ -152,9 +205,9 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         var = xp.mean(xc * xc, axis=axes, keepdims=True)
         xhat = xc / xp.sqrt(var + eps)
         if running_mean is not None:
-            running_mean[...] = (1.0 - momentum) * running_mean + momentum * xp.reshape(mu, (-1,))
+            _update_running(running_mean, xp.reshape(mu, (-1,)), momentum)
         if running_var is not None:
-            running_var[...] = (1.0 - momentum) * running_var + momentum * xp.reshape(var, (-1,)) * (m / (m - 1))
+            _update_running(running_var, xp.reshape(var, (-1,)) * (m / (m - 1)), momentum)
     else:
         xhat = (input - _channel_view(xp, running_mean, nd)) / _channel_view(xp, xp.sqrt(running_var + eps), nd)
     return _affine(xhat, None if weight is None else _channel_view(xp, weight, nd),
@@ -170,20 +223,24 @@ def batch_norm_backward(grad_output, input, running_mean, running_var, weight=No
     the running statistics are read (eval) but never updated here.
     """
     op = "batch_norm_backward"
-    xp, axes, _ = _bn_check(op, input, running_mean, running_var, weight, bias, training, momentum, eps)
+    xp, axes, m = _bn_check(op, input, running_mean, running_var, weight, bias, training, momentum, eps)
     namespace(grad_output, input, op=op)
     _check_grad(op, grad_output, input)
     nd = input.ndim
-    gh = grad_output if weight is None else grad_output * _channel_view(xp, weight, nd)
+    wc = None if weight is None else _channel_view(xp, weight, nd)
     if training:
         xhat, rstd = _stats(xp, input, axes, eps)
-        grad_input = _norm_backward(xp, gh, xhat, rstd, axes)
     else:
         rstd = 1.0 / _channel_view(xp, xp.sqrt(running_var + eps), nd)
         xhat = (input - _channel_view(xp, running_mean, nd)) * rstd
-        grad_input = gh * rstd
-    grad_weight = None if weight is None else xp.sum(grad_output * xhat, axis=axes)
-    grad_bias = None if bias is None else xp.sum(grad_output, axis=axes)
+    sum_g = xp.sum(grad_output, axis=axes, keepdims=True)
+    sum_gxhat = xp.sum(grad_output * xhat, axis=axes, keepdims=True)
+    if training:
+        grad_input = _norm_backward_channel(grad_output, wc, xhat, rstd, sum_g, sum_gxhat, m)
+    else:
+        grad_input = grad_output * rstd if wc is None else grad_output * (wc * rstd)
+    grad_weight = None if weight is None else xp.reshape(sum_gxhat, (-1,))
+    grad_bias = None if bias is None else xp.reshape(sum_g, (-1,))
     return grad_input, None, None, grad_weight, grad_bias
 
 
