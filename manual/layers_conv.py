@@ -8,6 +8,8 @@ index of each window's maximum, the average pools their input.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _backend as B
@@ -147,7 +149,9 @@ class MaxPool2d(Module):
         geo = _P._pool_geometry(_Name(self), input, self.kernel_size, self.stride, self.padding, self.dilation,
                                 self.ceil_mode)
         x = _P._4d(input, xp)
-        out, index = _P._max_pool2d(x, geo, xp, with_index=self.return_indices or is_grad_enabled())
+        # backward's own index in int32 where the flat size allows (half the traffic); torch's int64 when returned
+        idt = None if self.return_indices or math.prod(x.shape) >= 2 ** 31 else xp.int32
+        out, index = _P._max_pool2d(x, geo, xp, with_index=self.return_indices or is_grad_enabled(), index_dtype=idt)
         self._save(_index=index, _meta=(tuple(x.shape), geo.unbatched, out.dtype))
         if geo.unbatched:
             out, index = out[0, ...], index[0, ...]

@@ -4,8 +4,10 @@ Forward (torch's conv is a cross-correlation), per group g, with xp the zero-pad
 
     y[n, o, h, w] = b[o] + sum_{c, i, j} W[o, c, i, j] xp[n, c, h*sh + i*dh, w*sw + j*dw]
 
-im2col: the (N, C, OH, OW, kh, kw) windows of xp are a strided view (no copy); laid out as
-the matrix cols (C*kh*kw, N*OH*OW) they make the convolution one product W cols.
+im2col: the windows of xp are a strided view (no copy); laid out as the matrix cols
+(C*kh*kw, OH*OW*N) they make the convolution one product W cols. Inside, the input is held
+batch-last, (C, H, W, N), so that a window row is one contiguous run of OW*N numbers: the copy
+into cols (and col2im's adds) move long runs even for 4x4 maps.
 Backward:
 - grad_weight = g cols^T (im2col's product, transposed), grad_bias = g summed over N, OH, OW;
 - grad_input is the correlation of grad_output with the flipped kernel: g spread back on the
@@ -97,6 +99,10 @@ def _conv_geometry(op, input, weight, bias, stride, padding, dilation, groups, n
 
 
 # -- the kernels: 4-D input (N, C, H, W), 4-D weight (O, C/G, kh, kw), checked arguments ---------------
+#
+# Layout: inside a convolution the input is handled channel-first and batch-last, (C, H, W, N), so that
+# a window's rows are contiguous runs of OW*N elements (stride 1) instead of OW: im2col, the matmul's
+# output and col2im all move long runs (the digits CNN's OW is 4). The public arrays stay (N, C, H, W).
 
 def _pad(x, pads, xp, value=0.0):
     """A new array: x inside a border of `value` ((top, bottom), (left, right)); x itself if no border."""
@@ -109,16 +115,27 @@ def _pad(x, pads, xp, value=0.0):
     return out
 
 
-def _im2col(xpad, kernel, stride, dilation, groups, out_hw, xp):
-    """(G, C/G*kh*kw, N*OH*OW): column (n, oh, ow) of group g is its receptive field, flattened.
+def _pad_chwn(x, pads, xp):
+    """A new (C, H + t + b, W + l + r, N) array: x (N, C, H, W) batch-last, inside a border of zeros."""
+    (t, b), (l, r) = pads
+    n, c, h, w = x.shape
+    if not (t or b or l or r):  # the transposing copy alone (a reshape that cannot be a view)
+        return xp.reshape(xp.reshape(xp.permute_dims(x, (1, 2, 3, 0)), (c, h, w * n)), (c, h, w, n))
+    out = xp.zeros((c, h + t + b, w + l + r, n), dtype=x.dtype, device=x.device)
+    out[:, t:t + h, l:l + w, :] = xp.permute_dims(x, (1, 2, 3, 0))  # a write into our own fresh array
+    return out
 
-    Laid out (c, i, j) x (n, oh, ow) so that the copy runs along OW, the longest contiguous axis.
+
+def _im2col(xq, kernel, stride, dilation, out_hw, xp):
+    """(C*kh*kw, OH*OW*N): row (c, i, j) holds tap (i, j) of channel c for every window (oh, ow, n).
+
+    xq is the padded input batch-last, (C, Hp, Wp, N); its windows are a strided view, the reshape the one copy.
     """
-    n, c = xpad.shape[:2]
+    c, n = xq.shape[0], xq.shape[3]
     (oh, ow), (kh, kw) = out_hw, kernel
-    win = B.windows(xpad, out_hw, kernel, stride, dilation)  # (N, C, OH, OW, kh, kw), a view
-    win = xp.permute_dims(win, (1, 4, 5, 0, 2, 3))  # (C, kh, kw, N, OH, OW), still a view
-    return xp.reshape(win, (groups, (c // groups) * kh * kw, n * oh * ow))  # the one copy
+    win = B.windows(xp.permute_dims(xq, (0, 3, 1, 2)), out_hw, kernel, stride, dilation)  # (C, N, OH, OW, kh, kw) view
+    win = xp.permute_dims(win, (0, 4, 5, 2, 3, 1))  # (C, kh, kw, OH, OW, N), still a view
+    return xp.reshape(win, (c * kh * kw, oh * ow * n))
 
 
 def _conv2d(x, weight, bias, geo, xp):
@@ -126,12 +143,16 @@ def _conv2d(x, weight, bias, geo, xp):
     n = x.shape[0]
     o, cg, kh, kw = weight.shape
     G, (oh, ow) = geo.groups, geo.out_hw
-    cols = _im2col(_pad(x, geo.pads, xp), (kh, kw), geo.stride, geo.dilation, G, geo.out_hw, xp)
-    out = xp.reshape(weight, (G, o // G, cg * kh * kw)) @ cols  # (G, O/G, K) @ (G, K, N*OH*OW): the one matmul
+    cols = _im2col(_pad_chwn(x, geo.pads, xp), (kh, kw), geo.stride, geo.dilation, geo.out_hw, xp)
+    if G == 1:  # (O, K) @ (K, OH*OW*N): the one matmul
+        out = xp.reshape(weight, (o, cg * kh * kw)) @ cols
+    else:  # (G, O/G, K/G) @ (G, K/G, OH*OW*N), one batched matmul
+        out = xp.reshape(xp.reshape(weight, (G, o // G, cg * kh * kw)) @ xp.reshape(cols, (G, cg * kh * kw, -1)),
+                         (o, oh * ow * n))
     if bias is not None:
-        out += xp.reshape(bias, (G, o // G, 1))  # in place on our own product
-    out = xp.permute_dims(xp.reshape(out, (G, o // G, n, oh, ow)), (2, 0, 1, 3, 4))  # (N, G, O/G, OH, OW)
-    return xp.reshape(out, (n, o, oh, ow)), cols
+        out += xp.reshape(bias, (o, 1))  # in place on our own product
+    out = xp.permute_dims(xp.reshape(out, (o, oh * ow, n)), (2, 0, 1))  # (N, O, OH*OW), a view
+    return xp.reshape(xp.reshape(out, (-1,)), (n, o, oh, ow)), cols  # one copy, to (N, O, OH, OW) in order
 
 
 def _conv2d_backward(grad_output, x_shape, cols, weight, has_bias, geo, xp, input_grad=True):
@@ -139,29 +160,35 @@ def _conv2d_backward(grad_output, x_shape, cols, weight, has_bias, geo, xp, inpu
     n, c, h, w = x_shape
     o, cg, kh, kw = weight.shape
     G, (oh, ow), (sh, sw), (dh, dw) = geo.groups, geo.out_hw, geo.stride, geo.dilation
-    gmat = xp.permute_dims(xp.reshape(grad_output, (n, G, o // G, oh, ow)), (1, 2, 0, 3, 4))
-    gmat = xp.reshape(gmat, (G, o // G, n * oh * ow))  # (G, O/G, N*OH*OW)
+    K = cg * kh * kw
+    gmat = xp.reshape(xp.permute_dims(grad_output, (1, 2, 3, 0)), (o, oh * ow * n))  # (O, OH*OW*N), cols' order
     # dL/dW = g cols^T, per group
-    grad_weight = xp.reshape(gmat @ xp.permute_dims(cols, (0, 2, 1)), (o, cg, kh, kw))
+    if G == 1:
+        grad_weight = gmat @ xp.permute_dims(cols, (1, 0))
+    else:
+        grad_weight = xp.reshape(gmat, (G, o // G, -1)) @ xp.permute_dims(xp.reshape(cols, (G, K, -1)), (0, 2, 1))
+    grad_weight = xp.reshape(grad_weight, (o, cg, kh, kw))
     grad_bias = xp.sum(grad_output, axis=(0, 2, 3)) if has_bias else None
     if not input_grad:
         return None, grad_weight, grad_bias
-    # dL/dcols = W^T g; col2im sends column (n, oh, ow)'s entry for tap (i, j) back to the input
+    # dL/dcols = W^T g; col2im sends column (oh, ow, n)'s entry for tap (i, j) back to the input
     # it was read from, x_pad[n, c, oh*sh + i*dh, ow*sw + j*dw]: one strided add per kernel tap
     # over all positions at once (kh*kw adds, no loop over positions). The result equals the
     # full correlation of g (on the stride grid) with the flipped kernel (parity_tests/test_conv.py).
-    dcols = xp.permute_dims(xp.reshape(weight, (G, o // G, cg * kh * kw)), (0, 2, 1)) @ gmat  # (G, K, N*OH*OW)
-    dcols = xp.reshape(dcols, (c, kh, kw, n, oh, ow))
+    if G == 1:
+        dcols = xp.permute_dims(xp.reshape(weight, (o, K)), (1, 0)) @ gmat  # (K, OH*OW*N)
+    else:
+        dcols = xp.permute_dims(xp.reshape(weight, (G, o // G, K)), (0, 2, 1)) @ xp.reshape(gmat, (G, o // G, -1))
+    dcols = xp.reshape(dcols, (c, kh, kw, oh, ow, n))
     (pt, pb), (pl, pr) = geo.pads
-    # accumulated channel-major, (C, N, H, W) as dcols is laid out, so that every tap's add reads
-    # one contiguous block; handed back as the (N, C, H, W) view of it
-    gpad = xp.zeros((c, n, h + pt + pb, w + pl + pr), dtype=grad_output.dtype, device=grad_output.device)
+    # accumulated batch-last, (C, H, W, N) as dcols is laid out, so that every tap's add moves runs
+    # of OW*N; handed back as the (N, C, H, W) view of it
+    gpad = xp.zeros((c, h + pt + pb, w + pl + pr, n), dtype=grad_output.dtype, device=grad_output.device)
     for i in range(kh):
+        rows = slice(i * dh, i * dh + (oh - 1) * sh + 1, sh)
         for j in range(kw):
-            rows = slice(i * dh, i * dh + (oh - 1) * sh + 1, sh)
-            cols_ = slice(j * dw, j * dw + (ow - 1) * sw + 1, sw)
-            gpad[:, :, rows, cols_] += dcols[:, i, j, ...]  # our own fresh array
-    return xp.permute_dims(gpad[:, :, pt:pt + h, pl:pl + w], (1, 0, 2, 3)), grad_weight, grad_bias
+            gpad[:, rows, j * dw:j * dw + (ow - 1) * sw + 1:sw, :] += dcols[:, i, j]  # our own fresh array
+    return xp.permute_dims(gpad[:, pt:pt + h, pl:pl + w, :], (3, 0, 1, 2)), grad_weight, grad_bias
 
 
 # -- public ops ------------------------------------------------------------------------------
@@ -201,7 +228,7 @@ def _conv_bwd(op, nd, grad_output, input, weight, bias, stride, padding, dilatio
     g4 = xp.expand_dims(grad_output, axis=0) if geo.unbatched else grad_output
     if nd == 1:
         g4 = xp.expand_dims(g4, axis=2)
-    cols = _im2col(_pad(x4, geo.pads, xp), tuple(w4.shape[2:]), geo.stride, geo.dilation, groups, geo.out_hw, xp)
+    cols = _im2col(_pad_chwn(x4, geo.pads, xp), tuple(w4.shape[2:]), geo.stride, geo.dilation, geo.out_hw, xp)
     gi, gw, gb = _conv2d_backward(g4, tuple(x4.shape), cols, w4, bias is not None, geo, xp)
     return _from4d(gi, geo, nd, xp), (gw[:, :, 0, :] if nd == 1 else gw), gb
 

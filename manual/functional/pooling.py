@@ -85,49 +85,62 @@ def _window_rows(xp, out, k, s, d, device):
 
 # -- max pooling ----------------------------------------------------------------------------
 
-def _max_pool2d(x, geo, xp, with_index=True):
+_BASES = {}  # (shape, geometry, backend, device) -> each window's flat index of its first tap; a few kept
+
+
+def _window_base(x, geo, xp, dtype):
+    """(N, C, OH, OW): the flat index in x (N, C, H, W) of each window's tap (0, 0), (n C + c) H W + (oh sh - pt) W
+    + (ow sw - pl). The same for every batch of one shape: built once, reused (never written to)."""
+    n, c, h, w = x.shape
+    (oh, ow), (sh, sw) = geo.out_hw, geo.stride
+    (pt, _), (pl, _) = geo.pads
+    key = (tuple(x.shape), geo.out_hw, geo.stride, pt, pl, type(x), str(x.device), dtype)
+    base = _BASES.get(key)
+    if base is None:
+        dev = x.device
+        start = (xp.reshape(xp.arange(oh, dtype=dtype, device=dev) * (sh * w) - pt * w, (oh, 1))
+                 + xp.reshape(xp.arange(ow, dtype=dtype, device=dev) * sw - pl, (1, ow)))  # (OH, OW)
+        base = xp.reshape(xp.arange(n * c, dtype=dtype, device=dev) * (h * w), (n, c, 1, 1)) + start
+        if len(_BASES) >= 16:
+            _BASES.pop(next(iter(_BASES)))
+        _BASES[key] = base
+    return base
+
+
+def _max_pool2d(x, geo, xp, with_index=True, index_dtype=None):
     """(output (N, C, OH, OW), flat index of each chosen input in x (N, C, H, W) viewed as 1-D, or None).
 
     torch's own rule, tap by tap in row-major window order: a value replaces the running maximum
     when it is greater, or NaN; so ties keep the first maximum and a NaN the last NaN. One
     strided view per kernel tap over all windows at once (kh*kw steps, no loop over positions).
+    index_dtype: int64 (default, as torch's indices) or int32 where the flat size allows (backward's own).
     """
     n, c, h, w = x.shape
     (oh, ow), (kh, kw), (sh, sw), (dh, dw) = geo.out_hw, geo.kernel, geo.stride, geo.dilation
     xpad = _pad(x, geo.pads, xp, _NEG_INF)
     taps = [xpad[:, :, i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw]
             for i in range(kh) for j in range(kw)]  # kh*kw strided views (N, C, OH, OW), no copies
-    best = taps[0] if len(taps) > 1 else xp.asarray(taps[0], copy=True)  # a 1x1 window: a copy, not a view
+    runs = [taps[0] if len(taps) > 1 else xp.asarray(taps[0], copy=True)]  # a 1x1 window: a copy, not a view
     for v in taps[1:]:
-        best = xp.maximum(best, v)  # NaN propagates, as in torch
+        runs.append(xp.maximum(runs[-1], v))  # the running maximum over taps 0..t; NaN propagates, as in torch
+    best = runs[-1]
     if not with_index:  # evaluation: the value alone
         return best, None
-    offset = [xp.asarray(i * dh * w + j * dw, device=x.device) for i in range(kh) for j in range(kw)]
-    if not bool(xp.any(best != best)):  # no NaN: the first tap equal to the maximum (a backward scan)
-        if kh * kw <= 127:  # the tap's number in one byte (8x less traffic than int64), its offset looked up once
-            tap = xp.zeros(best.shape, dtype=xp.int8, device=x.device)
-            seen = taps[0] == best  # windows whose maximum an earlier tap already holds
-            for t in range(1, len(taps)):
-                hit = taps[t] == best
-                tap += xp.astype(hit & ~seen, xp.int8) * t  # boolean masks, not where(): 3x faster
-                seen |= hit
-            off = xp.take(xp.stack(offset), xp.reshape(xp.astype(tap, xp.int64), (-1,)))
-            off = xp.reshape(off, best.shape)
-        else:
-            off = xp.zeros(best.shape, dtype=xp.int64, device=x.device)
-            for t in range(len(taps) - 1, -1, -1):
-                off = xp.where(taps[t] == best, offset[t], off)
-    else:  # torch's loop itself: a value replaces the running maximum when greater, or NaN
-        run, off = taps[0], xp.zeros(best.shape, dtype=xp.int64, device=x.device)
-        for t, v in enumerate(taps[1:], 1):
-            better = (v > run) | (v != v)  # v != v: NaN
-            run, off = xp.where(better, v, run), xp.where(better, offset[t], off)
-    # flat index = (n C + c) H W + (oh sh - pt) W + (ow sw - pl) + the chosen tap's offset i dh W + j dw
-    (pt, _), (pl, _) = geo.pads
-    dev = x.device
-    start = (xp.reshape(xp.arange(oh, device=dev) * (sh * w) - pt * w, (oh, 1))
-             + xp.reshape(xp.arange(ow, device=dev) * sw - pl, (1, ow)))  # (OH, OW)
-    return best, off + (xp.reshape(xp.arange(n * c, device=dev) * (h * w), (n, c, 1, 1)) + start)
+    idt = xp.int64 if index_dtype is None else index_dtype
+    offset = [i * dh * w + j * dw for i in range(kh) for j in range(kw)]
+    if not bool(xp.any(best != best)):  # no NaN: the first tap equal to the maximum
+        # the running maximum only grows, so the first tap holding the maximum is the number of running
+        # maxima still below it; its offset, telescoped: sum_t [run_t < best] (offset[t+1] - offset[t])
+        off = _window_base(x, geo, xp, idt)
+        for t in range(len(taps) - 1):
+            off = off + xp.astype(runs[t] < best, idt) * (offset[t + 1] - offset[t])
+        return best, off
+    # torch's loop itself: a value replaces the running maximum when greater, or NaN
+    run, off = taps[0], xp.zeros(best.shape, dtype=idt, device=x.device)
+    for t, v in enumerate(taps[1:], 1):
+        better = (v > run) | (v != v)  # v != v: NaN
+        run, off = xp.where(better, v, run), xp.where(better, xp.asarray(offset[t], dtype=idt, device=x.device), off)
+    return best, off + _window_base(x, geo, xp, idt)
 
 
 def _max_pool2d_backward(grad_output, x_shape, index, xp):
@@ -157,7 +170,7 @@ def max_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0,
     geo = _pool_geometry("max_pool2d_backward", input, kernel_size, stride, padding, dilation, ceil_mode)
     _check_grad("max_pool2d_backward", grad_output, input, geo.out_hw)
     x = _4d(input, xp)
-    _, index = _max_pool2d(x, geo, xp)
+    _, index = _max_pool2d(x, geo, xp, index_dtype=xp.int32 if math.prod(x.shape) < 2 ** 31 else None)
     gi = _max_pool2d_backward(_4d(grad_output, xp), tuple(x.shape), index, xp)
     return gi[0, ...] if geo.unbatched else gi
 
