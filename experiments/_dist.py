@@ -28,7 +28,7 @@ import traceback
 
 import numpy as np
 
-_STATE = {"shard": False, "ours": False}
+_STATE = {"shard": False}
 
 
 def launched() -> bool:
@@ -81,13 +81,11 @@ def job(device="auto", backend="auto", timeout_s=600.0):
     if tdev == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     P.init_process_group(device=tdev, timeout=timeout_s)
-    _STATE["ours"] = True
     try:
         yield
     finally:
         import torch.distributed as dist
 
-        _STATE["ours"] = False
         dist.destroy_process_group()
 
 
@@ -152,18 +150,26 @@ def shard(criterion, x, y):
     return x[a:b], y[a:b], w * mine / total, mine / total
 
 
-def all_sum(values):
-    """[sum over ranks of each value] (float64, one all_reduce)."""
+def _all_reduce(values, dtype, op, what):
+    """values reduced over the ranks with `op` (one all_reduce, on CUDA under nccl), as a list."""
     import torch
     import torch.distributed as dist
 
     from manual import parallel as P
 
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    t = torch.tensor(values, dtype=dtype)
     if dist.get_backend() == "nccl":
         t = t.cuda()
-    P._collective("all_reduce of the step's losses", lambda: dist.all_reduce(t), None)
-    return [float(v) for v in t.cpu()]
+    P._collective(what, lambda: dist.all_reduce(t, op=op), None)
+    return t.cpu().tolist()
+
+
+def all_sum(values):
+    """[sum over ranks of each value] (float64, one all_reduce)."""
+    import torch
+    import torch.distributed as dist
+
+    return _all_reduce([float(v) for v in values], torch.float64, dist.ReduceOp.SUM, "all_reduce of the step's losses")
 
 
 def agree_stop(signum):
@@ -174,13 +180,7 @@ def agree_stop(signum):
     import torch
     import torch.distributed as dist
 
-    from manual import parallel as P
-
-    t = torch.tensor([signum or 0], dtype=torch.int64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    P._collective("all_reduce of the stop flag", lambda: dist.all_reduce(t, op=dist.ReduceOp.MAX), None)
-    got = int(t.item())
+    (got,) = _all_reduce([int(signum or 0)], torch.int64, dist.ReduceOp.MAX, "all_reduce of the stop flag")
     if got and not signum:
         from .signals import claim_stop
 

@@ -582,7 +582,12 @@ class Twins:
             grads = {n: float(p.grad.norm()) for n, p in self.tmodel.named_parameters()}
             self.toptimizer.step()
             local["torch"], out["torch"] = float(tloss.detach()), {"grad_norm": grads}
-        whole = _dist.all_sum([local.get(i, 0.0) * share for i in IMPLS])  # the whole batch's loss
+        return self._whole_batch_loss(out, local, share)
+
+    @staticmethod
+    def _whole_batch_loss(out, local, share):
+        """out with each impl's "loss" the whole batch's, sum over ranks of share_r x (this rank's local loss)."""
+        whole = _dist.all_sum([local.get(i, 0.0) * share for i in IMPLS])
         for k, impl in enumerate(IMPLS):
             if impl in out:
                 out[impl]["loss"] = whole[k]

@@ -294,6 +294,13 @@ def numpy_floor_step(sizes, batch, dtype):
 
 
 MATMULS = "torch-matmuls"  # timed beside the rows, reported under the table (not a row of its own)
+# floor step -> (the row it bounds, its fields' prefix in that row, its column label, what it is)
+FLOORS = {
+    FLOOR: ("manual-numpy", "numpy_floor", "floor", "the same step as straight-line NumPy (no modules, no checks;\n"
+                                                    "  bench.numpy_floor_step)"),
+    MATMULS: ("manual-torch", "torch_matmuls", "matmuls", "the step's matrix multiplies alone on torch tensors (no "
+                                                          "other op;\n  bench.torch_matmul_step)"),
+}
 
 
 def torch_matmul_step(sizes, batch, dtype):
@@ -571,8 +578,7 @@ def bench_model(name, sizes, batch, dtype, device, rounds, target_s, peaks):
         steps[MATMULS] = torch_matmul_step(sizes, batch, dtype)
     times = paired_rounds(steps, rounds, target_s)
     ref = next(n for n in steps if n.startswith("autograd"))
-    floor = times.pop(FLOOR, None)
-    matmuls = times.pop(MATMULS, None)
+    floors = {impl: (key, times.pop(name)) for name, (impl, key, *_) in FLOORS.items() if name in times}
     flops = step_flops(sizes, batch)
     rows = []
     for impl, ts in times.items():
@@ -584,12 +590,10 @@ def bench_model(name, sizes, batch, dtype, device, rounds, target_s, peaks):
             "rounds": len(ts), "gflops": gflops, "peak_fraction": gflops / peaks[dtype][_peak_of(impl)],
             "check_max_abs_diff": err,
         })
-        if floor is not None and impl == "manual-numpy":  # what NumPy alone needs for this step
-            rows[-1].update(numpy_floor_ms=statistics.median(floor) * 1e3,
-                            numpy_floor_ratio=statistics.median(f / r for f, r in zip(floor, times[ref])))
-        if matmuls is not None and impl == "manual-torch":  # what the step's matrix multiplies alone take
-            rows[-1].update(torch_matmuls_ms=statistics.median(matmuls) * 1e3,
-                            torch_matmuls_ratio=statistics.median(m / r for m, r in zip(matmuls, times[ref])))
+        if impl in floors:  # what the library alone needs for this step, beside the row it bounds
+            key, fts = floors[impl]
+            rows[-1].update({f"{key}_ms": statistics.median(fts) * 1e3,
+                             f"{key}_ratio": statistics.median(f / r for f, r in zip(fts, times[ref]))})
     return rows
 
 
@@ -636,20 +640,13 @@ def print_table(rows):
           "  model (lower is faster; 1.00x = as fast). % peak: GFLOP/s over the machine's measured matmul\n"
           "  ceiling. MiB: peak memory, the growth of a fresh process's peak over its first step (RSS on\n"
           "  CPU, allocated on CUDA); '-' with --no-memory.")
-    floors = [r for r in rows if r.get("numpy_floor_ms") is not None]
-    if floors:
-        print("\nthe floor under manual-numpy: the same step as straight-line NumPy (no modules, no checks;\n"
-              "  bench.numpy_floor_step), timed in the same rounds:")
-        _print_rows([("model", "dtype", "floor ms", "floor vs autograd", "manual-numpy vs autograd")] + [
-            (r["model"], r["dtype"], f"{r['numpy_floor_ms']:.4g}", f"{r['numpy_floor_ratio']:.2f}x",
-             f"{r['ratio_vs_autograd']:.2f}x") for r in floors])
-    mms = [r for r in rows if r.get("torch_matmuls_ms") is not None]
-    if mms:
-        print("\nthe floor under manual-torch: the step's matrix multiplies alone on torch tensors (no other op;\n"
-              "  bench.torch_matmul_step), timed in the same rounds:")
-        _print_rows([("model", "dtype", "matmuls ms", "matmuls vs autograd", "manual-torch vs autograd")] + [
-            (r["model"], r["dtype"], f"{r['torch_matmuls_ms']:.4g}", f"{r['torch_matmuls_ratio']:.2f}x",
-             f"{r['ratio_vs_autograd']:.2f}x") for r in mms])
+    for impl, key, label, title in FLOORS.values():
+        below = [r for r in rows if r.get(f"{key}_ms") is not None]
+        if below:
+            print(f"\nthe floor under {impl}: {title}, timed in the same rounds:")
+            _print_rows([("model", "dtype", f"{label} ms", f"{label} vs autograd", f"{impl} vs autograd")] + [
+                (r["model"], r["dtype"], f"{r[key + '_ms']:.4g}", f"{r[key + '_ratio']:.2f}x",
+                 f"{r['ratio_vs_autograd']:.2f}x") for r in below])
 
 
 def print_scaling(scaling):

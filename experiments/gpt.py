@@ -251,10 +251,7 @@ class GPTTwins(_lab.Twins):
                                            forward=self.tddp, scale=scale)
             out["torch"] = {"loss": float(tloss.detach()), "grad_norm": {"total": float(norm)}, "lr": lr}
         if self.sharded:  # the whole batch's loss: sum over ranks of share_r loss_r
-            total = _dist.all_sum([out[i]["loss"] * share if i in out else 0.0 for i in _lab.IMPLS])
-            for k, impl in enumerate(_lab.IMPLS):
-                if impl in out:
-                    out[impl]["loss"] = total[k]
+            self._whole_batch_loss(out, {i: o["loss"] for i, o in out.items()}, share)
         self.log.scalar("lr", {i: o.pop("lr") for i, o in out.items()}, step)
         if self.baseline is not None:
             self._torch_step(self.baseline, self.boptimizer, self.bscheduler, *whole)
