@@ -102,8 +102,9 @@ class RunLogger:
         # on several ranks (experiments/_dist.py) rank 0 alone writes: the others' logger has no writers
         self.root = root = None
         self.writers = {}
+        world = _dist.world_size() if _dist.sharded() else 1  # a data-parallel run says so in its name and config
         if _dist.is_main():
-            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S") + run_label(cfg)
+            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S") + run_label(cfg) + (f"_nproc={world}" if world > 1 else "")
             self.root = root = ((resume and checkpoint.run_root(resume["path"]))
                                 or make_run_dir(os.path.join(cfg.logdir, experiment), stamp))
             # max_queue: torch's default of 10 events makes every add_scalar past the tenth wait for the writer
@@ -118,8 +119,9 @@ class RunLogger:
         self._tagset: set[str] = set()
         self._closed = False
         self.checkpoints = checkpoint.Session(self, cfg, experiment, resume)  # used by train()
+        table = config_table(cfg) + (f"\n| processes | {world} (each step's batch split over them) |" if world > 1 else "")
         for w in self.writers.values():
-            w.add_text(f"{experiment}/config", config_table(cfg), 0)
+            w.add_text(f"{experiment}/config", table, 0)
 
     # Every tag starts with the experiment's name, so TensorBoard groups charts by experiment
     # when several runs are open at once; experiments pass tags as "[model/]quantity".

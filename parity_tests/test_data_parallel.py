@@ -184,6 +184,7 @@ def test_rank_0_alone_logs_and_checkpoints(tmp_path):
     codes, errors, _ = run_group(_logged_worker, 2, tmp_path, None, None, "", "mse")
     _ok(codes, errors)
     (run,) = glob.glob(str(tmp_path / "runs" / "dp-test" / "*"))  # one run folder, rank 0's
+    assert run.endswith("_nproc=2")  # named as a 2-process run: TensorBoard's run list tells it apart
     assert sorted(os.listdir(run)) == ["checkpoints", "manual", "torch"]
     assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == [
         "seg0-step0000004.safetensors", "seg0-step0000008.safetensors", "seg0-step0000010-end.safetensors"]

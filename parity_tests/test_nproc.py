@@ -154,6 +154,7 @@ def test_a_batch_experiment_on_two_processes_is_the_one_process_run(tmp_path):
     assert r2.stdout.count("claims hold") == 1 and "2 processes: each step's batch split over them" in r2.stdout
     a, b = json.loads(one.read_text())["digits"], json.loads(two.read_text())["digits"]
     assert len(list((tmp_path / "runs" / "digits").iterdir())) == 2  # one folder per run: rank 1 wrote none
+    assert b["logdir"].endswith("_quick_nproc=2") and a["logdir"].endswith("_quick")
     for impl in ("manual", "torch"):
         assert a["results"][impl]["test_accuracy"] == b["results"][impl]["test_accuracy"]
         assert abs(a["results"][impl]["final_loss"] - b["results"][impl]["final_loss"]) <= 1e-12
