@@ -140,8 +140,9 @@ def zero_like(x):
     return z
 
 
-def erf(x):
-    """Error function, elementwise, on either backend (not in the Array API standard).
+def erf(x, out=None):
+    """Error function, elementwise, on either backend (not in the Array API standard); out= (an array of
+    x's shape, backend and dtype, x itself allowed) receives the result instead of a new array.
 
     torch: `torch.special.erf`. NumPy float32: `_erf_float32` below (whole-array NumPy operations,
     2-2.5x faster than SciPy's scalar loop, at most 0.85 float32 ulp from the true value). Other NumPy
@@ -149,12 +150,18 @@ def erf(x):
     parity tests need.
     """
     if backend_name(x) == "torch":
-        return torch.special.erf(x)
+        return torch.special.erf(x) if out is None else torch.special.erf(x, out=out)
     if x.dtype.kind == "f" and x.dtype.itemsize == 4:
-        return _erf_float32(x)
+        return _erf_float32(x, out)
     from scipy.special import erf as _erf  # accurate to float64 rounding
 
-    return _erf(x).astype(x.dtype, copy=False)
+    if out is not None and out.dtype == x.dtype:
+        return _erf(x, out=out)
+    res = _erf(x).astype(x.dtype, copy=False)
+    if out is not None:
+        out[...] = res
+        return out
+    return res
 
 
 # erf(x) = x R(x^2) for |x| <= float32(3.95): the odd rational x P(x^2) / Q(x^2) of Eigen's and XLA's
@@ -174,7 +181,7 @@ _ERF32_CLAMP = np.float32(3.95)
 _ERF32_CHUNK = 65536  # elements per pass: three float64 scratch rows of 512 KiB, reused chunk after chunk
 
 
-def _erf_float32(x):
+def _erf_float32(x, into=None):
     """erf of a float32 NumPy array (or scalar) in float64 arithmetic, rounded once to float32.
 
     Approximation: x R(x^2), R the degree-(5, 5) rational of `_ERF32_A` / `_ERF32_B` (above), evaluated
@@ -199,7 +206,10 @@ def _erf_float32(x):
     c = _ERF32_CLAMP
     flat = np.ravel(x)  # a view when x is contiguous; read only
     n = flat.size
-    out = np.empty(n, np.float32)
+    direct = (into is not None and into.dtype == np.float32 and into.flags.c_contiguous
+              and into.shape == np.shape(x))
+    # a view of into: each chunk reads flat[s:e] before it writes out[s:e], so into may be x itself
+    out = into.reshape(-1) if direct else np.empty(n, np.float32)
     size = min(n, _ERF32_CHUNK)
     if size:
         y, t, r = np.empty((3, size))
@@ -218,6 +228,10 @@ def _erf_float32(x):
                 np.divide(b0, r, out=r)
                 np.add(r, a0, out=r)
                 np.multiply(y, r, out=out[s:e])  # the one rounding to float32
+    if into is not None:
+        if not direct:  # into could not be written chunk by chunk: copy the result in
+            into[...] = out.reshape(np.shape(x))
+        return into
     res = out.reshape(np.shape(x))
     if res.dtype != x.dtype:  # non-native byte order, as scipy's erf(x).astype(x.dtype) gave
         res = res.astype(x.dtype)
@@ -229,11 +243,57 @@ def _erf_float32(x):
 # functional op keeps that expression as its NumPy path and as the reference.
 
 def threshold_backward(grad_output, input, threshold):
-    """grad_output where input > threshold, else 0; NaN in input passes the gradient (input <= t is
-    False). torch tensors only: torch's one fused kernel (aten.threshold_backward, what autograd's own
-    ReLU backward runs), ~11 us on 256x256 float32 here against ~150 us for the plain
-    where(input <= 0, 0, grad_output)."""
-    return torch.ops.aten.threshold_backward.default(grad_output, input, threshold)
+    """where(input <= threshold, 0, grad_output): NaN in input passes the gradient (input <= t is False),
+    and a NaN or inf gradient where input <= t gives +0, as torch. torch: torch's one fused kernel
+    (aten.threshold_backward, what autograd's own ReLU backward runs), ~11 us on 256x256 float32 here
+    against ~150 us for the plain where. NumPy: np.where is ~9x slower than a mask multiply, and a mask
+    multiply gets NaN (0 * NaN) and -0 where torch gets +0; so the select is done on the bits: the
+    gradient's bits AND all-ones where kept, AND 0 (= +0.0) where dropped (~1.3x the multiply's time)."""
+    if type(grad_output) is not np.ndarray:
+        return torch.ops.aten.threshold_backward.default(grad_output, input, threshold)
+    bits = np.dtype(f"i{grad_output.dtype.itemsize}")
+    keep = np.subtract(input <= threshold, 1, dtype=bits)  # 0 where dropped, -1 (every bit set) where kept
+    g = np.ascontiguousarray(grad_output) if grad_output.dtype.byteorder not in "=|" else grad_output
+    out = np.bitwise_and(g.view(bits), keep).view(grad_output.dtype)
+    return out if out.ndim else out[()]
+
+
+def gelu_erf(x):
+    """(gelu(x), e) with e = erf(x / sqrt 2): the expressions of manual.functional.activations._gelu_erf
+    (0.5 x (1 + e)) with the same roundings in the same order, bit for bit, but the temporaries written
+    in place: 3 new arrays instead of 5. (Each new large array is fresh pages from the OS when glibc has
+    trimmed its heap, which a chain of freed temporaries makes it do: in the GPT step those faults cost
+    more than the arithmetic.)"""
+    if isinstance(x, (np.ndarray, np.generic)) and x.ndim == 0:  # NumPy scalars: nothing to write into
+        e = erf(x / SQRT_2)
+        return 0.5 * x * (1.0 + e), e
+    e = x / SQRT_2
+    erf(e, out=e)
+    out = x * 0.5  # 0.5 * x
+    t = e + 1.0
+    out *= t  # (0.5 x) (1 + e)
+    return out, e
+
+
+def gelu_backward_erf(grad_output, x, e):
+    """g (cdf + x pdf), cdf = 0.5 (1 + e), pdf = exp(-0.5 x x) / sqrt(2 pi): the expressions of
+    manual.functional.activations._gelu_backward_erf, same roundings in the same order, bit for bit,
+    with 2 new arrays instead of 9."""
+    if isinstance(x, (np.ndarray, np.generic)) and x.ndim == 0:  # scalars: the plain expression
+        return grad_output * (0.5 * (1.0 + e) + x * (INV_SQRT_2PI * np.exp(-0.5 * x * x)))
+    t = x * -0.5  # -0.5 * x
+    t *= x
+    if type(t) is np.ndarray:
+        np.exp(t, out=t)
+    else:
+        t.exp_()
+    t *= INV_SQRT_2PI  # pdf
+    t *= x  # x * pdf
+    out = e + 1.0
+    out *= 0.5  # cdf
+    out += t
+    out *= grad_output
+    return out
 
 
 UPDATE_CHUNK = 1 << 16  # elements per piece of an in-place update: a 256 KiB (float32) temporary at most
@@ -253,6 +313,23 @@ def sub_scaled_(d, lr, x):
     for s in range(0, n, UPDATE_CHUNK):
         fd[s:s + UPDATE_CHUNK] -= lr * fx[s:s + UPDATE_CHUNK]
     return d
+
+
+def sub_scaled_all_(ds, lr, xs):
+    """sub_scaled_(d, lr, x) for each pair, the same bits. torch: the parameters no larger than UPDATE_CHUNK
+    in two foreach kernels (torch._foreach_mul, then _foreach_sub_: the same two roundings), instead of
+    two dispatches per parameter, which is most of a small model's optimizer step; larger ones piece by piece."""
+    if ds and torch is not None and type(ds[0]) is not np.ndarray:
+        small = [i for i, d in enumerate(ds) if d.numel() <= UPDATE_CHUNK]
+        if len(small) > 1:
+            torch._foreach_sub_([ds[i] for i in small], torch._foreach_mul([xs[i] for i in small], lr))
+            rest = set(range(len(ds))) - set(small)
+            for i in sorted(rest):
+                sub_scaled_(ds[i], lr, xs[i])
+            return ds
+    for d, x in zip(ds, xs):
+        sub_scaled_(d, lr, x)
+    return ds
 
 
 def _flat_view_ok(d, x):

@@ -126,8 +126,14 @@ class CausalAttention(Module):
         q, k, v, p = (self._saved(n) for n in ("_q", "_k", "_v", "_p"))
         d = self._saved("_d") if self._dropout_used else None
         g = self._heads(xp, grad_output, B_, T)
-        dq, dk, dv, _ = _attention_backward(xp, g, q, k, v, p, d, 1.0 / math.sqrt(C // self.n_head), None)
-        return xp.concat([self._merge(xp, t, B_, T) for t in (dq, dk, dv)], axis=-1)  # (B, T, 3C)
+        grads = _attention_backward(xp, g, q, k, v, p, d, 1.0 / math.sqrt(C // self.n_head), None)[:3]
+        # packed (B, T, 3C) = concat of the merged dq, dk, dv: each written once into its slot of one array
+        nh = self.n_head
+        out = xp.empty((B_, T, 3 * C), dtype=grad_output.dtype, device=grad_output.device)
+        slots = xp.reshape(out, (B_, T, 3, nh, C // nh))
+        for i, t in enumerate(grads):  # (B, nh, T, hs) -> slot i, viewed as (B, T, nh, hs)
+            slots[:, :, i] = xp.permute_dims(t, (0, 2, 1, 3))
+        return out
 
     def extra_repr(self):
         return f"n_head={self.n_head}, n_embd={self.n_embd}, dropout={self.dropout}"

@@ -1,4 +1,4 @@
-"""The fused paths (issue 12) equal the plain expressions they stand for, bit for bit.
+"""The fused and in-place paths (issue 12) equal the plain expressions they stand for, bit for bit.
 
 manual.functional keeps the readable expression as the reference; where a backend has one kernel
 for it (torch's aten.threshold_backward), or where a module can skip re-validating what its
@@ -44,6 +44,69 @@ def test_relu_backward_threshold_kernel_equals_the_where_expression(dtype, shape
         x, g = flat_x.reshape(shape), flat_g.reshape(shape)
     xt, gt = (torch.as_tensor(a, dtype=getattr(torch, dtype)) for a in (x, g))
     _bits_equal(relu_backward(gt, xt), A._relu_backward_plain(gt, xt))
+    xn, gn = x.astype(dtype), g.astype(dtype)  # NumPy: the select on the bits, against np.where
+    _bits_equal(relu_backward(gn, xn), A._relu_backward_plain(gn, xn))
+    _bits_equal(relu_backward(gn, xn), relu_backward(gt, xt))  # and the two backends agree, +0 and NaN included
+    _bits_equal(relu_backward(gn, output=np.maximum(xn, 0)), A._relu_backward_plain(gn, xn))
+
+
+def test_relu_backward_numpy_keeps_strided_and_big_endian_inputs():
+    rng = np.random.default_rng(3)
+    x, g = rng.normal(size=(6, 8)), rng.normal(size=(6, 8))
+    xs, gs = x[:, ::2], g.T[::2, :].T  # non-contiguous views
+    _bits_equal(relu_backward(gs, xs), A._relu_backward_plain(gs, xs))
+    xb, gb = x.astype(">f8"), g.astype(">f8")
+    got = relu_backward(gb, xb)
+    np.testing.assert_array_equal(got, np.where(x <= 0, 0.0, g))
+
+
+def _gelu_inputs(backend, dtype, shape, contiguous):
+    rng = np.random.default_rng(4)
+    x = np.asarray(rng.normal(size=shape) * 3)
+    g = np.asarray(rng.normal(size=shape))
+    if x.size:
+        flat = x.reshape(-1)
+        k = min(flat.size, 10)
+        flat[:k] = [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-45, -40.0, 40.0, 3e38, -3e38][:k]
+    x, g = x.astype(dtype), g.astype(dtype)
+    if not contiguous:
+        x, g = x.T, g.T
+    if backend == "torch":
+        x, g = torch.as_tensor(x), torch.as_tensor(g)
+    return x, g
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape,contiguous", [((), True), ((7,), True), ((4, 9), True), ((4, 9), False),
+                                              ((3, 5, 70000), True)])
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # x = 3e38: x * x overflows, as in the plain form
+def test_gelu_in_place_paths_equal_the_plain_expressions(backend, dtype, shape, contiguous):
+    """B.gelu_erf / B.gelu_backward_erf write their temporaries in place (the GELU module and F.gelu use them):
+    the same bits as A._gelu_erf / A._gelu_backward_erf, the readable expressions, including NaN, +-0, +-inf,
+    a subnormal, huge values and a float32 array larger than the erf's chunk."""
+    x, g = _gelu_inputs(backend, dtype, shape, contiguous)
+    xp = B.namespace(x)
+    x0 = B.to_numpy(x).copy()
+    out, e = B.gelu_erf(x)
+    ref_out, ref_e = A._gelu_erf(x)
+    _bits_equal(out, ref_out)
+    _bits_equal(e, ref_e)
+    _bits_equal(B.gelu_backward_erf(g, x, e), A._gelu_backward_erf(g, x, ref_e, xp))
+    assert B.to_numpy(x).tobytes() == x0.tobytes()  # the input is never written
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_erf_out_writes_into_the_given_array(dtype):
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(300, 301)) * 2).astype(dtype)
+    ref = B.erf(x)
+    buf = x.copy()
+    assert B.erf(buf, out=buf) is buf  # in place
+    _bits_equal(buf, ref)
+    other = np.empty((301, 300), dtype).T  # not contiguous: the result is copied in
+    assert B.erf(x, out=other) is other
+    _bits_equal(np.ascontiguousarray(other), ref)
 
 
 def _ce_case(backend, dtype, ignore_index, ignored):
@@ -108,3 +171,20 @@ def test_sgd_update_in_place_equals_the_plain_expression(backend, shape):
     out = B.sub_scaled_(d, lr, x if backend == "numpy" else torch.as_tensor(x))
     assert out is d
     _bits_equal(d, ref)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_sgd_update_of_many_parameters_equals_the_plain_expression(backend):
+    """B.sub_scaled_all_ (SGD's step over a group: torch's foreach kernels for the small parameters, piece by
+    piece for a large one) gives each parameter the bits of d - lr * x."""
+    rng = np.random.default_rng(6)
+    shapes = [(3,), (16, 2), (), (B.UPDATE_CHUNK + 7,), (5, 5), (1,)]
+    d0 = [rng.normal(size=s).astype("float32") for s in shapes]
+    xs = [rng.normal(size=s).astype("float32") for s in shapes]
+    lr = 0.1
+    refs = [d - lr * x for d, x in zip(d0, xs)]
+    conv = (lambda a: a.copy()) if backend == "numpy" else (lambda a: torch.as_tensor(a).clone())
+    ds = [conv(d) for d in d0]
+    B.sub_scaled_all_(ds, lr, [conv(x) for x in xs])
+    for d, ref in zip(ds, refs):
+        _bits_equal(d, np.asarray(ref))

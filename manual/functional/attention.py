@@ -97,21 +97,33 @@ def _causal_bias(xp, L, S, like):
 
 def _weights(xp, query, key, attn_mask, is_causal, scale):
     """P = softmax(scale * q k^T + M) along the keys, (..., L, S); fully masked rows -> 0."""
-    s = xp.matmul(query, xp.matrix_transpose(key)) * scale  # (..., L, E) @ (..., E, S) -> (..., L, S)
+    # One (..., L, S) array, every step after the matmul in place on it (s is this function's own):
+    # the scores, then exp(s - max), then the weights.
+    s = xp.matmul(query, xp.matrix_transpose(key))  # (..., L, E) @ (..., E, S) -> (..., L, S)
+    s *= scale
     if is_causal:  # every row keeps key 0, so no row is fully masked: no guards needed
-        s = s + _causal_bias(xp, s.shape[-2], s.shape[-1], s)
+        s += _causal_bias(xp, s.shape[-2], s.shape[-1], s)
     elif attn_mask is not None and attn_mask.dtype == xp.bool:
         s = xp.where(attn_mask, s, xp.asarray(-math.inf, dtype=s.dtype, device=s.device))
     elif attn_mask is not None:
-        s = s + attn_mask
+        s = s + attn_mask  # not in place: the mask may broadcast s to a larger shape
     m = xp.max(s, axis=-1, keepdims=True)  # (..., L, 1); -inf for a row with every key masked
     if attn_mask is not None:
         m = xp.where(m > -math.inf, m, xp.zeros_like(m))  # so exp(-inf - m) = 0 there, not NaN
-    e = xp.exp(s - m)
+    s -= m
+    e = _exp_(s)
     z = xp.sum(e, axis=-1, keepdims=True)
     if attn_mask is not None:
         z = xp.where(z > 0, z, xp.ones_like(z))  # a fully masked row: 0 / 1 = 0 (torch's safe softmax)
-    return e / z
+    e /= z
+    return e
+
+
+def _exp_(a):
+    """exp(a), written into a (an array this module made): np.exp(out=) / Tensor.exp_ (not in the Array API)."""
+    if isinstance(a, np.ndarray):
+        return np.exp(a, out=a)
+    return a.exp_()
 
 
 def _sum_to(xp, x, shape):
@@ -174,9 +186,18 @@ def _backward(xp, g, query, key, value, p, d, scale, attn_mask):
     dp = xp.matmul(g, xp.matrix_transpose(value))  # (..., L, Ev) @ (..., Ev, S) -> (..., L, S)
     if d is not None:
         dp = dp * d
-    ds = p * (dp - xp.sum(dp * p, axis=-1, keepdims=True))  # softmax backward, (..., L, S)
-    grad_query = xp.matmul(ds, key) * scale  # (..., L, S) @ (..., S, E) -> (..., L, E)
-    grad_key = xp.matmul(xp.matrix_transpose(ds), query) * scale  # (..., S, L) @ (..., L, E) -> (..., S, E)
+    # softmax backward ds = p * (dp - rowsum(dp * p)), (..., L, S): in place on dp (this function's own)
+    # unless p is larger (a mask that broadcasts the weights beyond the output's batch dims)
+    if _shape(dp) == _shape(p):
+        dp -= xp.sum(dp * p, axis=-1, keepdims=True)
+        dp *= p
+        ds = dp
+    else:
+        ds = p * (dp - xp.sum(dp * p, axis=-1, keepdims=True))
+    grad_query = xp.matmul(ds, key)  # (..., L, S) @ (..., S, E) -> (..., L, E)
+    grad_query *= scale
+    grad_key = xp.matmul(xp.matrix_transpose(ds), query)  # (..., S, L) @ (..., L, E) -> (..., S, E)
+    grad_key *= scale
     grad_mask = None
     if attn_mask is not None and attn_mask.dtype != xp.bool:
         grad_mask = _sum_to(xp, ds, _shape(attn_mask))

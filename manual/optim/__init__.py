@@ -287,13 +287,17 @@ class SGD(Optimizer):
             for g in self.param_groups:
                 mu, lr, wd = g["momentum"], g["lr"], g["weight_decay"]
                 if not mu:
-                    for p in g["params"]:
-                        grad = p.grad
-                        if grad is not None:
-                            d = p.data
-                            if grad.shape != d.shape or grad.dtype is not d.dtype or type(grad) is not type(d):
-                                _bad_grad(self, g, p)
-                            B.sub_scaled_(d, lr, grad + wd * d if wd else grad)  # d -= lr * grad, in place
+                    ps = [p for p in g["params"] if p.grad is not None]
+                    for p in ps:
+                        grad, d = p.grad, p.data
+                        if grad.shape != d.shape or grad.dtype is not d.dtype or type(grad) is not type(d):
+                            _bad_grad(self, g, p)
+                    if len({id(p) for p in ps}) == len(ps):  # d -= lr * grad for each, in place
+                        B.sub_scaled_all_([p.data for p in ps], lr,
+                                          [p.grad + wd * p.data if wd else p.grad for p in ps])
+                    else:  # a parameter listed twice: one after the other, each listing reading the last update
+                        for p in ps:
+                            B.sub_scaled_(p.data, lr, p.grad + wd * p.data if wd else p.grad)
                     continue
                 ps = [p for p in g["params"] if p.grad is not None]
                 bufs = [state.get(id(p), {}).get("momentum_buffer") for p in ps]
