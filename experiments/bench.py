@@ -294,13 +294,74 @@ def numpy_floor_step(sizes, batch, dtype):
 
 
 MATMULS = "torch-matmuls"  # timed beside the rows, reported under the table (not a row of its own)
-# floor step -> (the row it bounds, its fields' prefix in that row, its column label, what it is)
+UNFUSED = "autograd-unfused"  # likewise, for the GPT rows
+# reference step -> (the row it stands beside, its fields' prefix in that row, its column label, what it is)
 FLOORS = {
-    FLOOR: ("manual-numpy", "numpy_floor", "floor", "the same step as straight-line NumPy (no modules, no checks;\n"
-                                                    "  bench.numpy_floor_step)"),
-    MATMULS: ("manual-torch", "torch_matmuls", "matmuls", "the step's matrix multiplies alone on torch tensors (no "
-                                                          "other op;\n  bench.torch_matmul_step)"),
+    FLOOR: ("manual-numpy", "numpy_floor", "floor", "the floor under manual-numpy: the same step as straight-line "
+                                                    "NumPy (no modules,\n  no checks; bench.numpy_floor_step)"),
+    MATMULS: ("manual-torch", "torch_matmuls", "matmuls", "the floor under manual-torch: the step's matrix multiplies "
+                                                          "alone on torch tensors\n  (no other op; "
+                                                          "bench.torch_matmul_step)"),
+    UNFUSED: ("manual-torch", "autograd_unfused", "unfused", "beside manual-torch: torch autograd on the same GPT with "
+                                                             "GELU, layer norm and\n  attention written as the "
+                                                             "elementary torch ops manual runs, not torch's fused\n"
+                                                             "  kernels (bench.unfused_gpt_step)"),
 }
+
+
+def unfused_gpt_step(spec, batch, dtype):
+    """(step(), params()): torch autograd training the `gpt` bench model (the twin's weights, data, loss and
+    SGD), but with GELU, layer norm and causal attention composed of the elementary ops manual's forward runs
+    (erf, mean, matmul, max, exp, sum, ...) instead of torch's fused kernels (aten.gelu, native_layer_norm,
+    the CPU flash-attention kernel). Autograd's bookkeeping on manual's op set: where manual-torch is below
+    this and above autograd, the difference is the fused kernels, not the hand-written backward."""
+    import math
+
+    import manual
+    from torch_ref import twin
+
+    V, T = spec["vocab_size"], spec["block_size"]
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, V, (batch, T)), rng.integers(0, V, (batch, T))
+    manual.init.manual_seed(0)
+    tm = twin(manual.nn.GPT(manual.nn.GPTConfig(**spec), dtype=dtype))
+    opt = torch.optim.SGD(tm.parameters(), lr=LR)
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y.reshape(-1))
+    nh, C = spec["n_head"], spec["n_embd"]
+    causal = torch.full((T, T), -math.inf, dtype=getattr(torch, dtype)).triu(1)
+
+    def ln(h, m):
+        mu = h.mean(-1, keepdim=True)
+        hc = h - mu
+        return hc / torch.sqrt((hc * hc).mean(-1, keepdim=True) + m.eps) * m.weight + m.bias
+
+    def linear(h, m):
+        return h @ m.weight.T + m.bias
+
+    def heads(t):
+        return t.reshape(batch, T, nh, C // nh).permute(0, 2, 1, 3)
+
+    def forward():
+        tr = tm.transformer
+        h = tr.wte.weight[xt] + tr.wpe.weight[:T]
+        for blk in tr.h:
+            q, k, v = (heads(t) for t in linear(ln(h, blk.ln_1), blk.attn.c_attn).split(C, dim=-1))
+            s = q @ k.transpose(-1, -2) * (1.0 / math.sqrt(C // nh)) + causal
+            e = torch.exp(s - s.max(-1, keepdim=True).values)
+            a = (e / e.sum(-1, keepdim=True)) @ v
+            h = h + linear(a.permute(0, 2, 1, 3).reshape(batch, T, C), blk.attn.c_proj)
+            u = linear(ln(h, blk.ln_2), blk.mlp.c_fc)
+            h = h + linear(0.5 * u * (1.0 + torch.special.erf(u / math.sqrt(2.0))), blk.mlp.c_proj)
+        return ln(h, tr.ln_f) @ tr.wte.weight.T
+
+    def step():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(forward().reshape(-1, V), yt)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    return step, lambda: {n: p.detach().numpy() for n, p in tm.named_parameters()}
 
 
 def torch_matmul_step(sizes, batch, dtype):
@@ -327,7 +388,7 @@ def torch_matmul_step(sizes, batch, dtype):
 
 def check_agree(steps, dtype):
     """One step on each implementation: same loss and same updated weights (raises if not)."""
-    ref_name = next(n for n in steps if n.startswith("autograd"))
+    ref_name = next(n for n in steps if n.startswith("autograd") and n not in FLOORS)
     losses, params = {}, {}
     for name, (step, get) in steps.items():
         out = step()
@@ -573,12 +634,14 @@ def bench_model(name, sizes, batch, dtype, device, rounds, target_s, peaks):
     steps = make_steps(sizes, batch, dtype, device)
     if device == "cpu" and spec_kind(sizes) == "mlp":
         steps[FLOOR] = numpy_floor_step(sizes, batch, dtype)
-    err = check_agree(steps, dtype)
+    if device == "cpu" and spec_kind(sizes) == "gpt":
+        steps[UNFUSED] = unfused_gpt_step(sizes, batch, dtype)
+    err = check_agree(steps, dtype)  # the floors that compute the step are checked with the rows
     if device == "cpu" and spec_kind(sizes) == "mlp":
         steps[MATMULS] = torch_matmul_step(sizes, batch, dtype)
     times = paired_rounds(steps, rounds, target_s)
-    ref = next(n for n in steps if n.startswith("autograd"))
-    floors = {impl: (key, times.pop(name)) for name, (impl, key, *_) in FLOORS.items() if name in times}
+    ref = next(n for n in steps if n.startswith("autograd") and n not in FLOORS)
+    floors = [(impl, key, times.pop(name)) for name, (impl, key, *_) in FLOORS.items() if name in times]
     flops = step_flops(sizes, batch)
     rows = []
     for impl, ts in times.items():
@@ -590,10 +653,10 @@ def bench_model(name, sizes, batch, dtype, device, rounds, target_s, peaks):
             "rounds": len(ts), "gflops": gflops, "peak_fraction": gflops / peaks[dtype][_peak_of(impl)],
             "check_max_abs_diff": err,
         })
-        if impl in floors:  # what the library alone needs for this step, beside the row it bounds
-            key, fts = floors[impl]
-            rows[-1].update({f"{key}_ms": statistics.median(fts) * 1e3,
-                             f"{key}_ratio": statistics.median(f / r for f, r in zip(fts, times[ref]))})
+        for fimpl, key, fts in floors:  # what the library alone needs for this step, beside the row it bounds
+            if fimpl == impl:
+                rows[-1].update({f"{key}_ms": statistics.median(fts) * 1e3,
+                                 f"{key}_ratio": statistics.median(f / r for f, r in zip(fts, times[ref]))})
     return rows
 
 
@@ -643,7 +706,7 @@ def print_table(rows):
     for impl, key, label, title in FLOORS.values():
         below = [r for r in rows if r.get(f"{key}_ms") is not None]
         if below:
-            print(f"\nthe floor under {impl}: {title}, timed in the same rounds:")
+            print(f"\n{title}, timed in the same rounds:")
             _print_rows([("model", "dtype", f"{label} ms", f"{label} vs autograd", f"{impl} vs autograd")] + [
                 (r["model"], r["dtype"], f"{r[key + '_ms']:.4g}", f"{r[key + '_ratio']:.2f}x",
                  f"{r['ratio_vs_autograd']:.2f}x") for r in below])

@@ -1,6 +1,7 @@
-"""`backprop-lab bench`'s straight-line NumPy floor: the same step as manual-numpy, so that a goal
-below it is shown out of reach by a measurement. It must be the same math: checked here against
-torch autograd's step (loss and every updated weight), for the MSE and the cross-entropy nets."""
+"""`backprop-lab bench`'s reference steps: the straight-line NumPy floor (the same step as manual-numpy, so
+that a goal below it is shown out of reach by a measurement), the matmuls-alone floor, and the unfused
+autograd GPT (autograd on manual's op set). Each that computes a step must be the same math: checked
+here against torch autograd's step (loss and every updated weight)."""
 
 from __future__ import annotations
 
@@ -55,3 +56,46 @@ def test_the_matmul_floor_runs_the_steps_matmuls():
         torch.Tensor.__matmul__ = real
     assert calls == [((4, 3), (3, 5)), ((4, 5), (5, 7)), ((4, 7), (7, 2)),
                      ((5, 4), (4, 3)), ((7, 4), (4, 5)), ((4, 7), (7, 5)), ((2, 4), (4, 7)), ((4, 2), (2, 7))]
+
+
+GPT_SMALL = dict(block_size=6, vocab_size=7, n_layer=2, n_head=2, n_embd=8)
+
+
+def test_unfused_gpt_takes_autograds_step_without_the_fused_kernels():
+    """The GPT reference beside manual-torch: torch autograd on elementary ops. Same math as the twin's step
+    (loss and every updated weight, three steps), and none of the fused kernels it stands in for is run."""
+    steps = bench.make_steps(GPT_SMALL, 3, "float64", "cpu", only="autograd")
+    steps[bench.UNFUSED] = bench.unfused_gpt_step(GPT_SMALL, 3, "float64")
+    assert bench.check_agree(steps, "float64") <= 1e-12
+    for _ in range(3):
+        for step, _ in steps.values():
+            step()
+    a, u = steps["autograd"][1](), steps[bench.UNFUSED][1]()
+    assert max(float(np.max(np.abs(a[k] - u[k]))) for k in a) <= 1e-12
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        steps[bench.UNFUSED][0]()
+    ran = {e.key for e in prof.key_averages()}
+    fused = [k for k in ran if "gelu" in k or "layer_norm" in k or "scaled_dot_product" in k or "softmax" in k
+             and "log_softmax" not in k]
+    assert not fused, fused
+    assert "aten::erf" in ran and "aten::exp" in ran
+
+
+def test_a_wrong_unfused_gpt_is_caught(monkeypatch):
+    steps = bench.make_steps(GPT_SMALL, 3, "float64", "cpu", only="autograd")
+    monkeypatch.setattr(torch.special, "erf", torch.tanh)  # a GELU that is not the GELU
+    steps[bench.UNFUSED] = bench.unfused_gpt_step(GPT_SMALL, 3, "float64")
+    with pytest.raises(AssertionError, match="autograd-unfused"):
+        bench.check_agree(steps, "float64")
+
+
+def test_the_unfused_gpt_is_reported_beside_manual_torch_for_gpts_only():
+    peaks = {"float64": {"numpy": 1.0, "torch": 1.0}}
+    rows = bench.bench_model("tiny-gpt", GPT_SMALL, 2, "float64", "cpu", rounds=1, target_s=0.001, peaks=peaks)
+    assert [r["impl"] for r in rows] == ["manual-numpy", "manual-torch", "autograd"]
+    assert rows[1]["autograd_unfused_ms"] > 0 and rows[1]["autograd_unfused_ratio"] > 0
+    assert all("autograd_unfused_ms" not in r for r in (rows[0], rows[2]))
+    mlp = bench.bench_model("2-4-1", (2, 4, 1), 4, "float64", "cpu", rounds=1, target_s=0.001, peaks=peaks)
+    assert all("autograd_unfused_ms" not in r for r in mlp)
