@@ -363,6 +363,13 @@ def dtype_name(dtype) -> str:
     return _DTYPE_NAMES[key]
 
 
+def astype_name(x, name):
+    """x as 'float32' / 'float64' on its own backend and device (a copy only when the dtype changes)."""
+    if backend_name(x) == "torch":
+        return x.to(getattr(torch, name))
+    return x.astype(np.dtype(name), copy=False)
+
+
 def parse_device(device):
     """('numpy', None) or ('torch', torch.device) from a device= argument."""
     if device is None or (isinstance(device, str) and device == "numpy"):

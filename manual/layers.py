@@ -110,7 +110,7 @@ class _BatchNorm(_Norm):
     _dims = ()  # the input ranks this class accepts
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-                 device=None, dtype=None):
+                 device=None, dtype=None, *, bias=True):
         super().__init__()
         cls = type(self).__name__
         self.num_features = _int(cls, "num_features", num_features)
@@ -121,7 +121,7 @@ class _BatchNorm(_Norm):
         self.eps, self.momentum, self.affine, self.track_running_stats = eps, momentum, affine, track_running_stats
         c = self.num_features
         self.weight = Parameter(_ones(c, device, dtype)) if affine else None
-        self.bias = Parameter(_zeros(c, device, dtype)) if affine else None
+        self.bias = Parameter(_zeros(c, device, dtype)) if affine and bias else None  # bias=False: w only, as torch
         if track_running_stats:
             self.register_buffer("running_mean", _zeros(c, device, dtype))
             self.register_buffer("running_var", _ones(c, device, dtype))
@@ -154,7 +154,9 @@ class _BatchNorm(_Norm):
             self.num_batches_tracked += 1  # in place, as torch
             momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         nd = input.ndim
-        if use_batch:
+        if use_batch and m == 0:  # an empty batch: an empty output, the running statistics kept (torch counts the batch)
+            xhat = rstd = input + 0.0
+        elif use_batch:
             mu = xp.mean(input, axis=axes, keepdims=True)
             xc = input - mu
             var = xp.mean(xc * xc, axis=axes, keepdims=True)
@@ -190,6 +192,8 @@ class _BatchNorm(_Norm):
         if not batch_stats:  # eval: the running statistics are constants, dx = g w rstd
             return grad_output * rstd if wc is None else grad_output * (wc * rstd)
         m = math.prod(tuple(xhat.shape)) // xhat.shape[1]  # values per channel
+        if m == 0:  # an empty batch: an empty gradient (dw and db above are sums over nothing: 0)
+            return grad_output + 0.0
         return N._norm_backward_channel(grad_output, wc, xhat, rstd, sum_g, sum_gxhat, m)
 
     def extra_repr(self):
@@ -212,7 +216,7 @@ class BatchNorm2d(_BatchNorm):
 class GroupNorm(_Norm):
     """Normalise each sample's groups of num_channels / num_groups channels, then w, b per channel."""
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None):
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None, *, bias=True):
         super().__init__()
         self.num_groups = _int("GroupNorm", "num_groups", num_groups)
         self.num_channels = _int("GroupNorm", "num_channels", num_channels)
@@ -222,7 +226,7 @@ class GroupNorm(_Norm):
         N._check_eps("GroupNorm", eps)
         self.eps, self.affine = eps, affine
         self.weight = Parameter(_ones(self.num_channels, device, dtype)) if affine else None
-        self.bias = Parameter(_zeros(self.num_channels, device, dtype)) if affine else None
+        self.bias = Parameter(_zeros(self.num_channels, device, dtype)) if affine and bias else None
 
     def forward(self, input):
         w, b = (None if p is None else p.data for p in (self.weight, self.bias))

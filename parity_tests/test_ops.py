@@ -7,7 +7,9 @@ per-op, per-dtype tolerances. A failure names op, sample, backend, dtype and ten
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 from conftest import DTYPES
 
 from experiments.parity import check_op
@@ -28,3 +30,29 @@ def test_matches_torch(op, sample, dtype, backend):
     # this suite is about.
     assert "output" in r.errors and any(k.startswith("grad_") for k in r.errors), f"{r.header}: compared only {sorted(r.errors)}"
 
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_softmax_dtype_casts_first_and_returns_the_inputs_gradient_dtype(backend, op):
+    """torch's dtype= on softmax / log_softmax: x is cast first (float32 -> float64 here), the output is in
+    dtype, and the gradient comes back in x's dtype (the cast's backward). Expected values: torch autograd."""
+    import manual.functional as MF
+    from manual import _backend as B
+
+    rng = np.random.default_rng(7)
+    x32 = (rng.normal(size=(3, 5)) * 4).astype(np.float32)
+    g64 = rng.normal(size=(3, 5))
+    xt = torch.tensor(x32, requires_grad=True)
+    yt = getattr(torch.nn.functional, op)(xt, 1, dtype=torch.float64)
+    (gt,) = torch.autograd.grad(yt, xt, torch.tensor(g64))
+    x = x32 if backend == "numpy" else torch.tensor(x32)
+    g = g64 if backend == "numpy" else torch.tensor(g64)
+    y = getattr(MF, op)(x, 1, dtype=torch.float64 if backend == "torch" else "float64")
+    assert B.dtype_name(y.dtype) == "float64"
+    np.testing.assert_allclose(B.to_numpy(y), yt.detach().numpy(), rtol=1e-14, atol=1e-15)
+    dx = getattr(MF, op + "_backward")(g, x, 1, dtype="float64")
+    assert B.dtype_name(dx.dtype) == "float32"
+    np.testing.assert_allclose(B.to_numpy(dx), gt.numpy(), rtol=1e-6, atol=1e-7)  # float32: one rounding at the end
+    with pytest.raises(TypeError, match=r"expected dtype None, float32 or float64, got 'int8'"):
+        getattr(MF, op)(x, 1, dtype="int8")

@@ -315,6 +315,8 @@ def _layer_norm_samples(rng):
                          "output is not locally polynomial at that scale (constant-row-eps0.1 checks it)"),
         Sample("constant-row-eps0.1", (const, (5,), n(size=5), n(size=5)), {"eps": 0.1}, diff=full),
         Sample("empty", (np.zeros((0, 4)), (4,), n(size=4), n(size=4)), diff=full),
+        # a negative eps, as torch's own samples use: every row's variance here is far above 0.5
+        Sample("eps-negative", (n(size=(3, 6)) * 3, (6,), n(size=6), n(size=6)), {"eps": -0.5}, diff=full),
     ]
 
 
@@ -347,6 +349,13 @@ def _batch_norm_samples(rng):
         Sample("constant-channel-eps0.1-train", (const, rm, rv, n(size=3), n(size=3)), {"training": True, "eps": 0.1},
                diff=full),
         Sample("empty-eval", (np.zeros((0, 3)), rm, rv, n(size=3), n(size=3)), {"training": False}, diff=full),
+        # an empty batch in training: torch gives an empty output and keeps the running statistics
+        Sample("empty-train", (np.zeros((0, 3, 2)), rm, rv, n(size=3), n(size=3)), {"training": True}, diff=full),
+        # momentum outside [0, 1] (torch's own samples: -1.2, -1.0): the running average extrapolates
+        Sample("momentum-1.2-train", (n(size=(4, 3, 2)), rm, rv, n(size=3), n(size=3)),
+               {"training": True, "momentum": -1.2}, diff=full),
+        Sample("momentum1.5-eval", (n(size=(4, 3)), rm, rv, n(size=3), n(size=3)),
+               {"training": False, "momentum": 1.5}, diff=full),
     ]
     return out
 
@@ -366,6 +375,7 @@ def _group_norm_samples(rng):
         Sample("constant-group", (const, 2, n(size=4), n(size=4)), diff=full, fd=False, tols=_VAR0,
                fd_reason="group variance 0: a step of 1e-3 moves it to the size of eps (constant-group-eps0.1 checks it)"),
         Sample("constant-group-eps0.1", (const, 2, n(size=4), n(size=4)), {"eps": 0.1}, diff=full),
+        Sample("empty-batch", (np.zeros((0, 4, 3)), 2, n(size=4), n(size=4)), diff=full),
     ]
 
 
@@ -459,7 +469,8 @@ def _layer_norm_errors(rng):
         ErrorInput("normalized_shape", (n(size=(2, 5)), (4,)), {}, ValueError,
                    r"layer_norm: expected input whose last dimensions are normalized_shape \(4,\), got input of shape \(2, 5\)"),
         ErrorInput("weight-shape", (n(size=(2, 5)), (5,), n(size=4)), {}, ValueError, r"expected weight of shape \(5,\)"),
-        ErrorInput("eps", (n(size=(2, 5)), (5,)), {"eps": -1.0}, ValueError, r"eps .*>= 0, got -1.0"),
+        ErrorInput("eps", (n(size=(2, 5)), (5,)), {"eps": "1e-5"}, ValueError, r"eps to be a real number, got '1e-5'"),
+        ErrorInput("eps-nan", (n(size=(2, 5)), (5,)), {"eps": float("nan")}, ValueError, r"eps .*got nan"),
     ]
 
 
@@ -476,8 +487,8 @@ def _batch_norm_errors(rng):
         ErrorInput("1d-input", (n(size=3), rm, rv), {}, ValueError, r"at least 2 dimensions, got shape \(3,\)"),
         ErrorInput("eval-without-stats", (n(size=(4, 3)), None, None), {"training": False}, ValueError,
                    r"expected running_mean and running_var when training=False"),
-        ErrorInput("momentum", (n(size=(4, 3)), rm, rv), {"training": True, "momentum": 1.5}, ValueError,
-                   r"momentum .*\[0, 1\], got 1.5"),
+        ErrorInput("momentum", (n(size=(4, 3)), rm, rv), {"training": True, "momentum": None}, ValueError,
+                   r"momentum to be a real number, got None"),
         ErrorInput("backward-one-value", (n(size=(1, 3)), n(size=(1, 3)), rm, rv), {"training": True}, ValueError,
                    r"batch_norm_backward: expected more than 1 value per channel", backward=True),
     ]
@@ -636,6 +647,7 @@ def _conv2d_samples(rng):
         s("batch1", (1, 3, 4, 4), (2, 3, 3, 3)),
         s("unbatched", (3, 5, 4), (2, 3, 2, 2), stride=(1, 2)),
         s("empty-batch", (0, 2, 4, 4), (3, 2, 3, 3)),
+        s("1-tuples", (1, 2, 6, 5), (3, 2, 3, 2), stride=(2,), padding=(1,), dilation=(1,)),  # one value for both dims
     ]
 
 
@@ -691,6 +703,7 @@ def _max_pool_samples(rng):
                fd=False, fd_reason=_TIES),
         Sample("ties-ceil-dilated", (_plateaus(rng, (1, 2, 7, 6)),), {"kernel_size": 2, "stride": 2, "dilation": 2,
                                                                       "ceil_mode": True}, fd=False, fd_reason=_TIES),
+        Sample("1-tuples", (d(1, 2, 7, 6),), {"kernel_size": (3,), "stride": (2,), "padding": (1,), "dilation": (1,)}),
     ]
 
 
@@ -710,6 +723,7 @@ def _avg_pool_samples(rng):
         Sample("tuple-args", (n(size=(2, 2, 6, 7)),), {"kernel_size": (2, 3), "stride": (1, 2), "padding": (1, 1)}),
         Sample("kernel=input", (n(size=(2, 3, 4, 5)),), {"kernel_size": (4, 5)}),
         Sample("unbatched", (n(size=(3, 4, 6)),), {"kernel_size": 2, "stride": 1}),
+        Sample("1-tuples-empty-stride", (n(size=(1, 2, 6, 7)),), {"kernel_size": (3,), "stride": (), "padding": (1,)}),
     ]
 
 
@@ -947,10 +961,15 @@ def _seq(m, build, tensor):
     return torch.nn.Sequential(*[build(c) for c in m.children()])
 
 
+def _no_bias(m):
+    """bias=False only where the manual module has a weight but no bias (torch takes bias= since 2.6 or so)."""
+    return {"bias": False} if m.weight is not None and m.bias is None else {}
+
+
 def _bn(cls):
     def twin(m, build, tensor):
         return cls(m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
-                   track_running_stats=m.track_running_stats)
+                   track_running_stats=m.track_running_stats, **_no_bias(m))
     return twin
 
 
@@ -984,13 +1003,15 @@ MODULES: list[ModuleInfo] = [
     ModuleInfo("BatchNorm1d", _bn(torch.nn.BatchNorm1d),
                examples={"default": {"num_features": 6}, "momentum-None": {"num_features": 6, "momentum": None},
                          "no-affine": {"num_features": 6, "affine": False},
-                         "no-running": {"num_features": 6, "track_running_stats": False}}),
+                         "no-running": {"num_features": 6, "track_running_stats": False},
+                         "no-bias": {"num_features": 6, "bias": False}}),
     ModuleInfo("BatchNorm2d", _bn(torch.nn.BatchNorm2d), input=(3, 6, 4, 5),
                examples={"default": {"num_features": 6}, "eps-momentum": {"num_features": 6, "eps": 1e-3, "momentum": 0.5}}),
     ModuleInfo("GroupNorm", lambda m, build, tensor: torch.nn.GroupNorm(m.num_groups, m.num_channels, eps=m.eps,
-                                                                        affine=m.affine), input=(3, 6, 4),
+                                                                        affine=m.affine, **_no_bias(m)), input=(3, 6, 4),
                examples={"default": {"num_groups": 3, "num_channels": 6},
-                         "no-affine": {"num_groups": 2, "num_channels": 6, "affine": False}}),
+                         "no-affine": {"num_groups": 2, "num_channels": 6, "affine": False},
+                         "no-bias": {"num_groups": 3, "num_channels": 6, "bias": False}}),
     ModuleInfo("Dropout", lambda m, build, tensor: torch.nn.Dropout(m.p), examples={"p0": {"p": 0.0}}),
     ModuleInfo("Embedding", lambda m, build, tensor: torch.nn.Embedding(m.num_embeddings, m.embedding_dim,
                                                                         padding_idx=m.padding_idx),

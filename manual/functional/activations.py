@@ -178,8 +178,26 @@ def _edge(x, dim):
     return x.ndim == 0 or x.shape[dim] == 0
 
 
-def softmax(input, dim):
-    """softmax(x)_i = e^(x_i - m) / sum_j e^(x_j - m), m = max_j x_j (log-sum-exp shift)."""
+def _cast(op, input, dtype):
+    """torch's dtype= on softmax / log_softmax: the input is cast to dtype (float32 or float64) first."""
+    if dtype is None:
+        return input
+    namespace(input, op=op)
+    try:
+        name = B.dtype_name(dtype)
+    except TypeError:
+        raise TypeError(f"{op}: expected dtype None, float32 or float64, got {dtype!r}") from None
+    return B.astype_name(input, name)
+
+
+def _uncast(grad_input, input):
+    """The gradient of the cast: back to the dtype of the caller's input."""
+    return grad_input if grad_input.dtype == input.dtype else B.astype_name(grad_input, B.dtype_name(input.dtype))
+
+
+def softmax(input, dim, dtype=None):
+    """softmax(x)_i = e^(x_i - m) / sum_j e^(x_j - m), m = max_j x_j (log-sum-exp shift). dtype: cast x first."""
+    input = _cast("softmax", input, dtype)
     xp = namespace(input, op="softmax")
     check_float("softmax", input)
     _check_dim("softmax", input, dim)
@@ -189,18 +207,24 @@ def softmax(input, dim):
     return e / xp.sum(e, axis=dim, keepdims=True)
 
 
-def softmax_backward(grad_output, input=None, dim=-1, *, output=None):
-    """d softmax: dx = y * (g - sum(g * y)), the sum along dim."""
+def softmax_backward(grad_output, input=None, dim=-1, *, output=None, dtype=None):
+    """d softmax: dx = y * (g - sum(g * y)), the sum along dim (dtype=: computed in dtype, returned in x's)."""
+    x = input
+    if dtype is not None and input is not None:
+        input = _cast("softmax_backward", input, dtype)
     xp = _backward_args("softmax_backward", grad_output, input, output)
     _check_dim("softmax_backward", grad_output, dim)
     y = softmax(input, dim) if output is None else output
     if grad_output.ndim == 0:
-        return y * (grad_output - grad_output * y)
-    return y * (grad_output - xp.sum(grad_output * y, axis=dim, keepdims=True))
+        dx = y * (grad_output - grad_output * y)
+    else:
+        dx = y * (grad_output - xp.sum(grad_output * y, axis=dim, keepdims=True))
+    return dx if x is None else _uncast(dx, x)
 
 
-def log_softmax(input, dim):
-    """log_softmax(x)_i = x_i - m - log sum_j e^(x_j - m)."""
+def log_softmax(input, dim, dtype=None):
+    """log_softmax(x)_i = x_i - m - log sum_j e^(x_j - m). dtype: cast x first."""
+    input = _cast("log_softmax", input, dtype)
     xp = namespace(input, op="log_softmax")
     check_float("log_softmax", input)
     _check_dim("log_softmax", input, dim)
@@ -210,11 +234,16 @@ def log_softmax(input, dim):
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=dim, keepdims=True))
 
 
-def log_softmax_backward(grad_output, input=None, dim=-1, *, output=None):
-    """d log_softmax: dx = g - softmax(x) * sum(g), the sum along dim."""
+def log_softmax_backward(grad_output, input=None, dim=-1, *, output=None, dtype=None):
+    """d log_softmax: dx = g - softmax(x) * sum(g), the sum along dim (dtype=: computed in dtype, returned in x's)."""
+    x = input
+    if dtype is not None and input is not None:
+        input = _cast("log_softmax_backward", input, dtype)
     xp = _backward_args("log_softmax_backward", grad_output, input, output)
     _check_dim("log_softmax_backward", grad_output, dim)
     p = softmax(input, dim) if output is None else xp.exp(output)
     if grad_output.ndim == 0:
-        return grad_output - p * grad_output
-    return grad_output - p * xp.sum(grad_output, axis=dim, keepdims=True)
+        dx = grad_output - p * grad_output
+    else:
+        dx = grad_output - p * xp.sum(grad_output, axis=dim, keepdims=True)
+    return dx if x is None else _uncast(dx, x)

@@ -28,11 +28,14 @@ from .._backend import check_same_dtype, namespace
 # -- arguments ----------------------------------------------------------------------------------
 
 def _ntuple(op, name, value, n, minimum):
-    """An int or a sequence of n ints, each >= minimum, as a tuple of n ints."""
+    """An int or a sequence of n ints (or of 1, used for every dim, as torch), each >= minimum, as a tuple of n ints."""
     vals = (value,) * n if isinstance(value, int) and not isinstance(value, bool) else value
+    if isinstance(vals, (tuple, list)) and len(vals) == 1:
+        vals = tuple(vals) * n
     if (not isinstance(vals, (tuple, list)) or len(vals) != n
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in vals)):
-        raise TypeError(f"{op}: expected {name} to be an int or a tuple of {n} ints, got {value!r}")
+        sizes = f"1 or {n}" if n > 1 else "1"
+        raise TypeError(f"{op}: expected {name} to be an int or a tuple of {sizes} ints, got {value!r}")
     if any(v < minimum for v in vals):
         what = "positive" if minimum == 1 else "non-negative"
         raise ValueError(f"{op}: expected {name} to be {what} (>= {minimum}), got {value!r}")

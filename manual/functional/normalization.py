@@ -40,9 +40,11 @@ def _shape(a):
     return tuple(a.shape)
 
 
-def _check_eps(op, eps):
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0:
-        raise ValueError(f"{op}: expected eps to be a real number >= 0, got {eps!r}")
+def _check_eps(op, eps, negative_ok=False):
+    """eps >= 0 for the modules (checked at construction); the functional ops take any real eps, as torch's
+    do (its own sample inputs use eps = -0.5: rstd = 1/sqrt(var + eps), NaN where var < -eps, as in torch)."""
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or math.isnan(eps) or not (negative_ok or eps >= 0):
+        raise ValueError(f"{op}: expected eps to be a real number{'' if negative_ok else ' >= 0'}, got {eps!r}")
 
 
 def _check_affine(op, weight, bias, shape, what):
@@ -114,7 +116,7 @@ def _ln_check(op, input, normalized_shape, weight, bias, eps):
         raise ValueError(f"{op}: expected input whose last dimensions are normalized_shape {shape}, "
                          f"got input of shape {_shape(input)}")
     _check_affine(op, weight, bias, shape, "normalized_shape")
-    _check_eps(op, eps)
+    _check_eps(op, eps, negative_ok=True)
     return xp, tuple(range(input.ndim - k, input.ndim))
 
 
@@ -174,11 +176,12 @@ def _bn_check(op, input, running_mean, running_var, weight, bias, training, mome
     if not training and (running_mean is None or running_var is None):
         raise ValueError(f"{op}: expected running_mean and running_var when training=False (they are what "
                          f"eval mode normalises with), got None")
-    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1:
-        raise ValueError(f"{op}: expected momentum to be a real number in [0, 1], got {momentum!r}")
-    _check_eps(op, eps)
+    # any real momentum, as torch's batch_norm (its sample inputs use -1.2 and -1.0); the modules ask [0, 1]
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or math.isnan(momentum):
+        raise ValueError(f"{op}: expected momentum to be a real number, got {momentum!r}")
+    _check_eps(op, eps, negative_ok=True)
     m = math.prod(_shape(input)) // c if c else 0
-    if training and m <= 1:
+    if training and m == 1:  # m = 0 (an empty batch) is fine, as in torch: an empty output, the statistics kept
         raise ValueError(f"{op}: expected more than 1 value per channel when training (the batch variance of "
                          f"one value is undefined; torch refuses too), got input of shape {_shape(input)}")
     return xp, (0,) + tuple(range(2, input.ndim)), m
@@ -199,7 +202,9 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     """
     xp, axes, m = _bn_check("batch_norm", input, running_mean, running_var, weight, bias, training, momentum, eps)
     nd = input.ndim
-    if training:
+    if training and m == 0:  # an empty batch: nothing to normalise, no statistics to learn (torch keeps them)
+        xhat = input + 0.0
+    elif training:
         mu = xp.mean(input, axis=axes, keepdims=True)
         xc = input - mu
         var = xp.mean(xc * xc, axis=axes, keepdims=True)
@@ -228,14 +233,18 @@ def batch_norm_backward(grad_output, input, running_mean, running_var, weight=No
     _check_grad(op, grad_output, input)
     nd = input.ndim
     wc = None if weight is None else _channel_view(xp, weight, nd)
-    if training:
+    if training and m == 0:  # an empty batch: an empty grad_input, zero dw and db (the sums below are empty)
+        xhat = rstd = input + 0.0
+    elif training:
         xhat, rstd = _stats(xp, input, axes, eps)
     else:
         rstd = 1.0 / _channel_view(xp, xp.sqrt(running_var + eps), nd)
         xhat = (input - _channel_view(xp, running_mean, nd)) * rstd
     sum_g = xp.sum(grad_output, axis=axes, keepdims=True)
     sum_gxhat = xp.sum(grad_output * xhat, axis=axes, keepdims=True)
-    if training:
+    if training and m == 0:
+        grad_input = grad_output + 0.0
+    elif training:
         grad_input = _norm_backward_channel(grad_output, wc, xhat, rstd, sum_g, sum_gxhat, m)
     else:
         grad_input = grad_output * rstd if wc is None else grad_output * (wc * rstd)
@@ -256,13 +265,13 @@ def _gn_check(op, input, num_groups, weight, bias, eps):
         raise ValueError(f"{op}: expected num_groups a positive integer that divides the {c} channels of input "
                          f"{_shape(input)}, got {num_groups!r}")
     _check_affine(op, weight, bias, (c,), "one per channel")
-    _check_eps(op, eps)
+    _check_eps(op, eps, negative_ok=True)
     return xp
 
 
 def _grouped(xp, x, num_groups):
-    """(N, C, *) -> (N, G, C/G * prod(*)): each group's values in one row."""
-    return xp.reshape(x, (x.shape[0], num_groups, -1))
+    """(N, C, *) -> (N, G, C/G * prod(*)): each group's values in one row (sizes explicit: N may be 0)."""
+    return xp.reshape(x, (x.shape[0], num_groups, math.prod(_shape(x)[1:]) // num_groups))
 
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):

@@ -164,8 +164,13 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     return out, index % (h * w)
 
 
-def max_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
-    """d y[n,c,h,w] / d x = 1 at the window's argmax (its first maximum, as torch), 0 elsewhere; overlaps add."""
+def max_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                        return_indices=False):
+    """d y[n,c,h,w] / d x = 1 at the window's argmax (its first maximum, as torch), 0 elsewhere; overlaps add.
+
+    grad_output is the gradient of the pooled values (the indices of return_indices=True have none);
+    return_indices is taken, and ignored, so that the forward's arguments can be passed again.
+    """
     xp = namespace(grad_output, input, op="max_pool2d_backward")
     geo = _pool_geometry("max_pool2d_backward", input, kernel_size, stride, padding, dilation, ceil_mode)
     _check_grad("max_pool2d_backward", grad_output, input, geo.out_hw)

@@ -1,0 +1,460 @@
+"""PyTorch's own sample inputs through manual: forward and backward against torch autograd.
+
+Where parity_tests/test_ops.py runs the registry's samples (torch_ref/opinfo.py, written here),
+this file runs the ones PyTorch tests itself with: every OpInfo of
+`torch.testing._internal.common_methods_invocations.op_db` whose name is a manual.functional op,
+`sample_inputs(device, dtype, requires_grad=True)` on CPU in float64, each sample called on NumPy
+arrays and on torch tensors (manual with torch inputs). The manual forward is compared with
+torch's output, then `<op>_backward` with a random upstream gradient g (one gradient per
+positional array argument, the registry's `grad_names`) with `torch.autograd.grad` of the same
+<g, output>, for every argument torch's sample marks requires_grad.
+
+The same for modules: every ModuleInfo of `torch.testing._internal.common_modules.module_db` whose
+class is in manual.nn, each `module_inputs_func` input in training and (where the ModuleInfo says
+they differ) eval mode: the manual module built with the same constructor arguments, the torch
+module's state_dict (randomized first) loaded into it, then forward, the state after it, and
+`module.backward(g)` against autograd for the input and every parameter.
+
+A sample whose arguments manual does not take is never skipped silently: it matches one entry
+of UNSUPPORTED below, each with its reason, and the test asserts manual refuses it with a clear
+error (the exception type and a message naming the argument). An entry that no sample uses any
+longer fails too, so the list stays short and true.
+
+torch's test internals need `expecttest` (the dev extra); without it the module is skipped.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import warnings
+import zlib
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("expecttest", reason="torch.testing._internal needs expecttest (pip install -e .[dev])")
+try:
+    from torch.testing._internal.common_methods_invocations import op_db
+except Exception as exc:  # noqa: BLE001 - torch's internals are not a public API: any import failure skips
+    pytest.skip(f"torch.testing._internal.common_methods_invocations does not import: {exc!r}", allow_module_level=True)
+
+import manual.functional as MF  # noqa: E402
+from torch_ref.opinfo import OPS_BY_NAME  # noqa: E402
+
+# float64 on both sides: only rounding in a different order separates manual from torch. Measured over
+# every sample, op and module below, on both backends: the worst element uses 11% of atol + rtol |e|
+# (layer_norm, abs 1.1e-13 on a gradient near 0), every other op under 5%. One tolerance for all.
+RTOL, ATOL = 1e-10, 1e-12
+BACKENDS = ("numpy", "torch")
+
+# torch OpInfo name -> manual.functional op name
+OP_NAMES = {
+    "softmax": "softmax",
+    "log_softmax": "log_softmax",
+    "tanh": "tanh",
+    "sigmoid": "sigmoid",
+    "flatten": "flatten",
+    **{f"nn.functional.{n}": n for n in (
+        "cross_entropy", "adaptive_avg_pool2d", "binary_cross_entropy_with_logits", "relu", "conv1d", "conv2d",
+        "group_norm", "layer_norm", "leaky_relu", "avg_pool2d", "max_pool2d", "linear", "elu",
+        "scaled_dot_product_attention", "batch_norm", "gelu", "dropout", "embedding", "mse_loss")},
+}
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """A kind of torch sample manual deliberately refuses: `when(sample)` picks it, manual must raise
+    `exc` with a message matching `match` (naming the argument and what is supported)."""
+
+    op: str  # manual op name
+    when: Callable  # SampleInput -> bool
+    reason: str
+    exc: type = ValueError
+    match: str = ""
+
+
+def _kw(name, test):
+    return lambda s: name in s.kwargs and test(s.kwargs[name])
+
+
+# The deliberately unsupported cases, each with its reason. Everything else must match torch.
+UNSUPPORTED = [
+    # a 1-D input (torch's sample: shape (0,) with empty running statistics; torch refuses any non-empty
+    # 1-D input, its channel dim being dim 1): manual asks (N, C, *) always
+    Unsupported("batch_norm", lambda s: s.input.ndim < 2, "a 1-D input: (N, C) or (N, C, *) only",
+                ValueError, r"batch_norm: expected input of shape \(N, C\) or \(N, C, \*\) with at least 2 "
+                            r"dimensions, got shape \(0,\)"),
+]
+
+
+# (manual op, argument) whose gradient torch computes but manual's backward deliberately does not
+# return (it returns None or nothing there): the losses' targets are data, not parameters
+# (manual.functional.losses: "Each <loss>_backward returns the gradient of the input").
+NO_GRAD = {
+    ("mse_loss", "target"): "a loss's target is data: <loss>_backward returns the input's gradient only",
+    ("binary_cross_entropy_with_logits", "target"): "a loss's target is data",
+    ("cross_entropy", "target"): "a loss's target (class probabilities) is data",
+}
+
+
+# -- running one sample ----------------------------------------------------------------------
+
+def _to_manual(v, backend):
+    """A torch sample value as manual gets it: a new NumPy array or torch tensor (same dtype, strides kept)."""
+    if isinstance(v, torch.Tensor):
+        t = v.detach()
+        return np.copy(t.numpy(), order="K") if backend == "numpy" else t.clone()
+    if isinstance(v, (tuple, list)):
+        return type(v)(_to_manual(x, backend) for x in v)
+    if isinstance(v, dict):
+        return {k: _to_manual(x, backend) for k, x in v.items()}
+    return v
+
+
+def _to_torch(v):
+    """A fresh leaf copy for torch's side (batch norm updates its running statistics in place)."""
+    if isinstance(v, torch.Tensor):
+        return v.detach().clone().requires_grad_(v.requires_grad)
+    if isinstance(v, (tuple, list)):
+        return type(v)(_to_torch(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _to_torch(x) for k, x in v.items()}
+    return v
+
+
+def _np(v):
+    return v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+
+
+def _seed(*parts):
+    return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+@dataclass
+class Call:
+    """One sample in manual's calling convention: positional args, kwargs, and how torch computes it."""
+
+    args: tuple
+    kwargs: dict
+    ref: Callable  # (*args, **kwargs) on torch tensors -> output (torch autograd)
+
+
+def _adapt(op: str, opinfo, s, seed) -> Call:
+    """torch's sample (input, *args, **kwargs) as manual's call; the reference is torch's own op."""
+    args, kwargs = (s.input, *s.args), dict(s.kwargs)
+    ref = opinfo.op
+    if op == "embedding":  # torch's OpInfo takes (weight, idx): manual (and F.embedding) take (idx, weight)
+        args = (args[1], args[0]) + args[2:]
+        ref = torch.nn.functional.embedding
+    elif op == "dropout":
+        p, training = kwargs.get("p", 0.5), kwargs.get("training", True)
+        if training and p > 0:
+            # torch draws its keep-mask inside; the same seed on a tensor of ones shows it, and manual
+            # gets it as mask= (its way of taking a given mask); the reference is torch's dropout itself
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                keep = torch.nn.functional.dropout(torch.ones_like(s.input, requires_grad=False), p, True) != 0
+            kwargs["mask"] = keep
+
+            def ref(input, *a, mask=None, **kw):
+                with torch.random.fork_rng():
+                    torch.manual_seed(seed)
+                    return torch.nn.functional.dropout(input, *a, **kw)
+        else:
+            ref = torch.nn.functional.dropout
+    elif op == "scaled_dot_product_attention" and kwargs.get("dropout_p", 0.0) > 0:
+        # torch draws the attention dropout inside; torch's math kernel takes a given keep-mask
+        # (aten::_scaled_dot_product_attention_math(..., dropout_mask=)), and so does manual
+        q, k = args[0], args[1]
+        lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], args[2].shape[:-2])
+        gen = torch.Generator().manual_seed(seed)
+        keep = torch.rand(lead + (q.shape[-2], k.shape[-2]), generator=gen, dtype=torch.float64) >= kwargs["dropout_p"]
+        kwargs["dropout_mask"] = keep
+
+        def ref(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, dropout_mask=None):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "Dropout mask should only be used for testing purposes."
+                return torch.ops.aten._scaled_dot_product_attention_math(
+                    query, key, value, attn_mask, dropout_p, is_causal, dropout_mask, scale=scale)[0]
+    return Call(args, kwargs, ref)
+
+
+def _first(out):
+    """max_pool2d(return_indices=True) returns (output, indices): the gradient flows through output."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+@functools.lru_cache(maxsize=None)
+def _signature(fn):
+    return inspect.signature(fn)
+
+
+def _bind(fn, args, kwargs) -> dict:
+    """name -> value of a call to manual's fn (positional and keyword alike)."""
+    return dict(_signature(fn).bind(*args, **kwargs).arguments)
+
+
+def _close(actual, expected, what):
+    torch.testing.assert_close(torch.as_tensor(np.array(actual, order="C")), torch.as_tensor(np.array(expected, order="C")),
+                               rtol=RTOL, atol=ATOL, equal_nan=True, msg=lambda m: f"{what}: {m}")
+
+
+def run_sample(op: str, opinfo, s, index: int, backend: str) -> str:
+    """Run one torch sample through manual on `backend`; returns what was checked ("unsupported: ..." or
+    "ok"). Raises AssertionError naming op, sample and tensor on any divergence."""
+    info = OPS_BY_NAME[op]
+    fwd, bwd = getattr(MF, op), getattr(MF, op + "_backward")
+    tag = f"{op}[{opinfo.variant_test_name or 'default'} #{index}] on {backend}"  # the test adds s.summary()
+    seed = _seed(op, opinfo.variant_test_name, index)
+    call = _adapt(op, opinfo, s, seed)
+    m_args, m_kwargs = _to_manual(call.args, backend), _to_manual(call.kwargs, backend)
+
+    refused = [u for u in UNSUPPORTED if u.op == op and u.when(s)]
+    if refused:
+        u = refused[0]
+        with pytest.raises(u.exc, match=u.match):
+            fwd(*m_args, **m_kwargs)
+        return "unsupported: " + u.reason
+
+    # torch: the reference under autograd, on fresh leaf copies
+    t_args, t_kwargs = _to_torch(call.args), _to_torch(call.kwargs)
+    with torch.enable_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's own notes ("padding='same' with even kernel ...")
+        t_out = call.ref(*t_args, **t_kwargs)
+    t_named = _bind(fwd, t_args, t_kwargs)
+    diff = {n: v for n, v in t_named.items() if isinstance(v, torch.Tensor) and v.requires_grad}
+
+    # manual forward
+    m_named = _bind(fwd, m_args, m_kwargs)
+    before = {n: np.array(_np(v)) for n, v in m_named.items()
+              if isinstance(v, (np.ndarray, torch.Tensor)) and n not in info.mutates}
+    m_out = _forward_like(fwd, m_args, m_kwargs, t_out, tag)
+    y = _first(m_out)
+    expected_type = np.ndarray if backend == "numpy" else torch.Tensor
+    assert isinstance(y, expected_type) or (backend == "numpy" and isinstance(y, np.generic)), \
+        f"{tag}: expected a {expected_type.__name__}, got {type(y).__name__}"
+    assert str(y.dtype).replace("torch.", "") == str(s.input.dtype).replace("torch.", ""), \
+        f"{tag}: output dtype {y.dtype}, input {s.input.dtype}"
+    for n in info.mutates:  # running statistics, updated in place by both
+        if t_named.get(n) is not None:
+            _close(_np(m_named[n]), _np(t_named[n]), f"{tag}: {n} after the forward")
+
+    if not diff:
+        return "ok (no differentiable argument)"
+    # backward: the same upstream gradient on both sides
+    t_y = _first(t_out)
+    g = np.random.default_rng(seed).standard_normal(tuple(t_y.shape))
+    t_g = torch.as_tensor(g, dtype=t_y.dtype)
+    t_grads = dict(zip(diff, torch.autograd.grad(t_y, list(diff.values()), t_g, allow_unused=True)))
+    m_g = np.asarray(g, dtype=_np(y).dtype) if backend == "numpy" else t_g.clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(all="warn", under="ignore"):
+            grads = bwd(m_g, *m_args, **m_kwargs)  # the forward's arguments again (dropout: its mask)
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    named = dict(zip(info.grads, grads))
+    for n, e in t_grads.items():
+        got = named.get(n)
+        if (op, n) in NO_GRAD:
+            assert got is None, f"{tag}: grad_{n} is listed in NO_GRAD but manual returned one"
+            continue
+        assert got is not None, f"{tag}: torch differentiates {n}, manual's backward returned no grad_{n}"
+        e = torch.zeros_like(diff[n]) if e is None else e
+        _close(_np(got), _np(e), f"{tag}: grad_{n}")
+    if info.from_output:  # <op>_backward(g, output=y) too
+        _close(_np(bwd(m_g, output=y, **m_kwargs, **_rest_kwargs(fwd, m_args))), _np(t_grads["input"]),
+               f"{tag}: grad_input(output=)")
+    after = {n: np.array(_np(m_named[n])) for n in before}
+    for n in before:
+        assert np.array_equal(after[n], before[n], equal_nan=True), f"{tag}: manual changed its argument {n}"
+    return "ok"
+
+
+def _forward_like(fn, args, kwargs, t_out, tag):
+    """manual's forward, any overflow or invalid-value warning an error (a divergence too), its output(s)
+    compared with torch's t_out; returns manual's output."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(all="warn", under="ignore"):
+            m_out = fn(*args, **kwargs)
+    if isinstance(t_out, tuple):
+        assert isinstance(m_out, tuple) and len(m_out) == len(t_out), f"{tag}: expected a tuple of {len(t_out)}"
+        for i, (a, e) in enumerate(zip(m_out, t_out)):
+            _close(_np(a), _np(e), f"{tag}: output[{i}]")
+    else:
+        _close(_np(m_out), _np(t_out), f"{tag}: output")
+    return m_out
+
+
+def _rest_kwargs(fn, args):
+    """For backward(g, output=y, ...): the forward's positional args after the input, by name."""
+    names = list(_signature(fn).parameters)
+    return dict(zip(names[1:], args[1:]))
+
+
+# -- the tests -------------------------------------------------------------------------------
+
+OPINFOS = [o for o in op_db if o.name in OP_NAMES]
+SHARDS = {"nn.functional.max_pool2d": 4}  # 1440 samples (~4 s a backend): split, so that xdist spreads them
+
+
+def _samples(opinfo):
+    return _samples_of(opinfo.name, opinfo.variant_test_name)
+
+
+@functools.lru_cache(maxsize=None)
+def _samples_of(name, variant):
+    """torch's samples, made once a process (max_pool2d's 1440 take ~0.5 s); run_sample never writes into them."""
+    opinfo = next(o for o in OPINFOS if (o.name, o.variant_test_name) == (name, variant))
+    return tuple(opinfo.sample_inputs("cpu", torch.float64, requires_grad=True))
+
+
+def _op_cases():
+    for o in OPINFOS:
+        name = o.name + (f".{o.variant_test_name}" if o.variant_test_name else "")
+        n = SHARDS.get(o.name, 1)
+        for k in range(n):
+            yield pytest.param(o, k, n, id=name if n == 1 else f"{name}-{k + 1}of{n}")
+
+
+def test_every_op_has_torch_samples():
+    """Each manual op named above has an OpInfo in this torch's op_db (a renamed one would drop out silently)."""
+    assert set(OP_NAMES) <= {o.name for o in OPINFOS}, sorted(set(OP_NAMES) - {o.name for o in OPINFOS})
+    assert all(hasattr(MF, op) and hasattr(MF, op + "_backward") for op in OP_NAMES.values())
+
+
+def test_unsupported_entries_are_used():
+    """Every UNSUPPORTED entry still matches a torch sample: the list names only real, current cases."""
+    for u in UNSUPPORTED:
+        assert any(u.when(s) for o in OPINFOS if OP_NAMES[o.name] == u.op for s in _samples(o)), u
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("opinfo, shard, shards", list(_op_cases()))
+def test_torch_sample_inputs(opinfo, shard, shards, backend):
+    op = OP_NAMES[opinfo.name]
+    failures, outcomes = [], []
+    for i, s in enumerate(_samples(opinfo)):
+        if i % shards != shard:
+            continue
+        try:
+            outcomes.append(run_sample(op, opinfo, s, i, backend))
+        except Exception as exc:  # noqa: BLE001 - every sample runs; all divergences reported together
+            failures.append(f"#{i} {s.summary()}: {type(exc).__name__}: {exc}".replace("\n", " ")[:600])
+    assert not failures, (f"{len(failures)} of {len(outcomes) + len(failures)} samples diverge (the first 12):\n"
+                          + "\n".join(failures[:12]))
+    assert outcomes, f"{opinfo.name}: no sample ran"
+
+
+# -- modules: torch's module_db ----------------------------------------------------------------
+
+from torch.testing._internal.common_modules import module_db  # noqa: E402
+
+import manual.nn as mnn  # noqa: E402
+
+MODULE_NAMES = ("AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv1d", "Conv2d", "ELU", "Linear",
+                "MaxPool2d", "MSELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "GELU", "GroupNorm", "LayerNorm",
+                "Embedding", "ReLU", "LeakyReLU", "Sigmoid", "Tanh")
+MODULE_INFOS = [m for m in module_db if m.module_cls.__name__ in MODULE_NAMES]
+
+# (module, argument of forward) whose gradient torch computes and manual's backward does not return
+MODULE_NO_GRAD = {
+    ("CrossEntropyLoss", 1): "a loss's target (class probabilities) is data: backward returns the input's gradient",
+}
+
+# (No module input is unsupported: every one of module_db's inputs for these modules is compared.)
+
+
+def _randomize(module: torch.nn.Module, seed: int):
+    """torch's defaults (BatchNorm: w = 1, b = 0, running mean 0, var 1) would hide a misplaced w or b:
+    every floating parameter and buffer gets seeded random values (variances positive)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+            if not t.is_floating_point():
+                continue
+            r = torch.randn(t.shape, generator=gen, dtype=torch.float64)
+            t.copy_(r.abs() + 0.5 if name.endswith("running_var") else r)
+
+
+def run_module_input(minfo, mi, index: int, training: bool, backend: str) -> str:
+    """One of torch's module inputs through the manual twin on `backend`; AssertionError on any divergence."""
+    name = minfo.module_cls.__name__
+    tag = f"{name}[#{index} {mi.desc!r}, {'train' if training else 'eval'}] on {backend}"
+    seed = _seed(name, index, training)
+    ctor_args, ctor_kwargs = mi.constructor_input.args, mi.constructor_input.kwargs
+    fwd_args, fwd_kwargs = mi.forward_input.args, mi.forward_input.kwargs
+
+    t_mod = minfo.module_cls(*_to_torch(ctor_args), **_to_torch(ctor_kwargs)).to(torch.float64)
+    _randomize(t_mod, seed)
+    t_mod.train(training)
+    m_mod = getattr(mnn, name)(*_to_manual(ctor_args, backend), **_to_manual(ctor_kwargs, backend))
+    m_mod.to(device="numpy" if backend == "numpy" else "cpu", dtype="float64")
+    m_mod.load_state_dict({k: v.detach().clone() for k, v in t_mod.state_dict().items()})
+    m_mod.train(training)
+
+    t_args, t_kwargs = _to_torch(fwd_args), _to_torch(fwd_kwargs)
+    with torch.enable_grad():
+        t_out = t_mod(*t_args, **t_kwargs)
+    m_args, m_kwargs = _to_manual(fwd_args, backend), _to_manual(fwd_kwargs, backend)
+    _forward_like(m_mod, m_args, m_kwargs, t_out, tag)
+    m_state = m_mod.state_dict()
+    for k, v in t_mod.state_dict().items():  # running statistics and num_batches_tracked after the forward
+        _close(_np(m_state[k]), _np(v), f"{tag}: {k} after the forward")
+
+    t_inputs = {i: a for i, a in enumerate(list(t_args) + list(t_kwargs.values()))
+                if isinstance(a, torch.Tensor) and a.requires_grad}
+    t_params = dict(t_mod.named_parameters())
+    if not t_inputs and not t_params:
+        return "ok (no differentiable argument)"
+    t_y = _first(t_out)
+    g = np.random.default_rng(seed).standard_normal(tuple(t_y.shape))
+    t_g = torch.as_tensor(g, dtype=t_y.dtype)
+    wrt = list(t_inputs.values()) + list(t_params.values())
+    t_grads = torch.autograd.grad(t_y, wrt, t_g, allow_unused=True)
+    m_g = np.asarray(g, dtype=np.float64) if backend == "numpy" else t_g.clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(all="warn", under="ignore"):
+            gi = m_mod.backward(m_g)
+    for (i, t_in), e in zip(t_inputs.items(), t_grads):
+        if (name, i) in MODULE_NO_GRAD:
+            continue
+        assert i == 0, f"{tag}: torch differentiates forward argument {i}; manual returns the first one's gradient"
+        assert gi is not None, f"{tag}: torch differentiates the input, manual's backward returned None"
+        _close(_np(gi), _np(torch.zeros_like(t_in) if e is None else e), f"{tag}: grad_input")
+    m_params = dict(m_mod.named_parameters())
+    for (pname, p), e in zip(t_params.items(), t_grads[len(t_inputs):]):
+        got = m_params[pname].grad
+        e = torch.zeros_like(p) if e is None else e
+        assert got is not None, f"{tag}: no gradient accumulated in {pname}"
+        _close(_np(got), _np(e), f"{tag}: {pname}.grad")
+    return "ok"
+
+
+def _module_cases():
+    for m in MODULE_INFOS:
+        for training in ((True, False) if m.train_and_eval_differ else (True,)):
+            yield pytest.param(m, training, id=f"{m.module_cls.__name__}-{'train' if training else 'eval'}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("minfo, training", list(_module_cases()))
+def test_torch_module_inputs(minfo, training, backend):
+    inputs = list(minfo.module_inputs_func(minfo, device="cpu", dtype=torch.float64, requires_grad=True,
+                                           training=training))
+    failures, outcomes = [], []
+    for i, mi in enumerate(inputs):
+        if mi.forward_input is None:
+            continue
+        try:
+            outcomes.append(run_module_input(minfo, mi, i, training, backend))
+        except Exception as exc:  # noqa: BLE001 - every input runs; all divergences reported together
+            failures.append(f"#{i}: {type(exc).__name__}: {exc}".replace("\n", " ")[:600])
+    assert not failures, (f"{len(failures)} of {len(outcomes) + len(failures)} module inputs diverge (the first 12):\n"
+                          + "\n".join(failures[:12]))
+    assert outcomes, f"{minfo.module_cls.__name__}: no module input ran"
