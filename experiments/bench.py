@@ -302,11 +302,54 @@ FLOORS = {
     MATMULS: ("manual-torch", "torch_matmuls", "matmuls", "the floor under manual-torch: the step's matrix multiplies "
                                                           "alone on torch tensors\n  (no other op; "
                                                           "bench.torch_matmul_step)"),
-    UNFUSED: ("manual-torch", "autograd_unfused", "unfused", "beside manual-torch: torch autograd on the same GPT with "
-                                                             "GELU, layer norm and\n  attention written as the "
-                                                             "elementary torch ops manual runs, not torch's fused\n"
-                                                             "  kernels (bench.unfused_gpt_step)"),
+    UNFUSED: ("manual-torch", "autograd_unfused", "unfused", "beside manual-torch: torch autograd on the same model with "
+                                                             "its norms (and the GPT's\n  GELU and attention) written "
+                                                             "as the elementary torch ops manual runs, not\n  torch's "
+                                                             "fused kernels (bench.unfused_norm_step, unfused_gpt_step)"),
 }
+
+
+def _composed_norm(h, m):
+    """torch.nn.LayerNorm / BatchNorm1d (training) as elementary autograd ops, as manual's forward computes
+    them: mean, centred values, biased variance, (x - mu) / sqrt(var + eps) * w + b; batch norm also updates
+    its running statistics (unbiased variance) in place, as the fused kernel does."""
+    dim = -1 if isinstance(m, torch.nn.LayerNorm) else 0
+    mu = h.mean(dim, keepdim=True)
+    hc = h - mu
+    var = (hc * hc).mean(dim, keepdim=True)
+    if isinstance(m, torch.nn.BatchNorm1d):
+        with torch.no_grad():
+            n = h.shape[0]
+            m.running_mean.mul_(1 - m.momentum).add_(m.momentum * mu.reshape(-1))
+            m.running_var.mul_(1 - m.momentum).add_(m.momentum * var.reshape(-1) * (n / (n - 1)))
+            m.num_batches_tracked += 1
+    return hc / torch.sqrt(var + m.eps) * m.weight + m.bias
+
+
+def unfused_norm_step(spec, batch, dtype):
+    """(step(), params()): torch autograd training a `+bn` / `+ln` bench model (the twin's weights, data, loss and
+    SGD) with each norm composed of the elementary ops manual's forward runs (_composed_norm) instead of
+    torch's fused native_batch_norm / native_layer_norm: autograd's bookkeeping on manual's op set."""
+    from torch_ref import to_torch, twin, twin_loss, twin_optimizer
+
+    model, crit, opt = build(spec, dtype)
+    tm, tcrit = twin(model), twin_loss(crit)
+    topt = twin_optimizer(opt, tm.parameters())
+    x, y = data(spec, batch)
+    xt, yt = to_torch(x, dtype=dtype), torch.as_tensor(y)
+    norms = (torch.nn.LayerNorm, torch.nn.BatchNorm1d)
+
+    def step():
+        topt.zero_grad()
+        h = xt
+        for m in tm:
+            h = _composed_norm(h, m) if isinstance(m, norms) else m(h)
+        loss = tcrit(h, yt)
+        loss.backward()
+        topt.step()
+        return loss.detach()
+
+    return step, lambda: {n: p.detach().numpy() for n, p in tm.named_parameters()}
 
 
 def unfused_gpt_step(spec, batch, dtype):
@@ -634,8 +677,8 @@ def bench_model(name, sizes, batch, dtype, device, rounds, target_s, peaks):
     steps = make_steps(sizes, batch, dtype, device)
     if device == "cpu" and spec_kind(sizes) == "mlp":
         steps[FLOOR] = numpy_floor_step(sizes, batch, dtype)
-    if device == "cpu" and spec_kind(sizes) == "gpt":
-        steps[UNFUSED] = unfused_gpt_step(sizes, batch, dtype)
+    if device == "cpu" and spec_kind(sizes) in ("gpt", "norm"):
+        steps[UNFUSED] = (unfused_gpt_step if spec_kind(sizes) == "gpt" else unfused_norm_step)(sizes, batch, dtype)
     err = check_agree(steps, dtype)  # the floors that compute the step are checked with the rows
     if device == "cpu" and spec_kind(sizes) == "mlp":
         steps[MATMULS] = torch_matmul_step(sizes, batch, dtype)

@@ -258,6 +258,14 @@ def threshold_backward(grad_output, input, threshold):
     return out if out.ndim else out[()]
 
 
+def addmm(bias, x, weight):
+    """x W^T + b for x (B, in), W (out, in), b (out,) on torch tensors, in one call: torch.addmm adds the bias
+    inside the matrix multiply (what autograd's F.linear runs), one pass over the (B, out) output fewer than
+    x @ W.T then += b. Equal to that plain form to rounding, not bit for bit: the BLAS may add b before the
+    last partial sums (parity_tests/test_fused.py bounds the difference)."""
+    return torch.addmm(bias, x, weight.T)
+
+
 def gelu_erf(x):
     """(gelu(x), e) with e = erf(x / sqrt 2): the expressions of manual.functional.activations._gelu_erf
     (0.5 x (1 + e)) with the same roundings in the same order, bit for bit, but the temporaries written

@@ -99,3 +99,36 @@ def test_the_unfused_gpt_is_reported_beside_manual_torch_for_gpts_only():
     assert all("autograd_unfused_ms" not in r for r in (rows[0], rows[2]))
     mlp = bench.bench_model("2-4-1", (2, 4, 1), 4, "float64", "cpu", rounds=1, target_s=0.001, peaks=peaks)
     assert all("autograd_unfused_ms" not in r for r in mlp)
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+def test_unfused_norm_mlp_takes_autograds_step_without_the_fused_kernels(norm):
+    """The +bn / +ln reference beside manual-torch: the same step as the twin's (loss, every updated weight and,
+    for batch norm, the running statistics over three steps), with no native_batch_norm / native_layer_norm."""
+    spec = {"norm": norm, "sizes": (6, 8, 8, 3)}
+    steps = bench.make_steps(spec, 5, "float64", "cpu", only="autograd")
+    steps[bench.UNFUSED] = bench.unfused_norm_step(spec, 5, "float64")
+    assert bench.check_agree(steps, "float64") <= 1e-12
+    for _ in range(3):
+        for step, _ in steps.values():
+            step()
+    a, u = steps["autograd"][1](), steps[bench.UNFUSED][1]()
+    assert max(float(np.max(np.abs(a[k] - u[k]))) for k in a) <= 1e-12
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        steps[bench.UNFUSED][0]()
+    ran = {e.key for e in prof.key_averages()}
+    assert not [k for k in ran if "batch_norm" in k or "layer_norm" in k], ran
+    if norm == "batch":  # the running statistics follow torch's BatchNorm1d's: two fresh twins, one forward each
+        from torch_ref import twin
+
+        model, _, _ = bench.build(spec, "float64")
+        fused, composed = twin(model), twin(model)
+        x = torch.as_tensor(bench.data(spec, 5)[0])
+        fused(x)
+        h = x
+        for m in composed:
+            h = bench._composed_norm(h, m) if isinstance(m, torch.nn.BatchNorm1d) else m(h)
+        for (k, v1), (_, v2) in zip(fused.state_dict().items(), composed.state_dict().items()):
+            assert torch.allclose(v1.double(), v2.double(), rtol=1e-12, atol=1e-14), k

@@ -188,3 +188,24 @@ def test_sgd_update_of_many_parameters_equals_the_plain_expression(backend):
     B.sub_scaled_all_(ds, lr, [conv(x) for x in xs])
     for d, ref in zip(ds, refs):
         _bits_equal(d, np.asarray(ref))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 3, 4), (64, 256, 128), (2048, 256, 768)])
+def test_addmm_equals_matmul_plus_bias_to_rounding(dtype, shape):
+    """The torch Linear forward's addmm against x @ W.T + b: the same sum of in + 1 terms, in another order at
+    most, so both within the textbook bound of a summation of in + 1 terms, (in + 1) eps * (sum |x_k w_k| + |b|),
+    of the exact (float64-accumulated) value; a wrong bias, a transposed W or a dropped term is off by O(1)."""
+    from manual.functional.linear import _linear
+
+    n, i, o = shape
+    rng = np.random.default_rng(8)
+    x, w, b = (torch.as_tensor(rng.normal(size=s), dtype=getattr(torch, dtype)) for s in ((n, i), (o, i), (o,)))
+    got = _linear(x, w, b)
+    plain = x @ w.T + b
+    scale = (x.abs() @ w.abs().T + b.abs()).double()
+    bound = (i + 1) * torch.finfo(x.dtype).eps * scale
+    exact = x.double() @ w.double().T + b.double()  # float32: exact products, float64 sums (2^-29 relative)
+    for y in (got, plain):
+        err = (y.double() - exact).abs()
+        assert bool((err <= bound).all()), float((err / scale).max())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from .. import _backend as B
 from .._backend import check_same_dtype, namespace
 
 
@@ -50,9 +51,13 @@ def _rows(a):
 
 
 def _linear(input, weight, bias):
-    out = _rows(input) @ weight.T  # (B, in) @ (in, out) -> (B, out), a new array
-    if bias is not None:
-        out += bias  # in place on our own temporary: saves one (..., out) allocation
+    x2 = _rows(input)
+    if bias is not None and B.backend_name(x2) == "torch":
+        out = B.addmm(bias, x2, weight)  # the same x W^T + b, the bias added inside the matrix multiply
+    else:
+        out = x2 @ weight.T  # (B, in) @ (in, out) -> (B, out), a new array
+        if bias is not None:
+            out += bias  # in place on our own temporary: saves one (..., out) allocation
     return out if input.ndim == 2 else out.reshape(tuple(input.shape[:-1]) + (weight.shape[0],))
 
 
