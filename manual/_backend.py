@@ -258,6 +258,26 @@ def threshold_backward(grad_output, input, threshold):
     return out if out.ndim else out[()]
 
 
+def min_max(x):
+    """(min, max) of an integer array as Python ints, in one pass on torch (aminmax); x non-empty."""
+    if type(x) is np.ndarray:
+        return int(x.min()), int(x.max())
+    lo, hi = torch.aminmax(x)
+    return int(lo), int(hi)
+
+
+def index_add_rows_(g, cols, values):
+    """g[i, cols[i]] += values[i] (or the scalar values) for every row i, in place: one entry per row, so no
+    two updates meet. torch: one scatter_add_; NumPy: a fancy-indexed +=."""
+    n = g.shape[0]
+    if type(g) is np.ndarray:
+        g[np.arange(n), cols] += values
+        return g
+    v = values.reshape(n, 1) if isinstance(values, torch.Tensor) else torch.full((n, 1), values, dtype=g.dtype,
+                                                                                 device=g.device)
+    return g.scatter_add_(1, cols.reshape(n, 1), v)
+
+
 def addmm(bias, x, weight):
     """x W^T + b for x (B, in), W (out, in), b (out,) on torch tensors, in one call: torch.addmm adds the bias
     inside the matrix multiply (what autograd's F.linear runs), one pass over the (B, out) output fewer than

@@ -34,7 +34,7 @@ from ._grad_mode import _mode as _grad_mode
 
 sys.modules.setdefault(__name__ + ".utils", utils)  # `import manual.nn.utils` works too (nn.py is a module)
 from .functional import losses as _losses
-from .functional._util import check_reduction
+from .functional._util import check_grad_output, check_reduction
 from .functional.linear import _linear, _linear_backward
 from .functional.losses import _mse_loss_backward
 
@@ -598,6 +598,7 @@ class BCEWithLogitsLoss(_Loss):
 
 class CrossEntropyLoss(_Loss):
     _fn, _bwd = F.cross_entropy, F.cross_entropy_backward
+    _fast = False  # the last grad-enabled forward took the common-case path (below)
 
     def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
         super().__init__(reduction)
@@ -612,14 +613,31 @@ class CrossEntropyLoss(_Loss):
             "label_smoothing": self.label_smoothing,
         }
 
+    # The common case (class indices for (N, C) logits, no weight, no smoothing, mean) takes a short path:
+    # forward keeps logp = log_softmax(x) and backward is (exp(logp) - onehot) / n (losses._ce_mean_forward,
+    # _ce_mean_backward_logp; equal to F.cross_entropy / cross_entropy_backward to rounding, test_fused).
+    def forward(self, input, target):
+        fast = None
+        if self.weight is None and not self.label_smoothing and self.reduction == "mean" and B._is_array(input) \
+                and B._is_array(target):
+            fast = _losses._ce_mean_forward(input, target, self.ignore_index)
+        if _grad_mode.enabled:  # which path backward takes: that of the last forward that saved anything
+            self._fast = fast is not None
+        if fast is None:
+            return super().forward(input, target)
+        loss, logp, kept = fast
+        self._save(_logp=logp, _target=target, _kept=kept)
+        return loss
+
     def backward(self, grad_output=None):
-        if grad_output is None and self.weight is None and not self.label_smoothing and self.reduction == "mean":
-            input, target = self._saved("_input"), self._saved("_target")
-            if input.ndim == 2 and B.namespace(target).isdtype(target.dtype, "integral"):
-                # the common case in one short expression (forward validated the arguments)
-                return _losses._ce_mean_backward(input, target, self.ignore_index)
-            seed = B.namespace(input).ones((), dtype=input.dtype, device=input.device)  # d loss / d loss
-            return F.cross_entropy_backward(seed, input, target, **self._kwargs())
+        if self._fast:
+            logp, target, kept = self._saved("_logp"), self._saved("_target"), self._saved("_kept")
+            g = _losses._ce_mean_backward_logp(logp, target, kept)
+            if grad_output is None:
+                return g
+            check_grad_output("CrossEntropyLoss.backward", grad_output, (), "mean")
+            B.check_same_dtype("CrossEntropyLoss.backward", grad_output=grad_output, input=logp)
+            return g * grad_output
         return super().backward(grad_output)
 
 from .layers_conv import AdaptiveAvgPool2d, AvgPool2d, Conv1d, Conv2d, MaxPool2d  # noqa: E402,F401 (manual/layers_conv.py)

@@ -17,7 +17,7 @@ import torch
 from manual import _backend as B
 from manual import nn
 from manual.functional import activations as A
-from manual.functional import cross_entropy_backward, relu_backward
+from manual.functional import cross_entropy, cross_entropy_backward, relu_backward
 from manual.functional import losses as L
 
 
@@ -125,15 +125,51 @@ def _ce_case(backend, dtype, ignore_index, ignored):
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("ignore_index,ignored", [(-100, "none"), (-100, "some"), (2, "some"), (-100, "all")])
-def test_cross_entropy_common_case_equals_the_general_backward(backend, dtype, ignore_index, ignored):
+@pytest.mark.parametrize("ignore_index,ignored", [(-100, "none"), (-100, "some"), (2, "some"), (2, "none"),
+                                                  (-100, "all")])
+def test_cross_entropy_common_case_equals_the_general_path_to_rounding(backend, dtype, ignore_index, ignored):
+    """CrossEntropyLoss's common case (index targets, no weight, no smoothing, mean) keeps logp and gathers
+    instead of the general path's one-hot products: the loss and the gradient equal cross_entropy /
+    cross_entropy_backward's to a few ulps (not bit for bit: p = exp(logp) here, exp(x - m) / z there); ignored
+    rows get exactly +0, every row ignored gives a NaN loss and a zero gradient, as the general path."""
     x, y = _ce_case(backend, dtype, ignore_index, ignored)
-    one = B.namespace(x).ones((), dtype=x.dtype, device=x.device) if backend == "torch" else np.ones((), dtype)
-    ref = cross_entropy_backward(one, x, y, ignore_index=ignore_index)
-    _bits_equal(L._ce_mean_backward(x, y, ignore_index), ref)
-    crit = nn.CrossEntropyLoss(ignore_index=ignore_index)  # the module takes the common-case path
+    xp = B.namespace(x)
+    one = xp.ones((), dtype=x.dtype, device=x.device) if backend == "torch" else np.ones((), dtype)
+    ref_loss = B.to_numpy(cross_entropy(x, y, ignore_index=ignore_index))
+    ref = B.to_numpy(cross_entropy_backward(one, x, y, ignore_index=ignore_index))
+    crit = nn.CrossEntropyLoss(ignore_index=ignore_index)
+    loss = crit(x, y)
+    assert crit._fast  # the common-case path was taken
+    got = B.to_numpy(crit.backward())
+    eps = np.finfo(dtype).eps
+    if ignored == "all":
+        assert np.isnan(B.to_numpy(loss)) and np.isnan(ref_loss)
+    else:
+        np.testing.assert_allclose(B.to_numpy(loss), ref_loss, rtol=8 * eps, atol=0)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=8 * eps * np.max(np.abs(ref), initial=0.0) + 1e-300)
+    rows = B.to_numpy(y) == ignore_index
+    assert not np.signbit(got[rows]).any() and (got[rows] == 0).all()  # +0 on ignored rows
+    with pytest.raises(RuntimeError):  # one backward per forward
+        crit.backward()
+
+
+def test_cross_entropy_common_case_with_a_seed_and_out_of_case_inputs():
+    x, y = _ce_case("numpy", "float64", -100, "some")
+    crit = nn.CrossEntropyLoss()
     crit(x, y)
-    _bits_equal(crit.backward(), ref)
+    np.testing.assert_allclose(crit.backward(np.asarray(2.5)),
+                               2.5 * cross_entropy_backward(np.ones(()), x, y), rtol=1e-15, atol=1e-17)
+    crit(x, y)
+    with pytest.raises(ValueError, match="grad_output"):
+        crit.backward(np.ones(3))
+    bad = y.copy()
+    bad[0] = 5  # out of range: the full check's message
+    with pytest.raises(IndexError, match=r"expected class indices in \[0, 5\) or ignore_index=-100, got 5"):
+        crit(x, bad)
+    crit(x[0], y[0])  # a single (C,) row: the general path
+    assert not crit._fast
+    crit(x[:0], y[:0])  # an empty batch: the general path
+    assert not crit._fast
 
 
 @pytest.mark.parametrize("kwargs", [dict(label_smoothing=0.1), dict(reduction="sum"),
