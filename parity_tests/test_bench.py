@@ -132,3 +132,16 @@ def test_unfused_norm_mlp_takes_autograds_step_without_the_fused_kernels(norm):
             h = bench._composed_norm(h, m) if isinstance(m, torch.nn.BatchNorm1d) else m(h)
         for (k, v1), (_, v2) in zip(fused.state_dict().items(), composed.state_dict().items()):
             assert torch.allclose(v1.double(), v2.double(), rtol=1e-12, atol=1e-14), k
+
+
+@pytest.mark.parametrize("name", [m[0] for m in bench.MODELS])
+def test_the_memory_warm_up_is_a_tiny_model_of_the_same_kind(name):
+    """Before the measured first step, each memory child runs a tiny model of the row's kind (same layers and
+    loss, so the same kernels load): it must be that kind, smaller, and a real step all implementations agree on."""
+    _, spec, batch = next(m for m in bench.MODELS if m[0] == name)
+    wspec, wbatch = bench._warm_spec(spec)
+    assert bench.spec_kind(wspec) == bench.spec_kind(spec) and wbatch <= batch
+    if bench.spec_kind(spec) == "mlp":
+        assert (wspec[-1] == 1) == (spec[-1] == 1)  # the same loss: MSE for one output, cross-entropy otherwise
+    steps = bench.make_steps(wspec, wbatch, "float64", "cpu")
+    assert bench.check_agree(steps, "float64") <= 1e-10
