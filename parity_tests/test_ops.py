@@ -54,5 +54,11 @@ def test_softmax_dtype_casts_first_and_returns_the_inputs_gradient_dtype(backend
     dx = getattr(MF, op + "_backward")(g, x, 1, dtype="float64")
     assert B.dtype_name(dx.dtype) == "float32"
     np.testing.assert_allclose(B.to_numpy(dx), gt.numpy(), rtol=1e-6, atol=1e-7)  # float32: one rounding at the end
+    bwd = getattr(MF, op + "_backward")  # from the output: the input's dtype must be named
+    with pytest.raises(ValueError, match=r"pass input= or input_dtype="):
+        bwd(g, output=y, dim=1, dtype="float64")
+    dx_out = bwd(g, output=y, dim=1, dtype="float64", input_dtype="float32")
+    assert B.dtype_name(dx_out.dtype) == "float32"
+    np.testing.assert_allclose(B.to_numpy(dx_out), gt.numpy(), rtol=1e-6, atol=1e-7)
     with pytest.raises(TypeError, match=r"expected dtype None, float32 or float64, got 'int8'"):
         getattr(MF, op)(x, 1, dtype="int8")

@@ -237,8 +237,9 @@ def run_sample(op: str, opinfo, s, index: int, backend: str) -> str:
     expected_type = np.ndarray if backend == "numpy" else torch.Tensor
     assert isinstance(y, expected_type) or (backend == "numpy" and isinstance(y, np.generic)), \
         f"{tag}: expected a {expected_type.__name__}, got {type(y).__name__}"
-    assert str(y.dtype).replace("torch.", "") == str(s.input.dtype).replace("torch.", ""), \
-        f"{tag}: output dtype {y.dtype}, input {s.input.dtype}"
+    t_dtype = _first(t_out).dtype  # the input's, or softmax's dtype= when given
+    assert str(y.dtype).replace("torch.", "") == str(t_dtype).replace("torch.", ""), \
+        f"{tag}: output dtype {y.dtype}, torch's {t_dtype}"
     for n in info.mutates:  # running statistics, updated in place by both
         if t_named.get(n) is not None:
             _close(_np(m_named[n]), _np(t_named[n]), f"{tag}: {n} after the forward")
@@ -266,7 +267,8 @@ def run_sample(op: str, opinfo, s, index: int, backend: str) -> str:
         e = torch.zeros_like(diff[n]) if e is None else e
         _close(_np(got), _np(e), f"{tag}: grad_{n}")
     if info.from_output:  # <op>_backward(g, output=y) too
-        _close(_np(bwd(m_g, output=y, **m_kwargs, **_rest_kwargs(fwd, m_args))), _np(t_grads["input"]),
+        extra = {"input_dtype": s.input.dtype} if "dtype" in m_kwargs else {}  # softmax's dtype=: x's dtype
+        _close(_np(bwd(m_g, output=y, **m_kwargs, **extra, **_rest_kwargs(fwd, m_args))), _np(t_grads["input"]),
                f"{tag}: grad_input(output=)")
     after = {n: np.array(_np(m_named[n])) for n in before}
     for n in before:

@@ -207,11 +207,15 @@ def softmax(input, dim, dtype=None):
     return e / xp.sum(e, axis=dim, keepdims=True)
 
 
-def softmax_backward(grad_output, input=None, dim=-1, *, output=None, dtype=None):
-    """d softmax: dx = y * (g - sum(g * y)), the sum along dim (dtype=: computed in dtype, returned in x's)."""
+def softmax_backward(grad_output, input=None, dim=-1, *, output=None, dtype=None, input_dtype=None):
+    """d softmax: dx = y * (g - sum(g * y)), the sum along dim (dtype=: computed in dtype,
+    returned in x's; with output= and no input, input_dtype= names x's dtype)."""
     x = input
     if dtype is not None and input is not None:
         input = _cast("softmax_backward", input, dtype)
+    elif dtype is not None and input_dtype is None:
+        raise ValueError(f"softmax_backward: with dtype={dtype!r} the gradient is returned in the input's dtype: pass "
+                         f"input= or input_dtype= (the dtype the forward's input had), got neither")
     xp = _backward_args("softmax_backward", grad_output, input, output)
     _check_dim("softmax_backward", grad_output, dim)
     y = softmax(input, dim) if output is None else output
@@ -219,7 +223,9 @@ def softmax_backward(grad_output, input=None, dim=-1, *, output=None, dtype=None
         dx = y * (grad_output - grad_output * y)
     else:
         dx = y * (grad_output - xp.sum(grad_output * y, axis=dim, keepdims=True))
-    return dx if x is None else _uncast(dx, x)
+    if x is None:
+        return dx if input_dtype is None else B.astype_name(dx, B.dtype_name(input_dtype))
+    return _uncast(dx, x)
 
 
 def log_softmax(input, dim, dtype=None):
@@ -234,11 +240,15 @@ def log_softmax(input, dim, dtype=None):
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=dim, keepdims=True))
 
 
-def log_softmax_backward(grad_output, input=None, dim=-1, *, output=None, dtype=None):
-    """d log_softmax: dx = g - softmax(x) * sum(g), the sum along dim (dtype=: computed in dtype, returned in x's)."""
+def log_softmax_backward(grad_output, input=None, dim=-1, *, output=None, dtype=None, input_dtype=None):
+    """d log_softmax: dx = g - softmax(x) * sum(g), the sum along dim (dtype=: computed in dtype,
+    returned in x's; with output= and no input, input_dtype= names x's dtype)."""
     x = input
     if dtype is not None and input is not None:
         input = _cast("log_softmax_backward", input, dtype)
+    elif dtype is not None and input_dtype is None:
+        raise ValueError(f"log_softmax_backward: with dtype={dtype!r} the gradient is returned in the input's dtype: pass "
+                         f"input= or input_dtype= (the dtype the forward's input had), got neither")
     xp = _backward_args("log_softmax_backward", grad_output, input, output)
     _check_dim("log_softmax_backward", grad_output, dim)
     p = softmax(input, dim) if output is None else xp.exp(output)
@@ -246,4 +256,6 @@ def log_softmax_backward(grad_output, input=None, dim=-1, *, output=None, dtype=
         dx = grad_output - p * grad_output
     else:
         dx = grad_output - p * xp.sum(grad_output, axis=dim, keepdims=True)
-    return dx if x is None else _uncast(dx, x)
+    if x is None:
+        return dx if input_dtype is None else B.astype_name(dx, B.dtype_name(input_dtype))
+    return _uncast(dx, x)
