@@ -15,6 +15,10 @@ they differ) eval mode: the manual module built with the same constructor argume
 module's state_dict (randomized first) loaded into it, then forward, the state after it, and
 `module.backward(g)` against autograd for the input and every parameter.
 
+float32 too, with another oracle (float32 results of two correct codes differ by rounding that grows
+with the sums): torch autograd in float64 on the upcast sample is the truth, and manual's float32 output
+and gradients must be no further from it than 4x torch's own float32 ones (plus 8 eps of their scale).
+
 A sample whose arguments manual does not take is never skipped silently: it matches one entry
 of UNSUPPORTED below, each with its reason, and the test asserts manual refuses it with a clear
 error (the exception type and a message naming the argument). An entry that no sample uses any
@@ -350,6 +354,127 @@ def test_torch_sample_inputs(opinfo, shard, shards, backend):
     assert not failures, (f"{len(failures)} of {len(outcomes) + len(failures)} samples diverge (the first 12):\n"
                           + "\n".join(failures[:12]))
     assert outcomes, f"{opinfo.name}: no sample ran"
+
+
+# -- float32: as accurate as torch's own float32, against the float64 truth -------------------------
+# float32 results of two correct implementations differ by rounding, which grows with the sums
+# (a 1.5e-5 absolute difference on a conv2d output of 3.2; 7e-5 on an attention gradient of 30),
+# so no fixed tolerance between them is honest. The oracle instead: torch autograd in float64 on the
+# same (upcast) sample is the truth, and manual's float32 error against it must not exceed torch's
+# own float32 error by more than a factor 4 (plus 8 float32 eps of the tensor's scale, for where
+# torch happens to be exact). Dropout samples with p > 0 are left to the float64 test above.
+F32_FACTOR, F32_SLACK = 4.0, 8 * float(np.finfo(np.float32).eps)
+
+
+def _to_torch_as(v, dtype):
+    """_to_torch, floating tensors cast to dtype (a leaf with requires_grad kept)."""
+    if isinstance(v, torch.Tensor):
+        t = v.detach().clone()
+        t = t.to(dtype) if t.is_floating_point() else t
+        return t.requires_grad_(v.requires_grad)
+    if isinstance(v, (tuple, list)):
+        return type(v)(_to_torch_as(x, dtype) for x in v)
+    if isinstance(v, dict):
+        return {k: _to_torch_as(x, dtype) for k, x in v.items()}
+    return v
+
+
+def _rel_err(a, truth):
+    """max |a - truth| over the finite entries of truth, in units of max |truth| (NaN/inf must match)."""
+    a, t = np.asarray(_np(a), dtype=np.float64), np.asarray(_np(truth), dtype=np.float64)
+    fin = np.isfinite(t)
+    assert np.array_equal(np.isnan(a), np.isnan(t)) and np.array_equal(a[np.isinf(t)], t[np.isinf(t)])
+    if not fin.any():
+        return 0.0
+    scale = max(float(np.max(np.abs(t[fin]))), 1e-30)
+    return float(np.max(np.abs(a[fin] - t[fin]))) / scale
+
+
+def run_sample_f32(op: str, opinfo, s, index: int, backend: str) -> str:
+    """One float32 torch sample: manual's output and gradients against the float64 truth, no worse than
+    torch's float32 ones."""
+    info = OPS_BY_NAME[op]
+    fwd, bwd = getattr(MF, op), getattr(MF, op + "_backward")
+    tag = f"{op}[{opinfo.variant_test_name or 'default'} #{index}, float32] on {backend}"
+    if any(u.op == op and u.when(s) for u in UNSUPPORTED) or (op == "dropout" and s.kwargs.get("p", 0.5) > 0
+                                                                and s.kwargs.get("training", True)) \
+            or s.kwargs.get("dropout_p", 0.0) > 0:
+        return "not compared"
+    call = _adapt(op, opinfo, s, _seed(op, opinfo.variant_test_name, index))
+    outs, grads = {}, {}
+    for name, dt in (("truth", torch.float64), ("torch", torch.float32)):
+        a, kw = _to_torch_as(call.args, dt), _to_torch_as(call.kwargs, dt)
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            outs[name] = call.ref(*a, **kw)
+        named = _bind(fwd, a, kw)
+        grads[name] = {n: v for n, v in named.items() if isinstance(v, torch.Tensor) and v.requires_grad}
+    m_args, m_kwargs = _to_manual(call.args, backend), _to_manual(call.kwargs, backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # float32 overflow where torch overflows too
+        m_out = fwd(*m_args, **m_kwargs)
+    errs = {"output": (_rel_err(_first(m_out), _first(outs["truth"])),
+                       _rel_err(_first(outs["torch"]), _first(outs["truth"])))}
+    if grads["truth"]:
+        # the upstream gradient in the output's dtype (float32; float64 for softmax's dtype=float64), the same
+        # values on every side
+        g32 = torch.as_tensor(np.random.default_rng(_seed(tag)).standard_normal(tuple(_first(outs["torch"]).shape)),
+                              dtype=torch.float32).to(_first(outs["torch"]).dtype)
+        t_g = {}
+        for name, gg in (("truth", g32.double()), ("torch", g32)):
+            t_g[name] = dict(zip(grads[name], torch.autograd.grad(_first(outs[name]), list(grads[name].values()), gg,
+                                                                  allow_unused=True)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            m_grads = bwd(g32.numpy() if backend == "numpy" else g32.clone(), *m_args, **m_kwargs)
+        named = dict(zip(info.grads, m_grads if isinstance(m_grads, tuple) else (m_grads,)))
+        for n, truth in t_g["truth"].items():
+            if (op, n) in NO_GRAD:
+                continue
+            zero = torch.zeros_like(grads["truth"][n])
+            truth = zero if truth is None else truth
+            tg = t_g["torch"][n]
+            errs[f"grad_{n}"] = (_rel_err(named[n], truth), _rel_err(zero if tg is None else tg, truth))
+    for what, (e_m, e_t) in errs.items():
+        assert e_m <= F32_FACTOR * e_t + F32_SLACK, \
+            f"{tag}: {what}: manual's float32 error {e_m:.3g} (of the largest value) against torch's {e_t:.3g}"
+    return "ok"
+
+
+@functools.lru_cache(maxsize=None)
+def _samples_f32(name, variant):
+    opinfo = next(o for o in OPINFOS if (o.name, o.variant_test_name) == (name, variant))
+    return tuple(opinfo.sample_inputs("cpu", torch.float32, requires_grad=True))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("opinfo, shard, shards", list(_op_cases()))
+def test_torch_sample_inputs_float32_as_accurate_as_torch(opinfo, shard, shards, backend):
+    op = OP_NAMES[opinfo.name]
+    failures, outcomes = [], []
+    for i, s in enumerate(_samples_f32(opinfo.name, opinfo.variant_test_name)):
+        if i % shards != shard or (op == "max_pool2d" and i % 5):  # max_pool2d: every 5th of its 1440
+            continue
+        try:
+            outcomes.append(run_sample_f32(op, opinfo, s, i, backend))
+        except Exception as exc:  # noqa: BLE001 - every sample runs; all divergences reported together
+            failures.append(f"#{i} {s.summary()}: {type(exc).__name__}: {exc}".replace("\n", " ")[:600])
+    assert not failures, (f"{len(failures)} of {len(outcomes) + len(failures)} samples diverge (the first 12):\n"
+                          + "\n".join(failures[:12]))
+    assert outcomes, f"{opinfo.name}: no sample ran"
+
+
+def test_the_float32_oracle_catches_a_float32_sized_error(monkeypatch):
+    """A gradient 2e-5 off in relative terms (about 170 float32 eps; torch's own float32 error on the same sample
+    is at the eps level) fails the truth-relative check, and the real gradient passes it."""
+    opinfo = next(o for o in OPINFOS if o.name == "nn.functional.gelu")
+    real = MF.gelu_backward
+    monkeypatch.setattr(MF, "gelu_backward", lambda *a, **k: real(*a, **k) * (1 + 2e-5))
+    s = _samples_f32(opinfo.name, opinfo.variant_test_name)[1]
+    with pytest.raises(AssertionError, match="grad_input: manual's float32 error"):
+        run_sample_f32("gelu", opinfo, s, 1, "numpy")
+    monkeypatch.setattr(MF, "gelu_backward", real)
+    assert run_sample_f32("gelu", opinfo, s, 1, "numpy") == "ok"
 
 
 # -- modules: torch's module_db ----------------------------------------------------------------
