@@ -342,13 +342,19 @@ def test_unsupported_entries_are_used():
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("opinfo, shard, shards", list(_op_cases()))
 def test_torch_sample_inputs(opinfo, shard, shards, backend):
+    _run_all(opinfo, _samples(opinfo), shard, shards, backend, run_sample)
+
+
+def _run_all(opinfo, samples, shard, shards, backend, run, every=1):
+    """run(op, opinfo, sample, index, backend) on this shard's samples (every `every`-th), all of them even
+    after a failure; one assertion listing every divergence."""
     op = OP_NAMES[opinfo.name]
     failures, outcomes = [], []
-    for i, s in enumerate(_samples(opinfo)):
-        if i % shards != shard:
+    for i, s in enumerate(samples):
+        if i % shards != shard or i % every:
             continue
         try:
-            outcomes.append(run_sample(op, opinfo, s, i, backend))
+            outcomes.append(run(op, opinfo, s, i, backend))
         except Exception as exc:  # noqa: BLE001 - every sample runs; all divergences reported together
             failures.append(f"#{i} {s.summary()}: {type(exc).__name__}: {exc}".replace("\n", " ")[:600])
     assert not failures, (f"{len(failures)} of {len(outcomes) + len(failures)} samples diverge (the first 12):\n"
@@ -450,18 +456,9 @@ def _samples_f32(name, variant):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("opinfo, shard, shards", list(_op_cases()))
 def test_torch_sample_inputs_float32_as_accurate_as_torch(opinfo, shard, shards, backend):
-    op = OP_NAMES[opinfo.name]
-    failures, outcomes = [], []
-    for i, s in enumerate(_samples_f32(opinfo.name, opinfo.variant_test_name)):
-        if i % shards != shard or (op == "max_pool2d" and i % 5):  # max_pool2d: every 5th of its 1440
-            continue
-        try:
-            outcomes.append(run_sample_f32(op, opinfo, s, i, backend))
-        except Exception as exc:  # noqa: BLE001 - every sample runs; all divergences reported together
-            failures.append(f"#{i} {s.summary()}: {type(exc).__name__}: {exc}".replace("\n", " ")[:600])
-    assert not failures, (f"{len(failures)} of {len(outcomes) + len(failures)} samples diverge (the first 12):\n"
-                          + "\n".join(failures[:12]))
-    assert outcomes, f"{opinfo.name}: no sample ran"
+    every = 5 if OP_NAMES[opinfo.name] == "max_pool2d" else 1  # max_pool2d: every 5th of its 1440
+    _run_all(opinfo, _samples_f32(opinfo.name, opinfo.variant_test_name), shard, shards, backend, run_sample_f32,
+             every)
 
 
 def test_the_float32_oracle_catches_a_float32_sized_error(monkeypatch):
