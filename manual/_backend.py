@@ -289,6 +289,14 @@ def addmm(bias, x, weight):
     return torch.addmm(bias, x, weight.T)
 
 
+def exp_(a):
+    """exp(a) written into a (an array the caller made and owns; not in the Array API): NumPy's out=,
+    torch's Tensor.exp_."""
+    if type(a) is np.ndarray:
+        return np.exp(a, out=a)
+    return a.exp_()
+
+
 def gelu_erf(x):
     """(gelu(x), e) with e = erf(x / sqrt 2): the expressions of manual.functional.activations._gelu_erf
     (0.5 x (1 + e)) with the same roundings in the same order, bit for bit, but the temporaries written
@@ -314,10 +322,7 @@ def gelu_backward_erf(grad_output, x, e):
         return grad_output * (0.5 * (1.0 + e) + x * (INV_SQRT_2PI * np.exp(-0.5 * x * x)))
     t = x * -0.5  # -0.5 * x
     t *= x
-    if type(t) is np.ndarray:
-        np.exp(t, out=t)
-    else:
-        t.exp_()
+    exp_(t)
     t *= INV_SQRT_2PI  # pdf
     t *= x  # x * pdf
     out = e + 1.0
@@ -351,12 +356,13 @@ def sub_scaled_all_(ds, lr, xs):
     in two foreach kernels (torch._foreach_mul, then _foreach_sub_: the same two roundings), instead of
     two dispatches per parameter, which is most of a small model's optimizer step; larger ones piece by piece."""
     if ds and torch is not None and type(ds[0]) is not np.ndarray:
-        small = [i for i, d in enumerate(ds) if d.numel() <= UPDATE_CHUNK]
-        if len(small) > 1:
-            torch._foreach_sub_([ds[i] for i in small], torch._foreach_mul([xs[i] for i in small], lr))
-            rest = set(range(len(ds))) - set(small)
-            for i in sorted(rest):
-                sub_scaled_(ds[i], lr, xs[i])
+        small = [d.numel() <= UPDATE_CHUNK for d in ds]
+        if sum(small) > 1:
+            torch._foreach_sub_([d for d, k in zip(ds, small) if k],
+                                torch._foreach_mul([x for x, k in zip(xs, small) if k], lr))
+            for d, x, k in zip(ds, xs, small):
+                if not k:
+                    sub_scaled_(d, lr, x)
             return ds
     for d, x in zip(ds, xs):
         sub_scaled_(d, lr, x)

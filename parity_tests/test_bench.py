@@ -61,24 +61,30 @@ def test_the_matmul_floor_runs_the_steps_matmuls():
 GPT_SMALL = dict(block_size=6, vocab_size=7, n_layer=2, n_head=2, n_embd=8)
 
 
-def test_unfused_gpt_takes_autograds_step_without_the_fused_kernels():
-    """The GPT reference beside manual-torch: torch autograd on elementary ops. Same math as the twin's step
-    (loss and every updated weight, three steps), and none of the fused kernels it stands in for is run."""
-    steps = bench.make_steps(GPT_SMALL, 3, "float64", "cpu", only="autograd")
-    steps[bench.UNFUSED] = bench.unfused_gpt_step(GPT_SMALL, 3, "float64")
+def _unfused_takes_autograds_step(spec, batch, make):
+    """An autograd-unfused reference against the twin's step: the same loss and updated weights after one step
+    (check_agree) and after three more, float64 to 1e-12; returns the aten ops one more step of it runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    steps = bench.make_steps(spec, batch, "float64", "cpu", only="autograd")
+    steps[bench.UNFUSED] = make(spec, batch, "float64")
     assert bench.check_agree(steps, "float64") <= 1e-12
     for _ in range(3):
         for step, _ in steps.values():
             step()
     a, u = steps["autograd"][1](), steps[bench.UNFUSED][1]()
     assert max(float(np.max(np.abs(a[k] - u[k]))) for k in a) <= 1e-12
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         steps[bench.UNFUSED][0]()
-    ran = {e.key for e in prof.key_averages()}
-    fused = [k for k in ran if "gelu" in k or "layer_norm" in k or "scaled_dot_product" in k or "softmax" in k
-             and "log_softmax" not in k]
+    return {e.key for e in prof.key_averages()}
+
+
+def test_unfused_gpt_takes_autograds_step_without_the_fused_kernels():
+    """The GPT reference beside manual-torch: torch autograd on elementary ops. Same math as the twin's step
+    (loss and every updated weight, three steps), and none of the fused kernels it stands in for is run."""
+    ran = _unfused_takes_autograds_step(GPT_SMALL, 3, bench.unfused_gpt_step)
+    fused = [k for k in ran if "gelu" in k or "layer_norm" in k or "scaled_dot_product" in k
+             or ("softmax" in k and "log_softmax" not in k)]
     assert not fused, fused
     assert "aten::erf" in ran and "aten::exp" in ran
 
@@ -103,22 +109,11 @@ def test_the_unfused_gpt_is_reported_beside_manual_torch_for_gpts_only():
 
 @pytest.mark.parametrize("norm", ["batch", "layer"])
 def test_unfused_norm_mlp_takes_autograds_step_without_the_fused_kernels(norm):
-    """The +bn / +ln reference beside manual-torch: the same step as the twin's (loss, every updated weight and,
-    for batch norm, the running statistics over three steps), with no native_batch_norm / native_layer_norm."""
+    """The +bn / +ln reference beside manual-torch: the same step as the twin's (loss and every updated weight
+    over four steps; for batch norm, the running statistics after a forward), with no native_batch_norm /
+    native_layer_norm."""
     spec = {"norm": norm, "sizes": (6, 8, 8, 3)}
-    steps = bench.make_steps(spec, 5, "float64", "cpu", only="autograd")
-    steps[bench.UNFUSED] = bench.unfused_norm_step(spec, 5, "float64")
-    assert bench.check_agree(steps, "float64") <= 1e-12
-    for _ in range(3):
-        for step, _ in steps.values():
-            step()
-    a, u = steps["autograd"][1](), steps[bench.UNFUSED][1]()
-    assert max(float(np.max(np.abs(a[k] - u[k]))) for k in a) <= 1e-12
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        steps[bench.UNFUSED][0]()
-    ran = {e.key for e in prof.key_averages()}
+    ran = _unfused_takes_autograds_step(spec, 5, bench.unfused_norm_step)
     assert not [k for k in ran if "batch_norm" in k or "layer_norm" in k], ran
     if norm == "batch":  # the running statistics follow torch's BatchNorm1d's: two fresh twins, one forward each
         from torch_ref import twin

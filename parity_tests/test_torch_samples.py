@@ -346,20 +346,24 @@ def test_torch_sample_inputs(opinfo, shard, shards, backend):
 
 
 def _run_all(opinfo, samples, shard, shards, backend, run, every=1):
-    """run(op, opinfo, sample, index, backend) on this shard's samples (every `every`-th), all of them even
-    after a failure; one assertion listing every divergence."""
+    """run(op, opinfo, sample, index, backend) on this shard's samples (every `every`-th)."""
     op = OP_NAMES[opinfo.name]
+    _every_case(((f"#{i} {s.summary()}", functools.partial(run, op, opinfo, s, i, backend))
+                 for i, s in enumerate(samples) if i % shards == shard and not i % every), "samples", opinfo.name)
+
+
+def _every_case(cases, what, name):
+    """Run every (label, thunk) case, all of them even after a failure; one assertion listing every divergence,
+    and one that something ran."""
     failures, outcomes = [], []
-    for i, s in enumerate(samples):
-        if i % shards != shard or i % every:
-            continue
+    for label, run in cases:
         try:
-            outcomes.append(run(op, opinfo, s, i, backend))
-        except Exception as exc:  # noqa: BLE001 - every sample runs; all divergences reported together
-            failures.append(f"#{i} {s.summary()}: {type(exc).__name__}: {exc}".replace("\n", " ")[:600])
-    assert not failures, (f"{len(failures)} of {len(outcomes) + len(failures)} samples diverge (the first 12):\n"
+            outcomes.append(run())
+        except Exception as exc:  # noqa: BLE001 - every case runs; all divergences reported together
+            failures.append(f"{label}: {type(exc).__name__}: {exc}".replace("\n", " ")[:600])
+    assert not failures, (f"{len(failures)} of {len(outcomes) + len(failures)} {what} diverge (the first 12):\n"
                           + "\n".join(failures[:12]))
-    assert outcomes, f"{opinfo.name}: no sample ran"
+    assert outcomes, f"{name}: no {what} ran"
 
 
 # -- float32: as accurate as torch's own float32, against the float64 truth -------------------------
@@ -571,14 +575,6 @@ def _module_cases():
 def test_torch_module_inputs(minfo, training, backend):
     inputs = list(minfo.module_inputs_func(minfo, device="cpu", dtype=torch.float64, requires_grad=True,
                                            training=training))
-    failures, outcomes = [], []
-    for i, mi in enumerate(inputs):
-        if mi.forward_input is None:
-            continue
-        try:
-            outcomes.append(run_module_input(minfo, mi, i, training, backend))
-        except Exception as exc:  # noqa: BLE001 - every input runs; all divergences reported together
-            failures.append(f"#{i}: {type(exc).__name__}: {exc}".replace("\n", " ")[:600])
-    assert not failures, (f"{len(failures)} of {len(outcomes) + len(failures)} module inputs diverge (the first 12):\n"
-                          + "\n".join(failures[:12]))
-    assert outcomes, f"{minfo.module_cls.__name__}: no module input ran"
+    _every_case(((f"#{i}", functools.partial(run_module_input, minfo, mi, i, training, backend))
+                 for i, mi in enumerate(inputs) if mi.forward_input is not None), "module inputs",
+                minfo.module_cls.__name__)

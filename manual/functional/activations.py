@@ -190,9 +190,22 @@ def _cast(op, input, dtype):
     return B.astype_name(input, name)
 
 
-def _uncast(grad_input, input):
-    """The gradient of the cast: back to the dtype of the caller's input."""
-    return grad_input if grad_input.dtype == input.dtype else B.astype_name(grad_input, B.dtype_name(input.dtype))
+def _backward_cast(op, input, dtype, input_dtype):
+    """For a backward with dtype=: (the input cast to dtype, the dtype its gradient returns in: x's own).
+    From output= alone x's dtype is unknown, so input_dtype= must name it."""
+    if dtype is None:
+        return input, None
+    if input is not None:
+        return _cast(op, input, dtype), input.dtype
+    if input_dtype is None:
+        raise ValueError(f"{op}: with dtype={dtype!r} the gradient is returned in the input's dtype: pass "
+                         f"input= or input_dtype= (the dtype the forward's input had), got neither")
+    return None, input_dtype
+
+
+def _in_dtype(grad_input, dtype):
+    """The gradient of the cast: back in `dtype` (None: as it is)."""
+    return grad_input if dtype is None else B.astype_name(grad_input, B.dtype_name(dtype))
 
 
 def softmax(input, dim, dtype=None):
@@ -210,12 +223,7 @@ def softmax(input, dim, dtype=None):
 def softmax_backward(grad_output, input=None, dim=-1, *, output=None, dtype=None, input_dtype=None):
     """d softmax: dx = y * (g - sum(g * y)), the sum along dim (dtype=: computed in dtype,
     returned in x's; with output= and no input, input_dtype= names x's dtype)."""
-    x = input
-    if dtype is not None and input is not None:
-        input = _cast("softmax_backward", input, dtype)
-    elif dtype is not None and input_dtype is None:
-        raise ValueError(f"softmax_backward: with dtype={dtype!r} the gradient is returned in the input's dtype: pass "
-                         f"input= or input_dtype= (the dtype the forward's input had), got neither")
+    input, back = _backward_cast("softmax_backward", input, dtype, input_dtype)
     xp = _backward_args("softmax_backward", grad_output, input, output)
     _check_dim("softmax_backward", grad_output, dim)
     y = softmax(input, dim) if output is None else output
@@ -223,9 +231,7 @@ def softmax_backward(grad_output, input=None, dim=-1, *, output=None, dtype=None
         dx = y * (grad_output - grad_output * y)
     else:
         dx = y * (grad_output - xp.sum(grad_output * y, axis=dim, keepdims=True))
-    if x is None:
-        return dx if input_dtype is None else B.astype_name(dx, B.dtype_name(input_dtype))
-    return _uncast(dx, x)
+    return _in_dtype(dx, back)
 
 
 def log_softmax(input, dim, dtype=None):
@@ -243,12 +249,7 @@ def log_softmax(input, dim, dtype=None):
 def log_softmax_backward(grad_output, input=None, dim=-1, *, output=None, dtype=None, input_dtype=None):
     """d log_softmax: dx = g - softmax(x) * sum(g), the sum along dim (dtype=: computed in dtype,
     returned in x's; with output= and no input, input_dtype= names x's dtype)."""
-    x = input
-    if dtype is not None and input is not None:
-        input = _cast("log_softmax_backward", input, dtype)
-    elif dtype is not None and input_dtype is None:
-        raise ValueError(f"log_softmax_backward: with dtype={dtype!r} the gradient is returned in the input's dtype: pass "
-                         f"input= or input_dtype= (the dtype the forward's input had), got neither")
+    input, back = _backward_cast("log_softmax_backward", input, dtype, input_dtype)
     xp = _backward_args("log_softmax_backward", grad_output, input, output)
     _check_dim("log_softmax_backward", grad_output, dim)
     p = softmax(input, dim) if output is None else xp.exp(output)
@@ -256,6 +257,4 @@ def log_softmax_backward(grad_output, input=None, dim=-1, *, output=None, dtype=
         dx = grad_output - p * grad_output
     else:
         dx = grad_output - p * xp.sum(grad_output, axis=dim, keepdims=True)
-    if x is None:
-        return dx if input_dtype is None else B.astype_name(dx, B.dtype_name(input_dtype))
-    return _uncast(dx, x)
+    return _in_dtype(dx, back)

@@ -21,6 +21,7 @@ import numbers
 
 import numpy as np
 
+from .. import _backend as B
 from .. import init as I
 from .._backend import check_same_dtype, namespace
 from .regularization import _keep_scale, dropout_mask as _dropout_mask
@@ -111,19 +112,12 @@ def _weights(xp, query, key, attn_mask, is_causal, scale):
     if attn_mask is not None:
         m = xp.where(m > -math.inf, m, xp.zeros_like(m))  # so exp(-inf - m) = 0 there, not NaN
     s -= m
-    e = _exp_(s)
+    e = B.exp_(s)
     z = xp.sum(e, axis=-1, keepdims=True)
     if attn_mask is not None:
         z = xp.where(z > 0, z, xp.ones_like(z))  # a fully masked row: 0 / 1 = 0 (torch's safe softmax)
     e /= z
     return e
-
-
-def _exp_(a):
-    """exp(a), written into a (an array this module made): np.exp(out=) / Tensor.exp_ (not in the Array API)."""
-    if isinstance(a, np.ndarray):
-        return np.exp(a, out=a)
-    return a.exp_()
 
 
 def _sum_to(xp, x, shape):
