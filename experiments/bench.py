@@ -553,11 +553,51 @@ def _warm_spec(sizes):
     return dict(sizes, n_layer=1, n_head=2, n_embd=8, block_size=min(4, sizes["block_size"])), 2
 
 
+def _live_peak_numpy(step):
+    """Peak growth (bytes) of the memory Python's allocators hand out during step(): NumPy reports every
+    array buffer to tracemalloc, so this is the arrays the step holds at once (plus a few KiB of Python
+    objects), whatever the C allocator keeps cached."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        step()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def _live_peak_torch_cpu(step):
+    """Peak growth (bytes) of the tensor storage live during step(): the profiler's record of every CPU
+    allocation and free by torch's allocator (profile_memory), summed in time order. None where this torch
+    does not expose the raw records."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    try:
+        events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                        if e.name() == "[memory]" and str(e.device_type()).endswith("CPU"))
+    except AttributeError:  # pragma: no cover - a torch without the kineto records
+        return None
+    now = peak = 0
+    for _, nbytes in events:
+        now += nbytes
+        peak = max(peak, now)
+    return peak
+
+
 def _memory_child(args):
-    """Peak extra memory (MiB) of one training step, measured on the FIRST step of `impl` at this size in
-    this fresh process, so no allocator cache from an earlier step hides it. A step of a tiny
-    model first warms thread pools and the autograd engine, then one of a tiny model of the same
-    kind (_warm_spec) the kernels that kind of step runs."""
+    """(live MiB, RSS MiB) of one training step of `impl` at this size, in this fresh process.
+
+    RSS: the growth of the process's peak resident set over its FIRST step, so no allocator cache from an
+    earlier step hides it (None on CUDA). live: the peak growth of the bytes held in arrays / tensors during
+    the first step of a second, identical model (the allocations themselves, not what the C allocator
+    keeps from the OS: tracemalloc for NumPy, torch's profiler on CPU, max_memory_allocated on CUDA).
+    A step of a tiny model first warms thread pools and the autograd engine, then one of a tiny model of
+    the same kind (_warm_spec) the kernels that kind of step runs."""
     import gc
 
     sizes, batch, dtype, impl = args
@@ -575,24 +615,30 @@ def _memory_child(args):
         torch.cuda.reset_peak_memory_stats()
         step()
         torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
+        return (torch.cuda.max_memory_allocated() - base) / 2**20, None
     base = _proc_status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
     step()
-    return (_proc_status_kib("VmHWM") - base) / 1024
+    rss = (_proc_status_kib("VmHWM") - base) / 1024
+    del step
+    step = make_steps(sizes, batch, dtype, device, only=impl)[impl][0]  # a first step again, measured live
+    gc.collect()
+    live = (_live_peak_numpy if impl == "manual-numpy" else _live_peak_torch_cpu)(step)
+    return (None if live is None else live / 2**20), rss
 
 
 def peak_memory_mb(cases):
-    """[(sizes, batch, dtype, impl)] -> [MiB]: peak RSS growth over model + data during a first
-    step (CPU), or max_memory_allocated growth (CUDA); None where Linux's /proc is missing."""
+    """[(sizes, batch, dtype, impl)] -> [(live MiB, RSS MiB)] of a first training step (_memory_child), each
+    in a fresh process; (None, None) where Linux's /proc is missing."""
     import multiprocessing as mp
 
     if not os.path.exists("/proc/self/clear_refs"):
-        return [None] * len(cases)
+        return [(None, None)] * len(cases)
     # maxtasksperchild=1: every case gets a fresh process, so no allocator cache of an earlier case hides memory
     with mp.get_context("spawn").Pool(min(2, os.cpu_count() or 1), maxtasksperchild=1) as pool:
-        return [round(v, 1) for v in pool.map(_memory_child, cases, chunksize=1)]
+        return [tuple(None if v is None else round(v, 1) for v in mb)
+                for mb in pool.map(_memory_child, cases, chunksize=1)]
 
 
 # -- machine facts -------------------------------------------------------------------------
@@ -665,8 +711,8 @@ def run(args):
         if not args.no_memory:  # every row: one fresh child process per (model, dtype, impl)
             spec = {m[0]: m[1] for m in models}
             cases = [(spec[r["model"]], r["batch"], r["dtype"], r["impl"]) for r in rows]
-            for r, mb in zip(rows, peak_memory_mb(cases)):
-                r["peak_mem_mb"] = mb
+            for r, (live, rss) in zip(rows, peak_memory_mb(cases)):
+                r["peak_live_mb"], r["peak_rss_mb"] = live, rss
         print_table(rows)
         scaling = measure_scaling(devices, quick, target_s)
         print_scaling(scaling)
@@ -754,17 +800,20 @@ def print_machine(info):
 
 
 def print_table(rows):
-    hdr = ("model", "batch", "dtype", "device", "impl", "ms", "vs autograd", "GFLOP/s", "% peak", "MiB")
+    hdr = ("model", "batch", "dtype", "device", "impl", "ms", "vs autograd", "GFLOP/s", "% peak", "live MiB",
+           "RSS MiB")
     lines = [hdr]
     for r in rows:
         lines.append((r["model"], str(r["batch"]), r["dtype"], r["device"], r["impl"], f"{r['median_ms']:.4g}",
                       f"{r['ratio_vs_autograd']:.2f}x", f"{r['gflops']:.3g}", f"{100 * r['peak_fraction']:.1f}",
-                      "-" if r.get("peak_mem_mb") is None else f"{r['peak_mem_mb']:.1f}"))
+                      *("-" if r.get(k) is None else f"{r[k]:.1f}" for k in ("peak_live_mb", "peak_rss_mb"))))
     _print_rows(lines)
     print("ms: median time of one step. vs autograd: this row's step time / torch autograd's on the same\n"
           "  model (lower is faster; 1.00x = as fast). % peak: GFLOP/s over the machine's measured matmul\n"
-          "  ceiling. MiB: peak memory, the growth of a fresh process's peak over its first step (RSS on\n"
-          "  CPU, allocated on CUDA); '-' with --no-memory.")
+          "  ceiling. live MiB: the most bytes the first step holds at once in arrays / tensors beyond the\n"
+          "  model and data (tracemalloc for NumPy, torch's profiler on CPU, max_memory_allocated on CUDA).\n"
+          "  RSS MiB: the growth of a fresh process's peak resident memory over that step (what the C\n"
+          "  allocator takes from the OS; CPU only). Lower is better; '-' with --no-memory.")
     for impl, key, label, title in FLOORS.values():
         below = [r for r in rows if r.get(f"{key}_ms") is not None]
         if below:
@@ -810,6 +859,9 @@ def log_tensorboard(logroot, out):
         w.add_scalar(f"step_ms/{key}", r["median_ms"], 0)
         w.add_scalar(f"ratio_vs_autograd/{key}", r["ratio_vs_autograd"], 0)
         w.add_scalar(f"peak_fraction/{key}", r["peak_fraction"], 0)
+        for k in ("peak_live_mb", "peak_rss_mb"):
+            if r.get(k) is not None:
+                w.add_scalar(f"{k[:-3]}_mib/{key}", r[k], 0)
     for s in out["scaling"]:
         w = writers.setdefault(s["impl"], SummaryWriter(os.path.join(root, s["impl"])))
         w.add_scalar(f"scaling_{s['axis']}/step_ms_{s['device']}", s["median_ms"], s["value"])

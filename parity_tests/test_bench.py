@@ -140,3 +140,32 @@ def test_the_memory_warm_up_is_a_tiny_model_of_the_same_kind(name):
         assert (wspec[-1] == 1) == (spec[-1] == 1)  # the same loss: MSE for one output, cross-entropy otherwise
     steps = bench.make_steps(wspec, wbatch, "float64", "cpu")
     assert bench.check_agree(steps, "float64") <= 1e-10
+
+
+MIB = 2**20
+
+
+def _holds_three_then_one(alloc):
+    """A step whose arrays peak at 3 MiB held at once (1 MiB and 2 MiB together), then keeps 1 MiB."""
+    kept = []
+
+    def step():
+        a = alloc(MIB)
+        b = alloc(2 * MIB)
+        del a
+        c = alloc(MIB // 2)
+        kept.append(b[: len(b) // 8] * 1)  # a new 0.25 MiB array: what outlives the step
+        del b, c
+
+    return step
+
+
+@pytest.mark.parametrize("measure, alloc", [
+    (bench._live_peak_numpy, lambda n: np.ones(n // 8)),  # float64: 8 bytes each
+    (bench._live_peak_torch_cpu, lambda n: torch.ones(n // 4, dtype=torch.float32)),
+])
+def test_the_live_memory_measure_counts_what_is_held_at_once(measure, alloc):
+    """bench's live-bytes peak against a closed form: 1 MiB + 2 MiB held together is 3 MiB, not the 3.5 MiB
+    allocated in all, nor the 0.25 MiB still held after."""
+    peak = measure(_holds_three_then_one(alloc))
+    assert peak is not None and abs(peak - 3 * MIB) < 64 * 1024, peak / MIB
