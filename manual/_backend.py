@@ -490,11 +490,19 @@ def windows(x, out_hw, kernel, stride, dilation):
     return np.lib.stride_tricks.as_strided(x, shape, (s0, s1, s2 * sh, s3 * sw, s2 * dh, s3 * dw), writeable=False)
 
 
-def scatter_add(index, values, size):
-    """A new 1-D array of `size` zeros of values' dtype, plus values[k] at index[k] (repeats add up)."""
+def scatter_add(index, values, size, unique=False):
+    """A new 1-D array of `size` zeros of values' dtype, plus values[k] at index[k] (repeats add up).
+
+    unique=True promises no index repeats (max pooling's windows that do not overlap): on NumPy the values
+    are then written in place of the zeros, instead of bincount's float64 sums cast back to the dtype
+    (3x a float32 result's size, held at once). The same numbers: each sum has a single term."""
     if backend_name(values) == "torch":
         out = torch.zeros(size, dtype=values.dtype, device=values.device)
         return out.index_add_(0, index.reshape(-1), values.reshape(-1))
+    if unique:
+        out = np.zeros(size, dtype=values.dtype)
+        out[index.reshape(-1)] = values.reshape(-1)  # a write into our own fresh array
+        return out
     return np.bincount(index.reshape(-1), weights=values.reshape(-1), minlength=size).astype(values.dtype, copy=False)
 
 

@@ -2,7 +2,8 @@
 
 Twins of torch.nn's, same constructor arguments and parameter layout (weight (out, in/groups,
 *kernel), bias (out,)), re-exported from manual.nn. Forward saves what backward needs with
-`self._save`: Conv keeps its im2col matrix (so backward does not rebuild it), MaxPool2d the flat
+`self._save`: Conv keeps its padded input (backward rebuilds the im2col matrix from it a few images at
+a time, never holding it for the whole batch), MaxPool2d the flat
 index of each window's maximum, the average pools their input.
 """
 
@@ -86,12 +87,12 @@ class _ConvNd(Module):
         b = None if self.bias is None else self.bias.data
         geo = _C._conv_geometry(_Name(self), input, w, b, *self._args(), self._nd)
         x4, w4 = _C._as4d(input, w, geo, self._nd, xp)
-        out, cols = _C._conv2d(x4, w4, b, geo, xp)
-        self._save(_cols=cols, _geo=geo, _x_shape=tuple(x4.shape))
+        out, xq = _C._conv2d(x4, w4, b, geo, xp)
+        self._save(_xq=xq, _geo=geo, _x_shape=tuple(x4.shape))
         return _C._from4d(out, geo, self._nd, xp)
 
     def backward(self, grad_output, *, input_grad=True):
-        cols, geo, x_shape = self._saved("_cols"), self._saved("_geo"), self._saved("_x_shape")
+        xq, geo, x_shape = self._saved("_xq"), self._saved("_geo"), self._saved("_x_shape")
         w = self.weight.data
         xp = B.namespace(grad_output, w, op=f"{type(self).__name__}.backward")
         out_sp = geo.out_hw[1:] if self._nd == 1 else geo.out_hw
@@ -101,7 +102,7 @@ class _ConvNd(Module):
         w4 = w
         if self._nd == 1:
             g4, w4 = xp.expand_dims(g4, axis=2), xp.expand_dims(w, axis=2)
-        gi, gw, gb = _C._conv2d_backward(g4, x_shape, cols, w4, self.bias is not None, geo, xp, input_grad)
+        gi, gw, gb = _C._conv2d_backward(g4, x_shape, xq, w4, self.bias is not None, geo, xp, input_grad)
         _accumulate(self.weight, gw[:, :, 0, :] if self._nd == 1 else gw)
         if self.bias is not None:
             _accumulate(self.bias, gb)
@@ -152,18 +153,19 @@ class MaxPool2d(Module):
         # backward's own index in int32 where the flat size allows (half the traffic); torch's int64 when returned
         idt = None if self.return_indices or math.prod(x.shape) >= 2 ** 31 else xp.int32
         out, index = _P._max_pool2d(x, geo, xp, with_index=self.return_indices or is_grad_enabled(), index_dtype=idt)
-        self._save(_index=index, _meta=(tuple(x.shape), geo.unbatched, out.dtype))
+        self._save(_index=index, _meta=(tuple(x.shape), geo.unbatched, out.dtype, _P._disjoint(geo)))
         if geo.unbatched:
             out, index = out[0, ...], index[0, ...]
         return (out, index % (x.shape[2] * x.shape[3])) if self.return_indices else out
 
     def backward(self, grad_output, *, input_grad=True):
-        index, (x_shape, unbatched, dtype) = self._saved("_index"), self._saved("_meta")
+        index, (x_shape, unbatched, dtype, disjoint) = self._saved("_index"), self._saved("_meta")
         if not input_grad:
             return None
         xp = B.namespace(grad_output, op="MaxPool2d.backward")
         _check_grad(self, grad_output, tuple(index.shape[1 if unbatched else 0:]), dtype)
-        gi = _P._max_pool2d_backward(_P._4d(grad_output, xp) if unbatched else grad_output, x_shape, index, xp)
+        gi = _P._max_pool2d_backward(_P._4d(grad_output, xp) if unbatched else grad_output, x_shape, index, xp,
+                                     disjoint)
         return gi[0, ...] if unbatched else gi
 
     def extra_repr(self):

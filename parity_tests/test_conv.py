@@ -351,8 +351,8 @@ def test_model_names_a_max_pool_with_the_wrong_tie_rule(backend, monkeypatch):
     assert check_model(model, crit, x, y).passed
     real = P._max_pool2d_backward
 
-    def last_max(g, x_shape, index, xp):  # the tap offsets of the last maximum on a plateau: + (1, 1)
-        return real(g, x_shape, index + (x_shape[3] + 1), xp)
+    def last_max(g, x_shape, index, xp, disjoint=False):  # the tap offsets of the last maximum on a plateau: + (1, 1)
+        return real(g, x_shape, index + (x_shape[3] + 1), xp, disjoint)
 
     monkeypatch.setattr(P, "_max_pool2d_backward", last_max)
     r = check_model(model, crit, x, y)

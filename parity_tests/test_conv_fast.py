@@ -86,7 +86,15 @@ def test_max_pool_module_gradient_on_ties_equals_the_scatter_of_the_definition(b
 @pytest.mark.parametrize("backend", ["numpy", "torch-cpu"])
 @pytest.mark.parametrize("shape,wshape,pad", [((5, 16, 4, 4), (32, 16, 3, 3), 1), ((3, 1, 12, 12), (6, 1, 5, 5), 2),
                                               ((3, 6, 7, 7), (4, 3, 3, 3), 0)])
-def test_batch_last_conv_module_equals_the_loop_definition(shape, wshape, pad, backend):
+@pytest.mark.parametrize("per_chunk", [None, 1, 2])  # the whole batch at once; image by image; pairs, one short
+def test_batch_last_conv_module_equals_the_loop_definition(shape, wshape, pad, backend, per_chunk, monkeypatch):
+    """Also when the columns are built a chunk of images at a time (COL_BYTES): one image per chunk, and
+    two per chunk, the last chunk short (batches of 5 and 3)."""
+    from manual.functional import conv as C
+
+    if per_chunk is not None:
+        oh = shape[2] + 2 * pad - wshape[2] + 1  # square maps, stride 1
+        monkeypatch.setattr(C, "COL_BYTES", per_chunk * shape[1] * wshape[2] * wshape[3] * oh * oh * 8)  # float64
     rng = np.random.default_rng(5)
     groups = shape[1] // wshape[1]
     conv = nn.Conv2d(shape[1], wshape[0], wshape[2], padding=pad, groups=groups).to(device=DEVICE_OF[backend],

@@ -15,11 +15,18 @@ Backward:
   swapped within each group. Computed as col2im(W^T g): the same numbers, and cheaper than
   an im2col of the padded g when out_channels * H * W > in_channels * OH * OW (LeNet's conv2: 5x).
 
+Memory: the column matrix is (C*kh*kw)/(sh*sw) times the input's size (25x for a 5x5 kernel), so it is
+built COL_BYTES at a time, a chunk of images at a time, in forward and again in backward (from the
+padded input the module keeps); the column gradient likewise. A step holds columns for a few images,
+never for the batch, as torch's own convolution does not.
+
 `conv2d_naive` / `conv2d_backward_naive` below are the definitions as loops, kept as the
 readable reference the fast version is tested against.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from .. import _backend as B
 from .._backend import check_same_dtype, namespace
@@ -141,56 +148,108 @@ def _im2col(xq, kernel, stride, dilation, out_hw, xp):
     return xp.reshape(win, (c * kh * kw, oh * ow * n))
 
 
-def _conv2d(x, weight, bias, geo, xp):
-    """(output (N, O, OH, OW), cols): cols is kept by Conv2d for the weight gradient."""
-    n = x.shape[0]
+COL_BYTES = 1 << 22  # the im2col matrix, and its gradient, are built for at most this many bytes of it at a time
+
+
+def _batch_chunks(n, per_image):
+    """Slices of the batch whose im2col matrix holds at most COL_BYTES (per_image bytes an image): one slice
+    when the whole batch fits. Forward and backward build the columns chunk by chunk, so a convolution
+    holds its (C*kh*kw)/(stride^2) times larger column matrix for a few images at a time, never for the
+    batch (LeNet's first layer: 9.6 MiB of columns for 128 images)."""
+    step = max(1, COL_BYTES // max(1, per_image))
+    return [slice(s, min(n, s + step)) for s in range(0, n, step)] or [slice(0, 0)]
+
+
+def _col_bytes(xq, weight, geo):
+    """Bytes of one image's im2col matrix: (C*kh*kw) x (OH*OW) elements."""
+    itemsize = xq.itemsize if isinstance(xq, np.ndarray) else xq.element_size()
+    return xq.shape[0] * weight.shape[2] * weight.shape[3] * geo.out_hw[0] * geo.out_hw[1] * itemsize
+
+
+def _conv_cols(cols, weight, geo, xp):
+    """W cols: (O, K) @ (K, M) -> (O, M), per group; M = OH*OW*(images)."""
     o, cg, kh, kw = weight.shape
-    G, (oh, ow) = geo.groups, geo.out_hw
-    cols = _im2col(_pad_chwn(x, geo.pads, xp), (kh, kw), geo.stride, geo.dilation, geo.out_hw, xp)
-    if G == 1:  # (O, K) @ (K, OH*OW*N): the one matmul
-        out = xp.reshape(weight, (o, cg * kh * kw)) @ cols
-    else:  # (G, O/G, K/G) @ (G, K/G, OH*OW*N), one batched matmul
-        out = xp.reshape(xp.reshape(weight, (G, o // G, cg * kh * kw)) @ xp.reshape(cols, (G, cg * kh * kw, -1)),
-                         (o, oh * ow * n))
-    if bias is not None:
-        out += xp.reshape(bias, (o, 1))  # in place on our own product
-    out = xp.permute_dims(xp.reshape(out, (o, oh * ow, n)), (2, 0, 1))  # (N, O, OH*OW), a view
-    return xp.reshape(xp.reshape(out, (-1,)), (n, o, oh, ow)), cols  # one copy, to (N, O, OH, OW) in order
+    G = geo.groups
+    if G == 1:  # the one matmul
+        return xp.reshape(weight, (o, cg * kh * kw)) @ cols
+    # (G, O/G, K/G) @ (G, K/G, M), one batched matmul
+    return xp.reshape(xp.reshape(weight, (G, o // G, cg * kh * kw)) @ xp.reshape(cols, (G, cg * kh * kw, -1)),
+                      (o, -1))
 
 
-def _conv2d_backward(grad_output, x_shape, cols, weight, has_bias, geo, xp, input_grad=True):
-    """(grad_input, grad_weight, grad_bias) from grad_output (N, O, OH, OW) and the forward's cols."""
+def _conv2d(x, weight, bias, geo, xp):
+    """(output (N, O, OH, OW), xq): xq, the padded input batch-last (C, Hp, Wp, N), is what Conv2d keeps for
+    the weight gradient (backward rebuilds the columns from it, chunk by chunk)."""
+    n = x.shape[0]
+    o, _, kh, kw = weight.shape
+    oh, ow = geo.out_hw
+    xq = _pad_chwn(x, geo.pads, xp)
+    chunks = _batch_chunks(n, _col_bytes(xq, weight, geo))
+    out = None if len(chunks) == 1 else xp.empty((n, o, oh, ow), dtype=x.dtype, device=x.device)
+    for s in chunks:
+        nc = s.stop - s.start
+        y = _conv_cols(_im2col(xq if nc == n else xq[..., s], (kh, kw), geo.stride, geo.dilation, geo.out_hw, xp),
+                       weight, geo, xp)  # (O, OH*OW*nc)
+        if bias is not None:
+            y += xp.reshape(bias, (o, 1))  # in place on our own product
+        y = xp.permute_dims(xp.reshape(y, (o, oh, ow, nc)), (3, 0, 1, 2))  # (nc, O, OH, OW), a view
+        if out is None:  # the whole batch at once: one copy to (N, O, OH, OW) in order
+            return xp.reshape(xp.reshape(y, (-1,)), (n, o, oh, ow)), xq
+        out[s] = y  # a write into our own fresh array
+    return out, xq
+
+
+def _conv2d_backward(grad_output, x_shape, xq, weight, has_bias, geo, xp, input_grad=True):
+    """(grad_input, grad_weight, grad_bias) from grad_output (N, O, OH, OW) and the forward's padded
+    batch-last input xq, a chunk of images at a time (_batch_chunks): each chunk's columns are rebuilt,
+    used for dL/dW and freed, and its column gradient is sent back to the input and freed."""
     n, c, h, w = x_shape
     o, cg, kh, kw = weight.shape
     G, (oh, ow), (sh, sw), (dh, dw) = geo.groups, geo.out_hw, geo.stride, geo.dilation
     K = cg * kh * kw
-    gmat = xp.reshape(xp.permute_dims(grad_output, (1, 2, 3, 0)), (o, oh * ow * n))  # (O, OH*OW*N), cols' order
-    # dL/dW = g cols^T, per group
-    if G == 1:
-        grad_weight = gmat @ xp.permute_dims(cols, (1, 0))
-    else:
-        grad_weight = xp.reshape(gmat, (G, o // G, -1)) @ xp.permute_dims(xp.reshape(cols, (G, K, -1)), (0, 2, 1))
-    grad_weight = xp.reshape(grad_weight, (o, cg, kh, kw))
     grad_bias = xp.sum(grad_output, axis=(0, 2, 3)) if has_bias else None
+    (pt, pb), (pl, pr) = geo.pads
+    # accumulated batch-last, (C, H, W, N) as the columns are laid out, so that every tap's add moves runs
+    # of OW*N; handed back as the (N, C, H, W) view of it
+    gpad = xp.zeros((c, h + pt + pb, w + pl + pr, n), dtype=grad_output.dtype, device=grad_output.device) \
+        if input_grad else None
+    grad_weight = None
+    for s in _batch_chunks(n, _col_bytes(xq, weight, geo)):
+        nc = s.stop - s.start
+        whole = nc == n
+        cols = _im2col(xq if whole else xq[..., s], (kh, kw), geo.stride, geo.dilation, geo.out_hw, xp)
+        g = grad_output if whole else grad_output[s]
+        gmat = xp.reshape(xp.permute_dims(g, (1, 2, 3, 0)), (o, oh * ow * nc))  # (O, OH*OW*nc), cols' order
+        # dL/dW = g cols^T, per group, summed over the chunks
+        if G == 1:
+            gw = gmat @ xp.permute_dims(cols, (1, 0))
+        else:
+            gw = xp.reshape(gmat, (G, o // G, -1)) @ xp.permute_dims(xp.reshape(cols, (G, K, -1)), (0, 2, 1))
+        del cols
+        if grad_weight is None:
+            grad_weight = gw
+        else:
+            grad_weight += gw  # our own array
+        if not input_grad:
+            continue
+        # dL/dcols = W^T g; col2im sends column (oh, ow, n)'s entry for tap (i, j) back to the input
+        # it was read from, x_pad[n, c, oh*sh + i*dh, ow*sw + j*dw]: one strided add per kernel tap
+        # over all positions at once (kh*kw adds, no loop over positions). The result equals the
+        # full correlation of g (on the stride grid) with the flipped kernel (parity_tests/test_conv.py).
+        if G == 1:
+            dcols = xp.permute_dims(xp.reshape(weight, (o, K)), (1, 0)) @ gmat  # (K, OH*OW*nc)
+        else:
+            dcols = xp.permute_dims(xp.reshape(weight, (G, o // G, K)), (0, 2, 1)) @ xp.reshape(gmat, (G, o // G, -1))
+        dcols = xp.reshape(dcols, (c, kh, kw, oh, ow, nc))
+        gq = gpad if whole else gpad[..., s]  # a view: the adds land in gpad
+        for i in range(kh):
+            rows = slice(i * dh, i * dh + (oh - 1) * sh + 1, sh)
+            for j in range(kw):
+                gq[:, rows, j * dw:j * dw + (ow - 1) * sw + 1:sw, :] += dcols[:, i, j]  # our own fresh array
+        del dcols
+    grad_weight = xp.reshape(grad_weight, (o, cg, kh, kw))
     if not input_grad:
         return None, grad_weight, grad_bias
-    # dL/dcols = W^T g; col2im sends column (oh, ow, n)'s entry for tap (i, j) back to the input
-    # it was read from, x_pad[n, c, oh*sh + i*dh, ow*sw + j*dw]: one strided add per kernel tap
-    # over all positions at once (kh*kw adds, no loop over positions). The result equals the
-    # full correlation of g (on the stride grid) with the flipped kernel (parity_tests/test_conv.py).
-    if G == 1:
-        dcols = xp.permute_dims(xp.reshape(weight, (o, K)), (1, 0)) @ gmat  # (K, OH*OW*N)
-    else:
-        dcols = xp.permute_dims(xp.reshape(weight, (G, o // G, K)), (0, 2, 1)) @ xp.reshape(gmat, (G, o // G, -1))
-    dcols = xp.reshape(dcols, (c, kh, kw, oh, ow, n))
-    (pt, pb), (pl, pr) = geo.pads
-    # accumulated batch-last, (C, H, W, N) as dcols is laid out, so that every tap's add moves runs
-    # of OW*N; handed back as the (N, C, H, W) view of it
-    gpad = xp.zeros((c, h + pt + pb, w + pl + pr, n), dtype=grad_output.dtype, device=grad_output.device)
-    for i in range(kh):
-        rows = slice(i * dh, i * dh + (oh - 1) * sh + 1, sh)
-        for j in range(kw):
-            gpad[:, rows, j * dw:j * dw + (ow - 1) * sw + 1:sw, :] += dcols[:, i, j]  # our own fresh array
     return xp.permute_dims(gpad[:, pt:pt + h, pl:pl + w, :], (3, 0, 1, 2)), grad_weight, grad_bias
 
 
@@ -231,8 +290,7 @@ def _conv_bwd(op, nd, grad_output, input, weight, bias, stride, padding, dilatio
     g4 = xp.expand_dims(grad_output, axis=0) if geo.unbatched else grad_output
     if nd == 1:
         g4 = xp.expand_dims(g4, axis=2)
-    cols = _im2col(_pad_chwn(x4, geo.pads, xp), tuple(w4.shape[2:]), geo.stride, geo.dilation, geo.out_hw, xp)
-    gi, gw, gb = _conv2d_backward(g4, tuple(x4.shape), cols, w4, bias is not None, geo, xp)
+    gi, gw, gb = _conv2d_backward(g4, tuple(x4.shape), _pad_chwn(x4, geo.pads, xp), w4, bias is not None, geo, xp)
     return _from4d(gi, geo, nd, xp), (gw[:, :, 0, :] if nd == 1 else gw), gb
 
 

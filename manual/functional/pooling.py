@@ -143,9 +143,16 @@ def _max_pool2d(x, geo, xp, with_index=True, index_dtype=None):
     return best, off + _window_base(x, geo, xp, idt)
 
 
-def _max_pool2d_backward(grad_output, x_shape, index, xp):
-    """dL/dx[chosen] = sum of g over the windows that chose it: a scatter-add into fresh zeros."""
-    return xp.reshape(B.scatter_add(index, grad_output, math.prod(x_shape)), x_shape)
+def _disjoint(geo):
+    """No two windows share an input (stride >= the dilated kernel's extent, in both dimensions): then each
+    input is chosen by one window at most, and the scatter below has no repeated index."""
+    return all(s >= d * (k - 1) + 1 for s, d, k in zip(geo.stride, geo.dilation, geo.kernel))
+
+
+def _max_pool2d_backward(grad_output, x_shape, index, xp, disjoint=False):
+    """dL/dx[chosen] = sum of g over the windows that chose it: a scatter-add into fresh zeros (disjoint
+    windows: a scatter, each input chosen once at most)."""
+    return xp.reshape(B.scatter_add(index, grad_output, math.prod(x_shape), unique=disjoint), x_shape)
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
@@ -176,7 +183,7 @@ def max_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0,
     _check_grad("max_pool2d_backward", grad_output, input, geo.out_hw)
     x = _4d(input, xp)
     _, index = _max_pool2d(x, geo, xp, index_dtype=xp.int32 if math.prod(x.shape) < 2 ** 31 else None)
-    gi = _max_pool2d_backward(_4d(grad_output, xp), tuple(x.shape), index, xp)
+    gi = _max_pool2d_backward(_4d(grad_output, xp), tuple(x.shape), index, xp, _disjoint(geo))
     return gi[0, ...] if geo.unbatched else gi
 
 
