@@ -357,3 +357,43 @@ def test_probe(probe_id):
 def test_the_table_is_big_enough_and_covers_every_kind():
     kinds = {type(e).__name__ for _, e in PROBES.values()}
     assert len(PROBES) >= 45 and kinds == {"Raises", "LikeTorch", "Warns"}, (len(PROBES), kinds)
+
+
+def _no_graph(t):
+    return not t.requires_grad and t.grad_fn is None
+
+
+def test_input_that_requires_grad_leaves_no_graph_in_grads_or_parameters():
+    """A torch input with requires_grad=True (a user's leftover from autograd code): .grad and the
+    stepped parameters stay plain tensors, as torch's do (p.grad carries no graph; step runs
+    under no_grad), and the numbers are torch's."""
+    m = nn.Linear(4, 3, device="cpu", dtype="float64", generator=np.random.default_rng(0))
+    tm = torch.nn.Linear(4, 3).double()
+    with torch.no_grad():
+        tm.weight.copy_(m.weight.data)
+        tm.bias.copy_(m.bias.data)
+    x, tx = T(X34, requires_grad=True), T(X34, requires_grad=True)
+    opt, topt = optim.SGD(m.parameters(), lr=0.1), torch.optim.SGD(tm.parameters(), lr=0.1)
+    for _ in range(2):
+        m.backward(torch.ones(3, 3, dtype=torch.float64) + m(x))
+        tm(tx).backward(torch.ones(3, 3, dtype=torch.float64) + tm(tx).detach())
+        assert _no_graph(m.weight.grad) and _no_graph(m.bias.grad)
+        opt.step()
+        topt.step()
+        assert _no_graph(m.weight.data) and _no_graph(m.bias.data)
+        torch.testing.assert_close(m.weight.data, tm.weight.detach(), rtol=1e-12, atol=1e-15)
+        opt.zero_grad()
+        topt.zero_grad()
+
+
+@pytest.mark.parametrize("make", [lambda ps: optim.SGD(ps, lr=0.1), lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
+                                  lambda ps: optim.Adam(ps), lambda ps: optim.AdamW(ps)], ids=["SGD", "SGD-momentum", "Adam", "AdamW"])
+def test_step_with_a_grad_that_requires_grad_keeps_the_parameter_plain(make):
+    """torch's step runs under no_grad: a .grad that requires grad does not make the parameter part of a graph."""
+    p = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    p.grad = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    opt = make([p])
+    opt.step()
+    opt.step()
+    assert _no_graph(p.data)
+    assert all(_no_graph(v) for v in opt.state.get(id(p), {}).values() if isinstance(v, torch.Tensor))

@@ -33,6 +33,12 @@ _TORCH_ONLY_DEFAULTS = {"foreach": (None, False), "maximize": (False,), "captura
                         "differentiable": (False,), "fused": (None, False), "amsgrad": (False,)}
 
 
+def _no_graph(step):
+    """torch's step runs under no_grad: a .grad that requires grad must not pull the parameters
+    (updated in place) or the optimizer state into an autograd graph."""
+    return step if B.torch is None else B.torch.no_grad()(step)
+
+
 def _refuse_unimplemented(where, key, value):
     if key in _TORCH_ONLY_DEFAULTS and value not in _TORCH_ONLY_DEFAULTS[key]:
         raise ValueError(f"{where}: {key}={value!r} is a torch.optim option manual does not implement "
@@ -209,6 +215,7 @@ class Optimizer:
         return out
 
     # -- the step ------------------------------------------------------------------------
+    @_no_graph
     def step(self):
         state = self.state
         try:
@@ -279,6 +286,7 @@ class SGD(Optimizer):
         _check("SGD nesterov", g["nesterov"], not g["nesterov"] or (g["momentum"] > 0 and g["dampening"] == 0),
                "momentum > 0 and dampening == 0 with nesterov=True")
 
+    @_no_graph
     def step(self):
         # torch's structure: read every listed parameter's buffer first, update, write back;
         # only a parameter listed twice in one group can tell the difference.
