@@ -293,7 +293,8 @@ class SGD(Optimizer):
         state = self.state
         try:
             for g in self.param_groups:
-                mu, lr, wd = g["momentum"], g["lr"], g["weight_decay"]
+                # floats: an np.float64 hyperparameter would promote float32 grads and buffers to float64
+                mu, lr, wd = float(g["momentum"]), float(g["lr"]), float(g["weight_decay"])
                 if not mu:
                     ps = [p for p in g["params"] if p.grad is not None]
                     for p in ps:
@@ -320,7 +321,7 @@ class SGD(Optimizer):
                         buf = bufs[i] = grad + 0  # a copy: the buffer is updated in place
                     else:
                         buf *= mu
-                        buf += (1.0 - g["dampening"]) * grad
+                        buf += (1.0 - float(g["dampening"])) * grad
                     B.sub_scaled_(d, lr, grad + mu * buf if g["nesterov"] else buf)  # d -= lr * (...), in place
                 for p, buf in zip(ps, bufs):
                     state.setdefault(id(p), {})["momentum_buffer"] = buf
@@ -388,8 +389,8 @@ class Adam(Optimizer):
             state["step"] = 0
             state["exp_avg"] = xp.zeros_like(p.data)
             state["exp_avg_sq"] = xp.zeros_like(p.data)
-        b1, b2 = group["betas"]
-        lr, wd = group["lr"], group["weight_decay"]
+        b1, b2 = (float(b) for b in group["betas"])  # floats: an np.float64 would promote float32 to float64
+        lr, wd = float(group["lr"]), float(group["weight_decay"])
         state["step"] += 1
         t = state["step"]
         if wd:
@@ -402,7 +403,7 @@ class Adam(Optimizer):
         v *= b2
         v += (1.0 - b2) * grad * grad
         step_size = lr / (1.0 - b1**t)
-        denom = B.namespace(v).sqrt(v) / math.sqrt(1.0 - b2**t) + group["eps"]
+        denom = B.namespace(v).sqrt(v) / math.sqrt(1.0 - b2**t) + float(group["eps"])
         p.data -= step_size * (m / denom)
 
 
