@@ -64,6 +64,14 @@ def linear_fwd():
     return m
 
 
+X4D = R.standard_normal((2, 3, 4, 4))
+
+
+def fwd_then_backward(m, x, g):
+    m(x)
+    return m.backward(g)
+
+
 def sigmoid_fwd_then_modify():
     m = nn.Sigmoid()
     y = m(X34.copy())
@@ -197,6 +205,17 @@ PROBES = {
                                        Raises(ValueError, r"expected grad_output of shape \(3, 3\).* got shape \(\)")),
     "Linear.backward-grad_output-3d": (lambda: (lambda m: (m(np.ones((2, 5, 4))), m.backward(np.ones((2, 6, 3)))))(nn.Linear(4, 3).double()),
                                        Raises(ValueError, r"expected grad_output of shape \(2, 5, 3\) .* got shape \(2, 6, 3\)")),
+    "Flatten.backward-grad_output-shape": (lambda: fwd_then_backward(nn.Flatten(), X4D, np.ones((48, 2))),  # torch: 'Mismatch in shape'
+                                           Raises(ValueError, r"Flatten\(start_dim=1, end_dim=-1\).backward: expected grad_output "
+                                                              r"of shape \(2, 48\) and dtype float64 .* got shape \(48, 2\)")),
+    "Flatten.backward-grad_output-dtype": (lambda: fwd_then_backward(nn.Flatten(), X4D, np.ones((2, 48), np.float32)),
+                                           Raises(ValueError, r"Flatten.*expected grad_output of shape \(2, 48\) and dtype float64 "
+                                                              r".* got shape \(2, 48\) and dtype float32")),
+    "Dropout-eval.backward-grad_output-shape": (lambda: fwd_then_backward(nn.Dropout().eval(), X34, np.ones((4, 3))),
+                                                Raises(ValueError, r"Dropout\(p=0.5, inplace=False\).backward: expected grad_output "
+                                                                   r"of shape \(3, 4\) .* got shape \(4, 3\)")),
+    "Dropout-p0.backward-grad_output-shape": (lambda: fwd_then_backward(nn.Dropout(0.0), X34, np.ones(12)),
+                                              Raises(ValueError, r"Dropout\(p=0.0.*expected grad_output of shape \(3, 4\) .* got shape \(12,\)")),
     "relu_backward-shape": (lambda: F.relu_backward(np.ones(3), X34),
                             Raises(ValueError, r"relu_backward: expected grad_output of shape \(3, 4\) .* got \(3,\)")),
     "mse_loss-target-shape": (lambda: F.mse_loss(X34, np.zeros((4, 3))),
