@@ -124,3 +124,17 @@ def test_bad_command_line_is_refused_before_any_work(name, tmp_path, capsys):
 
 def test_the_table_is_large_enough():
     assert len(PROBES) >= 15
+
+
+@pytest.mark.parametrize("where", ["empty", "missing"])
+def test_view_with_no_runs_at_all_exits_2_without_starting_tensorboard(tmp_path, capsys, monkeypatch, where):
+    """`view` with no NAME and no runs under --logdir (an empty or a missing folder): a clear error,
+    not TensorBoard's own 'A logdir or db must be specified' from an empty --logdir_spec."""
+    import subprocess
+
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("TensorBoard was started"))
+    logdir = tmp_path if where == "empty" else tmp_path / "nowhere"
+    assert cli.main(["view", "--logdir", str(logdir)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"no runs under {re.escape(str(logdir))}.*backprop-lab run xor", err), err
+    assert "Traceback" not in err
