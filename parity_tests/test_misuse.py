@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as TF
 
 import manual
+import torch_ref
 from manual import functional as F
 from manual import nn, optim
 from manual._backend import to_numpy
@@ -359,6 +360,8 @@ PROBES = {
     "state_dict-wrong-shape": (lambda: sd_with("bias", np.zeros(3)), Raises(ValueError, r"bias: expected shape \(2,\), got \(3,\)")),
     "state_dict-buffers-loaded": (ce_buffers_loaded, LikeTorch(lambda: TF.cross_entropy(T(X34), T([0, 3, 2]), weight=T(a(0.2, 1.0, 3.0, 0.5))))),
     "Linear-float-features": (lambda: nn.Linear(2.5, 3), Raises(TypeError, r"expected in_features to be an int, got float 2.5")),
+    "twin-of-a-function": (lambda: torch_ref.twin(lambda x: x),
+                           Raises(TypeError, r"torch_ref.twin: expected a manual model \(a manual.nn.Module\), got function")),
     "Parameter-of-a-list": (lambda: nn.Parameter([1.0, 2.0]), Raises(TypeError, r"expected a NumPy array or a torch tensor, got list")),
     "Parameter-requires-grad": (lambda: nn.Parameter(torch.zeros(2, requires_grad=True)), Raises(ValueError, r"requires_grad=False .* pass t.detach\(\)")),
 }
