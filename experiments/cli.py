@@ -39,6 +39,17 @@ def check_paths(args):
             return f"--json {path}: the folder {folder} does not exist"
         if not os.access(folder, os.W_OK):
             return f"--json {path}: the folder {folder} is not writable"
+    text = getattr(args, "text", None)
+    if text:  # gpt --text: read before any work, not after the run folder is made
+        if os.path.isdir(text):
+            return f"--text {text}: is a folder, expected a UTF-8 text file"
+        try:
+            with open(text, encoding="utf-8") as f:
+                f.read()
+        except OSError as e:
+            return f"--text {text}: cannot read it ({e.strerror})"
+        except UnicodeDecodeError as e:
+            return f"--text {text}: not UTF-8 text (byte {e.start}: {e.reason}); expected a UTF-8 text file"
     logdir = getattr(args, "logdir", None)
     if logdir is not None and not logdir.strip():
         return "--logdir '': expected a folder path (runs go to LOGDIR/<experiment>/...), got an empty string"

@@ -90,8 +90,10 @@ def add_config_arguments(parser, config_cls, skip=()):
             kind = _non_negative  # NumPy seeds are >= 0; --save-every 0 saves only when stopped
         elif kind is int:
             kind = _at_least_one  # counts and sizes: steps, epochs, hidden, batch, ...
-        elif kind is float and (f.name == "lr" or f.name.endswith("_lr")):
-            kind = _positive
+        elif kind is float and (f.name == "lr" or f.name.endswith("_lr") or f.name == "grad_clip"):
+            kind = _positive  # a negative grad_clip would flip the gradients (torch's clip_grad_norm_ scales by it)
+        elif kind is float:
+            kind = _FLOAT_RANGES.get(f.name, float)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if isinstance(default, (list, tuple)):
             parser.add_argument(flag, dest=f.name, type=type(default[0]) if default else float, nargs="+",
@@ -157,6 +159,29 @@ def _positive(text):
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
     return value
+
+
+def _float_in(expected, ok):
+    def parse(text):
+        import argparse
+
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+
+    return parse
+
+
+# float options with a range, by name (as lr above): refused by argparse, before any work
+_FLOAT_RANGES = {
+    "dropout": _float_in("a probability in [0, 1)", lambda v: 0.0 <= v < 1.0),
+    "weight_decay": _float_in("a number >= 0", lambda v: v >= 0.0),
+    "test_fraction": _float_in("a number in (0, 1)", lambda v: 0.0 < v < 1.0),
+}
 
 
 def argparse_bool():

@@ -113,6 +113,9 @@ def tensorboard_command():
 def select(logdir, names, all_runs):
     """The --logdir_spec: NAME:LOGDIR/NAME/<latest> for each experiment (or NAME:LOGDIR/NAME with --all-runs)."""
     runs = find_runs(logdir)
+    if not names and not runs:  # else TensorBoard starts on an empty --logdir_spec and exits with its own error
+        raise LookupError(f"no runs under {logdir}{'' if os.path.isdir(logdir) else ' (no such folder)'}; "
+                          "make one with `backprop-lab run xor` (or pass --logdir where the runs are)")
     names = names or list(runs)
     missing = [n for n in names if n not in runs]
     if missing:

@@ -16,6 +16,7 @@ arrays: `manual` never asks torch for a gradient.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 from array_api_compat import array_namespace
@@ -110,6 +111,14 @@ def check_float(op: str, x, what: str = "input") -> None:
     if isinstance(dt, np.dtype) and dt.kind == "f" and dt.itemsize in (4, 8):  # non-native byte order
         return
     raise TypeError(f"{op}: expected {what} of dtype float32 or float64 (the dtypes manual supports), got {dt}")
+
+
+def as_float(op: str, name: str, value) -> float:
+    """A scalar hyperparameter as a Python float. torch takes any real number (a NumPy scalar too)
+    and keeps the input's dtype; NumPy would promote float32 arrays times an np.float64 to float64."""
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"{op}: expected {name} to be a real number, got {type(value).__name__} {value!r}")
+    return float(value)
 
 
 def check_same_dtype(op: str, **arrays) -> None:

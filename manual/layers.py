@@ -273,7 +273,7 @@ class Dropout(Module):
     def forward(self, input):
         xp = B.namespace(input, op="Dropout")
         if not R._active(self.p, self.training):
-            self._save(_scale=1.0)
+            self._save(_scale=(tuple(input.shape), input.dtype))  # the identity: backward checks grad_output against these
             return input  # the identity, as torch's (no copy)
         gen = self.generator if self.generator is not None else I.default_generator()
         keep = R._keep_scale(xp, R.dropout_mask(input, self.p, generator=gen), self.p, input)
@@ -284,7 +284,8 @@ class Dropout(Module):
         keep = self._saved("_scale")
         if not input_grad:
             return None
-        if isinstance(keep, float):
+        if isinstance(keep, tuple):
+            _check_grad(self, grad_output, *keep)
             return grad_output
         _check_grad(self, grad_output, keep.shape, keep.dtype)
         return grad_output * keep
@@ -341,14 +342,15 @@ class Flatten(Module):
 
     def forward(self, input):
         out = R.flatten(input, self.start_dim, self.end_dim)
-        self._save(_shape=tuple(input.shape))
+        self._save(_shapes=(tuple(input.shape), tuple(out.shape), input.dtype))
         return out
 
     def backward(self, grad_output, *, input_grad=True):
-        shape = self._saved("_shape")
+        shape, out_shape, dtype = self._saved("_shapes")
         if not input_grad:
             return None
         xp = B.namespace(grad_output, op="Flatten.backward")
+        _check_grad(self, grad_output, out_shape, dtype)  # a reshape would take any grad_output of the same size
         return xp.reshape(grad_output, shape)
 
     def extra_repr(self):

@@ -336,6 +336,8 @@ def _is_dtype(a):
 
 
 def _accumulate(p, g):
+    if getattr(g, "requires_grad", False):  # from an input that requires grad: .grad carries no graph, as torch's
+        g = g.detach()
     p.grad = g if p.grad is None else p.grad + g
 
 

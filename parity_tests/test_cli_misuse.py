@@ -30,6 +30,11 @@ def truncated_checkpoint(path):
     return str(path)
 
 
+def binary(path):
+    path.write_bytes(b"ab\xff\xfe\x00 not text")
+    return str(path)
+
+
 def write(path, text="x"):
     path.write_text(text)
     return str(path)
@@ -94,6 +99,16 @@ PROBES = {
     "nproc with resume": (lambda t, L: ["run", "ddp", "--nproc", "2", "--resume", "latest"],
                           r"--nproc 2 with --resume: the ddp experiment is a short check that writes no checkpoints"),
     "nproc on all too many": (lambda t, L: ["all", "--nproc", "65"], r"--nproc 65: expected at most 64 processes"),
+    "text missing": (lambda t, L: ["run", "gpt", "--text", str(t / "none.txt")],
+                     r"--text .*none\.txt: cannot read it \(No such file or directory\)"),
+    "text is a folder": (lambda t, L: ["run", "gpt", "--text", str(t)], r"--text .*: is a folder, expected a UTF-8 text file"),
+    "text not UTF-8": (lambda t, L: ["run", "gpt", "--text", binary(t / "b.dat")],
+                       r"--text .*b\.dat: not UTF-8 text \(byte 2: invalid start byte\); expected a UTF-8 text file"),
+    "dropout above 1": (lambda t, L: ["run", "gpt", "--dropout", "1.5"], r"argument --dropout: expected a probability in \[0, 1\), got 1\.5"),
+    "dropout negative": (lambda t, L: ["run", "gpt", "--dropout", "-0.1"], r"argument --dropout: expected a probability in \[0, 1\), got -0\.1"),
+    "weight-decay negative": (lambda t, L: ["run", "gpt", "--weight-decay", "-1"], r"argument --weight-decay: expected a number >= 0, got -1\.0"),
+    "grad-clip negative": (lambda t, L: ["run", "gpt", "--grad-clip", "-1"], r"argument --grad-clip: expected a number > 0, got -1\.0"),
+    "test-fraction 1": (lambda t, L: ["run", "digits", "--test-fraction", "1"], r"argument --test-fraction: expected a number in \(0, 1\), got 1\.0"),
 }
 if not ROOT_USER:
     PROBES.update({
@@ -124,3 +139,17 @@ def test_bad_command_line_is_refused_before_any_work(name, tmp_path, capsys):
 
 def test_the_table_is_large_enough():
     assert len(PROBES) >= 15
+
+
+@pytest.mark.parametrize("where", ["empty", "missing"])
+def test_view_with_no_runs_at_all_exits_2_without_starting_tensorboard(tmp_path, capsys, monkeypatch, where):
+    """`view` with no NAME and no runs under --logdir (an empty or a missing folder): a clear error,
+    not TensorBoard's own 'A logdir or db must be specified' from an empty --logdir_spec."""
+    import subprocess
+
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("TensorBoard was started"))
+    logdir = tmp_path if where == "empty" else tmp_path / "nowhere"
+    assert cli.main(["view", "--logdir", str(logdir)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"no runs under {re.escape(str(logdir))}.*backprop-lab run xor", err), err
+    assert "Traceback" not in err

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as TF
 
 import manual
+import torch_ref
 from manual import functional as F
 from manual import nn, optim
 from manual._backend import to_numpy
@@ -62,6 +63,14 @@ def linear_fwd():
     m = nn.Linear(4, 3).double()
     m(X34)
     return m
+
+
+X4D = R.standard_normal((2, 3, 4, 4))
+
+
+def fwd_then_backward(m, x, g):
+    m(x)
+    return m.backward(g)
 
 
 def sigmoid_fwd_then_modify():
@@ -197,6 +206,17 @@ PROBES = {
                                        Raises(ValueError, r"expected grad_output of shape \(3, 3\).* got shape \(\)")),
     "Linear.backward-grad_output-3d": (lambda: (lambda m: (m(np.ones((2, 5, 4))), m.backward(np.ones((2, 6, 3)))))(nn.Linear(4, 3).double()),
                                        Raises(ValueError, r"expected grad_output of shape \(2, 5, 3\) .* got shape \(2, 6, 3\)")),
+    "Flatten.backward-grad_output-shape": (lambda: fwd_then_backward(nn.Flatten(), X4D, np.ones((48, 2))),  # torch: 'Mismatch in shape'
+                                           Raises(ValueError, r"Flatten\(start_dim=1, end_dim=-1\).backward: expected grad_output "
+                                                              r"of shape \(2, 48\) and dtype float64 .* got shape \(48, 2\)")),
+    "Flatten.backward-grad_output-dtype": (lambda: fwd_then_backward(nn.Flatten(), X4D, np.ones((2, 48), np.float32)),
+                                           Raises(ValueError, r"Flatten.*expected grad_output of shape \(2, 48\) and dtype float64 "
+                                                              r".* got shape \(2, 48\) and dtype float32")),
+    "Dropout-eval.backward-grad_output-shape": (lambda: fwd_then_backward(nn.Dropout().eval(), X34, np.ones((4, 3))),
+                                                Raises(ValueError, r"Dropout\(p=0.5, inplace=False\).backward: expected grad_output "
+                                                                   r"of shape \(3, 4\) .* got shape \(4, 3\)")),
+    "Dropout-p0.backward-grad_output-shape": (lambda: fwd_then_backward(nn.Dropout(0.0), X34, np.ones(12)),
+                                              Raises(ValueError, r"Dropout\(p=0.0.*expected grad_output of shape \(3, 4\) .* got shape \(12,\)")),
     "relu_backward-shape": (lambda: F.relu_backward(np.ones(3), X34),
                             Raises(ValueError, r"relu_backward: expected grad_output of shape \(3, 4\) .* got \(3,\)")),
     "mse_loss-target-shape": (lambda: F.mse_loss(X34, np.zeros((4, 3))),
@@ -221,6 +241,15 @@ PROBES = {
     "softmax-empty-dim": (lambda: (F.softmax(np.zeros((3, 0)), 1), F.log_softmax(np.zeros((3, 0)), -1)),
                           LikeTorch(lambda: (TF.softmax(torch.zeros(3, 0, dtype=torch.float64), 1),
                                              TF.log_softmax(torch.zeros(3, 0, dtype=torch.float64), -1)))),
+    "sdpa-no-keys": (lambda: (F.scaled_dot_product_attention(X34[None], X34[None, :0], X34[None, :0, :2]),
+                              *F.scaled_dot_product_attention_backward(np.ones((1, 3, 2)), X34[None], X34[None, :0],
+                                                                       X34[None, :0, :2])[:3]),
+                     LikeTorch(lambda: (TF.scaled_dot_product_attention(T(X34[None]), T(X34[None, :0]), T(X34[None, :0, :2])),
+                                        *grad_of(TF.scaled_dot_product_attention, X34[None], X34[None, :0], X34[None, :0, :2],
+                                                 g=np.ones((1, 3, 2)))))),
+    "sdpa-no-queries-no-keys-causal": (lambda: F.scaled_dot_product_attention(X34[None, :0], X34[None, :0], X34[None, :0], is_causal=True),
+                                       LikeTorch(lambda: TF.scaled_dot_product_attention(T(X34[None, :0]), T(X34[None, :0]),
+                                                                                         T(X34[None, :0]), is_causal=True))),
     # -- dtypes ---------------------------------------------------------------------------------
     "relu-float16": (lambda: F.relu(X34.astype(np.float16)),
                      Raises(TypeError, r"relu: expected input of dtype float32 or float64 .* got float16")),
@@ -240,6 +269,12 @@ PROBES = {
     "Module.to-torch.bfloat16": (lambda: nn.Linear(2, 2).to(torch.bfloat16),
                                  Raises(TypeError, r"dtype: expected float32 or float64, got torch.bfloat16")),
     "Linear-int-dtype": (lambda: nn.Linear(2, 2, dtype="int32"), Raises(TypeError, r"expected float32 or float64, got 'int32'")),
+    "leaky_relu-slope-array": (lambda: F.leaky_relu(X34, np.full(4, 0.1)),  # torch: TypeError, 'must be Number'
+                               Raises(TypeError, r"leaky_relu: expected negative_slope to be a real number, got ndarray")),
+    "elu_backward-alpha-str": (lambda: F.elu_backward(X34, X34, "1.0"),
+                               Raises(TypeError, r"elu_backward: expected alpha to be a real number, got str '1.0'")),
+    "cross_entropy-label_smoothing-str": (lambda: F.cross_entropy(X34, np.array([0, 1, 2]), label_smoothing="0.1"),
+                                          Raises(TypeError, r"cross_entropy: expected label_smoothing to be a real number, got str")),
     # -- NaN and inf ----------------------------------------------------------------------------
     "relu_backward-nan": (lambda: F.relu_backward(NAN_G, NAN_X), LikeTorch(lambda: grad_of(TF.relu, NAN_X, g=NAN_G))),
     "relu_backward-nan-torch-tensors": (lambda: F.relu_backward(T(NAN_G), T(NAN_X)), LikeTorch(lambda: grad_of(TF.relu, NAN_X, g=NAN_G))),
@@ -325,6 +360,8 @@ PROBES = {
     "state_dict-wrong-shape": (lambda: sd_with("bias", np.zeros(3)), Raises(ValueError, r"bias: expected shape \(2,\), got \(3,\)")),
     "state_dict-buffers-loaded": (ce_buffers_loaded, LikeTorch(lambda: TF.cross_entropy(T(X34), T([0, 3, 2]), weight=T(a(0.2, 1.0, 3.0, 0.5))))),
     "Linear-float-features": (lambda: nn.Linear(2.5, 3), Raises(TypeError, r"expected in_features to be an int, got float 2.5")),
+    "twin-of-a-function": (lambda: torch_ref.twin(lambda x: x),
+                           Raises(TypeError, r"torch_ref.twin: expected a manual model \(a manual.nn.Module\), got function")),
     "Parameter-of-a-list": (lambda: nn.Parameter([1.0, 2.0]), Raises(TypeError, r"expected a NumPy array or a torch tensor, got list")),
     "Parameter-requires-grad": (lambda: nn.Parameter(torch.zeros(2, requires_grad=True)), Raises(ValueError, r"requires_grad=False .* pass t.detach\(\)")),
 }
@@ -357,3 +394,113 @@ def test_probe(probe_id):
 def test_the_table_is_big_enough_and_covers_every_kind():
     kinds = {type(e).__name__ for _, e in PROBES.values()}
     assert len(PROBES) >= 45 and kinds == {"Raises", "LikeTorch", "Warns"}, (len(PROBES), kinds)
+
+
+def _no_graph(t):
+    return not t.requires_grad and t.grad_fn is None
+
+
+def test_input_that_requires_grad_leaves_no_graph_in_grads_or_parameters():
+    """A torch input with requires_grad=True (a user's leftover from autograd code): .grad and the
+    stepped parameters stay plain tensors, as torch's do (p.grad carries no graph; step runs
+    under no_grad), and the numbers are torch's."""
+    m = nn.Linear(4, 3, device="cpu", dtype="float64", generator=np.random.default_rng(0))
+    tm = torch.nn.Linear(4, 3).double()
+    with torch.no_grad():
+        tm.weight.copy_(m.weight.data)
+        tm.bias.copy_(m.bias.data)
+    x, tx = T(X34, requires_grad=True), T(X34, requires_grad=True)
+    opt, topt = optim.SGD(m.parameters(), lr=0.1), torch.optim.SGD(tm.parameters(), lr=0.1)
+    for _ in range(2):
+        m.backward(torch.ones(3, 3, dtype=torch.float64) + m(x))
+        tm(tx).backward(torch.ones(3, 3, dtype=torch.float64) + tm(tx).detach())
+        assert _no_graph(m.weight.grad) and _no_graph(m.bias.grad)
+        opt.step()
+        topt.step()
+        assert _no_graph(m.weight.data) and _no_graph(m.bias.data)
+        torch.testing.assert_close(m.weight.data, tm.weight.detach(), rtol=1e-12, atol=1e-15)
+        opt.zero_grad()
+        topt.zero_grad()
+
+
+@pytest.mark.parametrize("make", [lambda ps: optim.SGD(ps, lr=0.1), lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
+                                  lambda ps: optim.Adam(ps), lambda ps: optim.AdamW(ps)], ids=["SGD", "SGD-momentum", "Adam", "AdamW"])
+def test_step_with_a_grad_that_requires_grad_keeps_the_parameter_plain(make):
+    """torch's step runs under no_grad: a .grad that requires grad does not make the parameter part of a graph."""
+    p = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    p.grad = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    opt = make([p])
+    opt.step()
+    opt.step()
+    assert _no_graph(p.data)
+    assert all(_no_graph(v) for v in opt.state.get(id(p), {}).values() if isinstance(v, torch.Tensor))
+
+
+X32 = R.standard_normal((4, 3, 5)).astype(np.float32)
+G32 = R.standard_normal((4, 3, 5)).astype(np.float32)
+KEEP = R.random((4, 3, 5)) >= 0.5
+RM, RV = R.standard_normal(3).astype(np.float32), R.random(3).astype(np.float32) + 0.5
+DROPOUT = []
+Y3 = np.array([[0, 1, 2, 0, 1], [2, 2, 1, 0, 0], [1, 0, 0, 2, 1], [0, 0, 2, 1, 1]])
+
+
+def f64(v):
+    return np.float64(v)  # a NumPy scalar: from np.linspace, a NumPy config, arithmetic on arrays
+
+
+def tgrad32(fn, *xs):
+    ts = [T(x, requires_grad=True) for x in xs]
+    fn(*ts).backward(T(G32) if fn(*ts).ndim else None)
+    return tuple(t.grad for t in ts)
+
+
+# id -> (manual with NumPy float64 hyperparameters on float32 arrays, torch with the same numbers)
+NP_SCALAR_CASES = {
+    "leaky_relu": (lambda: F.leaky_relu(X32, f64(0.1)), lambda: TF.leaky_relu(T(X32), 0.1)),
+    "leaky_relu_backward": (lambda: F.leaky_relu_backward(G32, X32, f64(0.1)), lambda: tgrad32(lambda x: TF.leaky_relu(x, 0.1), X32)[0]),
+    "elu": (lambda: F.elu(X32, f64(0.7)), lambda: TF.elu(T(X32), 0.7)),
+    "elu_backward": (lambda: F.elu_backward(G32, X32, f64(0.7)), lambda: tgrad32(lambda x: TF.elu(x, 0.7), X32)[0]),
+    "dropout": (lambda: F.dropout(X32, f64(0.5), mask=KEEP), lambda: T(X32) * T(KEEP) * 2.0),  # closed form x D / (1 - p)
+    "dropout_backward": (lambda: F.dropout_backward(G32, X32, f64(0.5), mask=KEEP), lambda: T(G32) * T(KEEP) * 2.0),
+    "Dropout": (lambda: DROPOUT.append(nn.Dropout(f64(0.5))(X32)) or DROPOUT[-1],
+                lambda: T(X32) * T(DROPOUT[-1] != 0) * 2.0),  # the module's own mask, read off its output
+    "cross_entropy-label_smoothing": (lambda: F.cross_entropy(X32, Y3, label_smoothing=f64(0.1)),
+                                      lambda: TF.cross_entropy(T(X32), T(Y3), label_smoothing=0.1)),
+    "cross_entropy_backward-label_smoothing": (
+        lambda: F.cross_entropy_backward(np.array(1.0, np.float32), X32, Y3, label_smoothing=f64(0.1)),
+        lambda: tgrad32(lambda x: TF.cross_entropy(x, T(Y3), label_smoothing=0.1), X32)[0]),
+    "batch_norm-train-eps": (lambda: F.batch_norm(X32, RM.copy(), RV.copy(), training=True, eps=f64(1e-5)),
+                             lambda: TF.batch_norm(T(X32), T(RM), T(RV), training=True, eps=1e-5)),
+    "batch_norm-eval-eps": (lambda: F.batch_norm(X32, RM, RV, training=False, eps=f64(1e-5)),
+                            lambda: TF.batch_norm(T(X32), T(RM), T(RV), training=False, eps=1e-5)),
+    "group_norm_backward-eps": (lambda: F.group_norm_backward(G32, X32, 3, eps=f64(1e-5))[0],
+                                lambda: tgrad32(lambda x: TF.group_norm(x, 3, eps=1e-5), X32)[0]),
+}
+
+
+@pytest.mark.parametrize("case", list(NP_SCALAR_CASES))
+def test_numpy_float64_hyperparameters_keep_float32(case):
+    """torch reads a NumPy scalar hyperparameter as a number: float32 in, float32 out. NumPy would
+    promote float32 arrays times an np.float64 scalar to float64 (NEP 50), silently."""
+    fn, ref = NP_SCALAR_CASES[case]
+    got, want = fn(), ref()
+    assert got.dtype == np.float32, f"{case}: dtype {got.dtype}, torch {want.dtype}"
+    np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("make, tmake", [
+    (lambda ps: optim.SGD(ps, lr=f64(0.1), momentum=f64(0.9), weight_decay=f64(0.01)),
+     lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01)),
+    (lambda ps: optim.Adam(ps, lr=f64(0.1), betas=(f64(0.8), f64(0.9)), eps=f64(1e-6), weight_decay=f64(0.01)),
+     lambda ps: torch.optim.Adam(ps, lr=0.1, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.01)),
+], ids=["SGD", "Adam"])
+def test_optimizer_numpy_float64_hyperparameters_keep_float32_state(make, tmake):
+    p, tp = nn.Parameter(X32[0].copy()), T(X32[0].copy(), requires_grad=True)
+    opt, topt = make([p]), tmake([tp])
+    for i in range(3):
+        p.grad, tp.grad = G32[i].copy(), T(G32[i].copy())
+        opt.step()
+        topt.step()
+    for k, v in opt.state[id(p)].items():
+        assert getattr(v, "dtype", np.float32) == np.float32, f"{k}: {v.dtype}"
+    np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-6, atol=1e-7)

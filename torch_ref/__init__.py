@@ -57,6 +57,8 @@ def _build(module, tensor=None):
 
 def twin(model, device=None):
     """torch.nn twin of a manual model: same layout, state_dict names, weights, dtype and device."""
+    if not callable(getattr(model, "state_dict", None)):
+        raise TypeError(f"torch_ref.twin: expected a manual model (a manual.nn.Module), got {type(model).__name__}")
     device, dtype = _device_dtype(model, device)
     tmodel = _build(model).to(device=device, dtype=dtype)
     load_weights(tmodel, model.state_dict())

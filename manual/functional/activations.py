@@ -58,12 +58,14 @@ def leaky_relu(input, negative_slope=0.01):
     """leaky_relu(x) = x if x > 0 else negative_slope * x."""
     xp = namespace(input, op="leaky_relu")
     check_float("leaky_relu", input)
+    negative_slope = B.as_float("leaky_relu", "negative_slope", negative_slope)
     return xp.where(input > 0, input, input * negative_slope)
 
 
 def leaky_relu_backward(grad_output, input, negative_slope=0.01):
     """d leaky_relu/dx = 1 if x > 0 else negative_slope."""
     xp = _backward_args("leaky_relu_backward", grad_output, input)
+    negative_slope = B.as_float("leaky_relu_backward", "negative_slope", negative_slope)
     pos = _mask(input > 0, grad_output, xp)
     return grad_output * (pos + (1.0 - pos) * negative_slope)
 
@@ -72,6 +74,7 @@ def elu(input, alpha=1.0):
     """elu(x) = x if x > 0 else alpha * (e^x - 1)."""
     xp = namespace(input, op="elu")
     check_float("elu", input)
+    alpha = B.as_float("elu", "alpha", alpha)
     neg = alpha * xp.expm1(xp.clip(input, max=0.0))  # clip: no overflow in the unused branch
     return xp.where(input > 0, input, neg)
 
@@ -79,6 +82,7 @@ def elu(input, alpha=1.0):
 def elu_backward(grad_output, input, alpha=1.0):
     """d elu/dx = alpha * e^x if x <= 0 else 1  (so NaN passes the gradient, as torch)."""
     xp = _backward_args("elu_backward", grad_output, input)
+    alpha = B.as_float("elu_backward", "alpha", alpha)
     neg_side = input <= 0
     pos = _mask(~neg_side, grad_output, xp)
     neg = alpha * xp.exp(xp.where(neg_side, input, B.zero_like(input)))  # where, not clip: clip keeps a NaN

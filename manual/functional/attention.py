@@ -108,6 +108,8 @@ def _weights(xp, query, key, attn_mask, is_causal, scale):
         s = xp.where(attn_mask, s, xp.asarray(-math.inf, dtype=s.dtype, device=s.device))
     elif attn_mask is not None:
         s = s + attn_mask  # not in place: the mask may broadcast s to a larger shape
+    if s.shape[-1] == 0:  # no keys: empty weights, so the output is 0 (as torch), and max has nothing to reduce
+        return s
     m = xp.max(s, axis=-1, keepdims=True)  # (..., L, 1); -inf for a row with every key masked
     if attn_mask is not None:
         m = xp.where(m > -math.inf, m, xp.zeros_like(m))  # so exp(-inf - m) = 0 there, not NaN

@@ -110,7 +110,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     xp = namespace(input, target, weight, op="cross_entropy")
     x2, t, C, is_index = _ce_prepare("cross_entropy", xp, input, target, weight, ignore_index, reduction, label_smoothing)
     logp = log_softmax(x2, -1)  # (M, C)
-    eps = label_smoothing
+    eps = float(label_smoothing)  # an np.float64 would promote float32 to float64
     if is_index:
         onehot, valid, wy = _ce_index_weights(xp, t, C, weight, ignore_index, x2)
         loss = -xp.sum(onehot * logp, axis=1) * wy  # (M,), zero where ignored
@@ -153,7 +153,7 @@ def cross_entropy_backward(
     check_grad_output("cross_entropy_backward", grad_output, _ce_loss_shape(input), reduction)
     check_same_dtype("cross_entropy_backward", grad_output=grad_output, input=input)
     p = softmax(x2, -1)  # (M, C)
-    eps = label_smoothing
+    eps = float(label_smoothing)  # an np.float64 would promote float32 to float64
     if reduction == "none":
         a = xp.reshape(grad_output, (-1,))  # (M,)
     if is_index:
@@ -232,7 +232,7 @@ def _ce_prepare(op, xp, input, target, weight, ignore_index, reduction, label_sm
     check_reduction(op, reduction)
     if input.ndim < 1:
         raise ValueError(f"{op}: expected input of shape (C,), (N, C) or (N, C, d1, ...), got a 0-d array")
-    if not (0.0 <= label_smoothing <= 1.0):
+    if not (0.0 <= B.as_float(op, "label_smoothing", label_smoothing) <= 1.0):
         raise ValueError(f"{op}: expected label_smoothing in [0, 1], got {label_smoothing}")
     C = input.shape[0] if input.ndim == 1 else input.shape[1]
     if weight is not None and tuple(weight.shape) != (C,):

@@ -64,7 +64,7 @@ def _stats(xp, x, axes, eps):
     mu = xp.mean(x, axis=axes, keepdims=True)
     xc = x - mu
     var = xp.mean(xc * xc, axis=axes, keepdims=True)
-    rstd = 1.0 / xp.sqrt(var + eps)
+    rstd = 1.0 / xp.sqrt(var + float(eps))  # float(): an np.float64 eps would promote float32
     xc *= rstd  # xhat = (x - mu) * rstd, in the temporary made above (x itself is never written)
     return xc, rstd
 
@@ -189,6 +189,7 @@ def _bn_check(op, input, running_mean, running_var, weight, bias, training, mome
 
 def _update_running(stat, batch_value, momentum):
     """stat <- (1 - momentum) stat + momentum batch_value, in place (the same two roundings as the expression)."""
+    momentum = float(momentum)  # an np.float64 would round momentum * batch_value in float64
     stat *= 1.0 - momentum
     stat += momentum * batch_value
 
@@ -208,13 +209,13 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         mu = xp.mean(input, axis=axes, keepdims=True)
         xc = input - mu
         var = xp.mean(xc * xc, axis=axes, keepdims=True)
-        xhat = xc / xp.sqrt(var + eps)
+        xhat = xc / xp.sqrt(var + float(eps))
         if running_mean is not None:
             _update_running(running_mean, xp.reshape(mu, (-1,)), momentum)
         if running_var is not None:
             _update_running(running_var, xp.reshape(var, (-1,)) * (m / (m - 1)), momentum)
     else:
-        xhat = (input - _channel_view(xp, running_mean, nd)) / _channel_view(xp, xp.sqrt(running_var + eps), nd)
+        xhat = (input - _channel_view(xp, running_mean, nd)) / _channel_view(xp, xp.sqrt(running_var + float(eps)), nd)
     return _affine(xhat, None if weight is None else _channel_view(xp, weight, nd),
                    None if bias is None else _channel_view(xp, bias, nd))
 
@@ -238,7 +239,7 @@ def batch_norm_backward(grad_output, input, running_mean, running_var, weight=No
     elif training:
         xhat, rstd = _stats(xp, input, axes, eps)
     else:
-        rstd = 1.0 / _channel_view(xp, xp.sqrt(running_var + eps), nd)
+        rstd = 1.0 / _channel_view(xp, xp.sqrt(running_var + float(eps)), nd)
         xhat = (input - _channel_view(xp, running_mean, nd)) * rstd
     sum_g = xp.sum(grad_output, axis=axes, keepdims=True)
     sum_gxhat = xp.sum(grad_output * xhat, axis=axes, keepdims=True)

@@ -59,6 +59,7 @@ def dropout_mask(input, p=0.5, *, generator=None):
 
 def _keep_scale(xp, mask, p, like):
     """D / (1 - p) in like's dtype; p = 1 keeps nothing (all zeros, as torch)."""
+    p = float(p)  # an np.float64 p would promote a float32 product to float64
     d = xp.astype(mask, like.dtype)
     return d * (1.0 / (1.0 - p)) if p < 1.0 else d * 0.0
 

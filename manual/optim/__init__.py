@@ -33,6 +33,12 @@ _TORCH_ONLY_DEFAULTS = {"foreach": (None, False), "maximize": (False,), "captura
                         "differentiable": (False,), "fused": (None, False), "amsgrad": (False,)}
 
 
+def _no_graph(step):
+    """torch's step runs under no_grad: a .grad that requires grad must not pull the parameters
+    (updated in place) or the optimizer state into an autograd graph."""
+    return step if B.torch is None else B.torch.no_grad()(step)
+
+
 def _refuse_unimplemented(where, key, value):
     if key in _TORCH_ONLY_DEFAULTS and value not in _TORCH_ONLY_DEFAULTS[key]:
         raise ValueError(f"{where}: {key}={value!r} is a torch.optim option manual does not implement "
@@ -209,6 +215,7 @@ class Optimizer:
         return out
 
     # -- the step ------------------------------------------------------------------------
+    @_no_graph
     def step(self):
         state = self.state
         try:
@@ -279,13 +286,15 @@ class SGD(Optimizer):
         _check("SGD nesterov", g["nesterov"], not g["nesterov"] or (g["momentum"] > 0 and g["dampening"] == 0),
                "momentum > 0 and dampening == 0 with nesterov=True")
 
+    @_no_graph
     def step(self):
         # torch's structure: read every listed parameter's buffer first, update, write back;
         # only a parameter listed twice in one group can tell the difference.
         state = self.state
         try:
             for g in self.param_groups:
-                mu, lr, wd = g["momentum"], g["lr"], g["weight_decay"]
+                # floats: an np.float64 hyperparameter would promote float32 grads and buffers to float64
+                mu, lr, wd = float(g["momentum"]), float(g["lr"]), float(g["weight_decay"])
                 if not mu:
                     ps = [p for p in g["params"] if p.grad is not None]
                     for p in ps:
@@ -312,7 +321,7 @@ class SGD(Optimizer):
                         buf = bufs[i] = grad + 0  # a copy: the buffer is updated in place
                     else:
                         buf *= mu
-                        buf += (1.0 - g["dampening"]) * grad
+                        buf += (1.0 - float(g["dampening"])) * grad
                     B.sub_scaled_(d, lr, grad + mu * buf if g["nesterov"] else buf)  # d -= lr * (...), in place
                 for p, buf in zip(ps, bufs):
                     state.setdefault(id(p), {})["momentum_buffer"] = buf
@@ -380,8 +389,8 @@ class Adam(Optimizer):
             state["step"] = 0
             state["exp_avg"] = xp.zeros_like(p.data)
             state["exp_avg_sq"] = xp.zeros_like(p.data)
-        b1, b2 = group["betas"]
-        lr, wd = group["lr"], group["weight_decay"]
+        b1, b2 = (float(b) for b in group["betas"])  # floats: an np.float64 would promote float32 to float64
+        lr, wd = float(group["lr"]), float(group["weight_decay"])
         state["step"] += 1
         t = state["step"]
         if wd:
@@ -394,7 +403,7 @@ class Adam(Optimizer):
         v *= b2
         v += (1.0 - b2) * grad * grad
         step_size = lr / (1.0 - b1**t)
-        denom = B.namespace(v).sqrt(v) / math.sqrt(1.0 - b2**t) + group["eps"]
+        denom = B.namespace(v).sqrt(v) / math.sqrt(1.0 - b2**t) + float(group["eps"])
         p.data -= step_size * (m / denom)
 
 
