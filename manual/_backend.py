@@ -306,38 +306,90 @@ def exp_(a):
     return a.exp_()
 
 
-def gelu_erf(x):
+GELU_CHUNK = 1 << 18  # elements per piece of the GELU paths below: 1 MiB of float32 temporaries, not the array's size
+
+
+def _gelu_pieces(*arrays):
+    """Flat-slice pieces of GELU_CHUNK elements when every array is contiguous and larger than one piece
+    (the temporaries are then held for a piece at a time); None to take the whole arrays at once."""
+    a = arrays[0]
+    n = a.size if type(a) is np.ndarray else a.numel()
+    if n <= GELU_CHUNK or not all(_flat_view_ok(a, b) for b in arrays):
+        return None
+    return [slice(s, min(n, s + GELU_CHUNK)) for s in range(0, n, GELU_CHUNK)]
+
+
+def _flat(a):
+    return a.reshape(-1)  # a view: contiguous
+
+
+def gelu_erf(x, keep_erf=True):
     """(gelu(x), e) with e = erf(x / sqrt 2): the expressions of manual.functional.activations._gelu_erf
     (0.5 x (1 + e)) with the same roundings in the same order, bit for bit, but the temporaries written
     in place: 3 new arrays instead of 5. (Each new large array is fresh pages from the OS when glibc has
     trimmed its heap, which a chain of freed temporaries makes it do: in the GPT step those faults cost
-    more than the arithmetic.)"""
+    more than the arithmetic.) keep_erf=False: (gelu(x), None), the same bits computed GELU_CHUNK
+    elements at a time, so that no erf or (1 + e) of the whole array is ever held."""
     if isinstance(x, (np.ndarray, np.generic)) and x.ndim == 0:  # NumPy scalars: nothing to write into
         e = erf(x / SQRT_2)
-        return 0.5 * x * (1.0 + e), e
-    e = x / SQRT_2
-    erf(e, out=e)
-    out = x * 0.5  # 0.5 * x
-    t = e + 1.0
-    out *= t  # (0.5 x) (1 + e)
-    return out, e
+        return 0.5 * x * (1.0 + e), (e if keep_erf else None)
+    pieces = None if keep_erf else _gelu_pieces(x)
+    if pieces is None:
+        e = x / SQRT_2
+        erf(e, out=e)
+        out = x * 0.5  # 0.5 * x
+        t = e + 1.0
+        out *= t  # (0.5 x) (1 + e)
+        return out, (e if keep_erf else None)
+    out = x * 0.5  # 0.5 * x, then (1 + e) multiplied in piece by piece
+    fx, fo = _flat(x), _flat(out)
+    for s in pieces:
+        e = fx[s] / SQRT_2
+        erf(e, out=e)
+        e += 1.0  # 1 + e, in our own piece
+        fo[s] *= e
+    return out, None
 
 
-def gelu_backward_erf(grad_output, x, e):
+def gelu_backward_erf(grad_output, x, e=None):
     """g (cdf + x pdf), cdf = 0.5 (1 + e), pdf = exp(-0.5 x x) / sqrt(2 pi): the expressions of
     manual.functional.activations._gelu_backward_erf, same roundings in the same order, bit for bit,
-    with 2 new arrays instead of 9."""
+    with 2 new arrays instead of 9. e = erf(x / sqrt 2) as forward kept it, or None to recompute it
+    (the forward's expression) GELU_CHUNK elements at a time: then the result is the only new array of
+    x's size, its temporaries held for a piece at a time."""
     if isinstance(x, (np.ndarray, np.generic)) and x.ndim == 0:  # scalars: the plain expression
+        e = erf(x / SQRT_2) if e is None else e
         return grad_output * (0.5 * (1.0 + e) + x * (INV_SQRT_2PI * np.exp(-0.5 * x * x)))
-    t = x * -0.5  # -0.5 * x
-    t *= x
-    exp_(t)
-    t *= INV_SQRT_2PI  # pdf
-    t *= x  # x * pdf
-    out = e + 1.0
-    out *= 0.5  # cdf
-    out += t
-    out *= grad_output
+    pieces = _gelu_pieces(x, grad_output) if e is None else None
+    if pieces is None:
+        if e is None:
+            e = x / SQRT_2
+            erf(e, out=e)
+        t = x * -0.5  # -0.5 * x
+        t *= x
+        exp_(t)
+        t *= INV_SQRT_2PI  # pdf
+        t *= x  # x * pdf
+        out = e + 1.0
+        out *= 0.5  # cdf
+        out += t
+        out *= grad_output
+        return out
+    out = x * -0.5  # -0.5 * x, the rest piece by piece into it
+    fx, fg, fo = _flat(x), _flat(grad_output), _flat(out)
+    for s in pieces:
+        xs, t = fx[s], fo[s]
+        t *= xs
+        exp_(t)
+        t *= INV_SQRT_2PI  # pdf
+        t *= xs  # x * pdf
+        c = xs / SQRT_2
+        erf(c, out=c)
+        c += 1.0
+        c *= 0.5  # cdf
+        c += t
+        c *= fg[s]
+        t[...] = c
     return out
 
 

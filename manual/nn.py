@@ -466,15 +466,16 @@ class GELU(_Activation):
     # The exact form on NumPy keeps erf(x / sqrt 2) from forward for backward: NumPy's erf is the costly
     # part (a polynomial in Python-level array ops), so one erf per step instead of two, for one more
     # saved array of the input's size. On torch erf is one fast kernel: backward recomputes it from the
-    # input, as torch's own GELU does, and the step holds one array less (32 MiB in gpt-256x4's step).
-    # The same expressions as F.gelu / F.gelu_backward either way, so the same numbers bit for bit.
+    # input, as torch's own GELU does, a piece at a time (B.GELU_CHUNK), and the step holds one array
+    # less (32 MiB in gpt-256x4's step). The same expressions as F.gelu / F.gelu_backward either way,
+    # so the same numbers bit for bit.
     def forward(self, input):
         if self.approximate != "none":
             return super().forward(input)
         B.namespace(input, op="gelu")  # F.gelu's own input checks
         B.check_float("gelu", input)
-        out, e = B.gelu_erf(input)  # F.gelu's expression, fewer temporaries (test_fused)
-        self._save(_saved_input=input, _erf=e if type(input) is np.ndarray else None)
+        out, e = B.gelu_erf(input, keep_erf=type(input) is np.ndarray)  # F.gelu's expression, fewer temporaries
+        self._save(_saved_input=input, _erf=e)  # e: None on torch (test_fused: the same bits either way)
         return out
 
     def backward(self, grad_output, *, input_grad=True):
@@ -485,10 +486,7 @@ class GELU(_Activation):
             return None
         B.namespace(grad_output, x, op="GELU.backward")
         _bad_grad_output(self, grad_output, x.shape, x.dtype)
-        if e is None:  # torch: erf again, the forward's expression (B.gelu_erf: e = erf(x / sqrt 2))
-            e = x / B.SQRT_2
-            B.erf(e, out=e)
-        return B.gelu_backward_erf(grad_output, x, e)
+        return B.gelu_backward_erf(grad_output, x, e)  # e None (torch): erf again, piece by piece
 
 
 class Sigmoid(_Activation):

@@ -107,7 +107,7 @@ def gelu(input, approximate="none"):
         xp = namespace(input)
         inner = B.SQRT_2_OVER_PI * (input + _KAPPA * input * input * input)
         return 0.5 * input * (1.0 + xp.tanh(inner))
-    return B.gelu_erf(input)[0]
+    return B.gelu_erf(input, keep_erf=False)[0]
 
 
 def _gelu_erf(x):
@@ -134,7 +134,7 @@ def gelu_backward(grad_output, input, approximate="none"):
         t = xp.tanh(B.SQRT_2_OVER_PI * (input + _KAPPA * x2 * input))
         d = 0.5 * (1.0 + t) + 0.5 * input * (1.0 - t * t) * B.SQRT_2_OVER_PI * (1.0 + 3.0 * _KAPPA * x2)
         return grad_output * d
-    return B.gelu_backward_erf(grad_output, input, B.erf(input / B.SQRT_2))
+    return B.gelu_backward_erf(grad_output, input)  # erf(x / sqrt 2) recomputed inside, a piece at a time
 
 
 def sigmoid(input):
