@@ -26,7 +26,7 @@ import numpy as np
 from . import _backend as B
 from . import init as I
 from .functional.attention import _backward as _attention_backward
-from .functional.attention import _weights
+from .functional.attention import _weights, _weights_again
 from .functional.regularization import _keep_scale, dropout_mask
 from .layers import Dropout, Embedding, LayerNorm
 from .nn import GELU, Linear, Module
@@ -106,7 +106,8 @@ class CausalAttention(Module):
         if C3 != 3 * C:
             raise ValueError(f"{self!r}: expected packed q, k, v of shape (B, T, {3 * C}), got {tuple(qkv.shape)}")
         q, k, v = (self._heads(xp, qkv[..., i * C:(i + 1) * C], B_, T) for i in range(3))  # (B, nh, T, hs)
-        p = _weights(xp, q, k, None, True, 1.0 / math.sqrt(C // self.n_head))  # (B, nh, T, T), causal softmax
+        stats = []
+        p = _weights(xp, q, k, None, True, 1.0 / math.sqrt(C // self.n_head), stats)  # (B, nh, T, T), causal
         if self.record_attention:
             self.attention = p
         d = None
@@ -115,7 +116,9 @@ class CausalAttention(Module):
             d = _keep_scale(xp, dropout_mask(p, self.dropout, generator=gen), self.dropout, p)
             self._save(_d=d)
         self._dropout_used = d is not None
-        self._save(_q=q, _k=k, _v=v, _p=p)
+        # backward rebuilds P from its row max and sum (B, nh, T, 1) instead of keeping the (B, nh, T, T)
+        # weights: one q k^T and one exp more, T/2 times less memory (flash attention's trade, torch's too)
+        self._save(_q=q, _k=k, _v=v, _m=stats[0], _z=stats[1])
         y = xp.matmul(p if d is None else p * d, v)  # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
         return self._merge(xp, y, B_, T)
 
@@ -123,10 +126,12 @@ class CausalAttention(Module):
         """dq, dk, dv by the attention kernel's backward (manual.functional.attention), packed as (B, T, 3C)."""
         xp = B.namespace(grad_output)
         B_, T, C = grad_output.shape
-        q, k, v, p = (self._saved(n) for n in ("_q", "_k", "_v", "_p"))
+        q, k, v, m, z = (self._saved(n) for n in ("_q", "_k", "_v", "_m", "_z"))
         d = self._saved("_d") if self._dropout_used else None
         g = self._heads(xp, grad_output, B_, T)
-        grads = _attention_backward(xp, g, q, k, v, p, d, 1.0 / math.sqrt(C // self.n_head), None)[:3]
+        scale = 1.0 / math.sqrt(C // self.n_head)
+        p = _weights_again(xp, q, k, scale, m, z)  # the forward's P, from its row statistics
+        grads = _attention_backward(xp, g, q, k, v, p, d, scale, None)[:3]
         # packed (B, T, 3C) = concat of the merged dq, dk, dv: each written once into its slot of one array
         nh = self.n_head
         out = xp.empty((B_, T, 3 * C), dtype=grad_output.dtype, device=grad_output.device)

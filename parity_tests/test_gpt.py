@@ -199,6 +199,25 @@ def test_training_trajectory_matches_autograd_for_100_steps():
     assert float(tloss) < 1.0, "the run must train (ln 7 = 1.95 at the start), or the test proves little"
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpt_attention_rebuilds_the_forward_weights_from_row_statistics(dtype, backend):
+    """CausalAttention keeps the softmax's row max and sum, not the (B, nh, T, T) weights: backward's rebuilt P
+    (_weights_again) is the forward's P (the same operations; to rounding, should the BLAS round the second
+    q k^T differently), and causal (zero above the diagonal)."""
+    from manual.functional.attention import _weights, _weights_again
+
+    rng = np.random.default_rng(3)
+    dev = DEVICE_OF[backend]
+    q, k = (B.place(rng.standard_normal((2, 3, 7, 4)) * 3, dev, dtype) for _ in range(2))
+    xp = B.namespace(q)
+    stats = []
+    p = _weights(xp, q, k, None, True, 0.5, stats)
+    again = B.to_numpy(_weights_again(xp, q, k, 0.5, *stats))
+    np.testing.assert_allclose(again, B.to_numpy(p), rtol=1e-13 if dtype == "float64" else 1e-6, atol=0)
+    assert np.all(np.triu(again, 1) == 0) and np.allclose(again.sum(-1), 1.0)
+    assert [tuple(t.shape) for t in stats] == [(2, 3, 7, 1)] * 2
+
+
 # -- the attention op's dropout keep-mask path -----------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)

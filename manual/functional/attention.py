@@ -96,8 +96,11 @@ def _causal_bias(xp, L, S, like):
     return bias
 
 
-def _weights(xp, query, key, attn_mask, is_causal, scale):
-    """P = softmax(scale * q k^T + M) along the keys, (..., L, S); fully masked rows -> 0."""
+def _weights(xp, query, key, attn_mask, is_causal, scale, stats=None):
+    """P = softmax(scale * q k^T + M) along the keys, (..., L, S); fully masked rows -> 0.
+
+    stats: a list that receives the row statistics (m, z), each (..., L, 1), where P = exp(s - m) / z;
+    _weights_again rebuilds P from them (a causal mask only)."""
     # One (..., L, S) array, every step after the matmul in place on it (s is this function's own):
     # the scores, then exp(s - max), then the weights.
     s = xp.matmul(query, xp.matrix_transpose(key))  # (..., L, E) @ (..., E, S) -> (..., L, S)
@@ -118,6 +121,21 @@ def _weights(xp, query, key, attn_mask, is_causal, scale):
     z = xp.sum(e, axis=-1, keepdims=True)
     if attn_mask is not None:
         z = xp.where(z > 0, z, xp.ones_like(z))  # a fully masked row: 0 / 1 = 0 (torch's safe softmax)
+    e /= z
+    if stats is not None:
+        stats[:] = (m, z)
+    return e
+
+
+def _weights_again(xp, query, key, scale, m, z):
+    """The causal P of _weights(..., is_causal=True, stats=) from its row statistics: the same operations on
+    the same values (scores, bias, - m, exp, / z), without the max and sum reductions. For a backward that
+    keeps (..., L, 1) statistics instead of the (..., L, S) weights, as flash attention keeps its logsumexp."""
+    s = xp.matmul(query, xp.matrix_transpose(key))
+    s *= scale
+    s += _causal_bias(xp, s.shape[-2], s.shape[-1], s)
+    s -= m
+    e = B.exp_(s)
     e /= z
     return e
 
