@@ -295,6 +295,7 @@ def numpy_floor_step(sizes, batch, dtype):
 
 MATMULS = "torch-matmuls"  # timed beside the rows, reported under the table (not a row of its own)
 UNFUSED = "autograd-unfused"  # likewise, for the GPT rows
+CONVS = "torch-convs"  # likewise, for the CNN rows
 # reference step -> (the row it stands beside, its fields' prefix in that row, its column label, what it is)
 FLOORS = {
     FLOOR: ("manual-numpy", "numpy_floor", "floor", "the floor under manual-numpy: the same step as straight-line "
@@ -306,6 +307,9 @@ FLOORS = {
                                                              "its norms (and the GPT's\n  GELU and attention) written "
                                                              "as the elementary torch ops manual runs, not\n  torch's "
                                                              "fused kernels (bench.unfused_norm_step, unfused_gpt_step)"),
+    CONVS: ("manual-torch", "torch_convs", "convs", "inside manual-torch: its convolution layers alone, forward and "
+                                                    "backward (im2col,\n  matmuls, col2im; no pooling, activation, "
+                                                    "Linear or loss; bench.torch_conv_step)"),
 }
 
 
@@ -425,6 +429,42 @@ def torch_matmul_step(sizes, batch, dtype):
             if k:
                 out.append(go @ W)
         return out[0][0, 0]
+
+    return step, None
+
+
+def torch_conv_step(spec, batch, dtype):
+    """Only the convolution layers of a CNN step, by manual's own kernels on torch CPU tensors: each Conv2d's
+    forward (_conv2d) and backward (_conv2d_backward; no input gradient for the first, as in training) on an
+    input and upstream gradient of its shape in the step. Against autograd's whole step it shows what the
+    im2col convolution alone costs here, whatever the rest of the step does. (Nothing to check: no update.)"""
+    import manual
+    from manual import _backend as B
+    from manual.functional import conv as C
+
+    model, _, _ = build_cnn(spec, dtype, "cpu")
+    gen = torch.Generator().manual_seed(0)
+    dt = getattr(torch, dtype)
+    h = torch.randn((batch,) + CNN_INPUT[spec["cnn"]], generator=gen, dtype=dt)
+    layers = []
+    with manual.no_grad():
+        for m in model:
+            if type(m).__name__ == "Conv2d":
+                geo = C._conv_geometry("bench", h, m.weight.data, m.bias.data, *m._args(), 2)
+                y = m(h)
+                layers.append((h, m.weight.data, m.bias.data, geo, torch.randn(tuple(y.shape), generator=gen, dtype=dt),
+                               not layers))
+                h = y
+            else:
+                h = m(h)
+    xp = B.namespace(h)
+
+    def step():
+        out = None
+        for x, w, b, geo, g, first in layers:
+            out, xq = C._conv2d(x, w, b, geo, xp)
+            C._conv2d_backward(g, tuple(x.shape), xq, w, True, geo, xp, input_grad=not first)
+        return out
 
     return step, None
 
@@ -747,6 +787,8 @@ def bench_model(name, sizes, batch, dtype, device, rounds, target_s, peaks):
     err = check_agree(steps, dtype)  # the floors that compute the step are checked with the rows
     if device == "cpu" and spec_kind(sizes) == "mlp":
         steps[MATMULS] = torch_matmul_step(sizes, batch, dtype)
+    if device == "cpu" and spec_kind(sizes) == "cnn":
+        steps[CONVS] = torch_conv_step(sizes, batch, dtype)
     times = paired_rounds(steps, rounds, target_s)
     ref = next(n for n in steps if n.startswith("autograd") and n not in FLOORS)
     floors = [(impl, key, times.pop(name)) for name, (impl, key, *_) in FLOORS.items() if name in times]

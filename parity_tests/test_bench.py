@@ -169,3 +169,21 @@ def test_the_live_memory_measure_counts_what_is_held_at_once(measure, alloc):
     allocated in all, nor the 0.25 MiB still held after."""
     peak = measure(_holds_three_then_one(alloc))
     assert peak is not None and abs(peak - 3 * MIB) < 64 * 1024, peak / MIB
+
+
+@pytest.mark.parametrize("spec, shapes", [({"cnn": "lenet"}, [(3, 6, 28, 28), (3, 16, 10, 10)]),
+                                          ({"cnn": "digits"}, [(3, 16, 8, 8), (3, 32, 4, 4)])])
+def test_conv_reference_runs_each_conv_layer_of_the_step(spec, shapes):
+    """bench.torch_conv_step runs the CNN's convolution layers alone: one per Conv2d of the model, on inputs
+    of the shapes they get in the step, and the forward it times is the convolution (torch's conv2d of the
+    same input and weights)."""
+    step, get = bench.torch_conv_step(spec, 3, "float64")
+    assert get is None
+    cl = dict(zip(step.__code__.co_freevars, (c.cell_contents for c in step.__closure__)))
+    layers = cl["layers"]
+    assert [tuple(g.shape) for _, _, _, _, g, _ in layers] == shapes
+    assert [first for *_, first in layers] == [True] + [False] * (len(layers) - 1)
+    x, w, b, geo, _, _ = layers[-1]
+    pad = geo.pads[0][0]
+    want = torch.nn.functional.conv2d(x, w, b, stride=geo.stride, padding=pad, dilation=geo.dilation)
+    torch.testing.assert_close(step(), want, rtol=1e-12, atol=1e-12)
