@@ -611,7 +611,8 @@ class CrossEntropyLoss(_Loss):
     def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
         super().__init__(reduction)
         self.register_buffer("weight", weight)
-        self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
+        self.ignore_index = B.as_int("CrossEntropyLoss", "ignore_index", ignore_index)  # torch: TypeError at call
+        self.label_smoothing = label_smoothing
 
     def _kwargs(self):
         return {
