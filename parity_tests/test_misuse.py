@@ -217,6 +217,13 @@ PROBES = {
                                                                    r"of shape \(3, 4\) .* got shape \(4, 3\)")),
     "Dropout-p0.backward-grad_output-shape": (lambda: fwd_then_backward(nn.Dropout(0.0), X34, np.ones(12)),
                                               Raises(ValueError, r"Dropout\(p=0.0.*expected grad_output of shape \(3, 4\) .* got shape \(12,\)")),
+    "Sequential-empty.backward-grad_output-shape": (lambda: fwd_then_backward(nn.Sequential(), X34, np.ones((4, 3))),  # torch: 'Mismatch in shape'
+                                                    Raises(ValueError, r"Sequential\(\).backward: expected grad_output of shape \(3, 4\) "
+                                                                       r"and dtype float64 .* got shape \(4, 3\)")),
+    "Sequential-empty.backward-grad_output-dtype": (lambda: fwd_then_backward(nn.Sequential(), X34, np.ones((3, 4), np.float32)),
+                                                    Raises(ValueError, r"Sequential\(\).*got shape \(3, 4\) and dtype float32")),
+    "Sequential-empty-is-the-identity": (lambda: (lambda m: (m(X34), m.backward(X34 * 2)))(nn.Sequential()),
+                                         LikeTorch(lambda: (torch.nn.Sequential()(T(X34)),) + grad_of(torch.nn.Sequential(), X34, g=X34 * 2))),
     "relu_backward-shape": (lambda: F.relu_backward(np.ones(3), X34),
                             Raises(ValueError, r"relu_backward: expected grad_output of shape \(3, 4\) .* got \(3,\)")),
     "mse_loss-target-shape": (lambda: F.mse_loss(X34, np.zeros((4, 3))),
