@@ -347,6 +347,15 @@ PROBES = {
         lambda: (lambda c: (c(X34, np.array([0, 3, 2], np.uint8)), c.backward()))(nn.CrossEntropyLoss()),
         LikeTorch(lambda: (TF.cross_entropy(T(X34), T([0, 3, 2], dtype=torch.uint8)),)
                   + grad_of(lambda x: TF.cross_entropy(x, T([0, 3, 2], dtype=torch.uint8)), X34))),
+    "cross_entropy-target-uint8-weight-smoothing-mean": (  # torch: 'gather(): Expected dtype int32/int64 for index'
+        lambda: F.cross_entropy(X34, np.array([0, 3, 2], np.uint8), weight=np.ones(4), label_smoothing=0.1),
+        Raises(TypeError, r"expected class-index target of dtype int64 \(uint8 not with weight, label_smoothing > 0 "
+                          r"and reduction 'mean'\), got uint8")),
+    "cross_entropy-target-uint8-weight-smoothing-sum": (
+        lambda: F.cross_entropy_backward(np.array(1.0), X34, np.array([0, 3, 2], np.uint8), weight=a(0.5, 2.0, 1.0, 0.1),
+                                         label_smoothing=0.1, reduction="sum"),
+        LikeTorch(lambda: grad_of(lambda x: TF.cross_entropy(x, T([0, 3, 2], dtype=torch.uint8), weight=T(a(0.5, 2.0, 1.0, 0.1)),
+                                                             label_smoothing=0.1, reduction="sum"), X34))),
     "cross_entropy-4d-target-uint8": (lambda: F.cross_entropy(X4D, np.zeros((2, 4, 4), np.uint8)),
                                       Raises(TypeError, r"expected class-index target of dtype int64 \(uint8 only for input "
                                                         r"of 1 or 2 dims, got 4\), got uint8")),

@@ -241,7 +241,7 @@ def _ce_prepare(op, xp, input, target, weight, ignore_index, reduction, label_sm
         raise ValueError(f"{op}: expected weight of shape ({C},) (one per class), got {tuple(weight.shape)}")
     is_index = xp.isdtype(target.dtype, "integral")
     if is_index or (target.dtype == xp.bool and target.ndim != input.ndim):
-        _ce_check_index_dtype(op, xp, input, target)
+        _ce_check_index_dtype(op, xp, input, target, weight is not None and label_smoothing > 0 and reduction == "mean")
     if is_index:
         expected = tuple(input.shape[:1]) + tuple(input.shape[2:]) if input.ndim > 1 else ()
         if tuple(target.shape) != expected:
@@ -264,12 +264,15 @@ def _ce_prepare(op, xp, input, target, weight, ignore_index, reduction, label_sm
     return x2, t, C, is_index
 
 
-def _ce_check_index_dtype(op, xp, input, target):
+def _ce_check_index_dtype(op, xp, input, target, gathers_weight):
     """Class indices as torch takes them: int64, or uint8 for (C,) and (N, C) input (its nll_loss; the
-    (N, C, d1, ...) kernel takes int64 only). torch: 'expected target dtype to be Long or Byte, but got Int'."""
-    if target.dtype == xp.int64 or (target.dtype == xp.uint8 and input.ndim <= 2):
+    (N, C, d1, ...) kernel takes int64 only). torch: 'expected target dtype to be Long or Byte, but got Int'.
+    gathers_weight: weight, label_smoothing > 0 and reduction "mean", where torch's mean gathers the class
+    weights by the target and refuses uint8 ('gather(): Expected dtype int32/int64 for index')."""
+    if target.dtype == xp.int64 or (target.dtype == xp.uint8 and input.ndim <= 2 and not gathers_weight):
         return
-    expected = "int64 or uint8" if input.ndim <= 2 else f"int64 (uint8 only for input of 1 or 2 dims, got {input.ndim})"
+    expected = ("int64 (uint8 not with weight, label_smoothing > 0 and reduction 'mean')" if gathers_weight else
+                "int64 or uint8" if input.ndim <= 2 else f"int64 (uint8 only for input of 1 or 2 dims, got {input.ndim})")
     got = str(target.dtype).replace("torch.", "")
     raise TypeError(f"{op}: expected class-index target of dtype {expected}, got {got}; make labels int64 "
                     f"(manual._backend.place_labels)")
