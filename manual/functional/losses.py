@@ -102,7 +102,7 @@ def _broadcasts(shape, to):
 
 # -- cross-entropy over classes ------------------------------------------------------------
 # Shapes as in torch: input (C,), (N, C) or (N, C, d1, ...); target class indices of the
-# input's shape without C (an integer dtype), or class probabilities of the input's shape.
+# input's shape without C (int64; uint8 where torch takes it), or class probabilities of the input's shape.
 # Internally the class dim is moved last and the rest flattened: x2 (M, C).
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
