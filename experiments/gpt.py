@@ -90,6 +90,35 @@ def _quick(cfg):
                 warmup=min(cfg.warmup, 10), heldout=min(cfg.heldout, 125), eval_every=min(cfg.eval_every, 25))
 
 
+def check_config(cfg):
+    """A message if these options cannot make a run, else None: runner.cmd_run refuses it before any work
+    (exit 2), instead of a traceback or a SystemExit once the run has started."""
+    if cfg.n_embd % cfg.n_head:  # GPTConfig's own rule: each head takes n_embd / n_head of the residual stream
+        return (f"--n-embd {cfg.n_embd} --n-head {cfg.n_head}: expected --n-embd divisible by --n-head (each head "
+                f"takes n_embd / n_head dims), got a remainder of {cfg.n_embd % cfg.n_head}")
+    if cfg.text:
+        try:
+            with open(cfg.text, encoding="utf-8") as f:
+                n = len(f.read())
+        except (OSError, UnicodeDecodeError):  # cli.check_paths names these (a resumed run's file: TextTask)
+            return None
+        if n < text_min_chars(cfg.block_size):
+            return (f"--text {cfg.text}: expected at least {text_min_chars(cfg.block_size)} characters for "
+                    f"--block-size {cfg.block_size} (2 x (block size + 1): training and held-out windows), got {n}")
+        return None
+    eff = _quick(cfg)
+    if eff["digits"] ** eff["length"] < 5:  # SortTask holds out a fifth of every prompt: none out of fewer than 5
+        quick = " (--quick: at most 5 digits, length 4)" if cfg.quick else ""
+        return (f"--digits {eff['digits']} --length {eff['length']}{quick}: {eff['digits']}**{eff['length']} = "
+                f"{eff['digits'] ** eff['length']} possible prompts, expected at least 5 (a fifth of them is held out)")
+    return None
+
+
+def text_min_chars(block_size):
+    """TextTask's shortest text: two windows of block_size + 1 characters."""
+    return 2 * (block_size + 1)
+
+
 # -- the sorting task ------------------------------------------------------------------------------
 
 class SortTask:
@@ -105,8 +134,8 @@ class SortTask:
             codes = rng.permutation(space)
             n_test = min(heldout, space // 5)
             self.test_codes, self.train_codes = codes[:n_test], codes[n_test:]  # in random order
-        else:  # draw: held-out prompts, and training draws that hit one are redrawn
-            self.test_codes = rng.permutation(np.unique(rng.integers(0, space, size=heldout)))
+        else:  # draw: held-out prompts (at most a fifth, as above), and training draws that hit one are redrawn
+            self.test_codes = rng.permutation(np.unique(rng.integers(0, space, size=min(heldout, space // 5))))
             self.train_codes = None
         self.space = space
         self.test = self.sequences(self._prompts(self.test_codes))
@@ -147,8 +176,8 @@ class TextTask:
     def __init__(self, path, block_size, heldout):
         with open(path, encoding="utf-8") as f:
             text = f.read()
-        if len(text) < 2 * (block_size + 1):
-            raise SystemExit(f"--text {path}: expected at least {2 * (block_size + 1)} characters for "
+        if len(text) < text_min_chars(block_size):  # (check_config refuses it before the run)
+            raise SystemExit(f"--text {path}: expected at least {text_min_chars(block_size)} characters for "
                              f"--block-size {block_size}, got {len(text)}")
         self.chars = sorted(set(text))
         self.vocab = len(self.chars)

@@ -362,6 +362,10 @@ def cmd_run(args):
             checkpoint.check_world(state, args.nproc if args.nproc > 1 else world)
         except checkpoint.CheckpointError as e:
             args._parser.error(str(e))
+    check = getattr(args._module, "check_config", None)  # options that clash (gpt: --n-embd and --n-head)
+    problem = check(cfg) if check else None
+    if problem:
+        args._parser.error(problem)
     if args.nproc > 1:
         if ddp_own:
             return launch(args, args.nproc)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 
 import numpy as np
 from array_api_compat import array_namespace
@@ -119,6 +120,17 @@ def as_float(op: str, name: str, value) -> float:
     if not isinstance(value, numbers.Real):
         raise TypeError(f"{op}: expected {name} to be a real number, got {type(value).__name__} {value!r}")
     return float(value)
+
+
+def as_int(op: str, name: str, value) -> int:
+    """An integer argument (ignore_index) as a Python int. torch takes an int, a NumPy integer or an integer
+    tensor of one element, and refuses a bool or a float (TypeError, 'must be int, not float')."""
+    try:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError
+        return int(operator.index(value))
+    except TypeError:
+        raise TypeError(f"{op}: expected {name} to be an integer, got {type(value).__name__} {value!r}") from None
 
 
 def check_same_dtype(op: str, **arrays) -> None:

@@ -517,12 +517,20 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def forward(self, input):
+        if not self._modules:  # the identity (torch's empty Sequential): backward checks grad_output, as Flatten's
+            self._save(_out=(tuple(input.shape), input.dtype))
+            return input
         for m in self._modules.values():
             input = m(input)
         return input
 
     def backward(self, grad_output, *, input_grad=True):
         children = list(self._modules.values())
+        if not children:
+            from .layers import _check_grad
+
+            _check_grad(self, grad_output, *self._saved("_out"))  # torch: 'Mismatch in shape'
+            return grad_output if input_grad else None
         for i in range(len(children) - 1, -1, -1):
             grad_output = children[i].backward(grad_output, input_grad=input_grad or i > 0)
         return grad_output
@@ -609,7 +617,8 @@ class CrossEntropyLoss(_Loss):
     def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
         super().__init__(reduction)
         self.register_buffer("weight", weight)
-        self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
+        self.ignore_index = B.as_int("CrossEntropyLoss", "ignore_index", ignore_index)  # torch: TypeError at call
+        self.label_smoothing = label_smoothing
 
     def _kwargs(self):
         return {

@@ -104,6 +104,22 @@ PROBES = {
     "text is a folder": (lambda t, L: ["run", "gpt", "--text", str(t)], r"--text .*: is a folder, expected a UTF-8 text file"),
     "text not UTF-8": (lambda t, L: ["run", "gpt", "--text", binary(t / "b.dat")],
                        r"--text .*b\.dat: not UTF-8 text \(byte 2: invalid start byte\); expected a UTF-8 text file"),
+    "n-head does not divide n-embd": (lambda t, L: ["run", "gpt", "--n-head", "3"],
+                                      r"--n-embd 32 --n-head 3: expected --n-embd divisible by --n-head .*got a remainder of 2"),
+    "n-embd not divisible (resized)": (lambda t, L: ["run", "gpt", "--n-embd", "30", "--n-head", "4"],
+                                       r"--n-embd 30 --n-head 4: expected --n-embd divisible by --n-head"),
+    "text empty": (lambda t, L: ["run", "gpt", "--text", write(t / "empty.txt", "")],
+                   r"--text .*empty\.txt: expected at least 130 characters for --block-size 64 .*got 0"),
+    "text of 2 characters": (lambda t, L: ["run", "gpt", "--text", write(t / "ab.txt", "ab")],
+                             r"--text .*ab\.txt: expected at least 130 characters .*got 2"),
+    "text one short of 2 x (block + 1)": (lambda t, L: ["run", "gpt", "--block-size", "4", "--text", write(t / "s.txt", "é" * 9)],
+                                          r"--text .*s\.txt: expected at least 10 characters for --block-size 4 .*got 9"),
+    "digits 1: one prompt": (lambda t, L: ["run", "gpt", "--digits", "1"],
+                             r"--digits 1 --length 6: 1\*\*6 = 1 possible prompts, expected at least 5 \(a fifth"),
+    "digits 2 length 2: four prompts": (lambda t, L: ["run", "gpt", "--digits", "2", "--length", "2"],
+                                        r"--digits 2 --length 2: 2\*\*2 = 4 possible prompts, expected at least 5"),
+    "digits 1 under --quick": (lambda t, L: ["run", "gpt", "--quick", "--digits", "1", "--length", "9"],
+                               r"--digits 1 --length 4 \(--quick: at most 5 digits, length 4\): 1\*\*4 = 1 possible prompts"),
     "dropout above 1": (lambda t, L: ["run", "gpt", "--dropout", "1.5"], r"argument --dropout: expected a probability in \[0, 1\), got 1\.5"),
     "dropout negative": (lambda t, L: ["run", "gpt", "--dropout", "-0.1"], r"argument --dropout: expected a probability in \[0, 1\), got -0\.1"),
     "weight-decay negative": (lambda t, L: ["run", "gpt", "--weight-decay", "-1"], r"argument --weight-decay: expected a number >= 0, got -1\.0"),
@@ -153,3 +169,19 @@ def test_view_with_no_runs_at_all_exits_2_without_starting_tensorboard(tmp_path,
     err = capsys.readouterr().err
     assert re.search(rf"no runs under {re.escape(str(logdir))}.*backprop-lab run xor", err), err
     assert "Traceback" not in err
+
+
+def test_gpt_text_of_the_minimum_length_and_a_huge_heldout_build_their_tasks(tmp_path):
+    """The shortest text check_config lets through (2 x (block + 1) characters) makes a task with training
+    and held-out windows; --heldout beyond a fifth of the prompts holds out at most a fifth (drawn too:
+    training draws that hit a held-out prompt are redrawn, which never ended with every prompt held out)."""
+    from experiments import gpt
+
+    block = 4
+    task = gpt.TextTask(write(tmp_path / "t.txt", "abcab\ncaba"), block, 256)  # 2 x (4 + 1) = 10 characters
+    x, y = task.batch(np.random.default_rng(0), 3)
+    assert x.shape == y.shape == (3, block) and task.test.shape[1] == block + 1
+    space = 10 ** 6  # the default length 6 of 10 digits: drawn, not enumerated
+    task = gpt.SortTask(6, 10, 10 ** 7, np.random.default_rng(0))
+    assert 0 < len(task.test) <= space // 5
+    assert task.batch(np.random.default_rng(1), 64)[0].shape == (64, 12)

@@ -217,6 +217,13 @@ PROBES = {
                                                                    r"of shape \(3, 4\) .* got shape \(4, 3\)")),
     "Dropout-p0.backward-grad_output-shape": (lambda: fwd_then_backward(nn.Dropout(0.0), X34, np.ones(12)),
                                               Raises(ValueError, r"Dropout\(p=0.0.*expected grad_output of shape \(3, 4\) .* got shape \(12,\)")),
+    "Sequential-empty.backward-grad_output-shape": (lambda: fwd_then_backward(nn.Sequential(), X34, np.ones((4, 3))),  # torch: 'Mismatch in shape'
+                                                    Raises(ValueError, r"Sequential\(\).backward: expected grad_output of shape \(3, 4\) "
+                                                                       r"and dtype float64 .* got shape \(4, 3\)")),
+    "Sequential-empty.backward-grad_output-dtype": (lambda: fwd_then_backward(nn.Sequential(), X34, np.ones((3, 4), np.float32)),
+                                                    Raises(ValueError, r"Sequential\(\).*got shape \(3, 4\) and dtype float32")),
+    "Sequential-empty-is-the-identity": (lambda: (lambda m: (m(X34), m.backward(X34 * 2)))(nn.Sequential()),
+                                         LikeTorch(lambda: (torch.nn.Sequential()(T(X34)),) + grad_of(torch.nn.Sequential(), X34, g=X34 * 2))),
     "relu_backward-shape": (lambda: F.relu_backward(np.ones(3), X34),
                             Raises(ValueError, r"relu_backward: expected grad_output of shape \(3, 4\) .* got \(3,\)")),
     "mse_loss-target-shape": (lambda: F.mse_loss(X34, np.zeros((4, 3))),
@@ -313,6 +320,45 @@ PROBES = {
         lambda: F.cross_entropy_backward(np.array(1.0), X34, np.array([0, 1, 1]), ignore_index=1),
         LikeTorch(lambda: grad_of(lambda x: TF.cross_entropy(x, T([0, 1, 1]), ignore_index=1), X34))),
     "cross_entropy-ignore-weight-smoothing": (ce_smoothing_ignore_weight, LikeTorch(torch_ce_smoothing_ignore_weight)),
+    # torch: TypeError, "argument 'ignore_index' (position 5) must be int, not float" (bool too; NumPy ints pass)
+    "cross_entropy-ignore_index-float": (lambda: F.cross_entropy(X34, np.array([0, 1, 2]), ignore_index=1.0),
+                                         Raises(TypeError, r"cross_entropy: expected ignore_index to be an integer, got float 1.0")),
+    "cross_entropy_backward-ignore_index-bool": (
+        lambda: F.cross_entropy_backward(np.array(1.0), X34, np.array([0, 1, 2]), ignore_index=True),
+        Raises(TypeError, r"cross_entropy_backward: expected ignore_index to be an integer, got bool True")),
+    "CrossEntropyLoss-ignore_index-float": (lambda: nn.CrossEntropyLoss(ignore_index=-100.0),
+                                            Raises(TypeError, r"CrossEntropyLoss: expected ignore_index to be an integer, got float -100.0")),
+    "cross_entropy-ignore_index-numpy-int": (
+        lambda: (lambda c: (c(X34, np.array([0, 1, 1])), c.backward()))(nn.CrossEntropyLoss(ignore_index=np.int32(1))),
+        LikeTorch(lambda: (TF.cross_entropy(T(X34), T([0, 1, 1]), ignore_index=1),)
+                  + grad_of(lambda x: TF.cross_entropy(x, T([0, 1, 1]), ignore_index=1), X34))),
+    # torch: 'expected target dtype to be Long or Byte, but got Int'; (N, C, d1, ...) input takes Long only
+    "cross_entropy-target-int32": (lambda: F.cross_entropy(X34, np.array([0, 1, 2], np.int32)),
+                                   Raises(TypeError, r"cross_entropy: expected class-index target of dtype int64 or uint8, got int32")),
+    "CrossEntropyLoss-target-int32": (lambda: nn.CrossEntropyLoss()(X34, np.array([0, 1, 2], np.int32)),
+                                      Raises(TypeError, r"expected class-index target of dtype int64 or uint8, got int32")),
+    "CrossEntropyLoss-torch-target-int32": (lambda: nn.CrossEntropyLoss()(T(X34), T([0, 1, 2], dtype=torch.int32)),
+                                            Raises(TypeError, r"expected class-index target of dtype int64 or uint8, got int32")),
+    "cross_entropy_backward-target-int16": (lambda: F.cross_entropy_backward(np.array(1.0), X34, np.array([0, 1, 2], np.int16)),
+                                            Raises(TypeError, r"cross_entropy_backward: expected .* int64 or uint8, got int16")),
+    "cross_entropy-target-bool": (lambda: F.cross_entropy(X34, np.array([True, False, True])),
+                                  Raises(TypeError, r"expected class-index target of dtype int64 or uint8, got bool")),
+    "cross_entropy-target-uint8": (
+        lambda: (lambda c: (c(X34, np.array([0, 3, 2], np.uint8)), c.backward()))(nn.CrossEntropyLoss()),
+        LikeTorch(lambda: (TF.cross_entropy(T(X34), T([0, 3, 2], dtype=torch.uint8)),)
+                  + grad_of(lambda x: TF.cross_entropy(x, T([0, 3, 2], dtype=torch.uint8)), X34))),
+    "cross_entropy-target-uint8-weight-smoothing-mean": (  # torch: 'gather(): Expected dtype int32/int64 for index'
+        lambda: F.cross_entropy(X34, np.array([0, 3, 2], np.uint8), weight=np.ones(4), label_smoothing=0.1),
+        Raises(TypeError, r"expected class-index target of dtype int64 \(uint8 not with weight, label_smoothing > 0 "
+                          r"and reduction 'mean'\), got uint8")),
+    "cross_entropy-target-uint8-weight-smoothing-sum": (
+        lambda: F.cross_entropy_backward(np.array(1.0), X34, np.array([0, 3, 2], np.uint8), weight=a(0.5, 2.0, 1.0, 0.1),
+                                         label_smoothing=0.1, reduction="sum"),
+        LikeTorch(lambda: grad_of(lambda x: TF.cross_entropy(x, T([0, 3, 2], dtype=torch.uint8), weight=T(a(0.5, 2.0, 1.0, 0.1)),
+                                                             label_smoothing=0.1, reduction="sum"), X34))),
+    "cross_entropy-4d-target-uint8": (lambda: F.cross_entropy(X4D, np.zeros((2, 4, 4), np.uint8)),
+                                      Raises(TypeError, r"expected class-index target of dtype int64 \(uint8 only for input "
+                                                        r"of 1 or 2 dims, got 4\), got uint8")),
     # -- reductions -----------------------------------------------------------------------------
     "reduction-unknown": (lambda: F.mse_loss(X34, X34, reduction="avg"),
                           Raises(ValueError, r"expected reduction to be one of \('mean', 'sum', 'none'\), got 'avg'")),

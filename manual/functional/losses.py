@@ -102,12 +102,13 @@ def _broadcasts(shape, to):
 
 # -- cross-entropy over classes ------------------------------------------------------------
 # Shapes as in torch: input (C,), (N, C) or (N, C, d1, ...); target class indices of the
-# input's shape without C (an integer dtype), or class probabilities of the input's shape.
+# input's shape without C (int64; uint8 where torch takes it), or class probabilities of the input's shape.
 # Internally the class dim is moved last and the rest flattened: x2 (M, C).
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
     """l_i = -(1 - eps) w_y log p_y - (eps/C) sum_c w_c log p_c,  p = softmax(x) over classes."""
     xp = namespace(input, target, weight, op="cross_entropy")
+    ignore_index = B.as_int("cross_entropy", "ignore_index", ignore_index)
     x2, t, C, is_index = _ce_prepare("cross_entropy", xp, input, target, weight, ignore_index, reduction, label_smoothing)
     logp = log_softmax(x2, -1)  # (M, C)
     eps = float(label_smoothing)  # an np.float64 would promote float32 to float64
@@ -147,6 +148,7 @@ def cross_entropy_backward(
       reduction="mean" divides by the number of rows.
     """
     xp = namespace(grad_output, input, target, weight, op="cross_entropy_backward")
+    ignore_index = B.as_int("cross_entropy_backward", "ignore_index", ignore_index)
     x2, t, C, is_index = _ce_prepare(
         "cross_entropy_backward", xp, input, target, weight, ignore_index, reduction, label_smoothing
     )
@@ -189,8 +191,8 @@ def _ce_mean_forward(input, target, ignore_index):
     _ce_mean_backward_logp (p = exp(logp), as torch's log_softmax backward takes it). Equal to the general
     path to rounding (parity_tests/test_fused.py)."""
     xp = namespace(input, target, op="cross_entropy")
-    if input.ndim != 2 or not xp.isdtype(target.dtype, "integral") or tuple(target.shape) != (input.shape[0],):
-        return None
+    if input.ndim != 2 or target.dtype != xp.int64 or tuple(target.shape) != (input.shape[0],):
+        return None  # uint8 targets and refused dtypes take the full path (its dtype check)
     n, C = input.shape
     if n == 0 or C == 0:
         return None
@@ -238,6 +240,8 @@ def _ce_prepare(op, xp, input, target, weight, ignore_index, reduction, label_sm
     if weight is not None and tuple(weight.shape) != (C,):
         raise ValueError(f"{op}: expected weight of shape ({C},) (one per class), got {tuple(weight.shape)}")
     is_index = xp.isdtype(target.dtype, "integral")
+    if is_index or (target.dtype == xp.bool and target.ndim != input.ndim):
+        _ce_check_index_dtype(op, xp, input, target, weight is not None and label_smoothing > 0 and reduction == "mean")
     if is_index:
         expected = tuple(input.shape[:1]) + tuple(input.shape[2:]) if input.ndim > 1 else ()
         if tuple(target.shape) != expected:
@@ -258,6 +262,20 @@ def _ce_prepare(op, xp, input, target, weight, ignore_index, reduction, label_sm
     x2 = _ce_flatten(xp, input, C)
     t = xp.reshape(target, (-1,)) if is_index else _ce_flatten(xp, target, C)
     return x2, t, C, is_index
+
+
+def _ce_check_index_dtype(op, xp, input, target, gathers_weight):
+    """Class indices as torch takes them: int64, or uint8 for (C,) and (N, C) input (its nll_loss; the
+    (N, C, d1, ...) kernel takes int64 only). torch: 'expected target dtype to be Long or Byte, but got Int'.
+    gathers_weight: weight, label_smoothing > 0 and reduction "mean", where torch's mean gathers the class
+    weights by the target and refuses uint8 ('gather(): Expected dtype int32/int64 for index')."""
+    if target.dtype == xp.int64 or (target.dtype == xp.uint8 and input.ndim <= 2 and not gathers_weight):
+        return
+    expected = ("int64 (uint8 not with weight, label_smoothing > 0 and reduction 'mean')" if gathers_weight else
+                "int64 or uint8" if input.ndim <= 2 else f"int64 (uint8 only for input of 1 or 2 dims, got {input.ndim})")
+    got = str(target.dtype).replace("torch.", "")
+    raise TypeError(f"{op}: expected class-index target of dtype {expected}, got {got}; make labels int64 "
+                    f"(manual._backend.place_labels)")
 
 
 def _ce_flatten(xp, a, C):
