@@ -187,3 +187,21 @@ def test_conv_reference_runs_each_conv_layer_of_the_step(spec, shapes):
     pad = geo.pads[0][0]
     want = torch.nn.functional.conv2d(x, w, b, stride=geo.stride, padding=pad, dilation=geo.dilation)
     torch.testing.assert_close(step(), want, rtol=1e-12, atol=1e-12)
+
+
+def test_one_slow_first_step_does_not_make_one_step_blocks(monkeypatch):
+    """calibrate pauses first (SETTLE_S) and estimates from the faster of two blocks: a step that is slow once
+    (another library's threads still spinning) then 1 ms still gets blocks of about target_s / 1 ms steps."""
+    import time
+
+    calls, slept = [], []
+    real_sleep = time.sleep
+    monkeypatch.setattr(bench.time, "sleep", lambda s: slept.append(s))
+
+    def step():
+        calls.append(1)
+        real_sleep(0.08 if len(calls) == 1 else 0.001)
+
+    n = bench.calibrate("fake", step, 0.05)
+    assert slept == [bench.SETTLE_S]
+    assert 20 <= n <= 100, n  # 0.05 s / 1 ms to twice that (calibrate doubles n); a block of one step would be 1
