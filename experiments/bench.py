@@ -14,6 +14,7 @@ for an input that does not require grad.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -614,13 +615,29 @@ def _live_peak_numpy(step):
         tracemalloc.stop()
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """File descriptor 2 to /dev/null: the profiler's C++ side prints two 'USDT: ... profiler_start/stop' lines
+    per use, whatever its log level (the same step has already run unprofiled in this child, so nothing of
+    the step's own is hidden; an exception still propagates)."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def _live_peak_torch_cpu(step):
     """Peak growth (bytes) of the tensor storage live during step(): the profiler's record of every CPU
     allocation and free by torch's allocator (profile_memory), summed in time order. None where this torch
     does not expose the raw records."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     try:
         events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
