@@ -274,9 +274,18 @@ def threshold_backward(grad_output, input, threshold):
         return torch.ops.aten.threshold_backward.default(grad_output, input, threshold)
     dt = grad_output.dtype
     bits = _BITS.get(dt.itemsize)  # the signed integer of the float's width
-    keep = np.subtract(input <= threshold, 1, dtype=bits)  # 0 where dropped, -1 (every bit set) where kept
     # all-ones or all-zeros masks are the same in either byte order, so any float layout is kept as it is
-    return np.bitwise_and(grad_output.view(bits), keep).view(dt)
+    pieces = _gelu_pieces(grad_output, input) if input.dtype == dt else None
+    if pieces is None:
+        keep = np.subtract(input <= threshold, 1, dtype=bits)  # 0 where dropped, -1 (every bit set) where kept
+        return np.bitwise_and(grad_output.view(bits), keep).view(dt)
+    # large arrays a piece at a time: the boolean and integer masks are held for GELU_CHUNK elements, not the
+    # array (a 512 x 1024 float32 gradient's masks were 2.5 MiB beside it); the same bits
+    out = np.empty_like(grad_output)
+    fg, fx, fo = (_flat(a) for a in (grad_output.view(bits), input, out.view(bits)))
+    for s in pieces:
+        np.bitwise_and(fg[s], np.subtract(fx[s] <= threshold, 1, dtype=bits), out=fo[s])
+    return out
 
 
 _BITS = {4: np.dtype(np.int32), 8: np.dtype(np.int64)}

@@ -31,7 +31,7 @@ SPECIAL = [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-45, -1e-45, 3.0, -3.0]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("shape", [(), (7,), (4, 9), (2, 3, 5)])
+@pytest.mark.parametrize("shape", [(), (7,), (4, 9), (2, 3, 5), (3, 5, 70000)])  # the last: NumPy in 5 pieces
 def test_relu_backward_threshold_kernel_equals_the_where_expression(dtype, shape):
     rng = np.random.default_rng(0)
     x = rng.normal(size=shape)
