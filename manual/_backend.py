@@ -327,6 +327,31 @@ def exp_(a):
     return a.exp_()
 
 
+def rsqrt(var, eps):
+    """1 / sqrt(var + eps) (torch: rsqrt, one operation fewer)."""
+    if type(var) is np.ndarray:
+        return 1.0 / np.sqrt(var + eps)
+    return torch.rsqrt(var + eps)
+
+
+def mul_add(a, w, b):
+    """a * w + b, a new array (torch: one addcmul instead of a product and an add)."""
+    if type(a) is np.ndarray:
+        out = a * w
+        out += b  # into the product made above
+        return out
+    return torch.addcmul(b, a, w)
+
+
+def sub_mul_(d, a, m):
+    """d -= a * m in place on d, an array the caller owns (torch: one addcmul_ instead of a product and a
+    subtraction)."""
+    if type(d) is np.ndarray:
+        d -= a * m
+        return d
+    return d.addcmul_(a, m, value=-1.0)
+
+
 GELU_CHUNK = 1 << 18  # elements per piece of the GELU paths below: 1 MiB of float32 temporaries, not the array's size
 
 

@@ -160,7 +160,7 @@ class _BatchNorm(_Norm):
             mu = xp.mean(input, axis=axes, keepdims=True)
             xc = input - mu
             var = xp.mean(xc * xc, axis=axes, keepdims=True)
-            rstd = 1.0 / xp.sqrt(var + self.eps)
+            rstd = B.rsqrt(var, float(self.eps))
             xc *= rstd  # xhat, in the temporary x - mu (the input is never written)
             xhat = xc
             if update:

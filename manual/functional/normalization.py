@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import numbers
 
+from .. import _backend as B
 from .._backend import check_same_dtype, namespace
 
 
@@ -60,11 +61,12 @@ def _check_grad(op, grad_output, input):
 
 
 def _stats(xp, x, axes, eps):
-    """(xhat, rstd) over `axes` (kept as size-1 dims): two passes, so no cancellation in var."""
+    """(xhat, rstd) over `axes` (kept as size-1 dims): two passes, so no cancellation in var. (torch's
+    one-reduction var_mean measured 8x slower than these on 256 x 256 float32 rows here.)"""
     mu = xp.mean(x, axis=axes, keepdims=True)
     xc = x - mu
     var = xp.mean(xc * xc, axis=axes, keepdims=True)
-    rstd = 1.0 / xp.sqrt(var + float(eps))  # float(): an np.float64 eps would promote float32
+    rstd = B.rsqrt(var, float(eps))  # float(): an np.float64 eps would promote float32
     xc *= rstd  # xhat = (x - mu) * rstd, in the temporary made above (x itself is never written)
     return xc, rstd
 
@@ -78,7 +80,7 @@ def _norm_backward_channel(grad_output, weight, xhat, rstd, sum_g, sum_gxhat, m)
     """_norm_backward when w is constant over the normalised set (batch norm; weight (1, C, 1, ...) or None):
     dx = w rstd (g - sum(g) / M - xhat sum(g xhat) / M), sum_g and sum_gxhat over the M values, kept dims."""
     dx = grad_output - sum_g / m
-    dx -= xhat * (sum_gxhat / m)
+    B.sub_mul_(dx, xhat, sum_gxhat / m)  # dx -= xhat sum(g xhat) / M
     dx *= rstd if weight is None else weight * rstd
     return dx
 
@@ -98,7 +100,7 @@ def _norm_backward_rows(xp, grad_output, weight, xhat, rstd, gxhat, k):
         mean_ghx = xp.reshape(xp.reshape(gxhat, (rows, d)) @ wd, _shape(rstd))
         dx = grad_output * weight
         dx -= xp.reshape(xp.reshape(grad_output, (rows, d)) @ wd, _shape(rstd))
-    dx -= xhat * mean_ghx
+    B.sub_mul_(dx, xhat, mean_ghx)  # dx -= xhat mean(gh xhat)
     dx *= rstd
     return dx
 
@@ -145,12 +147,10 @@ def layer_norm_backward(grad_output, input, normalized_shape, weight=None, bias=
 
 
 def _affine(xhat, weight, bias):
+    """xhat w + b, a new array (xhat itself when neither is given)."""
     if weight is None:
         return xhat if bias is None else xhat + bias
-    out = xhat * weight
-    if bias is not None:
-        out += bias  # into the product made above, never into xhat
-    return out
+    return xhat * weight if bias is None else B.mul_add(xhat, weight, bias)
 
 
 # -- batch norm ----------------------------------------------------------------------------
