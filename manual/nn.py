@@ -634,7 +634,7 @@ class CrossEntropyLoss(_Loss):
     def forward(self, input, target):
         fast = None
         if self.weight is None and not self.label_smoothing and self.reduction == "mean" and B._is_array(input) \
-                and B._is_array(target):
+                and B._is_array(target) and type(self.ignore_index) is int:  # else the checked path (a TypeError)
             fast = _losses._ce_mean_forward(input, target, self.ignore_index)
         if _grad_mode.enabled:  # which path backward takes: that of the last forward that saved anything
             self._fast = fast is not None

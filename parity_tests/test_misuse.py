@@ -328,6 +328,10 @@ PROBES = {
         Raises(TypeError, r"cross_entropy_backward: expected ignore_index to be an integer, got bool True")),
     "CrossEntropyLoss-ignore_index-float": (lambda: nn.CrossEntropyLoss(ignore_index=-100.0),
                                             Raises(TypeError, r"CrossEntropyLoss: expected ignore_index to be an integer, got float -100.0")),
+    # set after construction (torch: the same TypeError, at the call): refused at the call, not taken by the fast path
+    "CrossEntropyLoss-ignore_index-set-float": (
+        lambda: (lambda c: (setattr(c, "ignore_index", 1.0), c(X34, np.array([0, 1, 2]))))(nn.CrossEntropyLoss()),
+        Raises(TypeError, r"cross_entropy: expected ignore_index to be an integer, got float 1.0")),
     "cross_entropy-ignore_index-numpy-int": (
         lambda: (lambda c: (c(X34, np.array([0, 1, 1])), c.backward()))(nn.CrossEntropyLoss(ignore_index=np.int32(1))),
         LikeTorch(lambda: (TF.cross_entropy(T(X34), T([0, 1, 1]), ignore_index=1),)
