@@ -70,5 +70,5 @@ def _linear_backward(xp, grad_output, input, weight, has_bias, input_grad=True):
         if input.ndim != 2:
             grad_input = grad_input.reshape(tuple(input.shape))
     grad_weight = g2.T @ x2  # (out, in)
-    grad_bias = xp.sum(g2, axis=0) if has_bias else None  # (out,)
+    grad_bias = g2.sum(0) if has_bias else None  # (out,); the method: NumPy's np.sum adds ~1 us of dispatch a call
     return grad_input, grad_weight, grad_bias
