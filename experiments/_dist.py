@@ -81,11 +81,13 @@ def job(device="auto", backend="auto", timeout_s=600.0):
     if tdev == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     P.init_process_group(device=tdev, timeout=timeout_s)
+    import torch.distributed as dist
+
     try:
         yield
+        if dist.get_world_size() > 1:  # on a clean exit, all ranks together (ddp._barrier_before_teardown)
+            dist.barrier()
     finally:
-        import torch.distributed as dist
-
         dist.destroy_process_group()
 
 

@@ -311,7 +311,7 @@ FLOORS = {
                                                              "fused kernels (bench.unfused_norm_step, unfused_gpt_step)"),
     CONVS: ("manual-torch", "torch_convs", "convs", "inside manual-torch: its convolution layers alone, forward and "
                                                     "backward (im2col,\n  matmuls, col2im; no pooling, activation, "
-                                                    "Linear or loss; bench.torch_conv_step)"),
+                                                    "Linear or loss;\n  bench.torch_conv_step)"),
 }
 
 
@@ -865,20 +865,21 @@ def print_machine(info):
 
 
 def print_table(rows):
-    hdr = ("model", "batch", "dtype", "device", "impl", "ms", "vs autograd", "GFLOP/s", "% peak", "live MiB",
-           "RSS MiB")
+    # within 100 columns: the device is in the impl's name (manual-torch-cuda, autograd-cuda), not a column
+    hdr = ("model", "batch", "dtype", "impl", "ms", "vs autograd", "GFLOP/s", "% peak", "live", "RSS")
     lines = [hdr]
     for r in rows:
-        lines.append((r["model"], str(r["batch"]), r["dtype"], r["device"], r["impl"], f"{r['median_ms']:.4g}",
+        lines.append((r["model"], str(r["batch"]), r["dtype"], r["impl"], f"{r['median_ms']:.4g}",
                       f"{r['ratio_vs_autograd']:.2f}x", f"{r['gflops']:.3g}", f"{100 * r['peak_fraction']:.1f}",
                       *("-" if r.get(k) is None else f"{r[k]:.1f}" for k in ("peak_live_mb", "peak_rss_mb"))))
     _print_rows(lines)
-    print("ms: median time of one step. vs autograd: this row's step time / torch autograd's on the same\n"
-          "  model (lower is faster; 1.00x = as fast). % peak: GFLOP/s over the machine's measured matmul\n"
-          "  ceiling. live MiB: the most bytes the first step holds at once in arrays / tensors beyond the\n"
-          "  model and data (tracemalloc for NumPy, torch's profiler on CPU, max_memory_allocated on CUDA).\n"
-          "  RSS MiB: the growth of a fresh process's peak resident memory over that step (what the C\n"
-          "  allocator takes from the OS; CPU only). Lower is better; '-' with --no-memory.")
+    print("impl: on the CPU, or on the GPU where it ends in -cuda. ms: median time of one step. vs autograd:\n"
+          "  this row's step time / torch autograd's on the same model (lower is faster; 1.00x = as fast).\n"
+          "  % peak: GFLOP/s over the machine's measured matmul ceiling. live: peak memory in MiB, the most\n"
+          "  bytes the first step holds at once in arrays / tensors beyond the model and data (tracemalloc\n"
+          "  for NumPy, torch's profiler on CPU, max_memory_allocated on CUDA). RSS: the growth in MiB of a\n"
+          "  fresh process's peak resident memory over that step (what the C allocator takes from the OS;\n"
+          "  CPU only). Lower is better; '-' with --no-memory.")
     for impl, key, label, title in FLOORS.values():
         below = [r for r in rows if r.get(f"{key}_ms") is not None]
         if below:

@@ -205,3 +205,16 @@ def test_one_slow_first_step_does_not_make_one_step_blocks(monkeypatch):
     n = bench.calibrate("fake", step, 0.05)
     assert slept == [bench.SETTLE_S]
     assert 20 <= n <= 100, n  # 0.05 s / 1 ms to twice that (calibrate doubles n); a block of one step would be 1
+
+
+def test_the_table_fits_in_100_columns(capsys):
+    """The widest CPU table (the longest model names, every column filled, the conv reference too) stays within
+    100 columns, as the rest of the CLI's output; the device is in the impl's name."""
+    rows = [{"model": m, "batch": b, "dtype": "float32", "device": "cpu", "impl": impl, "median_ms": 329.6123,
+             "ratio_vs_autograd": 12.345, "gflops": 0.006641, "peak_fraction": 0.999, "peak_live_mb": 1180.44,
+             "peak_rss_mb": 1188.44, "torch_convs_ms": 5.905, "torch_convs_ratio": 1.0}
+            for m, _, b in bench.MODELS for impl in ("manual-numpy", "manual-torch", "autograd")]
+    bench.print_table(rows)
+    out = capsys.readouterr().out
+    assert "manual-numpy" in out and "1180.4" in out
+    assert max(len(line) for line in out.splitlines()) <= 100, max(out.splitlines(), key=len)
