@@ -275,11 +275,11 @@ def threshold_backward(grad_output, input, threshold):
     dt = grad_output.dtype
     bits = _BITS.get(dt.itemsize)  # the signed integer of the float's width
     # all-ones or all-zeros masks are the same in either byte order, so any float layout is kept as it is
-    pieces = _gelu_pieces(grad_output, input) if input.dtype == dt else None
+    pieces = _pieces(grad_output, input) if input.dtype == dt else None
     if pieces is None:
         keep = np.subtract(input <= threshold, 1, dtype=bits)  # 0 where dropped, -1 (every bit set) where kept
         return np.bitwise_and(grad_output.view(bits), keep).view(dt)
-    # large arrays a piece at a time: the boolean and integer masks are held for GELU_CHUNK elements, not the
+    # large arrays a piece at a time: the boolean and integer masks are held for PIECE elements, not the
     # array (a 512 x 1024 float32 gradient's masks were 2.5 MiB beside it); the same bits
     out = np.empty_like(grad_output)
     fg, fx, fo = (_flat(a) for a in (grad_output.view(bits), input, out.view(bits)))
@@ -352,17 +352,17 @@ def sub_mul_(d, a, m):
     return d.addcmul_(a, m, value=-1.0)
 
 
-GELU_CHUNK = 1 << 18  # elements per piece of the GELU paths below: 1 MiB of float32 temporaries, not the array's size
+PIECE = 1 << 18  # elements per piece of the elementwise paths (GELU, ReLU's backward): 1 MiB of float32 temporaries
 
 
-def _gelu_pieces(*arrays):
-    """Flat-slice pieces of GELU_CHUNK elements when every array is contiguous and larger than one piece
-    (the temporaries are then held for a piece at a time); None to take the whole arrays at once."""
+def _pieces(*arrays, chunk=PIECE):
+    """Flat-slice pieces of `chunk` elements when every array is contiguous, of one shape and larger than
+    one piece (the temporaries are then held for a piece at a time); None to take the whole arrays at once."""
     a = arrays[0]
     n = a.size if type(a) is np.ndarray else a.numel()
-    if n <= GELU_CHUNK or not all(_flat_view_ok(a, b) for b in arrays):
+    if n <= chunk or not all(_flat_view_ok(a, b) for b in arrays):
         return None
-    return [slice(s, min(n, s + GELU_CHUNK)) for s in range(0, n, GELU_CHUNK)]
+    return [slice(s, min(n, s + chunk)) for s in range(0, n, chunk)]
 
 
 def _flat(a):
@@ -374,12 +374,12 @@ def gelu_erf(x, keep_erf=True):
     (0.5 x (1 + e)) with the same roundings in the same order, bit for bit, but the temporaries written
     in place: 3 new arrays instead of 5. (Each new large array is fresh pages from the OS when glibc has
     trimmed its heap, which a chain of freed temporaries makes it do: in the GPT step those faults cost
-    more than the arithmetic.) keep_erf=False: (gelu(x), None), the same bits computed GELU_CHUNK
+    more than the arithmetic.) keep_erf=False: (gelu(x), None), the same bits computed PIECE
     elements at a time, so that no erf or (1 + e) of the whole array is ever held."""
     if isinstance(x, (np.ndarray, np.generic)) and x.ndim == 0:  # NumPy scalars: nothing to write into
         e = erf(x / SQRT_2)
         return 0.5 * x * (1.0 + e), (e if keep_erf else None)
-    pieces = None if keep_erf else _gelu_pieces(x)
+    pieces = None if keep_erf else _pieces(x)
     if pieces is None:
         e = x / SQRT_2
         erf(e, out=e)
@@ -401,12 +401,12 @@ def gelu_backward_erf(grad_output, x, e=None):
     """g (cdf + x pdf), cdf = 0.5 (1 + e), pdf = exp(-0.5 x x) / sqrt(2 pi): the expressions of
     manual.functional.activations._gelu_backward_erf, same roundings in the same order, bit for bit,
     with 2 new arrays instead of 9. e = erf(x / sqrt 2) as forward kept it, or None to recompute it
-    (the forward's expression) GELU_CHUNK elements at a time: then the result is the only new array of
+    (the forward's expression) PIECE elements at a time: then the result is the only new array of
     x's size, its temporaries held for a piece at a time."""
     if isinstance(x, (np.ndarray, np.generic)) and x.ndim == 0:  # scalars: the plain expression
         e = erf(x / SQRT_2) if e is None else e
         return grad_output * (0.5 * (1.0 + e) + x * (INV_SQRT_2PI * np.exp(-0.5 * x * x)))
-    pieces = _gelu_pieces(x, grad_output) if e is None else None
+    pieces = _pieces(x, grad_output) if e is None else None
     if pieces is None:
         if e is None:
             e = x / SQRT_2
@@ -448,13 +448,13 @@ def sub_scaled_(d, lr, x):
     updated piece by piece through flat views. (torch.optim.SGD's d.add_(x, alpha=-lr) has no
     temporary, but it may fuse the two roundings into one multiply-add, and the guide's worked numbers
     are checked exactly.)"""
-    n = d.size if type(d) is np.ndarray else d.numel()
-    if n <= UPDATE_CHUNK or not _flat_view_ok(d, x):
+    pieces = _pieces(d, x, chunk=UPDATE_CHUNK)
+    if pieces is None:
         d -= lr * x
         return d
-    fd, fx = d.reshape(-1), x.reshape(-1)  # views: both contiguous
-    for s in range(0, n, UPDATE_CHUNK):
-        fd[s:s + UPDATE_CHUNK] -= lr * fx[s:s + UPDATE_CHUNK]
+    fd, fx = _flat(d), _flat(x)
+    for s in pieces:
+        fd[s] -= lr * fx[s]
     return d
 
 

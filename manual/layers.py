@@ -157,12 +157,7 @@ class _BatchNorm(_Norm):
         if use_batch and m == 0:  # an empty batch: an empty output, the running statistics kept (torch counts the batch)
             xhat = rstd = input + 0.0
         elif use_batch:
-            mu = xp.mean(input, axis=axes, keepdims=True)
-            xc = input - mu
-            var = xp.mean(xc * xc, axis=axes, keepdims=True)
-            rstd = B.rsqrt(var, float(self.eps))
-            xc *= rstd  # xhat, in the temporary x - mu (the input is never written)
-            xhat = xc
+            xhat, rstd, mu, var = N._moments(xp, input, axes, self.eps)
             if update:
                 N._update_running(rm, xp.reshape(mu, (-1,)), momentum)
                 N._update_running(rv, xp.reshape(var, (-1,)) * (m / (m - 1)), momentum)

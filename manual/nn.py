@@ -466,7 +466,7 @@ class GELU(_Activation):
     # The exact form on NumPy keeps erf(x / sqrt 2) from forward for backward: NumPy's erf is the costly
     # part (a polynomial in Python-level array ops), so one erf per step instead of two, for one more
     # saved array of the input's size. On torch erf is one fast kernel: backward recomputes it from the
-    # input, as torch's own GELU does, a piece at a time (B.GELU_CHUNK), and the step holds one array
+    # input, as torch's own GELU does, a piece at a time (B.PIECE), and the step holds one array
     # less (32 MiB in gpt-256x4's step). The same expressions as F.gelu / F.gelu_backward either way,
     # so the same numbers bit for bit.
     def forward(self, input):

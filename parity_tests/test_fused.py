@@ -84,7 +84,7 @@ def _gelu_inputs(backend, dtype, shape, contiguous):
 def test_gelu_in_place_paths_equal_the_plain_expressions(backend, dtype, shape, contiguous):
     """B.gelu_erf / B.gelu_backward_erf write their temporaries in place (the GELU module and F.gelu use them):
     the same bits as A._gelu_erf / A._gelu_backward_erf, the readable expressions, including NaN, +-0, +-inf,
-    a subnormal, huge values and a float32 array larger than the erf's chunk and B.GELU_CHUNK (4 pieces)."""
+    a subnormal, huge values and a float32 array larger than the erf's chunk and B.PIECE (4 pieces)."""
     x, g = _gelu_inputs(backend, dtype, shape, contiguous)
     xp = B.namespace(x)
     x0 = B.to_numpy(x).copy()
@@ -93,7 +93,7 @@ def test_gelu_in_place_paths_equal_the_plain_expressions(backend, dtype, shape, 
     _bits_equal(out, ref_out)
     _bits_equal(e, ref_e)
     _bits_equal(B.gelu_backward_erf(g, x, e), A._gelu_backward_erf(g, x, ref_e, xp))
-    # without the kept erf: recomputed, GELU_CHUNK elements at a time on the large contiguous shape
+    # without the kept erf: recomputed, PIECE elements at a time on the large contiguous shape
     out2, none = B.gelu_erf(x, keep_erf=False)
     assert none is None
     _bits_equal(out2, ref_out)

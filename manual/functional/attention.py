@@ -96,6 +96,15 @@ def _causal_bias(xp, L, S, like):
     return bias
 
 
+def _scores(xp, query, key, scale, is_causal):
+    """scale * q k^T (..., L, S), plus the causal bias (-inf above the diagonal) if is_causal: a new array."""
+    s = xp.matmul(query, xp.matrix_transpose(key))  # (..., L, E) @ (..., E, S) -> (..., L, S)
+    s *= scale
+    if is_causal:
+        s += _causal_bias(xp, s.shape[-2], s.shape[-1], s)
+    return s
+
+
 def _weights(xp, query, key, attn_mask, is_causal, scale, stats=None):
     """P = softmax(scale * q k^T + M) along the keys, (..., L, S); fully masked rows -> 0.
 
@@ -103,11 +112,9 @@ def _weights(xp, query, key, attn_mask, is_causal, scale, stats=None):
     _weights_again rebuilds P from them (a causal mask only)."""
     # One (..., L, S) array, every step after the matmul in place on it (s is this function's own):
     # the scores, then exp(s - max), then the weights.
-    s = xp.matmul(query, xp.matrix_transpose(key))  # (..., L, E) @ (..., E, S) -> (..., L, S)
-    s *= scale
-    if is_causal:  # every row keeps key 0, so no row is fully masked: no guards needed
-        s += _causal_bias(xp, s.shape[-2], s.shape[-1], s)
-    elif attn_mask is not None and attn_mask.dtype == xp.bool:
+    # causal: every row keeps key 0, so no row is fully masked (and no attn_mask comes with it: _check)
+    s = _scores(xp, query, key, scale, is_causal)
+    if attn_mask is not None and attn_mask.dtype == xp.bool:
         s = xp.where(attn_mask, s, xp.asarray(-math.inf, dtype=s.dtype, device=s.device))
     elif attn_mask is not None:
         s = s + attn_mask  # not in place: the mask may broadcast s to a larger shape
@@ -131,9 +138,7 @@ def _weights_again(xp, query, key, scale, m, z):
     """The causal P of _weights(..., is_causal=True, stats=) from its row statistics: the same operations on
     the same values (scores, bias, - m, exp, / z), without the max and sum reductions. For a backward that
     keeps (..., L, 1) statistics instead of the (..., L, S) weights, as flash attention keeps its logsumexp."""
-    s = xp.matmul(query, xp.matrix_transpose(key))
-    s *= scale
-    s += _causal_bias(xp, s.shape[-2], s.shape[-1], s)
+    s = _scores(xp, query, key, scale, True)
     s -= m
     e = B.exp_(s)
     e /= z
