@@ -274,18 +274,14 @@ def threshold_backward(grad_output, input, threshold):
         return torch.ops.aten.threshold_backward.default(grad_output, input, threshold)
     dt = grad_output.dtype
     bits = _BITS.get(dt.itemsize)  # the signed integer of the float's width
-    # all-ones or all-zeros masks are the same in either byte order, so any float layout is kept as it is
-    pieces = _pieces(grad_output, input) if input.dtype == dt else None
-    if pieces is None:
-        keep = np.subtract(input <= threshold, 1, dtype=bits)  # 0 where dropped, -1 (every bit set) where kept
-        return np.bitwise_and(grad_output.view(bits), keep).view(dt)
-    # large arrays a piece at a time: the boolean and integer masks are held for PIECE elements, not the
-    # array (a 512 x 1024 float32 gradient's masks were 2.5 MiB beside it); the same bits
-    out = np.empty_like(grad_output)
-    fg, fx, fo = (_flat(a) for a in (grad_output.view(bits), input, out.view(bits)))
-    for s in pieces:
-        np.bitwise_and(fg[s], np.subtract(fx[s] <= threshold, 1, dtype=bits), out=fo[s])
-    return out
+    # the integer mask is made in the result itself and ANDed there: nothing but the result is as large as
+    # the gradient (a boolean and an integer mask beside it were 1.25x a float32 gradient). All-ones or
+    # all-zeros masks are the same in either byte order, so any float layout is kept as it is.
+    out = np.empty(grad_output.shape, dt)
+    mask = out.view(bits)
+    np.less_equal(input, threshold, out=mask)  # 1 where dropped, 0 where kept
+    np.subtract(mask, 1, out=mask)  # 0 where dropped, -1 (every bit set) where kept
+    return np.bitwise_and(mask, grad_output.view(bits), out=mask).view(dt)
 
 
 _BITS = {4: np.dtype(np.int32), 8: np.dtype(np.int64)}
@@ -352,7 +348,7 @@ def sub_mul_(d, a, m):
     return d.addcmul_(a, m, value=-1.0)
 
 
-PIECE = 1 << 18  # elements per piece of the elementwise paths (GELU, ReLU's backward): 1 MiB of float32 temporaries
+PIECE = 1 << 18  # elements per piece of the elementwise paths (GELU): 1 MiB of float32 temporaries
 
 
 def _pieces(*arrays, chunk=PIECE):

@@ -50,9 +50,10 @@ def test_relu_backward_threshold_kernel_equals_the_where_expression(dtype, shape
     _bits_equal(relu_backward(gn, output=np.maximum(xn, 0)), A._relu_backward_plain(gn, xn))
 
 
-def test_relu_backward_numpy_keeps_strided_and_big_endian_inputs():
+@pytest.mark.parametrize("shape", [(6, 8), (3, 40000)])
+def test_relu_backward_numpy_keeps_strided_and_big_endian_inputs(shape):
     rng = np.random.default_rng(3)
-    x, g = rng.normal(size=(6, 8)), rng.normal(size=(6, 8))
+    x, g = rng.normal(size=shape), rng.normal(size=shape)
     xs, gs = x[:, ::2], g.T[::2, :].T  # non-contiguous views
     _bits_equal(relu_backward(gs, xs), A._relu_backward_plain(gs, xs))
     xb, gb = x.astype(">f8"), g.astype(">f8")
