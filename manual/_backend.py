@@ -339,13 +339,38 @@ def mul_add(a, w, b):
     return torch.addcmul(b, a, w)
 
 
+def mul_reusing(buf, a, b):
+    """a * b. NumPy: written into buf, an array of the product's shape and dtype that the caller made and no
+    longer needs (one array fewer held at once; the same bits). torch: a new tensor (out= is refused on
+    tensors that require grad)."""
+    if type(buf) is np.ndarray and buf.shape == np.broadcast_shapes(np.shape(a), np.shape(b)) \
+            and buf.dtype == np.result_type(a, b):
+        return np.multiply(a, b, out=buf)
+    return a * b
+
+
 def sub_mul_(d, a, m):
     """d -= a * m in place on d, an array the caller owns (torch: one addcmul_ instead of a product and a
-    subtraction)."""
-    if type(d) is np.ndarray:
+    subtraction). NumPy, with a of d's shape and m broadcast against it (the norms' (rows, 1) or (1, C)
+    statistics): blocks of rows of at most SUB_PIECE elements, so that the product a * m is held a block
+    at a time, not as another array of d's size; the same bits as the whole expression."""
+    if type(d) is not np.ndarray:
+        return d.addcmul_(a, m, value=-1.0)
+    n = d.shape[0] if d.ndim else 0
+    mn = np.ndim(m)
+    if (d.size <= SUB_PIECE or np.shape(a) != d.shape or mn > d.ndim
+            or (mn == d.ndim and m.shape[0] not in (1, n))):
         d -= a * m
         return d
-    return d.addcmul_(a, m, value=-1.0)
+    rows = max(1, SUB_PIECE // (d.size // n))
+    by_row = mn == d.ndim and m.shape[0] == n  # m varies along the blocks' axis
+    for s in range(0, n, rows):
+        b = slice(s, s + rows)
+        d[b] -= a[b] * (m[b] if by_row else m)
+    return d
+
+
+SUB_PIECE = 1 << 14  # elements of sub_mul_'s product held at once on NumPy: 64 KiB of float32
 
 
 PIECE = 1 << 18  # elements per piece of the elementwise paths (GELU): 1 MiB of float32 temporaries

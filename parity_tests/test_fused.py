@@ -251,3 +251,22 @@ def test_addmm_equals_matmul_plus_bias_to_rounding(dtype, shape):
     for y in (got, plain):
         err = (y.double() - exact).abs()
         assert bool((err <= bound).all()), float((err / scale).max())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape,m_shape", [((256, 256), (256, 1)), ((256, 256), (1, 256)), ((300, 257), (300, 1)),
+                                           ((5, 64, 130), (5, 64, 1)), ((5, 64, 130), (1, 64, 1)),
+                                           ((3, 70000), (70000,)), ((40000,), (1,)), ((40000,), ()), ((7, 3), (7, 1))])
+def test_sub_mul_in_blocks_equals_the_whole_expression(dtype, shape, m_shape):
+    """B.sub_mul_ (the norms' dx -= xhat * stat) takes NumPy's product a block of rows at a time when d is
+    larger than B.SUB_PIECE: the same bits as d - a * m, whatever the broadcast of m; torch's addcmul_ is
+    checked against the same expression to rounding (it may fuse the multiply and the subtraction)."""
+    rng = np.random.default_rng(5)
+    d, a = rng.normal(size=shape).astype(dtype), rng.normal(size=shape).astype(dtype)
+    m = np.asarray(rng.normal(size=m_shape)).astype(dtype)
+    want = d - a * m
+    got = B.sub_mul_(d.copy(), a, m)
+    _bits_equal(got, want)
+    _bits_equal(B.sub_mul_(d.copy(), a.T.copy().T, m), want)  # a of another layout
+    t = B.sub_mul_(torch.from_numpy(d.copy()), torch.from_numpy(a), torch.from_numpy(m))
+    np.testing.assert_allclose(t.numpy(), want, rtol=1e-6 if dtype == "float32" else 1e-14, atol=1e-6)

@@ -94,7 +94,8 @@ def _norm_backward_channel(grad_output, weight, xhat, rstd, sum_g, sum_gxhat, m)
 def _norm_backward_rows(xp, grad_output, weight, xhat, rstd, gxhat, k):
     """_norm_backward over the last k dims (layer norm; weight of those dims' shape, or None):
     dx = rstd (gh - mean(gh) - xhat mean(gh xhat)), gh = g w, D values a row, with the row means as
-    products mean(gh) = g @ (w / D) and mean(gh xhat) = (g xhat) @ (w / D) (gxhat = g xhat, dw's too)."""
+    products mean(gh) = g @ (w / D) and mean(gh xhat) = (g xhat) @ (w / D) (gxhat = g xhat, dw's too; its
+    buffer may become dx's, so the caller must be done with it)."""
     shape = _shape(xhat)
     d = math.prod(shape[len(shape) - k:])
     if weight is None:
@@ -104,7 +105,7 @@ def _norm_backward_rows(xp, grad_output, weight, xhat, rstd, gxhat, k):
     else:  # the means at once: mean(gh) = g @ (w / D), mean(gh xhat) = (g xhat) @ (w / D)
         rows, wd = math.prod(shape[:len(shape) - k]), xp.reshape(weight, (d,)) / d
         mean_ghx = xp.reshape(xp.reshape(gxhat, (rows, d)) @ wd, _shape(rstd))
-        dx = grad_output * weight
+        dx = B.mul_reusing(gxhat, grad_output, weight)  # NumPy: into gxhat, read for the last time above
         dx -= xp.reshape(xp.reshape(grad_output, (rows, d)) @ wd, _shape(rstd))
     B.sub_mul_(dx, xhat, mean_ghx)  # dx -= xhat mean(gh xhat)
     dx *= rstd
