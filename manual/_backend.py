@@ -199,7 +199,7 @@ _ERF32_B = (5.867950928965285, -48.20517644897031, 551.977129869859, 4.856739404
 # |x| >= 3.95: erf(x) > 1 - 2^-25 rounds to 1 in float32 (erfc(3.95) = 2.3e-8), and R(3.95^2) 3.95 rounds
 # to exactly 1.0, so clamping gives erf(+-inf) = +-1 and no overflow; NaN passes through the clip.
 _ERF32_CLAMP = np.float32(3.95)
-_ERF32_CHUNK = 65536  # elements per pass: three float64 scratch rows of 512 KiB, reused chunk after chunk
+_ERF32_CHUNK = 16384  # elements per pass: three float64 scratch rows of 128 KiB, reused chunk after chunk
 
 
 def _erf_float32(x, into=None):
@@ -418,12 +418,13 @@ def gelu_erf(x, keep_erf=True):
     return out, None
 
 
-def gelu_backward_erf(grad_output, x, e=None):
+def gelu_backward_erf(grad_output, x, e=None, reuse_e=False):
     """g (cdf + x pdf), cdf = 0.5 (1 + e), pdf = exp(-0.5 x x) / sqrt(2 pi): the expressions of
     manual.functional.activations._gelu_backward_erf, same roundings in the same order, bit for bit,
     with 2 new arrays instead of 9. e = erf(x / sqrt 2) as forward kept it, or None to recompute it
     (the forward's expression) PIECE elements at a time: then the result is the only new array of
-    x's size, its temporaries held for a piece at a time."""
+    x's size, its temporaries held for a piece at a time. reuse_e=True: e is the caller's own, read
+    for the last time here, and becomes the result (one new array instead of 2)."""
     if isinstance(x, (np.ndarray, np.generic)) and x.ndim == 0:  # scalars: the plain expression
         e = erf(x / SQRT_2) if e is None else e
         return grad_output * (0.5 * (1.0 + e) + x * (INV_SQRT_2PI * np.exp(-0.5 * x * x)))
@@ -437,7 +438,11 @@ def gelu_backward_erf(grad_output, x, e=None):
         exp_(t)
         t *= INV_SQRT_2PI  # pdf
         t *= x  # x * pdf
-        out = e + 1.0
+        if reuse_e and type(e) is np.ndarray and e.shape == t.shape and e.dtype == t.dtype:
+            out = e
+            out += 1.0
+        else:
+            out = e + 1.0
         out *= 0.5  # cdf
         out += t
         out *= grad_output

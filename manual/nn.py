@@ -486,7 +486,7 @@ class GELU(_Activation):
             return None
         B.namespace(grad_output, x, op="GELU.backward")
         _bad_grad_output(self, grad_output, x.shape, x.dtype)
-        return B.gelu_backward_erf(grad_output, x, e)  # e None (torch): erf again, piece by piece
+        return B.gelu_backward_erf(grad_output, x, e, reuse_e=True)  # e None (torch): erf again, piece by piece
 
 
 class Sigmoid(_Activation):
