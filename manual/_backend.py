@@ -430,15 +430,16 @@ def gelu_backward_erf(grad_output, x, e=None, reuse_e=False):
         return grad_output * (0.5 * (1.0 + e) + x * (INV_SQRT_2PI * np.exp(-0.5 * x * x)))
     pieces = _pieces(x, grad_output) if e is None else None
     if pieces is None:
-        if e is None:
+        if e is None:  # our own: it becomes the result below
             e = x / SQRT_2
             erf(e, out=e)
+            reuse_e = True
         t = x * -0.5  # -0.5 * x
         t *= x
         exp_(t)
         t *= INV_SQRT_2PI  # pdf
         t *= x  # x * pdf
-        if reuse_e and type(e) is np.ndarray and e.shape == t.shape and e.dtype == t.dtype:
+        if reuse_e and type(e) is type(t) and e.shape == t.shape and e.dtype == t.dtype:
             out = e
             out += 1.0
         else:
