@@ -624,6 +624,15 @@ def windows(x, out_hw, kernel, stride, dilation):
     return np.lib.stride_tricks.as_strided(x, shape, (s0, s1, s2 * sh, s3 * sw, s2 * dh, s3 * dw), writeable=False)
 
 
+def matmul_nt(a, b):
+    """a @ b^T for a short, wide a (O, M) and b (K, M): a convolution's weight gradient, M the positions.
+    NumPy: as (b @ a^T)^T, which OpenBLAS runs 1.3-1.8x faster for these shapes (LeNet's layers, in
+    interleaved timings); torch: a @ b^T, its faster order there."""
+    if type(a) is np.ndarray:
+        return (b @ a.T).T
+    return a @ b.T
+
+
 def scatter_add(index, values, size, unique=False):
     """A new 1-D array of `size` zeros of values' dtype, plus values[k] at index[k] (repeats add up).
 

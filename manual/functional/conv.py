@@ -222,7 +222,7 @@ def _conv2d_backward(grad_output, x_shape, xq, weight, has_bias, geo, xp, input_
         gmat = xp.reshape(xp.permute_dims(g, (1, 2, 3, 0)), (o, oh * ow * nc))  # (O, OH*OW*nc), cols' order
         # dL/dW = g cols^T, per group, summed over the chunks
         if G == 1:
-            gw = gmat @ xp.permute_dims(cols, (1, 0))
+            gw = B.matmul_nt(gmat, cols)  # gmat @ cols^T
         else:
             gw = xp.reshape(gmat, (G, o // G, -1)) @ xp.permute_dims(xp.reshape(cols, (G, K, -1)), (0, 2, 1))
         del cols
