@@ -190,6 +190,9 @@ def torch_ce_smoothing_ignore_weight():
 
 NAN_X = a(np.nan, -1.0, 0.0, 2.0, -np.inf, np.inf)
 NAN_G = a(2.0, 3.0, 5.0, 7.0, 11.0, 13.0)
+# 96 values: torch's elementwise CPU kernels run their vectorized loop over them (its scalar loop takes
+# only a tail shorter than two SIMD vectors, and elu's backward gives NaN at NaN in the one, g in the other)
+NAN_X96, NAN_G96 = np.tile(NAN_X, 16), np.tile(NAN_G, 16)
 
 # id -> (probe, expected outcome)
 PROBES = {
@@ -285,7 +288,11 @@ PROBES = {
     # -- NaN and inf ----------------------------------------------------------------------------
     "relu_backward-nan": (lambda: F.relu_backward(NAN_G, NAN_X), LikeTorch(lambda: grad_of(TF.relu, NAN_X, g=NAN_G))),
     "relu_backward-nan-torch-tensors": (lambda: F.relu_backward(T(NAN_G), T(NAN_X)), LikeTorch(lambda: grad_of(TF.relu, NAN_X, g=NAN_G))),
-    "elu_backward-nan-inf": (lambda: F.elu_backward(NAN_G, NAN_X), LikeTorch(lambda: grad_of(TF.elu, NAN_X, g=NAN_G))),
+    "elu_backward-nan-inf": (lambda: F.elu_backward(NAN_G96, NAN_X96), LikeTorch(lambda: grad_of(TF.elu, NAN_X96, g=NAN_G96))),
+    "elu_backward-nan-inf-torch-tensors": (lambda: F.elu_backward(T(NAN_G96), T(NAN_X96)),
+                                           LikeTorch(lambda: grad_of(TF.elu, NAN_X96, g=NAN_G96))),
+    "ELU-module-nan": (lambda: (lambda m: (m(NAN_X96), m.backward(NAN_G96)))(nn.ELU(0.5)),
+                       LikeTorch(lambda: (TF.elu(T(NAN_X96), 0.5),) + grad_of(lambda x: TF.elu(x, 0.5), NAN_X96, g=NAN_G96))),
     "leaky_relu_backward-nan": (lambda: F.leaky_relu_backward(NAN_G, NAN_X, 0.1),
                                 LikeTorch(lambda: grad_of(lambda x: TF.leaky_relu(x, 0.1), NAN_X, g=NAN_G))),
     "ReLU-module-nan": (lambda: (lambda m: (m(NAN_X), m.backward(NAN_G)))(nn.ReLU()),

@@ -106,6 +106,21 @@ NO_GRAD = {
 }
 
 
+# torch's elu backward at a NaN input: NaN from its vectorized CPU loop, the upstream gradient from its
+# scalar loop, which takes only what is left over after whole pairs of SIMD vectors (a 9-element float32
+# sample entirely): which one a position gets depends on the array's length and on the machine's vector
+# width. manual gives NaN everywhere, the vectorized loop's answer (what any array of 64+ elements gets
+# at every position), and torch's gradient is read as that at NaN inputs (_at_nan_inputs).
+NAN_INPUT_GIVES_NAN = {"elu": "torch's vectorized elu_backward: x > 0 ? g : g alpha e^x, NaN at NaN"}
+
+
+def _at_nan_inputs(op, name, grad, sample):
+    if op not in NAN_INPUT_GIVES_NAN or name != "input" or grad is None:
+        return grad
+    nan = torch.isnan(sample.input.detach()).to(grad.device)
+    return torch.where(nan, torch.full_like(grad, float("nan")), grad)
+
+
 # -- running one sample ----------------------------------------------------------------------
 
 def _to_manual(v, backend):
@@ -265,7 +280,8 @@ def run_sample(op: str, opinfo, s, index: int, backend: str) -> str:
     t_y = _first(t_out)
     g = np.random.default_rng(seed).standard_normal(tuple(t_y.shape))
     t_g = torch.as_tensor(g, dtype=t_y.dtype)
-    t_grads = dict(zip(diff, torch.autograd.grad(t_y, list(diff.values()), t_g, allow_unused=True)))
+    t_grads = {n: _at_nan_inputs(op, n, e, s)
+               for n, e in zip(diff, torch.autograd.grad(t_y, list(diff.values()), t_g, allow_unused=True))}
     m_g = np.asarray(g, dtype=_np(y).dtype) if backend == "numpy" else t_g.clone()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -469,8 +485,8 @@ def run_sample_f32(op: str, opinfo, s, index: int, backend: str) -> str:
         upstream = {"truth": g32.double(), "torch": g32}
         upstream.update({p: _to_torch_as(g32, torch.float64, np.random.default_rng(_seed(tag, p, "g"))) for p in probes})
         for name, gg in upstream.items():
-            t_g[name] = dict(zip(grads[name], torch.autograd.grad(_first(outs[name]), list(grads[name].values()), gg,
-                                                                  allow_unused=True)))
+            t_g[name] = {n: _at_nan_inputs(op, n, e, s) for n, e in zip(
+                grads[name], torch.autograd.grad(_first(outs[name]), list(grads[name].values()), gg, allow_unused=True))}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             m_grads = bwd(g32.numpy() if backend == "numpy" else g32.clone(), *m_args, **m_kwargs)
@@ -503,6 +519,42 @@ def test_torch_sample_inputs_float32_as_accurate_as_torch(opinfo, shard, shards,
     every = 5 if OP_NAMES[opinfo.name] == "max_pool2d" else 1  # max_pool2d: every 5th of its 1440
     _run_all(opinfo, _samples_f32(opinfo.name, opinfo.variant_test_name), shard, shards, backend, run_sample_f32,
              every)
+
+
+# -- reference_inputs: the larger sets PyTorch checks its own references with ---------------------
+# For the OpInfos that define them (relu, elu, sigmoid, tanh, flatten, group_norm here), torch's
+# reference_inputs add to the samples large arrays of extremal values (NaN, +-inf, huge and tiny
+# numbers, 128 x 128 and non-contiguous): enough elements for torch's vectorized CPU loops, which is
+# where elu's backward at NaN differs from its scalar loop (manual follows the vectorized one).
+REF_OPINFOS = [o for o in OPINFOS if o.reference_inputs_func is not None]
+
+
+@functools.lru_cache(maxsize=None)
+def _reference_inputs(name, variant, dtype):
+    opinfo = next(o for o in OPINFOS if (o.name, o.variant_test_name) == (name, variant))
+    with _seeded(name, variant, "reference", dtype):
+        return tuple(opinfo.reference_inputs("cpu", getattr(torch, dtype), requires_grad=True))
+
+
+def test_reference_inputs_cover_more_than_the_samples():
+    """The reference sets exist in this torch and add samples (a torch that dropped them would leave the
+    test below running the same samples again)."""
+    assert {OP_NAMES[o.name] for o in REF_OPINFOS} >= {"relu", "elu", "sigmoid", "tanh"}
+    for o in REF_OPINFOS:
+        assert len(_reference_inputs(o.name, o.variant_test_name, "float64")) > len(_samples(o)), o.name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("opinfo", REF_OPINFOS, ids=lambda o: o.name)
+def test_torch_reference_inputs(opinfo, backend):
+    _run_all(opinfo, _reference_inputs(opinfo.name, opinfo.variant_test_name, "float64"), 0, 1, backend, run_sample)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("opinfo", REF_OPINFOS, ids=lambda o: o.name)
+def test_torch_reference_inputs_float32_as_accurate_as_torch(opinfo, backend):
+    _run_all(opinfo, _reference_inputs(opinfo.name, opinfo.variant_test_name, "float32"), 0, 1, backend,
+             run_sample_f32)
 
 
 def test_the_float32_oracle_catches_a_float32_sized_error(monkeypatch):

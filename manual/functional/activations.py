@@ -1,8 +1,10 @@
 """Activations (guide: "Activation Functions"), each forward beside its derivative.
 
 Conventions at the kinks follow torch: relu'(0) = 0, leaky_relu'(0) = negative_slope,
-elu'(0) = alpha; and at NaN: relu and elu pass the upstream gradient (torch's mask is
-"not x <= 0"), leaky_relu scales it by negative_slope (torch's is "x > 0"). Backward functions
+elu'(0) = alpha; and at NaN: relu passes the upstream gradient (torch's mask is "not x <= 0"),
+leaky_relu scales it by negative_slope (torch's is "x > 0"), elu gives NaN (torch's vectorized
+kernel: "x > 0 ? g : g alpha e^x"; its scalar loop, which only the last few elements of an array
+that are fewer than two SIMD vectors reach, passes the gradient instead). Backward functions
 are pure and avoid `xp.where` on the hot path: a mask multiply (`g * astype(x > 0)`) is several
 times faster in NumPy and equally exact. Inputs must be float32 or float64 (check_float).
 """
@@ -80,12 +82,12 @@ def elu(input, alpha=1.0):
 
 
 def elu_backward(grad_output, input, alpha=1.0):
-    """d elu/dx = alpha * e^x if x <= 0 else 1  (so NaN passes the gradient, as torch)."""
+    """d elu/dx = 1 if x > 0 else alpha * e^x  (so NaN gives NaN, as torch's vectorized kernel)."""
     xp = _backward_args("elu_backward", grad_output, input)
     alpha = B.as_float("elu_backward", "alpha", alpha)
-    neg_side = input <= 0
-    pos = _mask(~neg_side, grad_output, xp)
-    neg = alpha * xp.exp(xp.where(neg_side, input, B.zero_like(input)))  # where, not clip: clip keeps a NaN
+    pos_side = input > 0
+    pos = _mask(pos_side, grad_output, xp)
+    neg = alpha * xp.exp(xp.where(pos_side, B.zero_like(input), input))  # no overflow in the unused branch
     return grad_output * (pos + (1.0 - pos) * neg)
 
 
