@@ -339,6 +339,27 @@ PROBES = {
     "CrossEntropyLoss-ignore_index-set-float": (
         lambda: (lambda c: (setattr(c, "ignore_index", 1.0), c(X34, np.array([0, 1, 2]))))(nn.CrossEntropyLoss()),
         Raises(TypeError, r"cross_entropy: expected ignore_index to be an integer, got float 1.0")),
+    # torch: RuntimeError "ignore_index is not supported for floating point target" (its module_error_inputs)
+    "cross_entropy-ignore_index-probability-target": (
+        lambda: F.cross_entropy(X34, np.full((3, 4), 0.25), ignore_index=1),
+        Raises(ValueError, r"cross_entropy: expected ignore_index=-100 \(the default\) with a class-probability "
+                           r"target .* got ignore_index=1 and a target of dtype float64")),
+    "CrossEntropyLoss-ignore_index-probability-target": (
+        lambda: nn.CrossEntropyLoss(ignore_index=0)(X34, np.full((3, 4), 0.25)),
+        Raises(ValueError, r"expected ignore_index=-100 .* got ignore_index=0")),
+    # torch: ValueError "batch_norm eps must be positive during training" / "must be non-negative"
+    "batch_norm-eps-0-training": (
+        lambda: F.batch_norm(X34, np.zeros(4), np.ones(4), training=True, eps=0.0),
+        Raises(ValueError, r"batch_norm: expected eps > 0 when normalising with the batch's statistics .* "
+                           r"got eps=0.0 with training=True")),
+    "batch_norm-eps-negative-eval": (
+        lambda: F.batch_norm(X34, np.zeros(4), np.ones(4), training=False, eps=-0.5),
+        Raises(ValueError, r"eps >= 0 with the running ones, as torch; got eps=-0.5 with training=False")),
+    "batch_norm-eps-0-eval": (lambda: F.batch_norm(X34, np.zeros(4), np.ones(4), training=False, eps=0.0),
+                              LikeTorch(lambda: TF.batch_norm(T(X34), T(np.zeros(4)), T(np.ones(4)), training=False,
+                                                              eps=0.0))),
+    "BatchNorm1d-eps-0-training": (lambda: nn.BatchNorm1d(4, eps=0.0).double()(X34),
+                                   Raises(ValueError, r"expected eps > 0 when normalising with the batch's statistics")),
     "cross_entropy-ignore_index-numpy-int": (
         lambda: (lambda c: (c(X34, np.array([0, 1, 1])), c.backward()))(nn.CrossEntropyLoss(ignore_index=np.int32(1))),
         LikeTorch(lambda: (TF.cross_entropy(T(X34), T([0, 1, 1]), ignore_index=1),)

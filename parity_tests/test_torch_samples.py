@@ -671,3 +671,68 @@ def test_torch_module_inputs(minfo, training, backend):
     _every_case(((f"#{i}", functools.partial(run_module_input, minfo, mi, i, training, backend))
                  for i, mi in enumerate(inputs) if mi.forward_input is not None), "module inputs",
                 minfo.module_cls.__name__)
+
+
+# -- torch's own bad input: error_inputs (OpInfo) and module_error_inputs_func (ModuleInfo) -----------
+# Every input torch's tests expect torch to refuse, manual must refuse too: an exception of one of the
+# kinds a caller can catch (ValueError, TypeError, IndexError, RuntimeError) whose message says what was
+# expected (manual's convention: what was expected and what came).
+REFUSALS = (ValueError, TypeError, IndexError, RuntimeError)
+ERROR_OPINFOS = [o for o in OPINFOS if o.error_inputs_func is not None]
+ERROR_MODULE_INFOS = [m for m in MODULE_INFOS if getattr(m, "module_error_inputs_func", None) is not None]
+
+
+def _refused(tag, fn):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            fn()
+        except REFUSALS as exc:
+            assert "expected" in str(exc), f"{tag}: refused without saying what was expected: {exc}"
+            return "refused"
+    raise AssertionError(f"{tag}: accepted an input torch refuses")
+
+
+def test_torch_error_inputs_exist():
+    """This torch still has error inputs for the ops and modules below (conv, pooling, norms, embedding, CE)."""
+    assert {OP_NAMES[o.name] for o in ERROR_OPINFOS} >= {"conv1d", "conv2d", "max_pool2d", "avg_pool2d"}
+    assert {m.module_cls.__name__ for m in ERROR_MODULE_INFOS} >= {"BatchNorm1d", "CrossEntropyLoss", "Embedding"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("opinfo", ERROR_OPINFOS, ids=lambda o: o.name)
+def test_torch_error_inputs_are_refused(opinfo, backend):
+    op = OP_NAMES[opinfo.name]
+    cases = list(opinfo.error_inputs("cpu"))
+
+    def run(i, ei):
+        call = _adapt(op, opinfo, ei.sample_input, i)
+        args, kwargs = _to_manual(call.args, backend), _to_manual(call.kwargs, backend)
+        return _refused(f"{op} error input #{i} ({ei.error_regex!r})", lambda: getattr(MF, op)(*args, **kwargs))
+
+    _every_case(((f"#{i}", functools.partial(run, i, ei)) for i, ei in enumerate(cases)), "error inputs", op)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("minfo", ERROR_MODULE_INFOS, ids=lambda m: m.module_cls.__name__)
+def test_torch_module_error_inputs_are_refused(minfo, backend):
+    """Refused at construction or at the forward (torch's ModuleErrorEnum says which; manual may refuse
+    a bad argument earlier than torch does, never later than the forward). In training mode: torch's
+    lists do not depend on the mode, and some are errors in training only (BatchNorm's eps = 0)."""
+    name = minfo.module_cls.__name__
+    training = True
+    cases = list(minfo.module_error_inputs_func(minfo, "cpu", torch.float64, False, training=training))
+
+    def run(i, ei):
+        mi = ei.module_error_input
+
+        def call():
+            mod = getattr(mnn, name)(*_to_manual(mi.constructor_input.args, backend),
+                                     **_to_manual(mi.constructor_input.kwargs, backend))
+            mod.to(device="numpy" if backend == "numpy" else "cpu", dtype="float64")
+            mod.train(training)
+            mod(*_to_manual(mi.forward_input.args, backend), **_to_manual(mi.forward_input.kwargs, backend))
+
+        return _refused(f"{name} error input #{i} ({ei.error_regex!r})", call)
+
+    _every_case(((f"#{i}", functools.partial(run, i, ei)) for i, ei in enumerate(cases)), "error inputs", name)

@@ -259,6 +259,10 @@ def _ce_prepare(op, xp, input, target, weight, ignore_index, reduction, label_sm
     else:
         check_same_shape(op, input, target, what="class-probability target")
         check_same_dtype(op, input=input, target=target, weight=weight)
+        if ignore_index != -100:  # torch: "ignore_index is not supported for floating point target"
+            raise ValueError(f"{op}: expected ignore_index=-100 (the default) with a class-probability target "
+                             f"(ignore_index applies to class indices only, as in torch), got ignore_index={ignore_index} "
+                             f"and a target of dtype {str(target.dtype).replace('torch.', '')}")
     x2 = _ce_flatten(xp, input, C)
     t = xp.reshape(target, (-1,)) if is_index else _ce_flatten(xp, target, C)
     return x2, t, C, is_index

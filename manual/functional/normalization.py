@@ -42,8 +42,9 @@ def _shape(a):
 
 
 def _check_eps(op, eps, negative_ok=False):
-    """eps >= 0 for the modules (checked at construction); the functional ops take any real eps, as torch's
-    do (its own sample inputs use eps = -0.5: rstd = 1/sqrt(var + eps), NaN where var < -eps, as in torch)."""
+    """eps >= 0 for the modules (checked at construction); layer_norm and group_norm take any real eps, as
+    torch's do (its own sample inputs use eps = -0.5: rstd = 1/sqrt(var + eps), NaN where var < -eps, as in
+    torch); batch_norm asks eps > 0 in training and eps >= 0 in eval, as torch's (_bn_check)."""
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or math.isnan(eps) or not (negative_ok or eps >= 0):
         raise ValueError(f"{op}: expected eps to be a real number{'' if negative_ok else ' >= 0'}, got {eps!r}")
 
@@ -187,6 +188,10 @@ def _bn_check(op, input, running_mean, running_var, weight, bias, training, mome
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or math.isnan(momentum):
         raise ValueError(f"{op}: expected momentum to be a real number, got {momentum!r}")
     _check_eps(op, eps, negative_ok=True)
+    if eps < 0 or (training and eps == 0):  # torch's batch_norm refuses both too
+        raise ValueError(f"{op}: expected eps > 0 when normalising with the batch's statistics (training) and eps >= 0 "
+                         f"with the running ones, as torch; got eps={eps!r} with training={training} (1/sqrt(var + eps) "
+                         f"is inf for a channel of equal values)")
     m = math.prod(_shape(input)) // c if c else 0
     if training and m == 1:  # m = 0 (an empty batch) is fine, as in torch: an empty output, the statistics kept
         raise ValueError(f"{op}: expected more than 1 value per channel when training (the batch variance of "
