@@ -60,6 +60,10 @@ def register(sub):
     p.add_argument("--models", nargs="+", choices=[m[0] for m in MODELS], metavar="MODEL",
                    help="subset of " + ", ".join(m[0] for m in MODELS))
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (child processes)")
+    p.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                   help="keep: glibc keeps freed memory for reuse (mallopt), for every implementation alike, so "
+                        "that a step's fresh arrays do not fault their pages in again each step; default: "
+                        "glibc's own settings (default: keep)")
     p.add_argument("--data-parallel", action="store_true",
                    help="also time the 64-256-256-10 step on 1 and 2 processes (gloo), manual DDP against torch's "
                         "(experiments/bench_ddp.py)")
@@ -519,19 +523,28 @@ def calibrate(name, step, target_s):
         n = max(n * 2, int(target_s / max(t, 1e-7)))
 
 
-def paired_rounds(steps, rounds, target_s):
-    """impl -> list of per-step seconds, one per round; the order rotates every round."""
+def paired_rounds(steps, rounds, target_s, faults=None):
+    """impl -> list of per-step seconds, one per round; the order rotates every round. faults, a dict: gets
+    impl -> minor page faults per step over the timed blocks (getrusage; pages the C allocator took from the
+    OS again, see keep_freed_memory)."""
+    import resource
+
     names = list(steps)
     for n in names:  # warm-up: caches, allocator, OpenBLAS threads
         for _ in range(3):
             steps[n][0]()
     counts = {n: calibrate(n, steps[n][0], target_s) for n in names}
     times = {n: [] for n in names}
+    minflt = {n: 0 for n in names}
     for r in range(rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         for n in order:
             time.sleep(SETTLE_S)  # let the previous block's BLAS/OpenMP threads go idle
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             times[n].append(time_block(n, steps[n][0], counts[n]))
+            minflt[n] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+    if faults is not None:
+        faults.update({n: minflt[n] / (counts[n] * rounds) for n in names})
     return times
 
 
@@ -704,6 +717,39 @@ def peak_memory_mb(cases):
                 for mb in pool.map(_memory_child, cases, chunksize=1)]
 
 
+# -- the C allocator -------------------------------------------------------------------------
+# glibc's malloc hands freed memory back to the OS (it trims the heap's top and unmaps large chunks), so a
+# step that frees its temporaries and makes them again may fault their pages in again every step. Counted
+# in a fresh process running one model's steps alone (getrusage's minor faults, float32, glibc's defaults):
+# gpt-256x4 on NumPy 16,320 a step (64 MiB; 382 ms a step against 344 ms without them), LeNet 1,967 on
+# NumPy and 1,059 on torch tensors, autograd 2,438 on gpt-256x4 and 731 on the large MLP. Inside bench
+# much less (gpt-sort on NumPy: 0.1 a step), because glibc's thresholds grow with the largest block freed
+# so far (the matmul ceiling's 16 MiB arrays, freed first): the figures depended on what ran before. A
+# caching allocator (jemalloc or tcmalloc, which PyTorch's CPU performance notes suggest) keeps freed
+# memory; mallopt makes glibc do the same from the start. Applied to the whole bench process, so every
+# implementation gets the same allocator; each row's JSON has its minor_faults_per_step.
+MALLOC_KEEP = {"M_TRIM_THRESHOLD": (-1, 2**31 - 1), "M_MMAP_THRESHOLD": (-3, 32 << 20)}  # (param, value)
+MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(2**31 - 1), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
+
+
+def keep_freed_memory():
+    """Make this process's glibc malloc keep freed memory for reuse (no trimming of the heap's top; mmap only
+    for blocks over 32 MiB), and children started after it through MALLOC_ENV. True when applied; False
+    where the C library has no mallopt (not glibc)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    if not all(mallopt(param, value) == 1 for param, value in MALLOC_KEEP.values()):
+        return False
+    os.environ.update(MALLOC_ENV)
+    return True
+
+
 # -- machine facts -------------------------------------------------------------------------
 
 def machine_info():
@@ -733,8 +779,11 @@ def machine_info():
         "torch_threads": torch.get_num_threads(),
         "torch_blas": "BLAS " + (re.search(r"BLAS_INFO=(\w+)", torch.__config__.show()) or [None, "?"])[1],
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        # thread counts, and glibc malloc's settings (MALLOC_TRIM_THRESHOLD_ etc.: whether freed memory goes
+        # back to the OS, so that the next step's fresh arrays fault their pages in again)
         "env": {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_CORETYPE",
-                                         "MKL_NUM_THREADS") if k in os.environ},
+                                         "MKL_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_",
+                                         "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX", "LD_PRELOAD") if k in os.environ},
     }
     return info
 
@@ -759,6 +808,9 @@ def run(args):
 
     np.ones((2, 2)) @ np.ones((2, 2))  # load BLAS so threadpoolctl can see it
     info = machine_info()
+    kept = args.malloc == "keep" and keep_freed_memory()
+    info["malloc"] = ("freed memory kept (mallopt: " + ", ".join(f"{k} {v[1]}" for k, v in MALLOC_KEEP.items()) + ")"
+                      if kept else "glibc's defaults" if args.malloc == "default" else "keep unavailable: defaults")
     print_machine(info)
 
     n_peak = 1024 if quick else 2048
@@ -812,7 +864,8 @@ def bench_model(name, sizes, batch, dtype, device, rounds, target_s, peaks):
         steps[MATMULS] = torch_matmul_step(sizes, batch, dtype)
     if device == "cpu" and spec_kind(sizes) == "cnn":
         steps[CONVS] = torch_conv_step(sizes, batch, dtype)
-    times = paired_rounds(steps, rounds, target_s)
+    faults = {}
+    times = paired_rounds(steps, rounds, target_s, faults)
     ref = next(n for n in steps if n.startswith("autograd") and n not in FLOORS)
     floors = [(impl, key, times.pop(name)) for name, (impl, key, *_) in FLOORS.items() if name in times]
     flops = step_flops(sizes, batch)
@@ -824,7 +877,7 @@ def bench_model(name, sizes, batch, dtype, device, rounds, target_s, peaks):
             "model": name, "batch": batch, "dtype": dtype, "device": device, "impl": impl,
             "median_ms": med * 1e3, "ratio_vs_autograd": statistics.median(t / r for t, r in zip(ts, times[ref])),
             "rounds": len(ts), "gflops": gflops, "peak_fraction": gflops / peaks[dtype][_peak_of(impl)],
-            "check_max_abs_diff": err,
+            "check_max_abs_diff": err, "minor_faults_per_step": round(faults[impl], 1),
         })
         for fimpl, key, fts in floors:  # what the library alone needs for this step, beside the row it bounds
             if fimpl == impl:
@@ -860,6 +913,8 @@ def print_machine(info):
              + (f", GPU {info['cuda']}" if info["cuda"] else ", no GPU"),
              f"numpy {info['numpy']} (BLAS: {blas}); torch {info['torch']} ({info['torch_threads']} threads, "
              f"{info['torch_blas']}); python {info['python']}" + (f"; env {info['env']}" if info["env"] else "")]
+    if info.get("malloc"):
+        lines.append(f"malloc: {info['malloc']}")
     for line in lines:  # within 100 columns, as every table below
         print("\n".join(textwrap.wrap(line, 100, subsequent_indent="  ", break_on_hyphens=False)))
 
