@@ -188,6 +188,8 @@ def torch_ce_smoothing_ignore_weight():
     return grad_of(lambda x: TF.cross_entropy(x, T([0, -100, 2]), weight=T(a(0.5, 2.0, 1.0, 0.1)), label_smoothing=0.1), X34)
 
 
+MASKED = np.array([[0.0, -np.inf, 1.0], [-np.inf, 0.5, 2.0], [-np.inf, 1.0, 0.0]])  # masked logits
+MASKED_T = np.array([0, 2, -100])
 NAN_X = a(np.nan, -1.0, 0.0, 2.0, -np.inf, np.inf)
 NAN_G = a(2.0, 3.0, 5.0, 7.0, 11.0, 13.0)
 
@@ -292,6 +294,14 @@ PROBES = {
                         LikeTorch(lambda: (TF.relu(T(NAN_X)),) + grad_of(TF.relu, NAN_X, g=NAN_G))),
     "sigmoid-extremes": (lambda: F.sigmoid(a(-1e4, -800.0, 0.0, 800.0, 1e4)), LikeTorch(lambda: torch.sigmoid(T(a(-1e4, -800.0, 0.0, 800.0, 1e4))))),
     "log_softmax-minus-inf": (lambda: F.log_softmax(a(-np.inf, 0.0, 1.0), 0), LikeTorch(lambda: TF.log_softmax(T(a(-np.inf, 0.0, 1.0)), 0))),
+    # a masked (-inf) logit off the target: torch's loss is finite (inf with smoothing), its ignored row 0, never NaN
+    "cross_entropy-minus-inf-logit": (
+        lambda: (F.cross_entropy(MASKED, MASKED_T, reduction="none"), F.cross_entropy(MASKED, MASKED_T, label_smoothing=0.1, reduction="none"),
+                 F.cross_entropy(MASKED, MASKED_T, weight=a(0.5, 2.0, 1.0)), nn.CrossEntropyLoss(reduction="sum")(MASKED, MASKED_T)),
+        LikeTorch(lambda: (TF.cross_entropy(T(MASKED), T(MASKED_T), reduction="none"),
+                           TF.cross_entropy(T(MASKED), T(MASKED_T), label_smoothing=0.1, reduction="none"),
+                           TF.cross_entropy(T(MASKED), T(MASKED_T), weight=T(a(0.5, 2.0, 1.0))),
+                           TF.cross_entropy(T(MASKED), T(MASKED_T), reduction="sum")))),
     "cross_entropy_backward-all-ignored": (
         lambda: F.cross_entropy_backward(np.array(1.0), X34, np.array([-100, -100, -100])),
         LikeTorch(lambda: grad_of(lambda x: TF.cross_entropy(x, T([-100, -100, -100])), X34))),
