@@ -228,28 +228,6 @@ class GPT(Module):
                 std = 0.02 / math.sqrt(2 * c.n_layer) if name.endswith("c_proj.weight") else 0.02
                 I.normal_(p, 0.0, std, generator=g)
 
-    def named_parameters(self, prefix=""):
-        """Each Parameter once (the tied lm_head.weight is transformer.wte.weight), as torch's."""
-        seen = set()
-        for name, p in super().named_parameters(prefix):
-            if id(p) not in seen:
-                seen.add(id(p))
-                yield name, p
-
-    def state_dict(self):
-        """Every name, the tied one included (lm_head.weight), as torch's state_dict."""
-        out = super().state_dict()
-        out["lm_head.weight"] = self.lm_head.weight.data
-        return out
-
-    def load_state_dict(self, state_dict, strict=True):
-        sd = dict(state_dict)
-        if "lm_head.weight" in sd:  # the tied weight: the last key loaded wins, as in torch
-            sd["transformer.wte.weight"] = sd.pop("lm_head.weight")
-        elif strict:
-            raise KeyError("GPT.load_state_dict: missing lm_head.weight (the tied token table)")
-        return super().load_state_dict(sd, strict)
-
     def forward(self, idx):
         xp = B.namespace(idx, op="GPT")
         if idx.ndim != 2 or idx.dtype not in (xp.int64, xp.int32):

@@ -147,27 +147,47 @@ class Module:
         return v
 
     # -- traversal -----------------------------------------------------------------------
-    def named_modules(self, prefix=""):
-        yield prefix, self
-        for name, child in self._modules.items():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+    def named_modules(self, prefix="", remove_duplicate=True):
+        """Every module under its name; one used twice (a shared layer) only under its first name, as
+        torch's (remove_duplicate=False: under every name, as state_dict lists it)."""
+        seen = set()
+
+        def walk(mod, pre):
+            if remove_duplicate:
+                if id(mod) in seen:
+                    return
+                seen.add(id(mod))
+            yield pre, mod
+            for name, child in mod._modules.items():
+                yield from walk(child, f"{pre}.{name}" if pre else name)
+
+        return walk(self, prefix)
 
     def children(self):
         return iter(self._modules.values())
 
-    def named_parameters(self, prefix=""):
-        for mod_name, mod in self.named_modules(prefix):
+    def named_parameters(self, prefix="", remove_duplicate=True):
+        """Each Parameter once, as torch's: a shared layer's or a tied weight's is not stepped twice by an
+        optimizer built on parameters()."""
+        seen = set()
+        for mod_name, mod in self.named_modules(prefix, remove_duplicate):
             for name, p in mod._parameters.items():
+                if remove_duplicate:
+                    if id(p) in seen:
+                        continue
+                    seen.add(id(p))
                 yield (f"{mod_name}.{name}" if mod_name else name), p
 
     def parameters(self):
         for _, p in self.named_parameters():
             yield p
 
-    def named_buffers(self):
-        for mod_name, mod in self.named_modules():
+    def named_buffers(self, remove_duplicate=True):
+        seen = set()
+        for mod_name, mod in self.named_modules(remove_duplicate=remove_duplicate):
             for name, b in mod._buffers.items():
-                if b is not None:
+                if b is not None and not (remove_duplicate and id(b) in seen):
+                    seen.add(id(b))
                     yield (f"{mod_name}.{name}" if mod_name else name), b
 
     # -- state -----------------------------------------------------------------------------
@@ -175,7 +195,7 @@ class Module:
         """Parameter and buffer arrays by torch's names ("0.weight", ...); the arrays themselves, not copies.
         In torch's order: module by module, each module's parameters, then its buffers."""
         out = OrderedDict()
-        for mod_name, mod in self.named_modules():
+        for mod_name, mod in self.named_modules(remove_duplicate=False):  # a shared layer under each of its names
             pre = f"{mod_name}." if mod_name else ""
             out.update((pre + n, p.data) for n, p in mod._parameters.items())
             out.update((pre + n, b) for n, b in mod._buffers.items() if b is not None)
@@ -188,9 +208,9 @@ class Module:
         name = type(self).__name__
         if not hasattr(state_dict, "keys"):
             raise TypeError(f"{name}.load_state_dict: expected a mapping of names to arrays, got {type(state_dict).__name__}")
-        own = dict(self.named_parameters())
+        own = dict(self.named_parameters(remove_duplicate=False))  # every name state_dict() gives
         buffers = {}  # name -> (owning module, attribute)
-        for mod_name, mod in self.named_modules():
+        for mod_name, mod in self.named_modules(remove_duplicate=False):
             for b, v in mod._buffers.items():
                 if v is not None:
                     buffers[f"{mod_name}.{b}" if mod_name else b] = (mod, b)

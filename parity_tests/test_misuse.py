@@ -132,6 +132,34 @@ def sd_with(key, value, module=None):
     return m
 
 
+def tied_pair(lib):
+    """Two Linear(2, 2), the second's weight the first's (tied), in one Sequential."""
+    first, second = lib.Linear(2, 2).double(), lib.Linear(2, 2).double()
+    second.weight = first.weight
+    return lib.Sequential(first, second)
+
+
+def shared_module(lib):
+    """One Linear used twice in a Sequential."""
+    lin = lib.Linear(2, 2).double()
+    return lib.Sequential(lin, lib.Tanh(), lin)
+
+
+def step_once(build, manual):
+    """SGD over model.parameters() with every .grad one: each Parameter once in torch's list, so w - 0.1."""
+    lib, opt = (nn, optim) if manual else (torch.nn, torch.optim)
+    model = build(lib)
+    w = model[0].weight
+    if manual:
+        w.data = X34[:2, :2].copy()
+    else:
+        with torch.no_grad():
+            w.copy_(T(X34[:2, :2]))
+    sgd = opt.SGD(model.parameters(), lr=0.1)
+    w.grad = np.ones((2, 2)) if manual else torch.ones(2, 2, dtype=torch.float64)
+    sgd.step()
+    return w.data if manual else w.detach()
+
 def ce_buffers_loaded():
     """CrossEntropyLoss(weight=...) state into a fresh one: the class weights travel (a buffer)."""
     w = a(0.2, 1.0, 3.0, 0.5)
@@ -400,6 +428,9 @@ PROBES = {
     "param-in-two-groups": (lambda: (lambda p: optim.Adam([{"params": [p]}, {"params": [p]}]))(nn.Parameter(np.zeros(2))),
                             Raises(ValueError, r"more than one parameter group")),
     "param-listed-twice": (lambda: (lambda p: optim.SGD([p, p], lr=0.1))(nn.Parameter(np.zeros(2))), Warns(r"more than once")),
+    # torch's parameters() lists a shared module's or a tied weight's Parameter once: one step, not two
+    "shared-module-stepped-once": (lambda: step_once(shared_module, manual=True), LikeTorch(lambda: step_once(shared_module, manual=False))),
+    "tied-weight-stepped-once": (lambda: step_once(tied_pair, manual=True), LikeTorch(lambda: step_once(tied_pair, manual=False))),
     "grad-wrong-shape": (lambda: step_with(lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), np.ones(3)),
                          Raises(ValueError, r"expected a .grad like its parameter \(numpy, shape \(2, 3\), dtype float64\), got \(numpy, shape \(3,\)")),
     "empty-parameter-list": (lambda: optim.SGD([], lr=0.1), Raises(ValueError, r"empty parameter list")),
