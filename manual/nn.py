@@ -249,7 +249,7 @@ class Module:
 
     def zero_grad(self, set_to_none=True):
         for p in self.parameters():
-            p.grad = None if set_to_none or p.grad is None else p.grad * 0
+            p.grad = None if set_to_none or p.grad is None else B.namespace(p.grad).zeros_like(p.grad)  # NaN * 0 is NaN
 
     def train(self, mode=True):
         for _, m in self.named_modules():

@@ -160,6 +160,16 @@ def step_once(build, manual):
     sgd.step()
     return w.data if manual else w.detach()
 
+def zero_grad_kept(manual):
+    """Module.zero_grad and Optimizer.zero_grad with set_to_none=False, on gradients holding NaN and inf."""
+    lib, opt = (nn, optim) if manual else (torch.nn, torch.optim)
+    m, lone = lib.Linear(2, 3).double(), (nn.Parameter(np.zeros(3)) if manual else torch.zeros(3, dtype=torch.float64, requires_grad=True))
+    bad = a(np.nan, np.inf, -np.inf)
+    m.bias.grad, lone.grad = (bad.copy(), bad.copy()) if manual else (T(bad), T(bad))
+    m.zero_grad(set_to_none=False)
+    opt.SGD([lone], lr=0.1).zero_grad(set_to_none=False)
+    return m.bias.grad, lone.grad
+
 def ce_buffers_loaded():
     """CrossEntropyLoss(weight=...) state into a fresh one: the class weights travel (a buffer)."""
     w = a(0.2, 1.0, 3.0, 0.5)
@@ -431,6 +441,8 @@ PROBES = {
     # torch's parameters() lists a shared module's or a tied weight's Parameter once: one step, not two
     "shared-module-stepped-once": (lambda: step_once(shared_module, manual=True), LikeTorch(lambda: step_once(shared_module, manual=False))),
     "tied-weight-stepped-once": (lambda: step_once(tied_pair, manual=True), LikeTorch(lambda: step_once(tied_pair, manual=False))),
+    # torch's zero_grad(set_to_none=False) is grad.zero_(): zeros, even where the gradient was NaN or inf
+    "zero_grad-keep-nan-inf": (lambda: zero_grad_kept(manual=True), LikeTorch(lambda: zero_grad_kept(manual=False))),
     "grad-wrong-shape": (lambda: step_with(lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), np.ones(3)),
                          Raises(ValueError, r"expected a .grad like its parameter \(numpy, shape \(2, 3\), dtype float64\), got \(numpy, shape \(3,\)")),
     "empty-parameter-list": (lambda: optim.SGD([], lr=0.1), Raises(ValueError, r"empty parameter list")),
