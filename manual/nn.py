@@ -21,8 +21,9 @@ as torch does. The contract, checked:
 
 from __future__ import annotations
 
+import operator
 import sys
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 
 import numpy as np
 
@@ -204,7 +205,8 @@ class Module:
     def load_state_dict(self, state_dict, strict=True):
         """Copy parameters and buffers (NumPy or torch, any device) into this module's own backend,
         device and dtype. strict: the keys must be exactly state_dict()'s (KeyError naming the
-        missing and unexpected ones). Every value is checked before anything is written."""
+        missing and unexpected ones). Every value is checked before anything is written.
+        Returns (missing_keys, unexpected_keys), as torch's."""
         name = type(self).__name__
         if not hasattr(state_dict, "keys"):
             raise TypeError(f"{name}.load_state_dict: expected a mapping of names to arrays, got {type(state_dict).__name__}")
@@ -245,7 +247,7 @@ class Module:
             else:
                 mod, b = buffers[k]
                 mod.register_buffer(b, v)
-        return self
+        return _IncompatibleKeys(missing, unexpected)
 
     def zero_grad(self, set_to_none=True):
         for p in self.parameters():
@@ -306,6 +308,7 @@ class Module:
 
 
 _NEVER, _NO_GRAD, _FREED = "never", "no_grad", "freed"  # why _saved found no entry
+_IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])  # load_state_dict's result
 
 try:
     import torch as _torch
@@ -528,7 +531,17 @@ class Sequential(Module):
             setattr(self, str(i), m)
 
     def __getitem__(self, i):
-        return list(self._modules.values())[i]
+        """seq[i]: a child; seq[a:b]: a Sequential of those children, under their names, as torch's."""
+        items = list(self._modules.items())
+        if isinstance(i, slice):
+            out = Sequential()
+            for name, m in items[i]:
+                setattr(out, name, m)
+            return out
+        n = len(items)
+        if not -n <= operator.index(i) < n:
+            raise IndexError(f"Sequential: index {i} is out of range (expected -{n} <= index < {n})")
+        return items[i][1]
 
     def __len__(self):
         return len(self._modules)

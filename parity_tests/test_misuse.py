@@ -462,6 +462,9 @@ PROBES = {
     "state_dict-unexpected-key": (lambda: sd_with("weights", np.zeros((2, 2))), Raises(KeyError, r"unexpected \['weights'\]")),
     "state_dict-wrong-shape": (lambda: sd_with("bias", np.zeros(3)), Raises(ValueError, r"bias: expected shape \(2,\), got \(3,\)")),
     "state_dict-buffers-loaded": (ce_buffers_loaded, LikeTorch(lambda: TF.cross_entropy(T(X34), T([0, 3, 2]), weight=T(a(0.2, 1.0, 3.0, 0.5))))),
+    "Sequential-slice": (lambda: nn.Sequential(nn.Tanh(), nn.ReLU(), nn.Sigmoid())[1:](X34),  # torch: a Sequential of the slice
+                         LikeTorch(lambda: torch.nn.Sequential(torch.nn.Tanh(), torch.nn.ReLU(), torch.nn.Sigmoid())[1:](T(X34)))),
+    "Sequential-index-out-of-range": (lambda: nn.Sequential(nn.Tanh(), nn.ReLU())[2], Raises(IndexError, r"index 2 is out of range")),
     "Linear-float-features": (lambda: nn.Linear(2.5, 3), Raises(TypeError, r"expected in_features to be an int, got float 2.5")),
     "twin-of-a-function": (lambda: torch_ref.twin(lambda x: x),
                            Raises(TypeError, r"torch_ref.twin: expected a manual model \(a manual.nn.Module\), got function")),
@@ -498,6 +501,18 @@ def test_the_table_is_big_enough_and_covers_every_kind():
     kinds = {type(e).__name__ for _, e in PROBES.values()}
     assert len(PROBES) >= 45 and kinds == {"Raises", "LikeTorch", "Warns"}, (len(PROBES), kinds)
 
+
+def test_load_state_dict_returns_missing_and_unexpected_keys_as_torch():
+    """torch returns (missing_keys, unexpected_keys); returning the module instead made
+    `missing, unexpected = seq.load_state_dict(sd, strict=False)` unpack a two-layer Sequential's layers."""
+    sd = {"0.weight": np.zeros((2, 2)), "2.weight": np.zeros((2, 2))}
+    got = nn.Sequential(nn.Linear(2, 2), nn.Tanh()).double().load_state_dict(sd, strict=False)
+    want = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Tanh()).double().load_state_dict(
+        {k: T(v) for k, v in sd.items()}, strict=False)
+    assert (got.missing_keys, got.unexpected_keys) == (want.missing_keys, want.unexpected_keys) == (["0.bias"], ["2.weight"])
+    missing, unexpected = got
+    assert (missing, unexpected) == (["0.bias"], ["2.weight"])
+    assert tuple(nn.Linear(2, 2).load_state_dict(nn.Linear(2, 2).state_dict())) == ([], [])
 
 def _no_graph(t):
     return not t.requires_grad and t.grad_fn is None
