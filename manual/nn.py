@@ -254,6 +254,8 @@ class Module:
             p.grad = None if set_to_none or p.grad is None else B.namespace(p.grad).zeros_like(p.grad)  # NaN * 0 is NaN
 
     def train(self, mode=True):
+        if not isinstance(mode, bool):  # "no" would be truthy: training mode, silently
+            raise ValueError(f"{type(self).__name__}.train: expected mode to be a bool, got {type(mode).__name__} {mode!r}")
         for _, m in self.named_modules():
             object.__setattr__(m, "training", mode)
         return self

@@ -465,6 +465,8 @@ PROBES = {
     "Sequential-slice": (lambda: nn.Sequential(nn.Tanh(), nn.ReLU(), nn.Sigmoid())[1:](X34),  # torch: a Sequential of the slice
                          LikeTorch(lambda: torch.nn.Sequential(torch.nn.Tanh(), torch.nn.ReLU(), torch.nn.Sigmoid())[1:](T(X34)))),
     "Sequential-index-out-of-range": (lambda: nn.Sequential(nn.Tanh(), nn.ReLU())[2], Raises(IndexError, r"index 2 is out of range")),
+    "train-mode-str": (lambda: nn.Linear(2, 2).train("no"),  # torch: ValueError 'training mode is expected to be boolean'
+                       Raises(ValueError, r"Linear.train: expected mode to be a bool, got str 'no'")),
     "Linear-float-features": (lambda: nn.Linear(2.5, 3), Raises(TypeError, r"expected in_features to be an int, got float 2.5")),
     "twin-of-a-function": (lambda: torch_ref.twin(lambda x: x),
                            Raises(TypeError, r"torch_ref.twin: expected a manual model \(a manual.nn.Module\), got function")),
