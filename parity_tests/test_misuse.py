@@ -411,6 +411,11 @@ PROBES = {
     "cross_entropy-4d-target-uint8": (lambda: F.cross_entropy(X4D, np.zeros((2, 4, 4), np.uint8)),
                                       Raises(TypeError, r"expected class-index target of dtype int64 \(uint8 only for input "
                                                         r"of 1 or 2 dims, got 4\), got uint8")),
+    # torch: "Expected tensor for argument #1 'indices' to have one of the following scalar types: Long, Int"
+    "embedding-indices-uint8": (lambda: F.embedding(np.array([2, 0], np.uint8), X34),
+                                Raises(TypeError, r"embedding: expected input of integer indices \(int64 or int32\), got dtype uint8")),
+    "Embedding-indices-int16": (lambda: nn.Embedding(3, 4).double()(np.array([2, 0], np.int16)),
+                                Raises(TypeError, r"expected input of integer indices \(int64 or int32\), got dtype int16")),
     # -- reductions -----------------------------------------------------------------------------
     "reduction-unknown": (lambda: F.mse_loss(X34, X34, reduction="avg"),
                           Raises(ValueError, r"expected reduction to be one of \('mean', 'sum', 'none'\), got 'avg'")),
