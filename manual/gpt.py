@@ -19,6 +19,7 @@ embedding backward accumulate into one Parameter.grad, as autograd does.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -259,7 +260,16 @@ class GPT(Module):
         """Append max_new_tokens ids to idx (B, T), one at a time, cropping to block_size (no backward)."""
         from ._grad_mode import no_grad
 
-        xp = B.namespace(idx)
+        xp = B.namespace(idx, op="GPT.generate")
+        if idx.ndim != 2 or idx.shape[1] < 1:
+            raise ValueError(f"GPT.generate: expected a prompt of token ids of shape (B, T) with T >= 1, got shape {tuple(idx.shape)}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
+            raise TypeError(f"GPT.generate: expected max_new_tokens to be an integer >= 0, got "
+                            f"{type(max_new_tokens).__name__} {max_new_tokens!r}")
+        if max_new_tokens < 0:
+            raise ValueError(f"GPT.generate: expected max_new_tokens to be an integer >= 0, got {max_new_tokens}")
+        if not temperature > 0:  # 0: logits / 0 are inf or NaN (torch.multinomial refuses those)
+            raise ValueError(f"GPT.generate: expected temperature > 0, got {temperature!r}")
         was = self.training
         self.eval()
         try:

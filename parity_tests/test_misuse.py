@@ -170,6 +170,10 @@ def zero_grad_kept(manual):
     opt.SGD([lone], lr=0.1).zero_grad(set_to_none=False)
     return m.bias.grad, lone.grad
 
+def tiny_gpt():
+    return nn.GPT(nn.GPTConfig(block_size=4, vocab_size=5, n_layer=1, n_head=2, n_embd=8),
+                  generator=np.random.default_rng(0)).double()
+
 def ce_buffers_loaded():
     """CrossEntropyLoss(weight=...) state into a fresh one: the class weights travel (a buffer)."""
     w = a(0.2, 1.0, 3.0, 0.5)
@@ -460,6 +464,16 @@ PROBES = {
                                     Raises(ValueError, r"expected 1 parameter group\(s\), got 0")),
     "scheduler-resume-without-initial_lr": (lambda: optim.lr_scheduler.LinearLR(optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1), last_epoch=3),
                                             Raises(KeyError, r"expected 'initial_lr' in param_groups\[0\]")),
+    # -- GPT.generate ---------------------------------------------------------------------------
+    "GPT.generate-1d-prompt": (lambda: tiny_gpt().generate(np.array([1, 2]), 2),  # was numpy's 'too many indices for array'
+                               Raises(ValueError, r"GPT.generate: expected a prompt of token ids of shape \(B, T\) with T >= 1, got shape \(2,\)")),
+    "GPT.generate-empty-prompt": (lambda: tiny_gpt().generate(np.zeros((1, 0), np.int64), 2),  # was 'list index out of range'
+                                  Raises(ValueError, r"with T >= 1, got shape \(1, 0\)")),
+    # nanoGPT's sampling at temperature 0: torch.multinomial's 'probability tensor contains either inf, nan or element < 0'
+    "GPT.generate-temperature-0": (lambda: tiny_gpt().generate(np.array([[1, 2]]), 2, temperature=0.0, greedy=False),
+                                   Raises(ValueError, r"GPT.generate: expected temperature > 0, got 0.0")),
+    "GPT.generate-max_new_tokens-float": (lambda: tiny_gpt().generate(np.array([[1, 2]]), 2.0),
+                                          Raises(TypeError, r"GPT.generate: expected max_new_tokens to be an integer >= 0, got float 2.0")),
     # -- state_dict misuse ----------------------------------------------------------------------
     "state_dict-list-value": (lambda: sd_with("weight", [[1.0, 2.0], [3.0, 4.0]]),
                               Raises(TypeError, r"weight: expected a NumPy array or a torch tensor, got list")),
