@@ -189,7 +189,12 @@ def load(path: str) -> dict:
         raise CheckpointError(f"{what}: not a checkpoint (its safetensors header is not JSON)") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{what}: expected format {FORMAT!r}, got {meta.get('format')!r}")
-    end = max((v["data_offsets"][1] for v in header.values()), default=0)
+    if not isinstance(meta.get("state"), str):
+        raise CheckpointError(f"{what}: damaged (expected a 'state' entry in its metadata, got keys {sorted(meta)})")
+    try:
+        end = max((v["data_offsets"][1] for v in header.values()), default=0)
+    except (KeyError, TypeError, IndexError):
+        raise CheckpointError(f"{what}: damaged (an array in its header has no valid 'data_offsets')") from None
     if 8 + n + end != len(blob):
         raise CheckpointError(f"{what}: truncated or padded (expected {8 + n + end} bytes, the file has {len(blob)})")
     try:

@@ -19,6 +19,7 @@ embedding backward accumulate into one Parameter.grad, as autograd does.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -228,28 +229,6 @@ class GPT(Module):
                 std = 0.02 / math.sqrt(2 * c.n_layer) if name.endswith("c_proj.weight") else 0.02
                 I.normal_(p, 0.0, std, generator=g)
 
-    def named_parameters(self, prefix=""):
-        """Each Parameter once (the tied lm_head.weight is transformer.wte.weight), as torch's."""
-        seen = set()
-        for name, p in super().named_parameters(prefix):
-            if id(p) not in seen:
-                seen.add(id(p))
-                yield name, p
-
-    def state_dict(self):
-        """Every name, the tied one included (lm_head.weight), as torch's state_dict."""
-        out = super().state_dict()
-        out["lm_head.weight"] = self.lm_head.weight.data
-        return out
-
-    def load_state_dict(self, state_dict, strict=True):
-        sd = dict(state_dict)
-        if "lm_head.weight" in sd:  # the tied weight: the last key loaded wins, as in torch
-            sd["transformer.wte.weight"] = sd.pop("lm_head.weight")
-        elif strict:
-            raise KeyError("GPT.load_state_dict: missing lm_head.weight (the tied token table)")
-        return super().load_state_dict(sd, strict)
-
     def forward(self, idx):
         xp = B.namespace(idx, op="GPT")
         if idx.ndim != 2 or idx.dtype not in (xp.int64, xp.int32):
@@ -281,7 +260,16 @@ class GPT(Module):
         """Append max_new_tokens ids to idx (B, T), one at a time, cropping to block_size (no backward)."""
         from ._grad_mode import no_grad
 
-        xp = B.namespace(idx)
+        xp = B.namespace(idx, op="GPT.generate")
+        if idx.ndim != 2 or idx.shape[1] < 1:
+            raise ValueError(f"GPT.generate: expected a prompt of token ids of shape (B, T) with T >= 1, got shape {tuple(idx.shape)}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
+            raise TypeError(f"GPT.generate: expected max_new_tokens to be an integer >= 0, got "
+                            f"{type(max_new_tokens).__name__} {max_new_tokens!r}")
+        if max_new_tokens < 0:
+            raise ValueError(f"GPT.generate: expected max_new_tokens to be an integer >= 0, got {max_new_tokens}")
+        if not temperature > 0:  # 0: logits / 0 are inf or NaN (torch.multinomial refuses those)
+            raise ValueError(f"GPT.generate: expected temperature > 0, got {temperature!r}")
         was = self.training
         self.eval()
         try:

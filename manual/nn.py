@@ -21,8 +21,9 @@ as torch does. The contract, checked:
 
 from __future__ import annotations
 
+import operator
 import sys
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 
 import numpy as np
 
@@ -147,27 +148,47 @@ class Module:
         return v
 
     # -- traversal -----------------------------------------------------------------------
-    def named_modules(self, prefix=""):
-        yield prefix, self
-        for name, child in self._modules.items():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+    def named_modules(self, prefix="", remove_duplicate=True):
+        """Every module under its name; one used twice (a shared layer) only under its first name, as
+        torch's (remove_duplicate=False: under every name, as state_dict lists it)."""
+        seen = set()
+
+        def walk(mod, pre):
+            if remove_duplicate:
+                if id(mod) in seen:
+                    return
+                seen.add(id(mod))
+            yield pre, mod
+            for name, child in mod._modules.items():
+                yield from walk(child, f"{pre}.{name}" if pre else name)
+
+        return walk(self, prefix)
 
     def children(self):
         return iter(self._modules.values())
 
-    def named_parameters(self, prefix=""):
-        for mod_name, mod in self.named_modules(prefix):
+    def named_parameters(self, prefix="", remove_duplicate=True):
+        """Each Parameter once, as torch's: a shared layer's or a tied weight's is not stepped twice by an
+        optimizer built on parameters()."""
+        seen = set()
+        for mod_name, mod in self.named_modules(prefix, remove_duplicate):
             for name, p in mod._parameters.items():
+                if remove_duplicate:
+                    if id(p) in seen:
+                        continue
+                    seen.add(id(p))
                 yield (f"{mod_name}.{name}" if mod_name else name), p
 
     def parameters(self):
         for _, p in self.named_parameters():
             yield p
 
-    def named_buffers(self):
-        for mod_name, mod in self.named_modules():
+    def named_buffers(self, remove_duplicate=True):
+        seen = set()
+        for mod_name, mod in self.named_modules(remove_duplicate=remove_duplicate):
             for name, b in mod._buffers.items():
-                if b is not None:
+                if b is not None and not (remove_duplicate and id(b) in seen):
+                    seen.add(id(b))
                     yield (f"{mod_name}.{name}" if mod_name else name), b
 
     # -- state -----------------------------------------------------------------------------
@@ -175,7 +196,7 @@ class Module:
         """Parameter and buffer arrays by torch's names ("0.weight", ...); the arrays themselves, not copies.
         In torch's order: module by module, each module's parameters, then its buffers."""
         out = OrderedDict()
-        for mod_name, mod in self.named_modules():
+        for mod_name, mod in self.named_modules(remove_duplicate=False):  # a shared layer under each of its names
             pre = f"{mod_name}." if mod_name else ""
             out.update((pre + n, p.data) for n, p in mod._parameters.items())
             out.update((pre + n, b) for n, b in mod._buffers.items() if b is not None)
@@ -184,13 +205,14 @@ class Module:
     def load_state_dict(self, state_dict, strict=True):
         """Copy parameters and buffers (NumPy or torch, any device) into this module's own backend,
         device and dtype. strict: the keys must be exactly state_dict()'s (KeyError naming the
-        missing and unexpected ones). Every value is checked before anything is written."""
+        missing and unexpected ones). Every value is checked before anything is written.
+        Returns (missing_keys, unexpected_keys), as torch's."""
         name = type(self).__name__
         if not hasattr(state_dict, "keys"):
             raise TypeError(f"{name}.load_state_dict: expected a mapping of names to arrays, got {type(state_dict).__name__}")
-        own = dict(self.named_parameters())
+        own = dict(self.named_parameters(remove_duplicate=False))  # every name state_dict() gives
         buffers = {}  # name -> (owning module, attribute)
-        for mod_name, mod in self.named_modules():
+        for mod_name, mod in self.named_modules(remove_duplicate=False):
             for b, v in mod._buffers.items():
                 if v is not None:
                     buffers[f"{mod_name}.{b}" if mod_name else b] = (mod, b)
@@ -225,13 +247,15 @@ class Module:
             else:
                 mod, b = buffers[k]
                 mod.register_buffer(b, v)
-        return self
+        return _IncompatibleKeys(missing, unexpected)
 
     def zero_grad(self, set_to_none=True):
         for p in self.parameters():
-            p.grad = None if set_to_none or p.grad is None else p.grad * 0
+            p.grad = None if set_to_none or p.grad is None else B.namespace(p.grad).zeros_like(p.grad)  # NaN * 0 is NaN
 
     def train(self, mode=True):
+        if not isinstance(mode, bool):  # "no" would be truthy: training mode, silently
+            raise ValueError(f"{type(self).__name__}.train: expected mode to be a bool, got {type(mode).__name__} {mode!r}")
         for _, m in self.named_modules():
             object.__setattr__(m, "training", mode)
         return self
@@ -286,6 +310,7 @@ class Module:
 
 
 _NEVER, _NO_GRAD, _FREED = "never", "no_grad", "freed"  # why _saved found no entry
+_IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])  # load_state_dict's result
 
 try:
     import torch as _torch
@@ -508,7 +533,17 @@ class Sequential(Module):
             setattr(self, str(i), m)
 
     def __getitem__(self, i):
-        return list(self._modules.values())[i]
+        """seq[i]: a child; seq[a:b]: a Sequential of those children, under their names, as torch's."""
+        items = list(self._modules.items())
+        if isinstance(i, slice):
+            out = Sequential()
+            for name, m in items[i]:
+                setattr(out, name, m)
+            return out
+        n = len(items)
+        if not -n <= operator.index(i) < n:
+            raise IndexError(f"Sequential: index {i} is out of range (expected -{n} <= index < {n})")
+        return items[i][1]
 
     def __len__(self):
         return len(self._modules)

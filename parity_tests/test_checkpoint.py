@@ -124,6 +124,23 @@ def test_an_edited_byte_is_refused(written, where):
         checkpoint.load(path)
 
 
+
+def test_any_flipped_bit_in_the_header_is_a_checkpoint_error(written):
+    """Every single-bit flip of the header (its length, its JSON, the metadata's keys): a CheckpointError
+    naming the file, never a bare KeyError (a flip in 'state' or 'data_offsets' raised KeyError, a
+    traceback at `run --resume`) nor a load."""
+    path, blob = written
+    n = int.from_bytes(blob[:8], "little")
+    for i in range(8 + n):
+        for bit in (0, 5):
+            edited = bytearray(blob)
+            edited[i] ^= 1 << bit
+            with open(path, "wb") as f:
+                f.write(edited)
+            with pytest.raises(checkpoint.CheckpointError) as e:
+                checkpoint.load(path)
+            assert path in str(e.value), (i, bit, str(e.value))
+
 def test_a_foreign_safetensors_file_is_refused(tmp_path):
     from safetensors.numpy import save_file
 

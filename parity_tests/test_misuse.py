@@ -132,6 +132,48 @@ def sd_with(key, value, module=None):
     return m
 
 
+def tied_pair(lib):
+    """Two Linear(2, 2), the second's weight the first's (tied), in one Sequential."""
+    first, second = lib.Linear(2, 2).double(), lib.Linear(2, 2).double()
+    second.weight = first.weight
+    return lib.Sequential(first, second)
+
+
+def shared_module(lib):
+    """One Linear used twice in a Sequential."""
+    lin = lib.Linear(2, 2).double()
+    return lib.Sequential(lin, lib.Tanh(), lin)
+
+
+def step_once(build, manual):
+    """SGD over model.parameters() with every .grad one: each Parameter once in torch's list, so w - 0.1."""
+    lib, opt = (nn, optim) if manual else (torch.nn, torch.optim)
+    model = build(lib)
+    w = model[0].weight
+    if manual:
+        w.data = X34[:2, :2].copy()
+    else:
+        with torch.no_grad():
+            w.copy_(T(X34[:2, :2]))
+    sgd = opt.SGD(model.parameters(), lr=0.1)
+    w.grad = np.ones((2, 2)) if manual else torch.ones(2, 2, dtype=torch.float64)
+    sgd.step()
+    return w.data if manual else w.detach()
+
+def zero_grad_kept(manual):
+    """Module.zero_grad and Optimizer.zero_grad with set_to_none=False, on gradients holding NaN and inf."""
+    lib, opt = (nn, optim) if manual else (torch.nn, torch.optim)
+    m, lone = lib.Linear(2, 3).double(), (nn.Parameter(np.zeros(3)) if manual else torch.zeros(3, dtype=torch.float64, requires_grad=True))
+    bad = a(np.nan, np.inf, -np.inf)
+    m.bias.grad, lone.grad = (bad.copy(), bad.copy()) if manual else (T(bad), T(bad))
+    m.zero_grad(set_to_none=False)
+    opt.SGD([lone], lr=0.1).zero_grad(set_to_none=False)
+    return m.bias.grad, lone.grad
+
+def tiny_gpt():
+    return nn.GPT(nn.GPTConfig(block_size=4, vocab_size=5, n_layer=1, n_head=2, n_embd=8),
+                  generator=np.random.default_rng(0)).double()
+
 def ce_buffers_loaded():
     """CrossEntropyLoss(weight=...) state into a fresh one: the class weights travel (a buffer)."""
     w = a(0.2, 1.0, 3.0, 0.5)
@@ -188,6 +230,8 @@ def torch_ce_smoothing_ignore_weight():
     return grad_of(lambda x: TF.cross_entropy(x, T([0, -100, 2]), weight=T(a(0.5, 2.0, 1.0, 0.1)), label_smoothing=0.1), X34)
 
 
+MASKED = np.array([[0.0, -np.inf, 1.0], [-np.inf, 0.5, 2.0], [-np.inf, 1.0, 0.0]])  # masked logits
+MASKED_T = np.array([0, 2, -100])
 NAN_X = a(np.nan, -1.0, 0.0, 2.0, -np.inf, np.inf)
 NAN_G = a(2.0, 3.0, 5.0, 7.0, 11.0, 13.0)
 # 96 values: torch's elementwise CPU kernels run their vectorized loop over them (its scalar loop takes
@@ -299,6 +343,14 @@ PROBES = {
                         LikeTorch(lambda: (TF.relu(T(NAN_X)),) + grad_of(TF.relu, NAN_X, g=NAN_G))),
     "sigmoid-extremes": (lambda: F.sigmoid(a(-1e4, -800.0, 0.0, 800.0, 1e4)), LikeTorch(lambda: torch.sigmoid(T(a(-1e4, -800.0, 0.0, 800.0, 1e4))))),
     "log_softmax-minus-inf": (lambda: F.log_softmax(a(-np.inf, 0.0, 1.0), 0), LikeTorch(lambda: TF.log_softmax(T(a(-np.inf, 0.0, 1.0)), 0))),
+    # a masked (-inf) logit off the target: torch's loss is finite (inf with smoothing), its ignored row 0, never NaN
+    "cross_entropy-minus-inf-logit": (
+        lambda: (F.cross_entropy(MASKED, MASKED_T, reduction="none"), F.cross_entropy(MASKED, MASKED_T, label_smoothing=0.1, reduction="none"),
+                 F.cross_entropy(MASKED, MASKED_T, weight=a(0.5, 2.0, 1.0)), nn.CrossEntropyLoss(reduction="sum")(MASKED, MASKED_T)),
+        LikeTorch(lambda: (TF.cross_entropy(T(MASKED), T(MASKED_T), reduction="none"),
+                           TF.cross_entropy(T(MASKED), T(MASKED_T), label_smoothing=0.1, reduction="none"),
+                           TF.cross_entropy(T(MASKED), T(MASKED_T), weight=T(a(0.5, 2.0, 1.0))),
+                           TF.cross_entropy(T(MASKED), T(MASKED_T), reduction="sum")))),
     "cross_entropy_backward-all-ignored": (
         lambda: F.cross_entropy_backward(np.array(1.0), X34, np.array([-100, -100, -100])),
         LikeTorch(lambda: grad_of(lambda x: TF.cross_entropy(x, T([-100, -100, -100])), X34))),
@@ -391,6 +443,11 @@ PROBES = {
     "cross_entropy-4d-target-uint8": (lambda: F.cross_entropy(X4D, np.zeros((2, 4, 4), np.uint8)),
                                       Raises(TypeError, r"expected class-index target of dtype int64 \(uint8 only for input "
                                                         r"of 1 or 2 dims, got 4\), got uint8")),
+    # torch: "Expected tensor for argument #1 'indices' to have one of the following scalar types: Long, Int"
+    "embedding-indices-uint8": (lambda: F.embedding(np.array([2, 0], np.uint8), X34),
+                                Raises(TypeError, r"embedding: expected input of integer indices \(int64 or int32\), got dtype uint8")),
+    "Embedding-indices-int16": (lambda: nn.Embedding(3, 4).double()(np.array([2, 0], np.int16)),
+                                Raises(TypeError, r"expected input of integer indices \(int64 or int32\), got dtype int16")),
     # -- reductions -----------------------------------------------------------------------------
     "reduction-unknown": (lambda: F.mse_loss(X34, X34, reduction="avg"),
                           Raises(ValueError, r"expected reduction to be one of \('mean', 'sum', 'none'\), got 'avg'")),
@@ -418,6 +475,11 @@ PROBES = {
     "param-in-two-groups": (lambda: (lambda p: optim.Adam([{"params": [p]}, {"params": [p]}]))(nn.Parameter(np.zeros(2))),
                             Raises(ValueError, r"more than one parameter group")),
     "param-listed-twice": (lambda: (lambda p: optim.SGD([p, p], lr=0.1))(nn.Parameter(np.zeros(2))), Warns(r"more than once")),
+    # torch's parameters() lists a shared module's or a tied weight's Parameter once: one step, not two
+    "shared-module-stepped-once": (lambda: step_once(shared_module, manual=True), LikeTorch(lambda: step_once(shared_module, manual=False))),
+    "tied-weight-stepped-once": (lambda: step_once(tied_pair, manual=True), LikeTorch(lambda: step_once(tied_pair, manual=False))),
+    # torch's zero_grad(set_to_none=False) is grad.zero_(): zeros, even where the gradient was NaN or inf
+    "zero_grad-keep-nan-inf": (lambda: zero_grad_kept(manual=True), LikeTorch(lambda: zero_grad_kept(manual=False))),
     "grad-wrong-shape": (lambda: step_with(lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), np.ones(3)),
                          Raises(ValueError, r"expected a .grad like its parameter \(numpy, shape \(2, 3\), dtype float64\), got \(numpy, shape \(3,\)")),
     "empty-parameter-list": (lambda: optim.SGD([], lr=0.1), Raises(ValueError, r"empty parameter list")),
@@ -430,6 +492,16 @@ PROBES = {
                                     Raises(ValueError, r"expected 1 parameter group\(s\), got 0")),
     "scheduler-resume-without-initial_lr": (lambda: optim.lr_scheduler.LinearLR(optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1), last_epoch=3),
                                             Raises(KeyError, r"expected 'initial_lr' in param_groups\[0\]")),
+    # -- GPT.generate ---------------------------------------------------------------------------
+    "GPT.generate-1d-prompt": (lambda: tiny_gpt().generate(np.array([1, 2]), 2),  # was numpy's 'too many indices for array'
+                               Raises(ValueError, r"GPT.generate: expected a prompt of token ids of shape \(B, T\) with T >= 1, got shape \(2,\)")),
+    "GPT.generate-empty-prompt": (lambda: tiny_gpt().generate(np.zeros((1, 0), np.int64), 2),  # was 'list index out of range'
+                                  Raises(ValueError, r"with T >= 1, got shape \(1, 0\)")),
+    # nanoGPT's sampling at temperature 0: torch.multinomial's 'probability tensor contains either inf, nan or element < 0'
+    "GPT.generate-temperature-0": (lambda: tiny_gpt().generate(np.array([[1, 2]]), 2, temperature=0.0, greedy=False),
+                                   Raises(ValueError, r"GPT.generate: expected temperature > 0, got 0.0")),
+    "GPT.generate-max_new_tokens-float": (lambda: tiny_gpt().generate(np.array([[1, 2]]), 2.0),
+                                          Raises(TypeError, r"GPT.generate: expected max_new_tokens to be an integer >= 0, got float 2.0")),
     # -- state_dict misuse ----------------------------------------------------------------------
     "state_dict-list-value": (lambda: sd_with("weight", [[1.0, 2.0], [3.0, 4.0]]),
                               Raises(TypeError, r"weight: expected a NumPy array or a torch tensor, got list")),
@@ -437,6 +509,11 @@ PROBES = {
     "state_dict-unexpected-key": (lambda: sd_with("weights", np.zeros((2, 2))), Raises(KeyError, r"unexpected \['weights'\]")),
     "state_dict-wrong-shape": (lambda: sd_with("bias", np.zeros(3)), Raises(ValueError, r"bias: expected shape \(2,\), got \(3,\)")),
     "state_dict-buffers-loaded": (ce_buffers_loaded, LikeTorch(lambda: TF.cross_entropy(T(X34), T([0, 3, 2]), weight=T(a(0.2, 1.0, 3.0, 0.5))))),
+    "Sequential-slice": (lambda: nn.Sequential(nn.Tanh(), nn.ReLU(), nn.Sigmoid())[1:](X34),  # torch: a Sequential of the slice
+                         LikeTorch(lambda: torch.nn.Sequential(torch.nn.Tanh(), torch.nn.ReLU(), torch.nn.Sigmoid())[1:](T(X34)))),
+    "Sequential-index-out-of-range": (lambda: nn.Sequential(nn.Tanh(), nn.ReLU())[2], Raises(IndexError, r"index 2 is out of range")),
+    "train-mode-str": (lambda: nn.Linear(2, 2).train("no"),  # torch: ValueError 'training mode is expected to be boolean'
+                       Raises(ValueError, r"Linear.train: expected mode to be a bool, got str 'no'")),
     "Linear-float-features": (lambda: nn.Linear(2.5, 3), Raises(TypeError, r"expected in_features to be an int, got float 2.5")),
     "twin-of-a-function": (lambda: torch_ref.twin(lambda x: x),
                            Raises(TypeError, r"torch_ref.twin: expected a manual model \(a manual.nn.Module\), got function")),
@@ -473,6 +550,18 @@ def test_the_table_is_big_enough_and_covers_every_kind():
     kinds = {type(e).__name__ for _, e in PROBES.values()}
     assert len(PROBES) >= 45 and kinds == {"Raises", "LikeTorch", "Warns"}, (len(PROBES), kinds)
 
+
+def test_load_state_dict_returns_missing_and_unexpected_keys_as_torch():
+    """torch returns (missing_keys, unexpected_keys); returning the module instead made
+    `missing, unexpected = seq.load_state_dict(sd, strict=False)` unpack a two-layer Sequential's layers."""
+    sd = {"0.weight": np.zeros((2, 2)), "2.weight": np.zeros((2, 2))}
+    got = nn.Sequential(nn.Linear(2, 2), nn.Tanh()).double().load_state_dict(sd, strict=False)
+    want = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Tanh()).double().load_state_dict(
+        {k: T(v) for k, v in sd.items()}, strict=False)
+    assert (got.missing_keys, got.unexpected_keys) == (want.missing_keys, want.unexpected_keys) == (["0.bias"], ["2.weight"])
+    missing, unexpected = got
+    assert (missing, unexpected) == (["0.bias"], ["2.weight"])
+    assert tuple(nn.Linear(2, 2).load_state_dict(nn.Linear(2, 2).state_dict())) == ([], [])
 
 def _no_graph(t):
     return not t.requires_grad and t.grad_fn is None

@@ -114,10 +114,14 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     eps = float(label_smoothing)  # an np.float64 would promote float32 to float64
     if is_index:
         onehot, valid, wy = _ce_index_weights(xp, t, C, weight, ignore_index, x2)
-        loss = -xp.sum(onehot * logp, axis=1) * wy  # (M,), zero where ignored
+        # gathered, not onehot * logp: a masked (-inf) logit off the target would make 0 * -inf = NaN
+        kept, zero = valid > 0, xp.zeros_like(wy)
+        safe = xp.astype(xp.where(kept, t, xp.zeros_like(t)), xp.int64)  # an ignored row reads column 0, then 0
+        logp_y = xp.reshape(xp.take_along_axis(logp, xp.reshape(safe, (-1, 1)), axis=1), (-1,))
+        loss = xp.where(kept, -logp_y, zero) * wy  # (M,), zero where ignored
         if eps > 0:
             wlogp = logp if weight is None else logp * weight
-            loss = (1.0 - eps) * loss - (eps / C) * xp.sum(wlogp, axis=1) * valid
+            loss = (1.0 - eps) * loss - (eps / C) * xp.where(kept, xp.sum(wlogp, axis=1), zero)
         denom = xp.sum(wy)
     else:
         wt = _ce_prob_weights(t, C, weight, eps)

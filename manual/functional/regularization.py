@@ -104,7 +104,7 @@ def _emb_check(op, input, weight, padding_idx):
     xp = namespace(input, weight, op=op)
     if weight.ndim != 2:
         raise ValueError(f"{op}: expected weight of shape (num_embeddings, embedding_dim), got {_shape(weight)}")
-    if not xp.isdtype(input.dtype, "integral"):
+    if input.dtype not in (xp.int64, xp.int32):  # torch takes no other index dtype
         raise TypeError(f"{op}: expected input of integer indices (int64 or int32), got dtype {input.dtype}")
     n = weight.shape[0]
     if padding_idx is not None:

@@ -121,7 +121,7 @@ class Optimizer:
 
     def zero_grad(self, set_to_none=True):
         for _, p in self._params():
-            p.grad = None if set_to_none or p.grad is None else p.grad * 0
+            p.grad = None if set_to_none or p.grad is None else B.namespace(p.grad).zeros_like(p.grad)  # NaN * 0 is NaN
 
     # -- state ---------------------------------------------------------------------------
     def state_dict(self):
