@@ -20,7 +20,7 @@ from conftest import BACKENDS, DEVICE_OF
 from manual import _backend as B
 from manual import nn, optim
 from manual._backend import to_numpy
-from torch_ref import twin, twin_loss, twin_optimizer
+from torch_ref import to_torch_state, twin, twin_loss, twin_optimizer
 
 
 RTOL = {"float64": 1e-12, "float32": 1e-4}
@@ -369,14 +369,6 @@ def test_clip_grad_norm_nonfinite_and_empty_like_torch():
 
 # -- state_dict: torch's layout, both directions, then the trajectories continue ----------------
 
-def _to_torch_tree(obj):
-    if isinstance(obj, dict):
-        return {k: _to_torch_tree(v) for k, v in obj.items()}
-    if isinstance(obj, np.ndarray):
-        return torch.tensor(obj)
-    return obj
-
-
 CROSS = {
     "SGD-momentum": lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=0.01),
     "Adam": lambda ps: optim.Adam(ps, lr=1e-2, weight_decay=0.01),
@@ -419,7 +411,7 @@ def test_optimizer_state_dict_crosses_to_torch_and_back(name):
     # manual -> torch: a fresh torch optimizer on a twin of the manual model
     tmodel2 = twin(model)
     topt2 = twin_optimizer(CROSS[name](nn.Linear(1, 1).parameters()) if False else opt, tmodel2.parameters())
-    topt2.load_state_dict(_to_torch_tree(opt.state_dict()))
+    topt2.load_state_dict(to_torch_state(opt.state_dict()))
     tx2 = tx
 
     for step in range(30):

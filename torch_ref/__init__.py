@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["to_torch", "twin", "twin_loss", "twin_optimizer", "load_weights", "DTYPES"]
+__all__ = ["to_torch", "to_torch_state", "twin", "twin_loss", "twin_optimizer", "load_weights", "DTYPES"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -27,6 +27,20 @@ def to_torch(array, device=None, dtype=None):
     if dtype is not None and isinstance(dtype, str):
         dtype = DTYPES[dtype]
     return t.to(device=device if device is not None else t.device, dtype=dtype if dtype is not None else t.dtype)
+
+
+def to_torch_state(state_dict):
+    """A manual optimizer's state_dict as torch.optim's load_state_dict takes it: every NumPy array in it (the
+    per-parameter buffers, Adam's step count) a new torch tensor, everything else as it is (torch moves each
+    buffer to its parameter's device and dtype). torch refuses NumPy arrays there; manual.optim takes
+    torch's state_dict as it is."""
+    if isinstance(state_dict, dict):
+        return {k: to_torch_state(v) for k, v in state_dict.items()}
+    if isinstance(state_dict, list):
+        return [to_torch_state(v) for v in state_dict]
+    if isinstance(state_dict, (np.ndarray, np.generic)):
+        return torch.tensor(np.asarray(state_dict))  # a copy: torch keeps the tensor it is given as its buffer
+    return state_dict
 
 
 def _device_dtype(model, device):
