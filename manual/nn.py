@@ -331,7 +331,8 @@ def _unsaved_message(module, why):
                 "backward: run forward again outside no_grad() before backward")
     if why == _FREED:
         return (f"{module!r}.backward: called twice after one forward: backward frees what forward saved (as "
-                "torch does without retain_graph): run forward again before each backward")
+                "torch does without retain_graph): run forward again before each backward (or, if this module "
+                "is used twice in one forward, use a second module sharing its Parameters)")
     return f"{module!r}.backward: called before forward: nothing was saved for it"
 
 
@@ -566,6 +567,13 @@ class Sequential(Module):
 
             _check_grad(self, grad_output, *self._saved("_out"))  # torch: 'Mismatch in shape'
             return grad_output if input_grad else None
+        if len({id(m) for m in children}) < len(children):
+            dup = next(m for i, m in enumerate(children) if any(m is c for c in children[:i]))
+            raise ValueError(
+                f"{self!r}.backward: {dup!r} appears more than once in this Sequential. A manual module keeps "
+                "what its last forward saved, so a module used twice in one forward cannot be differentiated "
+                "(torch's autograd can): expected distinct modules; use a second module that shares the "
+                "first one's Parameters (b.weight = a.weight), whose gradients add into the one .grad")
         for i in range(len(children) - 1, -1, -1):
             grad_output = children[i].backward(grad_output, input_grad=input_grad or i > 0)
         return grad_output

@@ -145,6 +145,29 @@ def shared_module(lib):
     return lib.Sequential(lin, lib.Tanh(), lin)
 
 
+def shared_parameters(lib):
+    """The pattern the refusal below suggests: a second Linear sharing the first one's weight and bias."""
+    first, second = lib.Linear(2, 2).double(), lib.Linear(2, 2).double()
+    second.weight, second.bias = first.weight, first.bias
+    return lib.Sequential(first, lib.Tanh(), second)
+
+
+def grads_of_shared(build, manual):
+    """The shared weight's and bias's gradients after one backward of sum(model(X)), X 3x2."""
+    model = build(nn if manual else torch.nn)
+    w, b = model[0].weight, model[0].bias
+    if manual:
+        w.data, b.data = X34[:2, :2].copy(), X34[2, :2].copy()
+        y = model(X34[:, :2])
+        model.backward(np.ones_like(y))
+        return w.grad, b.grad
+    with torch.no_grad():
+        w.copy_(T(X34[:2, :2]))
+        b.copy_(T(X34[2, :2]))
+    model(T(X34[:, :2])).sum().backward()
+    return w.grad, b.grad
+
+
 def step_once(build, manual):
     """SGD over model.parameters() with every .grad one: each Parameter once in torch's list, so w - 0.1."""
     lib, opt = (nn, optim) if manual else (torch.nn, torch.optim)
@@ -477,6 +500,13 @@ PROBES = {
     "param-listed-twice": (lambda: (lambda p: optim.SGD([p, p], lr=0.1))(nn.Parameter(np.zeros(2))), Warns(r"more than once")),
     # torch's parameters() lists a shared module's or a tied weight's Parameter once: one step, not two
     "shared-module-stepped-once": (lambda: step_once(shared_module, manual=True), LikeTorch(lambda: step_once(shared_module, manual=False))),
+    # manual cannot differentiate one module used twice in a forward (it keeps one forward's values): refused
+    # at backward, naming the fix; that fix (two modules sharing Parameters) gives torch's shared-layer gradient
+    "shared-module-backward": (lambda: (lambda m: m.backward(np.ones((3, 2))))((lambda m: (m(X34[:, :2]), m)[1])(
+        shared_module(nn))), Raises(ValueError, r"appears more than once in this Sequential.*expected distinct "
+                                               r"modules; use a second module that shares the first one's Parameters")),
+    "shared-parameters-gradient": (lambda: grads_of_shared(shared_parameters, manual=True),
+                                   LikeTorch(lambda: grads_of_shared(shared_module, manual=False))),
     "tied-weight-stepped-once": (lambda: step_once(tied_pair, manual=True), LikeTorch(lambda: step_once(tied_pair, manual=False))),
     # torch's zero_grad(set_to_none=False) is grad.zero_(): zeros, even where the gradient was NaN or inf
     "zero_grad-keep-nan-inf": (lambda: zero_grad_kept(manual=True), LikeTorch(lambda: zero_grad_kept(manual=False))),
