@@ -512,6 +512,13 @@ PROBES = {
     "zero_grad-keep-nan-inf": (lambda: zero_grad_kept(manual=True), LikeTorch(lambda: zero_grad_kept(manual=False))),
     "grad-wrong-shape": (lambda: step_with(lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), np.ones(3)),
                          Raises(ValueError, r"expected a .grad like its parameter \(numpy, shape \(2, 3\), dtype float64\), got \(numpy, shape \(3,\)")),
+    # torch: TypeError "'<=' not supported between instances of 'float' and 'NoneType'" (bare), a str lr until step()
+    "SGD-lr-None": (lambda: optim.SGD(nn.Linear(2, 2).parameters(), lr=None),
+                    Raises(TypeError, r"SGD: expected lr to be a real number, got NoneType None")),
+    "add_param_group-lr-str": (lambda: optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1).add_param_group(
+        {"params": [nn.Parameter(np.zeros(2))], "lr": "x"}), Raises(TypeError, r"SGD: expected lr to be a real number, got str 'x'")),
+    "Adam-betas-float": (lambda: optim.Adam(nn.Linear(2, 2).parameters(), betas=0.9),
+                         Raises(TypeError, r"Adam: expected betas to be a pair of real numbers, got float 0.9")),
     "empty-parameter-list": (lambda: optim.SGD([], lr=0.1), Raises(ValueError, r"empty parameter list")),
     "single-Parameter-not-a-list": (lambda: optim.SGD(nn.Parameter(np.zeros(2)), lr=0.1), Raises(TypeError, r"got a single Parameter: wrap it in a list")),
     "parameters-as-a-set": (lambda: optim.SGD({nn.Parameter(np.zeros(2))}, lr=0.1), Raises(TypeError, r"got a set")),

@@ -20,6 +20,7 @@ backend than its parameter. Warned, as torch warns: a parameter listed twice in 
 from __future__ import annotations
 
 import functools
+import numbers
 import math
 import warnings
 
@@ -108,8 +109,23 @@ class Optimizer:
         if any(id(p) in seen for p in ps):
             raise ValueError(f"{name}: some parameters appear in more than one parameter group (torch refuses this too)")
         group = {**self.defaults, **param_group, "params": ps}
+        self._check_types(group)
         self._check_group(group)
         self.param_groups.append(group)
+
+    def _check_types(self, group):
+        """Every numeric hyperparameter a real number (betas: a pair of them), before the subclass compares
+        it: lr=None or lr="x" is named here, not in a bare "'>=' not supported" from deep inside."""
+        name = type(self).__name__
+        for k, default in _signature_defaults(type(self)).items():  # the constructor's own defaults say the kind
+            if k not in group or isinstance(default, bool) or not isinstance(default, (numbers.Real, tuple)):
+                continue
+            v = group.get(k)
+            pair = isinstance(default, tuple)
+            vals = tuple(v) if pair and isinstance(v, (tuple, list)) else (v,)
+            if (pair and not isinstance(v, (tuple, list))) or not all(_is_real(x) for x in vals):
+                raise TypeError(f"{name}: expected {k} to be {'a pair of real numbers' if pair else 'a real number'}, "
+                                f"got {type(v).__name__} {v!r}")
 
     def _check_group(self, group):
         """Validate a group's hyperparameters (subclasses)."""
@@ -199,6 +215,7 @@ class Optimizer:
                 _refuse_unimplemented(f"{name}.load_state_dict: parameter group {gi}", k, v)
             else:
                 new[k] = v  # kept, as torch keeps any other key
+        self._check_types(new)
         self._check_group(new)
         return new
 
@@ -276,6 +293,23 @@ def _bad_grad(opt, group, p):
         f"shape {p.shape}, dtype {p.data.dtype}), got ({B.backend_name(g) if B._is_array(g) else type(g).__name__}, "
         f"shape {tuple(getattr(g, 'shape', ()))}, dtype {getattr(g, 'dtype', None)})"
     )
+
+
+@functools.lru_cache(maxsize=None)
+def _signature_defaults(cls):
+    import inspect
+
+    return {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def _is_real(x):
+    """A real number: int or float (NumPy's too), not bool; or a 0-d array or tensor (torch takes a tensor lr)."""
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, numbers.Real):
+        return True
+    return hasattr(x, "__float__") and getattr(x, "ndim", None) == 0
 
 
 def _check(name, value, ok, expected):
@@ -387,7 +421,8 @@ class Adam(Optimizer):
     _decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        super().__init__(params, dict(lr=lr, betas=tuple(betas) if isinstance(betas, (tuple, list)) else betas, eps=eps,
+                                      weight_decay=weight_decay))
 
     def _check_group(self, g):
         name = type(self).__name__
