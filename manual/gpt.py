@@ -46,8 +46,9 @@ class GPTConfig:
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
                 raise ValueError(f"GPTConfig: expected {name} to be a positive int, got {v!r}")
+            setattr(self, name, int(v))  # a NumPy integer too, kept as a Python int (asdict, JSON)
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: expected n_embd divisible by n_head, got n_embd={self.n_embd}, "
                              f"n_head={self.n_head}")

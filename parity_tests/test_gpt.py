@@ -316,6 +316,15 @@ def test_gpt_bad_input():
         nn.GPT({"n_layer": 1})
 
 
+def test_gpt_config_takes_numpy_integers_as_ints():
+    """Sizes read from a NumPy array or a JSON loader (np.int64) are taken and stored as Python ints; a float
+    size is still refused."""
+    cfg = nn.GPTConfig(block_size=np.int64(8), n_layer=np.int32(2))
+    assert (cfg.block_size, cfg.n_layer) == (8, 2) and type(cfg.block_size) is int and type(cfg.n_layer) is int
+    with pytest.raises(ValueError, match="expected n_layer to be a positive int, got 2.0"):
+        nn.GPTConfig(n_layer=2.0)
+
+
 def test_twin_matches_torch_ref_gpt_class():
     """The builder gives torch_ref.gpt.GPT (nanoGPT's model), on the requested dtype, weights equal."""
     model, _ = _gpt("numpy", "float32")
