@@ -217,7 +217,9 @@ class Module:
                 if v is not None:
                     buffers[f"{mod_name}.{b}" if mod_name else b] = (mod, b)
         expected = list(own) + list(buffers)
-        missing = [k for k in expected if k not in state_dict]
+        # a batch norm's num_batches_tracked may be absent (state saved before torch had it): the module keeps
+        # its own, as torch's _NormBase does for a state_dict without version metadata
+        missing = [k for k in expected if k not in state_dict and not (k in buffers and buffers[k][1] == "num_batches_tracked")]
         unexpected = [k for k in state_dict if k not in own and k not in buffers]
         if strict and (missing or unexpected):
             raise KeyError(

@@ -600,6 +600,22 @@ def test_load_state_dict_returns_missing_and_unexpected_keys_as_torch():
     assert (missing, unexpected) == (["0.bias"], ["2.weight"])
     assert tuple(nn.Linear(2, 2).load_state_dict(nn.Linear(2, 2).state_dict())) == ([], [])
 
+
+def test_batch_norm_state_without_num_batches_tracked_loads_as_torch():
+    """A state saved before torch had num_batches_tracked (no such key): torch loads it strictly and keeps
+    the module's own count; so does manual (it raised a KeyError naming the key as missing)."""
+    m = nn.BatchNorm1d(3).double()
+    m(R.standard_normal((4, 3)))  # count 1, running statistics moved
+    sd = {k: v for k, v in m.state_dict().items() if k != "num_batches_tracked"}
+    fresh, tfresh = nn.BatchNorm1d(3).double(), torch.nn.BatchNorm1d(3).double()
+    got, want = fresh.load_state_dict(sd), tfresh.load_state_dict({k: T(v) for k, v in sd.items()})
+    assert tuple(got) == tuple(want) == ([], [])
+    assert int(fresh.num_batches_tracked) == int(tfresh.num_batches_tracked) == 0
+    np.testing.assert_array_equal(fresh.running_mean, m.running_mean)
+    with pytest.raises(KeyError, match=r"missing \['running_var'\]"):  # any other buffer is still required
+        nn.BatchNorm1d(3).double().load_state_dict({k: v for k, v in sd.items() if k != "running_var"})
+
+
 def _no_graph(t):
     return not t.requires_grad and t.grad_fn is None
 
