@@ -171,7 +171,13 @@ def erf(x, out=None):
     parity tests need.
     """
     if backend_name(x) == "torch":
-        return torch.special.erf(x) if out is None else torch.special.erf(x, out=out)
+        if out is None:
+            return torch.special.erf(x)
+        if out is x:  # in place: autograd records it when x requires grad (out= it refuses)
+            return x.erf_()
+        if x.requires_grad or out.requires_grad:
+            return out.copy_(torch.special.erf(x))
+        return torch.special.erf(x, out=out)
     if x.dtype.kind == "f" and x.dtype.itemsize == 4:
         return _erf_float32(x, out)
     from scipy.special import erf as _erf  # accurate to float64 rounding

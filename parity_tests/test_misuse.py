@@ -352,6 +352,13 @@ PROBES = {
                                Raises(TypeError, r"elu_backward: expected alpha to be a real number, got str '1.0'")),
     "cross_entropy-label_smoothing-str": (lambda: F.cross_entropy(X34, np.array([0, 1, 2]), label_smoothing="0.1"),
                                           Raises(TypeError, r"cross_entropy: expected label_smoothing to be a real number, got str")),
+    # a torch input that requires grad (autograd code's leftover): torch's erf refuses out= there, in place it takes
+    "gelu-input-requires-grad": (lambda: F.gelu(T(X34).requires_grad_()), LikeTorch(lambda: TF.gelu(T(X34)))),
+    "gelu_backward-input-requires-grad": (lambda: F.gelu_backward(T(np.ones((3, 4))), T(X34).requires_grad_()),
+                                          LikeTorch(lambda: grad_of(TF.gelu, X34, g=np.ones((3, 4))))),
+    "GELU-module-input-requires-grad": (
+        lambda: (lambda m: (m(T(X34).requires_grad_()), m.backward(T(np.ones((3, 4))))))(nn.GELU().to(device="cpu", dtype="float64")),
+        LikeTorch(lambda: (TF.gelu(T(X34)),) + grad_of(TF.gelu, X34, g=np.ones((3, 4))))),
     # -- NaN and inf ----------------------------------------------------------------------------
     "relu_backward-nan": (lambda: F.relu_backward(NAN_G, NAN_X), LikeTorch(lambda: grad_of(TF.relu, NAN_X, g=NAN_G))),
     "relu_backward-nan-torch-tensors": (lambda: F.relu_backward(T(NAN_G), T(NAN_X)), LikeTorch(lambda: grad_of(TF.relu, NAN_X, g=NAN_G))),
