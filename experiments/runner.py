@@ -90,13 +90,14 @@ def add_config_arguments(parser, config_cls, skip=()):
             kind = _non_negative  # NumPy seeds are >= 0; --save-every 0 saves only when stopped
         elif kind is int:
             kind = _at_least_one  # counts and sizes: steps, epochs, hidden, batch, ...
-        elif kind is float and (f.name == "lr" or f.name.endswith("_lr") or f.name == "grad_clip"):
+        elif kind is float and (f.name in ("lr", "lrs") or f.name.endswith("_lr") or f.name == "grad_clip"):
             kind = _positive  # a negative grad_clip would flip the gradients (torch's clip_grad_norm_ scales by it)
         elif kind is float:
-            kind = _FLOAT_RANGES.get(f.name, float)
+            kind = _FLOAT_RANGES.get(f.name, _finite)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if isinstance(default, (list, tuple)):
-            parser.add_argument(flag, dest=f.name, type=type(default[0]) if default else float, nargs="+",
+        if isinstance(default, (list, tuple)):  # each value checked as one of its own (--lrs: each > 0)
+            item = _positive if f.name == "lrs" else type(default[0]) if default else float
+            parser.add_argument(flag, dest=f.name, type=item, nargs="+",
                                 action=_Given, default=default, help=f"{help_} (default: {' '.join(map(str, default))})")
             continue
         parser.add_argument(flag, dest=f.name, type=kind, default=default, choices=f.metadata.get("choices"),
@@ -150,26 +151,24 @@ def _at_least_one(text):
 
 
 def _positive(text):
-    import argparse
+    return _float_in("a number > 0", lambda v: v > 0)(text)
 
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
-    return value
+
+def _finite(text):
+    return _float_in("a finite number", lambda v: True)(text)
 
 
 def _float_in(expected, ok):
+    """A float parser: nan and inf (also 1e400, which overflows to inf) are refused, whatever `ok` says."""
     def parse(text):
         import argparse
+        import math
 
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if not ok(value):
+        if not (math.isfinite(value) and ok(value)):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
         return value
 

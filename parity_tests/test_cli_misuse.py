@@ -125,6 +125,13 @@ PROBES = {
     "weight-decay negative": (lambda t, L: ["run", "gpt", "--weight-decay", "-1"], r"argument --weight-decay: expected a number >= 0, got -1\.0"),
     "grad-clip negative": (lambda t, L: ["run", "gpt", "--grad-clip", "-1"], r"argument --grad-clip: expected a number > 0, got -1\.0"),
     "test-fraction 1": (lambda t, L: ["run", "digits", "--test-fraction", "1"], r"argument --test-fraction: expected a number in \(0, 1\), got 1\.0"),
+    "lr inf": (lambda t, L: ["run", "xor", "--lr", "inf"], r"argument --lr: expected a number > 0, got inf"),
+    "lr 1e400 (overflows to inf)": (lambda t, L: ["run", "xor", "--lr", "1e400"], r"argument --lr: expected a number > 0, got inf"),
+    "weight-decay inf": (lambda t, L: ["run", "gpt", "--weight-decay", "inf"], r"argument --weight-decay: expected a number >= 0, got inf"),
+    "a plain float nan": (lambda t, L: ["run", "linear-regression", "--noise", "nan"],
+                          r"argument --noise: expected a finite number, got nan"),
+    "lrs negative": (lambda t, L: ["run", "gradient-descent", "--lrs", "0.1", "-1"], r"argument --lrs: expected a number > 0, got -1\.0"),
+    "lrs nan": (lambda t, L: ["run", "gradient-descent", "--lrs", "nan"], r"argument --lrs: expected a number > 0, got nan"),
 }
 if not ROOT_USER:
     PROBES.update({
