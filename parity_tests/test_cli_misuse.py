@@ -132,6 +132,9 @@ PROBES = {
                           r"argument --noise: expected a finite number, got nan"),
     "lrs negative": (lambda t, L: ["run", "gradient-descent", "--lrs", "0.1", "-1"], r"argument --lrs: expected a number > 0, got -1\.0"),
     "lrs nan": (lambda t, L: ["run", "gradient-descent", "--lrs", "nan"], r"argument --lrs: expected a number > 0, got nan"),
+    "text of one repeated character": (lambda t, L: ["run", "gpt", "--text", write(t / "a.txt", "a" * 500)],
+                                       r"--text .*a\.txt: expected at least 2 distinct characters \(one has nothing to "
+                                       r"predict: ln\(1\) = 0\), got 1: 'a'"),
 }
 if not ROOT_USER:
     PROBES.update({
