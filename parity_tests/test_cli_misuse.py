@@ -135,6 +135,11 @@ PROBES = {
     "text of one repeated character": (lambda t, L: ["run", "gpt", "--text", write(t / "a.txt", "a" * 500)],
                                        r"--text .*a\.txt: expected at least 2 distinct characters \(one has nothing to "
                                        r"predict: ln\(1\) = 0\), got 1: 'a'"),
+    "runs --keep without --clean": (lambda t, L: ["runs", "--keep", "2"], r"--keep 2: only with --clean"),
+    "runs --dry-run without --clean": (lambda t, L: ["runs", "--dry-run"], r"--dry-run: only with --clean"),
+    "view --port negative": (lambda t, L: ["view", "--port", "-1"],
+                             r"argument --port: expected a port in 0\.\.65535 \(0: a free one\), got -1"),
+    "view --port above 65535": (lambda t, L: ["view", "--port", "65536"], r"argument --port: expected a port in 0\.\.65535"),
 }
 if not ROOT_USER:
     PROBES.update({
@@ -195,3 +200,24 @@ def test_gpt_text_of_the_minimum_length_and_a_huge_heldout_build_their_tasks(tmp
     task = gpt.SortTask(6, 10, 10 ** 7, np.random.default_rng(0))
     assert 0 < len(task.test) <= space // 5
     assert task.batch(np.random.default_rng(1), 64)[0].shape == (64, 12)
+
+
+def test_view_on_a_port_in_use_exits_2_without_starting_tensorboard(tmp_path, capsys, monkeypatch):
+    """A taken --port was TensorBoard's own error, exit 1: a bad value of an option, exit 2, before it starts."""
+    import socket
+    import subprocess
+
+    from experiments import view
+
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("TensorBoard was started"))
+    monkeypatch.setattr(view, "find_runs", lambda logdir: {"xor": [str(tmp_path / "xor" / "run")]})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(SystemExit) as e:
+            cli.main(["view", "--logdir", str(tmp_path), "--port", str(port)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert re.search(rf"--port {port}: in use on 127\.0\.0\.1; leave --port out for a free one", err), err
+    assert "Traceback" not in err
