@@ -430,7 +430,7 @@ def _all_here(args):
     from ._lab import RunConfig
 
     exps = experiments()
-    names = args.only or list(exps)
+    names = list(dict.fromkeys(args.only or exps))  # `--only xor xor` runs xor once
     results = {}
     t0 = time.perf_counter()
     bar = tqdm(names, desc="experiments", disable=not args.progress or not _dist.is_main() or None, dynamic_ncols=True)

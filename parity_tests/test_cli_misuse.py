@@ -221,3 +221,20 @@ def test_view_on_a_port_in_use_exits_2_without_starting_tensorboard(tmp_path, ca
     assert e.value.code == 2, err
     assert re.search(rf"--port {port}: in use on 127\.0\.0\.1; leave --port out for a free one", err), err
     assert "Traceback" not in err
+
+
+def test_all_only_with_a_repeated_name_runs_it_once(tmp_path, monkeypatch, capsys):
+    """`all --only xor xor` ran xor twice (two run folders, the first one's results dropped from the
+    table and the JSON, "1 experiments"): a name given twice is run once, as verify --only does."""
+    from experiments import runner
+
+    ran = []
+
+    def run_one(mod, cfg):
+        ran.append(mod.NAME)
+        return {"status": "ok", "claims": [], "config": {}, "notes": []}
+
+    monkeypatch.setattr(runner, "run_one", run_one)
+    assert cli.main(["all", "--only", "xor", "landscape", "xor", "--no-progress", "--logdir", str(tmp_path)]) == 0
+    assert ran == ["xor", "landscape"]
+    assert "2 experiments in" in capsys.readouterr().out
