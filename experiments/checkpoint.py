@@ -121,6 +121,13 @@ def _digest(state_json: str, arrays: dict) -> str:
     return h.hexdigest()
 
 
+def replaceable(path: str) -> bool:
+    """Whether atomic_write may rename a new file over `path`: it is absent or a regular file. A link
+    (/dev/stdout, a results.json linked elsewhere), a device (/dev/null) or a FIFO is written into instead:
+    a rename would put a regular file in its place."""
+    return not os.path.islink(path) and (not os.path.exists(path) or os.path.isfile(path))
+
+
 def atomic_write(path: str, data: bytes):
     """Write `data` to `path` so that `path` is either the old file or all of the new one:
     a temporary file in the same folder, flushed and fsynced, then renamed over `path`."""

@@ -35,9 +35,12 @@ def check_paths(args):
         if os.path.exists(path) and not os.access(path, os.W_OK):
             return f"--json {path}: the file exists and is not writable"
         folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
+        from .checkpoint import replaceable
+
+        into = not replaceable(path)  # /dev/stdout, a FIFO, a link: written into, so its folder is not written
+        if not into and not os.path.isdir(folder):
             return f"--json {path}: the folder {folder} does not exist"
-        if not os.access(folder, os.W_OK):
+        if not into and not os.access(folder, os.W_OK):
             return f"--json {path}: the folder {folder} is not writable"
     text = getattr(args, "text", None)
     if text:  # gpt --text: read before any work, not after the run folder is made

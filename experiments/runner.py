@@ -593,10 +593,15 @@ def print_tensorboard_hint(logdir, names=()):
 
 def write_json(path, results):
     """Write atomically (a half-written JSON never replaces a good one); False if it could not be written."""
-    from .checkpoint import atomic_write
+    from .checkpoint import atomic_write, replaceable
 
+    data = json.dumps(results, indent=2, default=_json_default).encode()
     try:
-        atomic_write(path, json.dumps(results, indent=2, default=_json_default).encode())
+        if replaceable(path):
+            atomic_write(path, data)
+        else:  # /dev/stdout, /dev/null, a FIFO, a link: written into, never replaced by a regular file
+            with open(path, "wb") as f:
+                f.write(data)
     except OSError as e:
         print(f"backprop-lab: could not write --json {path}: {e.strerror or e}", file=sys.stderr)
         return False

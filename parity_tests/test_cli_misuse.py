@@ -238,3 +238,35 @@ def test_all_only_with_a_repeated_name_runs_it_once(tmp_path, monkeypatch, capsy
     assert cli.main(["all", "--only", "xor", "landscape", "xor", "--no-progress", "--logdir", str(tmp_path)]) == 0
     assert ran == ["xor", "landscape"]
     assert "2 experiments in" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="a FIFO stands for /dev/stdout, /dev/null")
+def test_json_to_a_pipe_or_device_is_written_into_it_not_replaced(tmp_path):
+    """`--json /dev/stdout` or `/dev/null`: run and all wrote a temporary file beside it and renamed it over
+    the path, which (as root) replaced the device node or the link with a regular file. A link, a device or a
+    FIFO is written into; a FIFO stands in for the devices here."""
+    import json
+    import stat
+
+    from experiments import runner
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader, so that opening it to write does not block
+    try:
+        assert cli.check_paths(types_namespace(json=str(fifo))) is None
+        assert runner.write_json(str(fifo), {"xor": {"status": "ok"}})
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode), "the FIFO was replaced by a file"
+        assert json.loads(os.read(reader, 1 << 16)) == {"xor": {"status": "ok"}}
+    finally:
+        os.close(reader)
+    (tmp_path / "kept").mkdir()  # a link (as /dev/stdout is) stays a link; the file it names gets the JSON
+    (tmp_path / "r.json").symlink_to(tmp_path / "kept" / "r.json")
+    assert runner.write_json(str(tmp_path / "r.json"), {"xor": {}})
+    assert (tmp_path / "r.json").is_symlink() and json.loads((tmp_path / "kept" / "r.json").read_text()) == {"xor": {}}
+
+
+def types_namespace(**kw):
+    import argparse
+
+    return argparse.Namespace(**kw)
