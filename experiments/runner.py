@@ -390,7 +390,8 @@ def _run_here(args, cfg):
         print(f"\nrun folder: {metrics['logdir']}")
     if _dist.world_size() > 1:
         print(f"{_dist.world_size()} processes: each step's batch split over them (rank 0 wrote the logs)")
-    print_tensorboard_hint(cfg.logdir, [args.experiment])
+    run_root = os.path.dirname(os.path.dirname(metrics["logdir"])) if metrics.get("logdir") else cfg.logdir
+    print_tensorboard_hint(run_root, [args.experiment])  # a resumed run stays in its folder, whatever --logdir says
     if args.json and not write_json(args.json, {args.experiment: metrics}):
         return EXIT_WRITE_FAILED
     return exit_code({args.experiment: metrics})
@@ -582,13 +583,15 @@ def print_summary(results):
 def print_tensorboard_hint(logdir, names=()):
     """How to look at what just ran: `backprop-lab view` (the venv's TensorBoard, latest runs only). Both
     commands name the venv's own executables: they work whether or not the venv is activated."""
+    from shlex import quote  # the lines are for pasting: a path with a space stays one argument
+
     here = os.path.dirname(sys.executable)
     exe, cli = os.path.join(here, "tensorboard"), os.path.join(here, "backprop-lab")
-    tb = exe if os.path.exists(exe) else f"{sys.executable} -m tensorboard.main"
-    cli = cli if os.path.exists(cli) else f"{sys.executable} -m experiments"
+    tb = quote(exe) if os.path.exists(exe) else f"{quote(sys.executable)} -m tensorboard.main"
+    cli = quote(cli) if os.path.exists(cli) else f"{quote(sys.executable)} -m experiments"
     print(f"\nview the latest runs:  {cli} view {' '.join(names)}".rstrip()
-          + ("" if logdir == "runs" else f" --logdir {logdir}"))
-    print(f"every run, not only the latest:\n  {tb} --logdir {logdir}")
+          + ("" if logdir == "runs" else f" --logdir {quote(logdir)}"))
+    print(f"every run, not only the latest:\n  {tb} --logdir {quote(logdir)}")
 
 
 def write_json(path, results):

@@ -270,3 +270,25 @@ def types_namespace(**kw):
     import argparse
 
     return argparse.Namespace(**kw)
+
+
+def test_the_view_hint_after_a_run_can_be_pasted_and_names_where_the_run_is(tmp_path, monkeypatch, capsys):
+    """The closing `view ... --logdir L` hint: a logdir with a space was printed unquoted (pasted, it is two
+    arguments), and a run resumed with another --logdir named that one, where the run is not."""
+    import shlex
+
+    from experiments import runner
+
+    logdir = tmp_path / "my runs"
+    run_dir = logdir / "xor" / "20260101-000000_quick"
+
+    def run_one(mod, cfg):
+        return {"status": "ok", "claims": [], "config": {}, "notes": [], "logdir": str(run_dir)}
+
+    monkeypatch.setattr(runner, "run_one", run_one)
+    elsewhere = tmp_path / "elsewhere"
+    assert cli.main(["run", "xor", "--no-progress", "--logdir", str(elsewhere)]) == 0  # as a resumed run's folder
+    out = capsys.readouterr().out
+    (line,) = [t for t in out.splitlines() if t.startswith("view the latest runs:")]
+    assert shlex.split(line.split(":", 1)[1])[-3:] == ["xor", "--logdir", str(logdir)], line
+    assert f"--logdir {shlex.quote(str(logdir))}" in out
