@@ -598,7 +598,8 @@ def write_json(path, results):
     """Write atomically (a half-written JSON never replaces a good one); False if it could not be written."""
     from .checkpoint import atomic_write, replaceable
 
-    data = json.dumps(results, indent=2, default=_json_default).encode()
+    text = json.dumps(results, default=_json_default)  # NaN and Infinity are not JSON: strings, as verify writes them
+    data = json.dumps(json.loads(text, parse_constant=lambda c: str(float(c))), indent=2).encode()
     try:
         if replaceable(path):
             atomic_write(path, data)
