@@ -132,7 +132,8 @@ def atomic_write(path: str, data: bytes):
     """Write `data` to `path` so that `path` is either the old file or all of the new one:
     a temporary file in the same folder, flushed and fsynced, then renamed over `path`."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    # the name's first 100 characters: a name near the folder's limit (255 bytes) must leave room for the rest
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path)[:100] + ".", suffix=".tmp", dir=folder)
     try:
         if hasattr(os, "fchmod"):  # POSIX: the mode open() would give, not mkstemp's 0600
             umask = os.umask(0)

@@ -125,6 +125,8 @@ PROBES = {
     "weight-decay negative": (lambda t, L: ["run", "gpt", "--weight-decay", "-1"], r"argument --weight-decay: expected a number >= 0, got -1\.0"),
     "grad-clip negative": (lambda t, L: ["run", "gpt", "--grad-clip", "-1"], r"argument --grad-clip: expected a number > 0, got -1\.0"),
     "test-fraction 1": (lambda t, L: ["run", "digits", "--test-fraction", "1"], r"argument --test-fraction: expected a number in \(0, 1\), got 1\.0"),
+    "json name too long": (lambda t, L: ["run", "xor", "--json", str(t / ("a" * 300 + ".json"))],
+                           r"--json .*\.json: its name is 305 bytes, longer than the 255 its folder takes"),
     "lr inf": (lambda t, L: ["run", "xor", "--lr", "inf"], r"argument --lr: expected a number > 0, got inf"),
     "lr 1e400 (overflows to inf)": (lambda t, L: ["run", "xor", "--lr", "1e400"], r"argument --lr: expected a number > 0, got inf"),
     "weight-decay inf": (lambda t, L: ["run", "gpt", "--weight-decay", "inf"], r"argument --weight-decay: expected a number >= 0, got inf"),
@@ -292,3 +294,13 @@ def test_the_view_hint_after_a_run_can_be_pasted_and_names_where_the_run_is(tmp_
     (line,) = [t for t in out.splitlines() if t.startswith("view the latest runs:")]
     assert shlex.split(line.split(":", 1)[1])[-3:] == ["xor", "--logdir", str(logdir)], line
     assert f"--logdir {shlex.quote(str(logdir))}" in out
+
+
+def test_json_with_a_long_name_that_the_folder_takes_is_written(tmp_path):
+    """A --json name of 250 bytes is legal, but the temporary file beside it (".NAME.XXXXXXXX.tmp") was longer
+    than 255: the run ended with exit 74 after all its work."""
+    from experiments import runner
+
+    path = tmp_path / ("r" * 245 + ".json")
+    assert cli.check_paths(types_namespace(json=str(path))) is None
+    assert runner.write_json(str(path), {"xor": {}}) and path.read_text().strip().startswith("{")
