@@ -127,6 +127,8 @@ PROBES = {
     "test-fraction 1": (lambda t, L: ["run", "digits", "--test-fraction", "1"], r"argument --test-fraction: expected a number in \(0, 1\), got 1\.0"),
     "json name too long": (lambda t, L: ["run", "xor", "--json", str(t / ("a" * 300 + ".json"))],
                            r"--json .*\.json: its name is 305 bytes, longer than the 255 its folder takes"),
+    "bench --rounds 0": (lambda t, L: ["bench", "--rounds", "0"], r"argument --rounds: expected an integer >= 1, got 0"),
+    "bench --rounds negative": (lambda t, L: ["bench", "--rounds", "-3"], r"argument --rounds: expected an integer >= 1, got -3"),
     "lr inf": (lambda t, L: ["run", "xor", "--lr", "inf"], r"argument --lr: expected a number > 0, got inf"),
     "lr 1e400 (overflows to inf)": (lambda t, L: ["run", "xor", "--lr", "1e400"], r"argument --lr: expected a number > 0, got inf"),
     "weight-decay inf": (lambda t, L: ["run", "gpt", "--weight-decay", "inf"], r"argument --weight-decay: expected a number >= 0, got inf"),
