@@ -56,7 +56,9 @@ def register(sub):
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto adds CUDA rows when a GPU is present (default: auto)")
     p.add_argument("--dtype", choices=("float32", "float64", "all"), default="all", help="(default: all)")
-    p.add_argument("--rounds", type=int, default=None, help="paired rounds per model (default: 7, quick: 3)")
+    from .runner import _at_least_one  # 0 was taken as "the default", a negative count was a traceback
+
+    p.add_argument("--rounds", type=_at_least_one, default=None, help="paired rounds per model (default: 7, quick: 3)")
     p.add_argument("--models", nargs="+", choices=[m[0] for m in MODELS], metavar="MODEL",
                    help="subset of " + ", ".join(m[0] for m in MODELS))
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (child processes)")

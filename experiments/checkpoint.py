@@ -121,11 +121,19 @@ def _digest(state_json: str, arrays: dict) -> str:
     return h.hexdigest()
 
 
+def replaceable(path: str) -> bool:
+    """Whether atomic_write may rename a new file over `path`: it is absent or a regular file. A link
+    (/dev/stdout, a results.json linked elsewhere), a device (/dev/null) or a FIFO is written into instead:
+    a rename would put a regular file in its place."""
+    return not os.path.islink(path) and (not os.path.exists(path) or os.path.isfile(path))
+
+
 def atomic_write(path: str, data: bytes):
     """Write `data` to `path` so that `path` is either the old file or all of the new one:
     a temporary file in the same folder, flushed and fsynced, then renamed over `path`."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    # the name's first 100 characters: a name near the folder's limit (255 bytes) must leave room for the rest
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path)[:100] + ".", suffix=".tmp", dir=folder)
     try:
         if hasattr(os, "fchmod"):  # POSIX: the mode open() would give, not mkstemp's 0600
             umask = os.umask(0)

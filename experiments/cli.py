@@ -35,10 +35,18 @@ def check_paths(args):
         if os.path.exists(path) and not os.access(path, os.W_OK):
             return f"--json {path}: the file exists and is not writable"
         folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
+        from .checkpoint import replaceable
+
+        into = not replaceable(path)  # /dev/stdout, a FIFO, a link: written into, so its folder is not written
+        if not into and not os.path.isdir(folder):
             return f"--json {path}: the folder {folder} does not exist"
-        if not os.access(folder, os.W_OK):
+        if not into and not os.access(folder, os.W_OK):
             return f"--json {path}: the folder {folder} is not writable"
+        if not into:  # ENAMETOOLONG only when the results are written, after the run
+            name = len(os.fsencode(os.path.basename(path)))
+            most = os.pathconf(folder, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+            if name > most:
+                return f"--json {path}: its name is {name} bytes, longer than the {most} its folder takes"
     text = getattr(args, "text", None)
     if text:  # gpt --text: read before any work, not after the run folder is made
         if os.path.isdir(text):

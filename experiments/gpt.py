@@ -99,12 +99,16 @@ def check_config(cfg):
     if cfg.text:
         try:
             with open(cfg.text, encoding="utf-8") as f:
-                n = len(f.read())
+                text = f.read()
         except (OSError, UnicodeDecodeError):  # cli.check_paths names these (a resumed run's file: TextTask)
             return None
+        n = len(text)
         if n < text_min_chars(cfg.block_size):
             return (f"--text {cfg.text}: expected at least {text_min_chars(cfg.block_size)} characters for "
                     f"--block-size {cfg.block_size} (2 x (block size + 1): training and held-out windows), got {n}")
+        if len(set(text)) < 2:  # the claim "held-out loss < ln(vocab)" could never hold
+            return (f"--text {cfg.text}: expected at least 2 distinct characters (one has nothing to predict: "
+                    f"ln(1) = 0), got 1: {text[0]!r}")
         return None
     eff = _quick(cfg)
     if eff["digits"] ** eff["length"] < 5:  # SortTask holds out a fifth of every prompt: none out of fewer than 5

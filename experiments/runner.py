@@ -90,13 +90,14 @@ def add_config_arguments(parser, config_cls, skip=()):
             kind = _non_negative  # NumPy seeds are >= 0; --save-every 0 saves only when stopped
         elif kind is int:
             kind = _at_least_one  # counts and sizes: steps, epochs, hidden, batch, ...
-        elif kind is float and (f.name == "lr" or f.name.endswith("_lr") or f.name == "grad_clip"):
+        elif kind is float and (f.name in ("lr", "lrs") or f.name.endswith("_lr") or f.name == "grad_clip"):
             kind = _positive  # a negative grad_clip would flip the gradients (torch's clip_grad_norm_ scales by it)
         elif kind is float:
-            kind = _FLOAT_RANGES.get(f.name, float)
+            kind = _FLOAT_RANGES.get(f.name, _finite)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if isinstance(default, (list, tuple)):
-            parser.add_argument(flag, dest=f.name, type=type(default[0]) if default else float, nargs="+",
+        if isinstance(default, (list, tuple)):  # each value checked as one of its own (--lrs: each > 0)
+            item = _positive if f.name == "lrs" else type(default[0]) if default else float
+            parser.add_argument(flag, dest=f.name, type=item, nargs="+",
                                 action=_Given, default=default, help=f"{help_} (default: {' '.join(map(str, default))})")
             continue
         parser.add_argument(flag, dest=f.name, type=kind, default=default, choices=f.metadata.get("choices"),
@@ -150,26 +151,24 @@ def _at_least_one(text):
 
 
 def _positive(text):
-    import argparse
+    return _float_in("a number > 0", lambda v: v > 0)(text)
 
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
-    return value
+
+def _finite(text):
+    return _float_in("a finite number", lambda v: True)(text)
 
 
 def _float_in(expected, ok):
+    """A float parser: nan and inf (also 1e400, which overflows to inf) are refused, whatever `ok` says."""
     def parse(text):
         import argparse
+        import math
 
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if not ok(value):
+        if not (math.isfinite(value) and ok(value)):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
         return value
 
@@ -391,7 +390,8 @@ def _run_here(args, cfg):
         print(f"\nrun folder: {metrics['logdir']}")
     if _dist.world_size() > 1:
         print(f"{_dist.world_size()} processes: each step's batch split over them (rank 0 wrote the logs)")
-    print_tensorboard_hint(cfg.logdir, [args.experiment])
+    run_root = os.path.dirname(os.path.dirname(metrics["logdir"])) if metrics.get("logdir") else cfg.logdir
+    print_tensorboard_hint(run_root, [args.experiment])  # a resumed run stays in its folder, whatever --logdir says
     if args.json and not write_json(args.json, {args.experiment: metrics}):
         return EXIT_WRITE_FAILED
     return exit_code({args.experiment: metrics})
@@ -431,7 +431,7 @@ def _all_here(args):
     from ._lab import RunConfig
 
     exps = experiments()
-    names = args.only or list(exps)
+    names = list(dict.fromkeys(args.only or exps))  # `--only xor xor` runs xor once
     results = {}
     t0 = time.perf_counter()
     bar = tqdm(names, desc="experiments", disable=not args.progress or not _dist.is_main() or None, dynamic_ncols=True)
@@ -583,21 +583,29 @@ def print_summary(results):
 def print_tensorboard_hint(logdir, names=()):
     """How to look at what just ran: `backprop-lab view` (the venv's TensorBoard, latest runs only). Both
     commands name the venv's own executables: they work whether or not the venv is activated."""
+    from shlex import quote  # the lines are for pasting: a path with a space stays one argument
+
     here = os.path.dirname(sys.executable)
     exe, cli = os.path.join(here, "tensorboard"), os.path.join(here, "backprop-lab")
-    tb = exe if os.path.exists(exe) else f"{sys.executable} -m tensorboard.main"
-    cli = cli if os.path.exists(cli) else f"{sys.executable} -m experiments"
+    tb = quote(exe) if os.path.exists(exe) else f"{quote(sys.executable)} -m tensorboard.main"
+    cli = quote(cli) if os.path.exists(cli) else f"{quote(sys.executable)} -m experiments"
     print(f"\nview the latest runs:  {cli} view {' '.join(names)}".rstrip()
-          + ("" if logdir == "runs" else f" --logdir {logdir}"))
-    print(f"every run, not only the latest:\n  {tb} --logdir {logdir}")
+          + ("" if logdir == "runs" else f" --logdir {quote(logdir)}"))
+    print(f"every run, not only the latest:\n  {tb} --logdir {quote(logdir)}")
 
 
 def write_json(path, results):
     """Write atomically (a half-written JSON never replaces a good one); False if it could not be written."""
-    from .checkpoint import atomic_write
+    from .checkpoint import atomic_write, replaceable
 
+    text = json.dumps(results, default=_json_default)  # NaN and Infinity are not JSON: strings, as verify writes them
+    data = json.dumps(json.loads(text, parse_constant=lambda c: str(float(c))), indent=2).encode()
     try:
-        atomic_write(path, json.dumps(results, indent=2, default=_json_default).encode())
+        if replaceable(path):
+            atomic_write(path, data)
+        else:  # /dev/stdout, /dev/null, a FIFO, a link: written into, never replaced by a regular file
+            with open(path, "wb") as f:
+                f.write(data)
     except OSError as e:
         print(f"backprop-lab: could not write --json {path}: {e.strerror or e}", file=sys.stderr)
         return False

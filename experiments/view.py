@@ -70,6 +70,10 @@ def describe(run):
 # -- runs ------------------------------------------------------------------------------------
 
 def cmd_runs(args):
+    if not args.clean:  # else they would be ignored, and `runs --keep 2` would look like it kept 2
+        given = [f"--keep {args.keep}"] * (args.keep != 1) + ["--dry-run"] * args.dry_run
+        if given:
+            args._parser.error(f"{' '.join(given)}: only with --clean (runs --clean --keep N [--dry-run])")
     runs = find_runs(args.where)
     if not runs:
         print(f"no runs under {args.where}")
@@ -105,6 +109,29 @@ def free_port():
         return s.getsockname()[1]
 
 
+def port_is_free(port):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as TensorBoard's server: TIME_WAIT is no obstacle
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _port(text):
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in 0..65535 (0: a free one), got {text!r}"
+                                         if value is None else f"expected a port in 0..65535 (0: a free one), got {value}")
+    return value
+
+
 def tensorboard_command():
     """The venv's own TensorBoard: the one installed beside this Python (no activated venv needed)."""
     return [sys.executable, "-m", "tensorboard.main"]
@@ -135,6 +162,8 @@ def cmd_view(args):
     except LookupError as e:
         print(f"backprop-lab view: error: {e}", file=sys.stderr)
         return 2
+    if args.port and not port_is_free(args.port):  # else TensorBoard starts and exits with its own error
+        args._parser.error(f"--port {args.port}: in use on 127.0.0.1; leave --port out for a free one")
     port = args.port or free_port()
     url = f"http://127.0.0.1:{port}/"
     cmd = tensorboard_command() + ["--logdir_spec", ",".join(f"{n}:{p}" for n, p in spec.items()),
@@ -178,7 +207,7 @@ def register(sub):
     p.add_argument("names", nargs="*", metavar="NAME", help="experiments to show (default: every one with a run)")
     p.add_argument("--all-runs", action="store_true", help="every run of those experiments, not only the latest")
     p.add_argument("--logdir", dest="where", default="runs", help="where the runs are (default: runs)")
-    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--port", type=_port, default=0, help="port on 127.0.0.1 (default: a free one)")
     p.set_defaults(func=cmd_view)
 
     p = sub.add_parser("runs", help="list the runs with their settings and outcome; --clean --keep N removes older ones")

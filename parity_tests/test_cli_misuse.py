@@ -125,6 +125,25 @@ PROBES = {
     "weight-decay negative": (lambda t, L: ["run", "gpt", "--weight-decay", "-1"], r"argument --weight-decay: expected a number >= 0, got -1\.0"),
     "grad-clip negative": (lambda t, L: ["run", "gpt", "--grad-clip", "-1"], r"argument --grad-clip: expected a number > 0, got -1\.0"),
     "test-fraction 1": (lambda t, L: ["run", "digits", "--test-fraction", "1"], r"argument --test-fraction: expected a number in \(0, 1\), got 1\.0"),
+    "json name too long": (lambda t, L: ["run", "xor", "--json", str(t / ("a" * 300 + ".json"))],
+                           r"--json .*\.json: its name is 305 bytes, longer than the 255 its folder takes"),
+    "bench --rounds 0": (lambda t, L: ["bench", "--rounds", "0"], r"argument --rounds: expected an integer >= 1, got 0"),
+    "bench --rounds negative": (lambda t, L: ["bench", "--rounds", "-3"], r"argument --rounds: expected an integer >= 1, got -3"),
+    "lr inf": (lambda t, L: ["run", "xor", "--lr", "inf"], r"argument --lr: expected a number > 0, got inf"),
+    "lr 1e400 (overflows to inf)": (lambda t, L: ["run", "xor", "--lr", "1e400"], r"argument --lr: expected a number > 0, got inf"),
+    "weight-decay inf": (lambda t, L: ["run", "gpt", "--weight-decay", "inf"], r"argument --weight-decay: expected a number >= 0, got inf"),
+    "a plain float nan": (lambda t, L: ["run", "linear-regression", "--noise", "nan"],
+                          r"argument --noise: expected a finite number, got nan"),
+    "lrs negative": (lambda t, L: ["run", "gradient-descent", "--lrs", "0.1", "-1"], r"argument --lrs: expected a number > 0, got -1\.0"),
+    "lrs nan": (lambda t, L: ["run", "gradient-descent", "--lrs", "nan"], r"argument --lrs: expected a number > 0, got nan"),
+    "text of one repeated character": (lambda t, L: ["run", "gpt", "--text", write(t / "a.txt", "a" * 500)],
+                                       r"--text .*a\.txt: expected at least 2 distinct characters \(one has nothing to "
+                                       r"predict: ln\(1\) = 0\), got 1: 'a'"),
+    "runs --keep without --clean": (lambda t, L: ["runs", "--keep", "2"], r"--keep 2: only with --clean"),
+    "runs --dry-run without --clean": (lambda t, L: ["runs", "--dry-run"], r"--dry-run: only with --clean"),
+    "view --port negative": (lambda t, L: ["view", "--port", "-1"],
+                             r"argument --port: expected a port in 0\.\.65535 \(0: a free one\), got -1"),
+    "view --port above 65535": (lambda t, L: ["view", "--port", "65536"], r"argument --port: expected a port in 0\.\.65535"),
 }
 if not ROOT_USER:
     PROBES.update({
@@ -185,3 +204,105 @@ def test_gpt_text_of_the_minimum_length_and_a_huge_heldout_build_their_tasks(tmp
     task = gpt.SortTask(6, 10, 10 ** 7, np.random.default_rng(0))
     assert 0 < len(task.test) <= space // 5
     assert task.batch(np.random.default_rng(1), 64)[0].shape == (64, 12)
+
+
+def test_view_on_a_port_in_use_exits_2_without_starting_tensorboard(tmp_path, capsys, monkeypatch):
+    """A taken --port was TensorBoard's own error, exit 1: a bad value of an option, exit 2, before it starts."""
+    import socket
+    import subprocess
+
+    from experiments import view
+
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("TensorBoard was started"))
+    monkeypatch.setattr(view, "find_runs", lambda logdir: {"xor": [str(tmp_path / "xor" / "run")]})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(SystemExit) as e:
+            cli.main(["view", "--logdir", str(tmp_path), "--port", str(port)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert re.search(rf"--port {port}: in use on 127\.0\.0\.1; leave --port out for a free one", err), err
+    assert "Traceback" not in err
+
+
+def test_all_only_with_a_repeated_name_runs_it_once(tmp_path, monkeypatch, capsys):
+    """`all --only xor xor` ran xor twice (two run folders, the first one's results dropped from the
+    table and the JSON, "1 experiments"): a name given twice is run once, as verify --only does."""
+    from experiments import runner
+
+    ran = []
+
+    def run_one(mod, cfg):
+        ran.append(mod.NAME)
+        return {"status": "ok", "claims": [], "config": {}, "notes": []}
+
+    monkeypatch.setattr(runner, "run_one", run_one)
+    assert cli.main(["all", "--only", "xor", "landscape", "xor", "--no-progress", "--logdir", str(tmp_path)]) == 0
+    assert ran == ["xor", "landscape"]
+    assert "2 experiments in" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="a FIFO stands for /dev/stdout, /dev/null")
+def test_json_to_a_pipe_or_device_is_written_into_it_not_replaced(tmp_path):
+    """`--json /dev/stdout` or `/dev/null`: run and all wrote a temporary file beside it and renamed it over
+    the path, which (as root) replaced the device node or the link with a regular file. A link, a device or a
+    FIFO is written into; a FIFO stands in for the devices here."""
+    import json
+    import stat
+
+    from experiments import runner
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader, so that opening it to write does not block
+    try:
+        assert cli.check_paths(types_namespace(json=str(fifo))) is None
+        assert runner.write_json(str(fifo), {"xor": {"status": "ok"}})
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode), "the FIFO was replaced by a file"
+        assert json.loads(os.read(reader, 1 << 16)) == {"xor": {"status": "ok"}}
+    finally:
+        os.close(reader)
+    (tmp_path / "kept").mkdir()  # a link (as /dev/stdout is) stays a link; the file it names gets the JSON
+    (tmp_path / "r.json").symlink_to(tmp_path / "kept" / "r.json")
+    assert runner.write_json(str(tmp_path / "r.json"), {"xor": {}})
+    assert (tmp_path / "r.json").is_symlink() and json.loads((tmp_path / "kept" / "r.json").read_text()) == {"xor": {}}
+
+
+def types_namespace(**kw):
+    import argparse
+
+    return argparse.Namespace(**kw)
+
+
+def test_the_view_hint_after_a_run_can_be_pasted_and_names_where_the_run_is(tmp_path, monkeypatch, capsys):
+    """The closing `view ... --logdir L` hint: a logdir with a space was printed unquoted (pasted, it is two
+    arguments), and a run resumed with another --logdir named that one, where the run is not."""
+    import shlex
+
+    from experiments import runner
+
+    logdir = tmp_path / "my runs"
+    run_dir = logdir / "xor" / "20260101-000000_quick"
+
+    def run_one(mod, cfg):
+        return {"status": "ok", "claims": [], "config": {}, "notes": [], "logdir": str(run_dir)}
+
+    monkeypatch.setattr(runner, "run_one", run_one)
+    elsewhere = tmp_path / "elsewhere"
+    assert cli.main(["run", "xor", "--no-progress", "--logdir", str(elsewhere)]) == 0  # as a resumed run's folder
+    out = capsys.readouterr().out
+    (line,) = [t for t in out.splitlines() if t.startswith("view the latest runs:")]
+    assert shlex.split(line.split(":", 1)[1])[-3:] == ["xor", "--logdir", str(logdir)], line
+    assert f"--logdir {shlex.quote(str(logdir))}" in out
+
+
+def test_json_with_a_long_name_that_the_folder_takes_is_written(tmp_path):
+    """A --json name of 250 bytes is legal, but the temporary file beside it (".NAME.XXXXXXXX.tmp") was longer
+    than 255: the run ended with exit 74 after all its work."""
+    from experiments import runner
+
+    path = tmp_path / ("r" * 245 + ".json")
+    assert cli.check_paths(types_namespace(json=str(path))) is None
+    assert runner.write_json(str(path), {"xor": {}}) and path.read_text().strip().startswith("{")

@@ -388,3 +388,17 @@ def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path):
     assert "Traceback" not in err + out, err
     m = json.loads((tmp_path / "r.json").read_text())["xor"]
     assert m["status"] == "interrupted" and m["signal"] == "SIGINT"
+
+
+def test_the_json_of_a_diverged_run_is_strict_json(tmp_path):
+    """A diverged run's --json held the bare tokens NaN and Infinity (the drift, the losses, `--lr` of a
+    library-made config), which JSON does not have: JSON.parse, jq --strict readers and Go refuse the file.
+    They are written as strings, as `verify --json` writes them."""
+    def strict(token):
+        raise ValueError(f"not JSON: {token}")
+
+    out = tmp_path / "r.json"
+    assert runner.write_json(str(out), {"xor": {"status": "diverged", "max_drift": float("nan"), "lr": math.inf,
+                                                 "loss": [1.0, np.float32(-np.inf)], "w": np.array([np.nan, 2.0])}})
+    m = json.loads(out.read_text(), parse_constant=strict)["xor"]
+    assert m == {"status": "diverged", "max_drift": "nan", "lr": "inf", "loss": [1.0, "-inf"], "w": ["nan", 2.0]}
