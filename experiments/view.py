@@ -74,6 +74,9 @@ def cmd_runs(args):
         given = [f"--keep {args.keep}"] * (args.keep != 1) + ["--dry-run"] * args.dry_run
         if given:
             args._parser.error(f"{' '.join(given)}: only with --clean (runs --clean --keep N [--dry-run])")
+    if not args.where or (os.path.exists(args.where) and not os.path.isdir(args.where)):
+        args._parser.error(f"--logdir {args.where!r}: expected a folder of runs, got "
+                           + ("an empty path" if not args.where else "a file"))
     runs = find_runs(args.where)
     if not runs:
         print(f"no runs under {args.where}")
