@@ -61,7 +61,7 @@ def check_paths(args):
     logdir = getattr(args, "logdir", None)
     if logdir is not None and not logdir.strip():
         return "--logdir '': expected a folder path (runs go to LOGDIR/<experiment>/...), got an empty string"
-    if logdir:
+    if logdir and not getattr(args, "resume", None):  # a resumed run continues in its own folder: none made here
         try:
             os.makedirs(logdir, exist_ok=True)
         except OSError as e:

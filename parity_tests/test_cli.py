@@ -267,3 +267,18 @@ def test_backend_numpy_on_cuda_is_a_usage_error(capsys, monkeypatch):
         _lab.resolve_device("cuda", "numpy")
     code, err = parse_error(capsys, "run", "xor", "--backend", "gpu")
     assert code == 2 and "invalid choice: 'gpu'" in err and "'torch'" in err, err
+
+
+@pytest.mark.slow  # two real training runs
+def test_a_resume_with_another_logdir_continues_in_its_folder_and_makes_no_other(tmp_path):
+    """`run xor --resume CKPT --logdir NEW`: the run continues in the checkpoint's own folder (the hint names
+    that folder), and NEW is not made (it was, empty, by the --logdir check before the run)."""
+    first = tmp_path / "first"
+    r = cli("run", "xor", "--quick", "--no-progress", "--save-every", "100", "--logdir", str(first))
+    assert r.returncode == 0, r.stdout + r.stderr
+    ckpt = sorted(first.glob("xor/*/checkpoints/*.safetensors"))[0]
+    new = tmp_path / "new"
+    r = cli("run", "xor", "--quick", "--no-progress", "--resume", str(ckpt), "--logdir", str(new))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not new.exists()
+    assert f"--logdir {first}" in r.stdout
