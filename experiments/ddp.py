@@ -109,18 +109,9 @@ def process_group(cfg, device):
         P.init_process_group(device=device, timeout=cfg.timeout_s, store=dist.HashStore(), rank=0, world_size=1)
     try:
         yield dist.get_rank(), dist.get_world_size()
-        _barrier_before_teardown()
+        _dist.barrier_before_teardown()
     finally:
         dist.destroy_process_group()
-
-
-def _barrier_before_teardown():
-    """On a clean exit, every rank waits for the others before tearing gloo down: a rank that destroyed its
-    group and exited while another still held a connection sometimes took that one down with 'terminate
-    called without an active exception' (exit -6 under torchrun; the slow test_nproc file failed so in 3 of
-    11 runs before this). Not on an exception: the others may never arrive."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
 
 
 class Sides:

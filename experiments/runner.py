@@ -122,32 +122,30 @@ class _GivenBool(argparse.BooleanOptionalAction):
         _mark_given(namespace, self.dest)
 
 
-def _non_negative(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
 def _esc(text):
     """argparse formats an argument's or a subcommand's help with %: a literal % (as in "75%") must be
     doubled there. A description is formatted only when it holds "%(prog)", so it stays as written."""
     return text.replace("%", "%%")
 
 
-def _at_least_one(text):
-    import argparse
+def _int_in(expected, ok):
+    """An integer parser for argparse: an ArgumentTypeError naming `expected` and what came."""
+    def parse(text):
+        import argparse
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+
+    return parse
+
+
+_non_negative = _int_in("an integer >= 0", lambda v: v >= 0)
+_at_least_one = _int_in("an integer >= 1", lambda v: v >= 1)
 
 
 def _positive(text):

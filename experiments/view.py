@@ -123,16 +123,9 @@ def port_is_free(port):
 
 
 def _port(text):
-    import argparse
+    from .runner import _int_in
 
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port in 0..65535 (0: a free one), got {text!r}"
-                                         if value is None else f"expected a port in 0..65535 (0: a free one), got {value}")
-    return value
+    return _int_in("a port in 0..65535 (0: a free one)", lambda v: 0 <= v <= 65535)(text)
 
 
 def tensorboard_command():

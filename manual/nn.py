@@ -469,7 +469,7 @@ class ReLU(_Activation):
     def backward(self, grad_output, *, input_grad=True):
         """F.relu_backward(g, output=y) on the output forward saved. Its checks of y (a float array of a
         supported dtype) were made when forward made it; when g is of y's kind, shape and dtype (and
-        device), the fused select runs directly (~3 us of checks less a call on a small net); anything
+        device), the fused select runs directly (about 1.5 us less a step on the 2-4-1 net); anything
         else goes through F.relu_backward's checks and their messages."""
         out = self._saved("_saved_input")  # consumed even when no input gradient is asked for
         if not input_grad:

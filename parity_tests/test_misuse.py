@@ -44,6 +44,7 @@ class Warns:
 
 R = np.random.default_rng(8)
 X34 = R.standard_normal((3, 4))
+G34 = R.standard_normal((3, 4))  # an upstream gradient that is not all ones
 T = torch.tensor
 
 
@@ -153,18 +154,18 @@ def shared_parameters(lib):
 
 
 def grads_of_shared(build, manual):
-    """The shared weight's and bias's gradients after one backward of sum(model(X)), X 3x2."""
+    """The shared weight's and bias's gradients after one backward of model(X), X 3x2, upstream G34's first two columns."""
     model = build(nn if manual else torch.nn)
     w, b = model[0].weight, model[0].bias
     if manual:
         w.data, b.data = X34[:2, :2].copy(), X34[2, :2].copy()
         y = model(X34[:, :2])
-        model.backward(np.ones_like(y))
+        model.backward(G34[:, :2].copy())
         return w.grad, b.grad
     with torch.no_grad():
         w.copy_(T(X34[:2, :2]))
         b.copy_(T(X34[2, :2]))
-    model(T(X34[:, :2])).sum().backward()
+    model(T(X34[:, :2])).backward(T(G34[:, :2]))
     return w.grad, b.grad
 
 
@@ -255,6 +256,8 @@ def torch_ce_smoothing_ignore_weight():
 
 MASKED = np.array([[0.0, -np.inf, 1.0], [-np.inf, 0.5, 2.0], [-np.inf, 1.0, 0.0]])  # masked logits
 MASKED_T = np.array([0, 2, -100])
+MASKED_IGN = np.array([[-np.inf, 0.0, 1.0], [0.5, 0.2, -1.0]])  # row 0 ignored, its column 0 masked
+MASKED_IGN_T = np.array([-100, 1])
 NAN_X = a(np.nan, -1.0, 0.0, 2.0, -np.inf, np.inf)
 NAN_G = a(2.0, 3.0, 5.0, 7.0, 11.0, 13.0)
 # 96 values: torch's elementwise CPU kernels run their vectorized loop over them (its scalar loop takes
@@ -354,11 +357,11 @@ PROBES = {
                                           Raises(TypeError, r"cross_entropy: expected label_smoothing to be a real number, got str")),
     # a torch input that requires grad (autograd code's leftover): torch's erf refuses out= there, in place it takes
     "gelu-input-requires-grad": (lambda: F.gelu(T(X34).requires_grad_()), LikeTorch(lambda: TF.gelu(T(X34)))),
-    "gelu_backward-input-requires-grad": (lambda: F.gelu_backward(T(np.ones((3, 4))), T(X34).requires_grad_()),
-                                          LikeTorch(lambda: grad_of(TF.gelu, X34, g=np.ones((3, 4))))),
+    "gelu_backward-input-requires-grad": (lambda: F.gelu_backward(T(G34), T(X34).requires_grad_()),
+                                          LikeTorch(lambda: grad_of(TF.gelu, X34, g=G34))),
     "GELU-module-input-requires-grad": (
-        lambda: (lambda m: (m(T(X34).requires_grad_()), m.backward(T(np.ones((3, 4))))))(nn.GELU().to(device="cpu", dtype="float64")),
-        LikeTorch(lambda: (TF.gelu(T(X34)),) + grad_of(TF.gelu, X34, g=np.ones((3, 4))))),
+        lambda: (lambda m: (m(T(X34).requires_grad_()), m.backward(T(G34))))(nn.GELU().to(device="cpu", dtype="float64")),
+        LikeTorch(lambda: (TF.gelu(T(X34)),) + grad_of(TF.gelu, X34, g=G34))),
     # -- NaN and inf ----------------------------------------------------------------------------
     "relu_backward-nan": (lambda: F.relu_backward(NAN_G, NAN_X), LikeTorch(lambda: grad_of(TF.relu, NAN_X, g=NAN_G))),
     "relu_backward-nan-torch-tensors": (lambda: F.relu_backward(T(NAN_G), T(NAN_X)), LikeTorch(lambda: grad_of(TF.relu, NAN_X, g=NAN_G))),
@@ -374,6 +377,11 @@ PROBES = {
     "sigmoid-extremes": (lambda: F.sigmoid(a(-1e4, -800.0, 0.0, 800.0, 1e4)), LikeTorch(lambda: torch.sigmoid(T(a(-1e4, -800.0, 0.0, 800.0, 1e4))))),
     "log_softmax-minus-inf": (lambda: F.log_softmax(a(-np.inf, 0.0, 1.0), 0), LikeTorch(lambda: TF.log_softmax(T(a(-np.inf, 0.0, 1.0)), 0))),
     # a masked (-inf) logit off the target: torch's loss is finite (inf with smoothing), its ignored row 0, never NaN
+    # the module's mean fast path too (gathers logp_y, then dropped ignored rows by a product before: 0 * -inf)
+    "CrossEntropyLoss-mean-minus-inf-logit-ignored-row": (
+        lambda: (lambda c: (c(MASKED_IGN, MASKED_IGN_T), c.backward()))(nn.CrossEntropyLoss()),
+        LikeTorch(lambda: (TF.cross_entropy(T(MASKED_IGN), T(MASKED_IGN_T)),)
+                  + grad_of(lambda x: TF.cross_entropy(x, T(MASKED_IGN_T)), MASKED_IGN))),
     "cross_entropy-minus-inf-logit": (
         lambda: (F.cross_entropy(MASKED, MASKED_T, reduction="none"), F.cross_entropy(MASKED, MASKED_T, label_smoothing=0.1, reduction="none"),
                  F.cross_entropy(MASKED, MASKED_T, weight=a(0.5, 2.0, 1.0)), nn.CrossEntropyLoss(reduction="sum")(MASKED, MASKED_T)),

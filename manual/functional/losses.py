@@ -116,9 +116,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         onehot, valid, wy = _ce_index_weights(xp, t, C, weight, ignore_index, x2)
         # gathered, not onehot * logp: a masked (-inf) logit off the target would make 0 * -inf = NaN
         kept, zero = valid > 0, xp.zeros_like(wy)
-        safe = xp.astype(xp.where(kept, t, xp.zeros_like(t)), xp.int64)  # an ignored row reads column 0, then 0
-        logp_y = xp.reshape(xp.take_along_axis(logp, xp.reshape(safe, (-1, 1)), axis=1), (-1,))
-        loss = xp.where(kept, -logp_y, zero) * wy  # (M,), zero where ignored
+        loss = xp.where(kept, -_target_logp(xp, logp, t, kept), zero) * wy  # (M,), zero where ignored
         if eps > 0:
             wlogp = logp if weight is None else logp * weight
             loss = (1.0 - eps) * loss - (eps / C) * xp.where(kept, xp.sum(wlogp, axis=1), zero)
@@ -206,14 +204,23 @@ def _ce_mean_forward(input, target, ignore_index):
         _ce_prepare("cross_entropy", xp, input, target, None, ignore_index, "mean", 0.0)  # raises on a bad index
     logp = log_softmax(input, 1)  # (N, C)
     if not lo <= ignore_index <= hi:  # no row ignored
-        picked = xp.take_along_axis(logp, xp.reshape(target, (n, 1)), axis=1)  # (N, 1): logp_(i, y_i)
-        return -xp.mean(picked), logp, None
+        return -xp.mean(_target_logp(xp, logp, target)), logp, None
     kept = target != ignore_index
-    safe = xp.where(kept, target, xp.zeros_like(target))  # an ignored row reads column 0, then counts 0
-    picked = xp.take_along_axis(logp, xp.reshape(safe, (n, 1)), axis=1)
-    valid = xp.astype(xp.reshape(kept, (n, 1)), input.dtype)
+    picked = _target_logp(xp, logp, target, kept)
+    # a select, not picked * valid: an ignored row's column 0 may hold a masked (-inf) logit, and 0 * -inf is NaN
+    picked = xp.where(kept, picked, xp.zeros_like(picked))
     with np.errstate(invalid="ignore"):  # every target ignored: 0 / 0 = NaN, as torch
-        return -xp.sum(picked * valid) / xp.sum(valid), logp, kept
+        return -xp.sum(picked) / xp.sum(xp.astype(kept, input.dtype)), logp, kept
+
+
+def _target_logp(xp, logp, t, kept=None):
+    """logp[i, t_i] for each row i of logp (M, C), as (M,): a gather, not a one-hot product (0 * -inf, a masked
+    logit off the target, would be NaN). With kept, an ignored row reads column 0 (its value left to the
+    caller to drop, by a select)."""
+    if kept is not None:
+        t = xp.where(kept, t, xp.zeros_like(t))
+    idx = xp.reshape(xp.astype(t, xp.int64, copy=False), (-1, 1))
+    return xp.reshape(xp.take_along_axis(logp, idx, axis=1), (-1,))
 
 
 def _ce_mean_backward_logp(logp, target, kept):
