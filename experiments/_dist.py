@@ -79,6 +79,9 @@ def job(device="auto", backend="auto", timeout_s=600.0):
 
     tdev, _ = resolve_device(device, backend)
     if tdev == "cuda":
+        problem = gpus_for(tdev, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        if problem:
+            raise SystemExit(problem)
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     P.init_process_group(device=tdev, timeout=timeout_s)
     import torch.distributed as dist
@@ -88,6 +91,22 @@ def job(device="auto", backend="auto", timeout_s=600.0):
         barrier_before_teardown()
     finally:
         dist.destroy_process_group()
+
+
+def gpus_for(device, nproc):
+    """None, or why `nproc` processes on this machine cannot run on `device`: on CUDA each process takes
+    its own GPU (nccl refuses two ranks on one GPU; rank r takes cuda:r), so nproc must not exceed the
+    GPUs torch sees."""
+    if device != "cuda" or nproc <= 1:
+        return None
+    import torch
+
+    have = torch.cuda.device_count()
+    if nproc > have:
+        return (f"--nproc {nproc} on CUDA: expected at most {have} process{'es' if have != 1 else ''} here, one per "
+                f"GPU (nccl runs one process per GPU, and torch sees {have}); --device cpu runs {nproc} "
+                "processes with gloo")
+    return None
 
 
 def barrier_before_teardown():

@@ -69,9 +69,12 @@ def config_table(cfg) -> str:
 
 def resolve_device(device: str, backend: str = "auto"):
     """(torch device, manual device) from --device and --backend:
-    CPU -> ('cpu', 'numpy'), or ('cpu', 'cpu') with backend torch (torch CPU tensors); CUDA -> ('cuda', 'cuda')."""
+    CPU -> ('cpu', 'numpy'), or ('cpu', 'cpu') with backend torch (torch CPU tensors); CUDA -> ('cuda', 'cuda').
+    auto: CUDA when torch sees a GPU for each process on this machine (torchrun's LOCAL_WORLD_SIZE; nccl takes
+    one GPU per process), else the CPU (gloo for several processes)."""
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        procs = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        device = "cuda" if torch.cuda.is_available() and torch.cuda.device_count() >= procs else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA GPU here (torch.cuda.is_available() is False); "
                          "use --device auto or cpu")

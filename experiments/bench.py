@@ -54,7 +54,8 @@ def register(sub):
     p.add_argument("--quick", action="store_true",
                    help="fewer rounds, sizes and models (on a 2-core machine: 2.3 min; 1.4 min with --no-memory)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="auto adds CUDA rows when a GPU is present (default: auto)")
+                   help="cpu: CPU rows; cuda: CUDA rows only; auto: CPU rows, and CUDA rows "
+                        "when a GPU is present (default: auto)")
     p.add_argument("--dtype", choices=("float32", "float64", "all"), default="all", help="(default: all)")
     from .runner import _at_least_one  # 0 was taken as "the default", a negative count was a traceback
 
@@ -799,7 +800,7 @@ def run(args):
     rounds = args.rounds or (3 if quick else 7)
     target_s = 0.02 if quick else 0.05
     dtypes = ["float32", "float64"] if args.dtype == "all" else [args.dtype]
-    devices = ["cpu"]
+    devices = [] if args.device == "cuda" else ["cpu"]
     if args.device in ("auto", "cuda") and torch.cuda.is_available():
         devices.append("cuda")
     elif args.device == "cuda":

@@ -131,4 +131,7 @@ def _main(argv):
     problem = check_paths(args)
     if problem:  # before any work: a run must not end by failing to write its results
         owner.error(problem)
+    import torch_ref
+
+    torch_ref.ieee_float32()  # CUDA float32 compared as IEEE float32 on both sides (no TF32 convolutions)
     return int(args.func(args) or 0)

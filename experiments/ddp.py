@@ -103,6 +103,11 @@ def process_group(cfg, device):
         return
     if "WORLD_SIZE" in os.environ:  # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK
         if device == "cuda":
+            from ._dist import gpus_for
+
+            problem = gpus_for(device, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+            if problem:
+                raise SystemExit(problem)
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         P.init_process_group(device=device, timeout=cfg.timeout_s)
     else:

@@ -250,15 +250,19 @@ def cmd_list(args):
     return 0
 
 
-def no_gpu(parser, device, backend="auto"):
+def no_gpu(parser, device, backend="auto", nproc=1):
     """--device cuda without a GPU (or with --backend numpy) is a usage error: exit 2 before any work,
-    as verify and bench do."""
+    as verify and bench do; so is --nproc N on CUDA with fewer than N GPUs (nccl: one GPU per process)."""
+    from . import _dist
     from ._lab import resolve_device
 
     try:
-        resolve_device(device, backend)
+        tdev, _ = resolve_device(device, backend)
     except SystemExit as e:  # the one place that knows which device/backend pairs work
         parser.error(str(e))
+    problem = _dist.gpus_for(tdev, nproc) if device == "cuda" else None  # auto: the CPU when GPUs are too few
+    if problem:
+        parser.error(problem)
 
 
 MAX_NPROC = 64  # one machine's processes; more nodes are torchrun's own (--nnodes, README)
@@ -352,6 +356,7 @@ def cmd_run(args):
         if args.resume and ddp_own:
             args._parser.error(f"--nproc {args.nproc} with --resume: the ddp experiment is a short check that writes "
                                "no checkpoints; the batch experiments (run NAME --nproc N) resume on any number of processes")
+        no_gpu(args._parser, args.device, args.backend, args.nproc)  # --device cuda: a GPU for each process
     cfg = config_from_args(args._config, args)
     if cfg.resume:  # the checkpoint's options, unless given here (and then they must agree)
         try:
@@ -412,6 +417,7 @@ def cmd_all(args):
         if args.nproc > MAX_NPROC:
             args._parser.error(f"--nproc {args.nproc}: expected at most {MAX_NPROC} processes on one machine "
                                "(more machines: torchrun --nnodes, README 'More than one process')")
+        no_gpu(args._parser, args.device, args.backend, args.nproc)
         return launch(args, args.nproc, ["experiments", "all", *forwarded_options(args, RunConfig)]
                       + (["--quick"] if args.quick else []) + (["--only", *args.only] if args.only else []))
     if not _dist.launched():

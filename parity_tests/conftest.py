@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+import torch_ref
+
 # The suite's tensors are tiny: torch's intra-op threads only contend (2-10x slower measured on
 # a loaded 2-core machine). One thread for the whole test session.
 torch.set_num_threads(1)
+torch_ref.ieee_float32()  # CUDA: autograd's float32 convolutions in IEEE float32, not TF32 (as manual's)
 
 CUDA = torch.cuda.is_available()
 NO_CUDA = "no CUDA GPU visible to torch (torch.cuda.is_available() is False)"

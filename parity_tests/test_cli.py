@@ -259,6 +259,7 @@ def test_backend_numpy_on_cuda_is_a_usage_error(capsys, monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     for argv in (["run", "xor", "--backend", "numpy", "--device", "cuda"],
                  ["all", "--only", "xor", "--backend", "numpy"]):  # auto takes the (pretended) GPU
         code, err = parse_error(capsys, *argv)

@@ -122,3 +122,29 @@ def test_place_labels_gives_int64_indices_on_the_backend(device):
     assert str(y.dtype).endswith("int64") and to_numpy(y).tolist() == [3, 0, 2]
     with pytest.raises(TypeError, match="expected integer class indices, got dtype float64"):
         B.place_labels(np.array([1.0, 2.0]), device)
+
+
+def test_the_reference_is_ieee_float32_on_cuda():
+    """torch's default lets cuDNN convolutions compute float32 in TF32 (about 1e-3 relative): the suite and the
+    command line turn that off (torch_ref.ieee_float32), so that autograd is the exact side of a float32
+    comparison on the GPU. The flags exist and are readable without a GPU."""
+    import torch_ref
+
+    from experiments import cli
+
+    if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cudnn.conv, "fp32_precision"):
+        read = lambda: (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)  # noqa: E731
+    else:
+        read = lambda: (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)  # noqa: E731
+    ieee = read()
+    assert ieee in (("ieee", "ieee"), (False, False)), ieee
+    try:  # the command line sets it too, before any command runs
+        if hasattr(torch.backends.cudnn, "conv"):
+            torch.backends.cudnn.conv.fp32_precision = "tf32"
+        else:
+            torch.backends.cudnn.allow_tf32 = True
+        assert read() != ieee
+        assert cli.main(["runs", "--logdir", "/nonexistent-backprop-lab-dir"]) in (0, 2)
+        assert read() == ieee
+    finally:
+        torch_ref.ieee_float32()

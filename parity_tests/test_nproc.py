@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from experiments import runner
 
@@ -198,3 +199,42 @@ def test_a_two_process_checkpoint_resumes_on_three(tmp_path):
     for impl in ("manual", "torch"):
         for key in ("linear_final_loss", "mlp_final_loss"):
             assert abs(a["results"][impl][key] - b["results"][impl][key]) <= 1e-10, key
+
+
+def test_nproc_on_cuda_needs_a_gpu_per_process(monkeypatch):
+    """nccl runs one process per GPU (rank r takes cuda:r): more processes than GPUs is refused by name before
+    any launch, with the way out. The GPU count is torch's; here it is set, on a GPU machine it is real."""
+    from experiments import _dist
+
+    assert _dist.gpus_for("cpu", 8) is None and _dist.gpus_for("cuda", 1) is None
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    msg = _dist.gpus_for("cuda", 2)
+    assert "--nproc 2 on CUDA: expected at most 1 process here" in msg and "--device cpu" in msg
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert _dist.gpus_for("cuda", 4) is None and "at most 4 processes" in _dist.gpus_for("cuda", 5)
+
+
+def test_device_auto_takes_the_gpus_only_when_each_process_has_one(monkeypatch):
+    """--device auto under torchrun: CUDA when there is a GPU per process on the machine (LOCAL_WORLD_SIZE),
+    else the CPU with gloo; --device cuda stays CUDA (and the launcher refuses it, above)."""
+    from experiments._lab import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for procs, expected in ((None, "cuda"), ("1", "cuda"), ("2", "cuda"), ("3", "cpu")):
+        if procs is None:
+            monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        else:
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", procs)
+        assert resolve_device("auto")[0] == expected, procs
+        assert resolve_device("cuda")[0] == "cuda" and resolve_device("cpu")[0] == "cpu"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")
+def test_nproc_beyond_the_gpus_is_a_usage_error(tmp_path):
+    n = torch.cuda.device_count() + 1
+    r = subprocess.run([sys.executable, "-m", "experiments", "run", "digits", "--quick", "--device", "cuda",
+                        "--nproc", str(n), "--logdir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and f"--nproc {n} on CUDA: expected at most" in r.stderr, r.stderr
+    assert not any(tmp_path.iterdir())

@@ -154,6 +154,32 @@ def test_module_example_matches_its_twin(info, eid, kwargs, backend, dtype):
             assert any(k.endswith("running_var(after)") for k in r.errors), "running statistics not compared"
 
 
+def test_a_bias_less_norm_twin_on_a_torch_without_bias_kwarg():
+    """torch 2.11's BatchNorm and GroupNorm take no bias= (2.13's do): the twin is then built affine and its
+    bias removed, and computes what F.batch_norm / F.group_norm give with bias None (found on the GPU machine)."""
+    from torch_ref.opinfo import _norm
+
+    class OldBatchNorm1d(torch.nn.BatchNorm1d):  # 2.11's signature
+        def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
+            super().__init__(num_features, eps, momentum, affine, track_running_stats)
+
+    class OldGroupNorm(torch.nn.GroupNorm):
+        def __init__(self, num_groups, num_channels, eps=1e-5, affine=True):
+            super().__init__(num_groups, num_channels, eps, affine)
+
+    x = torch.randn(5, 6, 4, dtype=torch.float64)
+    for old, m, call in ((OldBatchNorm1d, nn.BatchNorm1d(6, bias=False), lambda t: (6,)),
+                         (OldGroupNorm, nn.GroupNorm(3, 6, bias=False), lambda t: (3, 6))):
+        tm = _norm(old, m, *call(m)).double()
+        assert tm.bias is None and "bias" not in tm.state_dict() and tm.weight is not None, old.__name__
+        with torch.no_grad():
+            tm.weight.copy_(torch.linspace(0.5, 2.0, 6, dtype=torch.float64))
+        expected = (TF.batch_norm(x, None, None, tm.weight, None, training=True) if old is OldBatchNorm1d
+                    else TF.group_norm(x, 3, tm.weight, None))
+        torch.testing.assert_close(tm(x), expected, rtol=0, atol=0)
+        assert _norm(torch.nn.BatchNorm1d, nn.BatchNorm1d(6), 6).bias is not None  # a bias where manual has one
+
+
 # -- "Add your own op": the documented path, end to end ----------------------------------------------
 
 def softplus(input, beta=1.0):

@@ -13,9 +13,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["to_torch", "to_torch_state", "twin", "twin_loss", "twin_optimizer", "load_weights", "DTYPES"]
+__all__ = ["to_torch", "to_torch_state", "twin", "twin_loss", "twin_optimizer", "load_weights", "DTYPES",
+           "ieee_float32"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def ieee_float32():
+    """float32 on CUDA as IEEE float32, not TensorFloat-32, for the reference's matrix multiplies and cuDNN
+    convolutions. torch's default lets cuDNN convolutions round their inputs to TF32 (10 mantissa bits,
+    errors near 1e-3 relative) on Ampere and later GPUs, while manual's convolution is a float32 matrix
+    multiply: the reference would be the less exact side. Global (torch's flags are); the parity tests and
+    the command line call it. No effect on the CPU."""
+    if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cudnn.conv, "fp32_precision"):
+        torch.backends.cudnn.conv.fp32_precision = "ieee"  # torch >= 2.9: the per-operator API
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def to_torch(array, device=None, dtype=None):

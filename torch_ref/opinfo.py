@@ -49,6 +49,7 @@ records every error again on each run).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -961,15 +962,23 @@ def _seq(m, build, tensor):
     return torch.nn.Sequential(*[build(c) for c in m.children()])
 
 
-def _no_bias(m):
-    """bias=False only where the manual module has a weight but no bias (torch takes bias= since 2.6 or so)."""
-    return {"bias": False} if m.weight is not None and m.bias is None else {}
+def _norm(cls, m, *args, **kwargs):
+    """torch's norm module `cls(*args, **kwargs)`, without a bias where the manual one has a weight but no bias
+    (bias=False): torch's own bias= where this torch's constructor takes it (2.13's BatchNorm and GroupNorm
+    do, 2.11's do not), else built affine and its bias removed (F.batch_norm and F.group_norm take None)."""
+    if m.weight is None or m.bias is not None:
+        return cls(*args, **kwargs)
+    if "bias" in inspect.signature(cls.__init__).parameters:
+        return cls(*args, bias=False, **kwargs)
+    tm = cls(*args, **kwargs)
+    tm.register_parameter("bias", None)
+    return tm
 
 
 def _bn(cls):
     def twin(m, build, tensor):
-        return cls(m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
-                   track_running_stats=m.track_running_stats, **_no_bias(m))
+        return _norm(cls, m, m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
+                     track_running_stats=m.track_running_stats)
     return twin
 
 
@@ -1007,8 +1016,8 @@ MODULES: list[ModuleInfo] = [
                          "no-bias": {"num_features": 6, "bias": False}}),
     ModuleInfo("BatchNorm2d", _bn(torch.nn.BatchNorm2d), input=(3, 6, 4, 5),
                examples={"default": {"num_features": 6}, "eps-momentum": {"num_features": 6, "eps": 1e-3, "momentum": 0.5}}),
-    ModuleInfo("GroupNorm", lambda m, build, tensor: torch.nn.GroupNorm(m.num_groups, m.num_channels, eps=m.eps,
-                                                                        affine=m.affine, **_no_bias(m)), input=(3, 6, 4),
+    ModuleInfo("GroupNorm", lambda m, build, tensor: _norm(torch.nn.GroupNorm, m, m.num_groups, m.num_channels,
+                                                           eps=m.eps, affine=m.affine), input=(3, 6, 4),
                examples={"default": {"num_groups": 3, "num_channels": 6},
                          "no-affine": {"num_groups": 2, "num_channels": 6, "affine": False},
                          "no-bias": {"num_groups": 3, "num_channels": 6, "bias": False}}),
