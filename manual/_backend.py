@@ -382,11 +382,21 @@ SUB_PIECE = 1 << 14  # elements of sub_mul_'s product held at once on NumPy: 64 
 PIECE = 1 << 18  # elements per piece of the elementwise paths (GELU): 1 MiB of float32 temporaries
 
 
+CUDA_PIECE = 1 << 22  # on a GPU: a piece is a kernel launch (~5 us of CPU each, measured on an H200),
+# so pieces there are 16 MiB of float32: whole arrays for every model in the bench
+
+
 def _pieces(*arrays, chunk=PIECE):
-    """Flat-slice pieces of `chunk` elements when every array is contiguous, of one shape and larger than
-    one piece (the temporaries are then held for a piece at a time); None to take the whole arrays at once."""
+    """Flat-slice pieces of `chunk` elements (CUDA_PIECE on a GPU) when every array is contiguous, of one
+    shape and larger than one piece (the temporaries are then held for a piece at a time); None to take
+    the whole arrays at once."""
     a = arrays[0]
-    n = a.size if type(a) is np.ndarray else a.numel()
+    if type(a) is np.ndarray:
+        n = a.size
+    else:
+        n = a.numel()
+        if a.is_cuda:
+            chunk = max(chunk, CUDA_PIECE)
     if n <= chunk or not all(_flat_view_ok(a, b) for b in arrays):
         return None
     return [slice(s, min(n, s + chunk)) for s in range(0, n, chunk)]
@@ -496,7 +506,7 @@ def sub_scaled_all_(ds, lr, xs):
     in two foreach kernels (torch._foreach_mul, then _foreach_sub_: the same two roundings), instead of
     two dispatches per parameter, which is most of a small model's optimizer step; larger ones piece by piece."""
     if ds and torch is not None and type(ds[0]) is not np.ndarray:
-        small = [d.numel() <= UPDATE_CHUNK for d in ds]
+        small = [d.numel() <= (CUDA_PIECE if d.is_cuda else UPDATE_CHUNK) for d in ds]
         if sum(small) > 1:
             torch._foreach_sub_([d for d, k in zip(ds, small) if k],
                                 torch._foreach_mul([x for x, k in zip(xs, small) if k], lr))
@@ -628,6 +638,24 @@ def windows(x, out_hw, kernel, stride, dilation):
         return x.as_strided(shape, (s0, s1, s2 * sh, s3 * sw, s2 * dh, s3 * dw), x.storage_offset())
     s0, s1, s2, s3 = x.strides  # in bytes
     return np.lib.stride_tricks.as_strided(x, shape, (s0, s1, s2 * sh, s3 * sw, s2 * dh, s3 * dw), writeable=False)
+
+
+def folds(a):
+    """True where conv2d_backward sends its column gradient back to the input with torch's fold (col2im)
+    instead of one strided add per kernel tap: CUDA tensors, where each add is a kernel launch (LeNet's
+    step on an H200 was launch-bound: 195 kernels against autograd's 65, the GPU busy a seventh of it)."""
+    return type(a) is not np.ndarray and a.is_cuda
+
+
+def fold_add_(gq, dcols, stride, dilation):
+    """gq (C, Hp, Wp, N) += col2im of dcols (C, kh, kw, OH, OW, N): the sum that conv2d_backward's per-tap
+    strided adds make, as one torch.nn.functional.fold, which sums each input position's windows (the same
+    terms, added in another order). Hp, Wp: the padded input's size, which gives exactly OH x OW windows."""
+    c, kh, kw, oh, ow, n = dcols.shape
+    cols = torch.reshape(torch.permute(dcols, (5, 0, 1, 2, 3, 4)), (n, c * kh * kw, oh * ow))
+    out = torch.nn.functional.fold(cols, tuple(gq.shape[1:3]), (kh, kw), dilation=dilation, stride=stride)
+    gq += torch.permute(out, (1, 2, 3, 0))
+    return gq
 
 
 def matmul_nt(a, b):

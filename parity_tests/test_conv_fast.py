@@ -83,7 +83,8 @@ def test_max_pool_module_gradient_on_ties_equals_the_scatter_of_the_definition(b
     np.testing.assert_array_equal(got, want)  # one value per input at most: exact
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch-cpu"])
+@pytest.mark.parametrize("backend", ["numpy", "torch-cpu", "torch-cpu-fold", pytest.param("torch-cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")])])
 @pytest.mark.parametrize("shape,wshape,pad", [((5, 16, 4, 4), (32, 16, 3, 3), 1), ((3, 1, 12, 12), (6, 1, 5, 5), 2),
                                               ((3, 6, 7, 7), (4, 3, 3, 3), 0)])
 @pytest.mark.parametrize("per_chunk", [None, 1, 2])  # the whole batch at once; image by image; pairs, one short
@@ -92,6 +93,9 @@ def test_batch_last_conv_module_equals_the_loop_definition(shape, wshape, pad, b
     two per chunk, the last chunk short (batches of 5 and 3)."""
     from manual.functional import conv as C
 
+    if backend == "torch-cpu-fold":  # the CUDA path (B.fold_add_, torch's col2im) taken on CPU tensors
+        monkeypatch.setattr(B, "folds", lambda a: isinstance(a, torch.Tensor))
+        backend = "torch-cpu"
     if per_chunk is not None:
         oh = shape[2] + 2 * pad - wshape[2] + 1  # square maps, stride 1
         monkeypatch.setattr(C, "COL_BYTES", per_chunk * shape[1] * wshape[2] * wshape[3] * oh * oh * 8)  # float64
@@ -109,3 +113,25 @@ def test_batch_last_conv_module_equals_the_loop_definition(shape, wshape, pad, b
     for got, ref in ((gi, rx), (conv.weight.grad, rw), (conv.bias.grad, rb)):  # sums in another order: 1e-12
         np.testing.assert_allclose(B.to_numpy(got), ref, rtol=1e-12, atol=1e-12)
     assert isinstance(gi, torch.Tensor) == (backend != "numpy")
+
+
+@pytest.mark.parametrize("kwargs", [dict(stride=2), dict(stride=(2, 3), dilation=(2, 1), padding=(1, 2)),
+                                    dict(padding="same", dilation=2), dict(stride=3, groups=2)])
+def test_the_fold_path_equals_the_tap_by_tap_adds(kwargs, monkeypatch):
+    """The CUDA path of conv2d_backward (B.fold_add_: one torch fold) gives the per-tap strided adds' sums, on
+    strides, dilations, asymmetric and "same" padding and groups (CPU tensors; both orders of the same terms)."""
+    import manual.functional as MF
+
+    rng = np.random.default_rng(11)
+    x = torch.as_tensor(rng.standard_normal((3, 4, 11, 10)))
+    w = torch.as_tensor(rng.standard_normal((6, 4 // kwargs.get("groups", 1), 3, 3)))
+    g = torch.as_tensor(rng.standard_normal(tuple(MF.conv2d(x, w, **kwargs).shape)))
+    loop = MF.conv2d_backward(g, x, w, **kwargs)
+    monkeypatch.setattr(B, "folds", lambda a: isinstance(a, torch.Tensor))
+    fold = MF.conv2d_backward(g, x, w, **kwargs)
+    assert loop[0] is not None and fold[0] is not None
+    for a, b in zip(loop, fold):
+        if a is not None:
+            torch.testing.assert_close(b, a, rtol=1e-13, atol=1e-13)
+    expected = torch.autograd.grad(torch.nn.functional.conv2d(x.requires_grad_(), w, **kwargs), x, g)[0]
+    torch.testing.assert_close(fold[0], expected, rtol=1e-12, atol=1e-12)

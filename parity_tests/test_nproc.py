@@ -134,8 +134,10 @@ def test_torchrun_runs_the_cli_itself(tmp_path):
     r = subprocess.run(torchrun + ["xor", "--quick", "--logdir", str(tmp_path / "runs")], capture_output=True,
                        text=True, timeout=240)
     assert r.returncode != 0
+    # every rank refuses; torchrun stops the other rank when the first exits, sometimes before it has printed
+    # (seen on a 16-core machine): at least one says why, and none ran
     assert r.stderr.count("xor runs in one process (its batch is the 4 points of XOR: nothing worth splitting), "
-                          "but torchrun started 2 of them") == 2
+                          "but torchrun started 2 of them") >= 1, r.stderr[-3000:]
     assert not (tmp_path / "runs" / "xor").exists()
 
 

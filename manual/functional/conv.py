@@ -242,10 +242,13 @@ def _conv2d_backward(grad_output, x_shape, xq, weight, has_bias, geo, xp, input_
             dcols = xp.permute_dims(xp.reshape(weight, (G, o // G, K)), (0, 2, 1)) @ xp.reshape(gmat, (G, o // G, -1))
         dcols = xp.reshape(dcols, (c, kh, kw, oh, ow, nc))
         gq = gpad if whole else gpad[..., s]  # a view: the adds land in gpad
-        for i in range(kh):
-            rows = slice(i * dh, i * dh + (oh - 1) * sh + 1, sh)
-            for j in range(kw):
-                gq[:, rows, j * dw:j * dw + (ow - 1) * sw + 1:sw, :] += dcols[:, i, j]  # our own fresh array
+        if B.folds(dcols):  # CUDA: the same sum as one col2im kernel (torch's fold), not kh*kw launches
+            B.fold_add_(gq, dcols, (sh, sw), (dh, dw))
+        else:
+            for i in range(kh):
+                rows = slice(i * dh, i * dh + (oh - 1) * sh + 1, sh)
+                for j in range(kw):
+                    gq[:, rows, j * dw:j * dw + (ow - 1) * sw + 1:sw, :] += dcols[:, i, j]  # our own fresh array
         del dcols
     grad_weight = xp.reshape(grad_weight, (o, cg, kh, kw))
     if not input_grad:

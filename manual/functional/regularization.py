@@ -112,8 +112,9 @@ def _emb_check(op, input, weight, padding_idx):
             raise ValueError(f"{op}: expected padding_idx None or an integer in [{-n}, {n}) "
                              f"(weight has {n} rows), got {padding_idx!r}")
         padding_idx = int(padding_idx) % n  # torch: a negative padding_idx counts from the end
-    if math.prod(_shape(input)) and bool(xp.any(xp.logical_or(input < 0, input >= n))):  # one device sync
-        lo, hi = int(xp.min(input)), int(xp.max(input))
+    if math.prod(_shape(input)):
+        lo, hi = B.min_max(input)  # one pass (torch: aminmax) and one device sync
+    if math.prod(_shape(input)) and (lo < 0 or hi >= n):
         raise IndexError(f"{op}: expected indices in [0, {n}) (weight has {n} rows), got index {lo if lo < 0 else hi}")
     return xp, padding_idx
 
