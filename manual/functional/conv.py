@@ -236,19 +236,23 @@ def _conv2d_backward(grad_output, x_shape, xq, weight, has_bias, geo, xp, input_
         # it was read from, x_pad[n, c, oh*sh + i*dh, ow*sw + j*dw]: one strided add per kernel tap
         # over all positions at once (kh*kw adds, no loop over positions). The result equals the
         # full correlation of g (on the stride grid) with the flipped kernel (parity_tests/test_conv.py).
+        gq = gpad if whole else gpad[..., s]  # a view: the adds land in gpad
+        if B.folds(g):  # CUDA: the same sums as one col2im kernel (torch's fold), not kh*kw launches
+            # W^T g per group and image, straight into fold's (nc, C*kh*kw, OH*OW) layout from g's own:
+            # (G, K, O/G) @ (nc, G, O/G, OH*OW) -> (nc, G, K, OH*OW), channel c = group * C/G + c'
+            dcols = xp.permute_dims(xp.reshape(weight, (G, o // G, K)), (0, 2, 1)) @ xp.reshape(g, (nc, G, o // G, oh * ow))
+            B.col2im_add_(gq, xp.reshape(dcols, (nc, G * K, oh * ow)), (kh, kw), (sh, sw), (dh, dw))
+            del dcols
+            continue
         if G == 1:
             dcols = xp.permute_dims(xp.reshape(weight, (o, K)), (1, 0)) @ gmat  # (K, OH*OW*nc)
         else:
             dcols = xp.permute_dims(xp.reshape(weight, (G, o // G, K)), (0, 2, 1)) @ xp.reshape(gmat, (G, o // G, -1))
         dcols = xp.reshape(dcols, (c, kh, kw, oh, ow, nc))
-        gq = gpad if whole else gpad[..., s]  # a view: the adds land in gpad
-        if B.folds(dcols):  # CUDA: the same sum as one col2im kernel (torch's fold), not kh*kw launches
-            B.fold_add_(gq, dcols, (sh, sw), (dh, dw))
-        else:
-            for i in range(kh):
-                rows = slice(i * dh, i * dh + (oh - 1) * sh + 1, sh)
-                for j in range(kw):
-                    gq[:, rows, j * dw:j * dw + (ow - 1) * sw + 1:sw, :] += dcols[:, i, j]  # our own fresh array
+        for i in range(kh):
+            rows = slice(i * dh, i * dh + (oh - 1) * sh + 1, sh)
+            for j in range(kw):
+                gq[:, rows, j * dw:j * dw + (ow - 1) * sw + 1:sw, :] += dcols[:, i, j]  # our own fresh array
         del dcols
     grad_weight = xp.reshape(grad_weight, (o, cg, kh, kw))
     if not input_grad:
