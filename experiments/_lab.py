@@ -60,6 +60,23 @@ class RunConfig:
         return IMPLS if self.impl == "both" else (self.impl,)
 
 
+GIVEN: set = set()  # the options given on this run's command line (runner sets it; `all`: none)
+CAPPED: list = []  # notes of given values that --quick capped, for the run's output and JSON (runner.run_one)
+
+
+def quick_cap(cfg, name, cap, value=None):
+    """cfg.<name> (or `value`) under --quick: at most `cap`, the quick profile's size. A value given on the
+    command line above the cap is capped too (--quick promises a quick run), and the run says so in a note:
+    `run xor --quick --steps 5000` runs 300 steps and tells you, where it used to do so silently."""
+    v = getattr(cfg, name) if value is None else value
+    if not cfg.quick or v <= cap:
+        return v
+    if name in GIVEN:
+        flag = "--" + name.replace("_", "-")
+        CAPPED.append(f"--quick caps {flag} at {cap}: this run used {cap}, not the {v} given (without --quick it uses {v})")
+    return cap
+
+
 def config_table(cfg) -> str:
     """The config as a Markdown table (TensorBoard's text plugin renders it)."""
     rows = ["| option | value |", "|---|---|"]
@@ -887,17 +904,32 @@ def result(cfg, log: RunLogger, results: dict, claims: list[Claim], drift=None, 
 OUTCOME = "outcome.json"  # in each run folder: what `backprop-lab runs` lists
 
 
-def write_outcome(root, experiment, metrics):
-    """A small JSON beside the run's event files: settings, status, claims holding, drift."""
+def strict_json(obj, indent=2) -> str:
+    """JSON that any reader takes: NaN and +-Infinity (a diverged run's loss or drift), which Python writes
+    as bare NaN / Infinity tokens that JSON does not have, become the strings "nan", "inf", "-inf" (as
+    `verify --json` writes them); NumPy numbers and arrays become numbers and lists, anything else str()."""
     import json
 
+    def default(o):
+        if isinstance(o, (np.floating, np.integer)):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        return str(o)
+
+    text = json.dumps(obj, default=default)
+    return json.dumps(json.loads(text, parse_constant=lambda c: str(float(c))), indent=indent)
+
+
+def write_outcome(root, experiment, metrics):
+    """A small JSON beside the run's event files: settings, status, claims holding, drift."""
     claims = metrics.get("claims", [])
     outcome = {"experiment": experiment, "status": metrics["status"], "config": metrics["config"],
                "claims_hold": sum(bool(c["holds"]) for c in claims), "claims": len(claims),
                "max_drift": metrics.get("max_drift"), "drift_ok": metrics.get("drift_ok")}
     try:
         with open(os.path.join(root, OUTCOME), "w") as f:
-            json.dump(outcome, f, indent=1, default=str)
+            f.write(strict_json(outcome, indent=1))
     except OSError:  # the run's results are returned anyway; only the listing loses this run's outcome
         pass
 

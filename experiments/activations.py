@@ -162,7 +162,7 @@ def main(cfg: Config):
 
 def _main(cfg: Config):
     rng = _lab.seeded(cfg)
-    steps = min(cfg.steps, 60) if cfg.quick else cfg.steps
+    steps = _lab.quick_cap(cfg, "steps", 60)
     embed = rng.normal(0.0, np.sqrt(0.5), size=(2, cfg.width))
     x, y = circle_task(rng, cfg.n_train, embed)
     xv, yv = circle_task(rng, 256, embed)

@@ -204,7 +204,7 @@ def figure(impl, loop_losses, deep_losses, norms):
 def main(cfg: Config):
     rng = _lab.seeded(cfg)
     tol = TOL[cfg.dtype]
-    deep_steps = min(cfg.deep_steps, 150) if cfg.quick else cfg.deep_steps
+    deep_steps = _lab.quick_cap(cfg, "deep_steps", 150)
     with _lab.RunLogger(NAME, cfg) as log:
         ex = worked_example(guide_twins(cfg))
         rows = example_rows(ex)

@@ -301,6 +301,8 @@ class Session:
         self.done: list = []  # finished segments: {"key", "hist", "twins", "rng", "log"}
         self.latest = None  # the newest checkpoint this run wrote
         self.written: list = []  # its mid-segment checkpoints, oldest first (pruned to KEEP)
+        self.saved_done = 0  # finished segments held by the newest checkpoint
+        _SESSION[0] = self
 
     def _log_state(self):
         return {"status": self.log.status, "notes": list(self.log.notes)}
@@ -391,6 +393,16 @@ class Session:
         if self.every:
             self.save(None, key, hist, finished=True)
 
+    def save_finished(self, reason):
+        """A stop outside a training loop (after one finished: evaluation, plots, the next loop's set-up): the
+        finished loops in a checkpoint, unless the newest one already holds them all (--save-every N writes
+        one at each loop's end; a stop inside a loop writes its own). A resume then skips the training done
+        and runs the rest. The path, or None."""
+        if self.dir is None or not self.done or self.saved_done >= len(self.done):
+            return None
+        last = self.done[-1]
+        return self.save(None, last["key"], last["hist"], finished=True, reason=reason)
+
     def save(self, twins, key, hist, finished=False, reason="every"):
         if self.dir is None:  # a rank other than 0: rank 0 writes the job's checkpoints
             return None
@@ -404,6 +416,7 @@ class Session:
         path = os.path.join(self.dir, f"seg{seg}-step{hist['steps']:07d}{'-end' if finished else ''}{SUFFIX}")
         save(path, state)
         self.latest = path
+        self.saved_done = len(self.done)
         _LAST_WRITTEN[0] = path
         if not finished:  # keep the newest KEEP mid-segment checkpoints; every segment's end stays
             self.written = [p for p in self.written if p != path] + [path]
@@ -438,6 +451,20 @@ def per_rank_statistics(twins) -> bool:
 
 _LAST_WRITTEN = [None]
 _STATS = {"segments": 0, "at": None, "root": None}
+_SESSION = [None]  # the running experiment's Session
+
+
+def save_on_stop(reason):
+    """Called when a Ctrl-C/SIGTERM ended an experiment: the training loops it finished are saved if no
+    checkpoint holds them yet (Session.save_finished); the newest checkpoint's path, or None. A write that
+    fails leaves the run as it was (its logs are kept)."""
+    s = _SESSION[0]
+    if s is not None:
+        try:
+            s.save_finished(reason)
+        except OSError:
+            pass
+    return _LAST_WRITTEN[0]
 
 
 def last_written():
@@ -453,6 +480,7 @@ def stats():
 
 def reset_stats():
     _LAST_WRITTEN[0] = None
+    _SESSION[0] = None
     _STATS.update(segments=0, at=None, root=None)
 
 

@@ -110,7 +110,7 @@ def fit(cfg, log, model, prefix, data, order):
 
 def main(cfg: Config):
     rng = _lab.seeded(cfg)
-    epochs = min(cfg.epochs, 6) if cfg.quick else cfg.epochs
+    epochs = _lab.quick_cap(cfg, "epochs", 6)
     data = split(*make_circles(cfg.n, rng))
     (xtr, _), _, (xte, yte) = data
     order = _lab.batch_order(rng, len(xtr), cfg.batch_size, epochs)  # (steps,) index arrays, shared by all four runs

@@ -99,7 +99,7 @@ def log_images(log, twins, image, step, when, maps=True):
 
 def main(cfg: Config):
     rng = _lab.seeded(cfg)
-    epochs = min(cfg.epochs, 6) if cfg.quick else cfg.epochs
+    epochs = _lab.quick_cap(cfg, "epochs", 6)
     (xtr, ytr), (xte, yte) = digits.load_data(cfg)  # the MLP's inputs: per-pixel standardised, (N, 64)
     img_tr, ytr_, img_te, yte_ = load_images(cfg)  # the CNN's: the same split as images, (N, 1, 8, 8)
     assert np.array_equal(ytr_, ytr) and np.array_equal(yte_, yte), "cnn: the CNN and the MLP must see one split"

@@ -295,7 +295,7 @@ def main(cfg: Config):
 
 def _run(cfg, rank, world, tdev, mdev, fail):
     (xtr, ytr), (xte, yte) = load(cfg)
-    epochs = 1 if cfg.quick else cfg.epochs
+    epochs = _lab.quick_cap(cfg, "epochs", 1)
     rng = np.random.default_rng(cfg.seed)
     per_step = world * cfg.accumulate  # a rank needs one example per micro-batch
     order = [idx for idx in _lab.batch_order(rng, len(xtr), cfg.batch_size, epochs) if len(idx) >= per_step]

@@ -60,7 +60,7 @@ def log_weights(log, twins, step, when):
 
 def main(cfg: Config):
     rng = _lab.seeded(cfg)
-    epochs = min(cfg.epochs, 6) if cfg.quick else cfg.epochs
+    epochs = _lab.quick_cap(cfg, "epochs", 6)
     (xtr, ytr), (xte, yte) = load_data(cfg)
     order = _lab.batch_order(rng, len(xtr), cfg.batch_size, epochs)  # (steps,) index arrays
     steps = len(order)

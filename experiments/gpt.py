@@ -27,6 +27,7 @@ head as images, and generated samples as text.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -85,9 +86,10 @@ def _quick(cfg):
         return dict(length=cfg.length, digits=cfg.digits, n_layer=cfg.n_layer, steps=cfg.steps,
                     batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, heldout=cfg.heldout,
                     eval_every=cfg.eval_every)
-    return dict(length=min(cfg.length, 4), digits=min(cfg.digits, 5), n_layer=min(cfg.n_layer, 1),
-                steps=min(cfg.steps, 150), batch_size=min(cfg.batch_size, 32), lr=1e-2 if cfg.lr == 3e-3 else cfg.lr,
-                warmup=min(cfg.warmup, 10), heldout=min(cfg.heldout, 125), eval_every=min(cfg.eval_every, 25))
+    cap = functools.partial(_lab.quick_cap, cfg)  # a given value above the cap is capped and said
+    return dict(length=cap("length", 4), digits=cap("digits", 5), n_layer=cap("n_layer", 1),
+                steps=cap("steps", 150), batch_size=cap("batch_size", 32), lr=1e-2 if cfg.lr == 3e-3 else cfg.lr,
+                warmup=cap("warmup", 10), heldout=cap("heldout", 125), eval_every=cap("eval_every", 25))
 
 
 def check_config(cfg):

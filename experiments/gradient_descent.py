@@ -181,7 +181,7 @@ def figure(impl, sweep, bowl):
 
 def main(cfg: Config):
     _lab.seeded(cfg)
-    steps = min(cfg.steps, 80) if cfg.quick else cfg.steps
+    steps = _lab.quick_cap(cfg, "steps", 80)
     tol = MATCH_TOL[cfg.dtype]
     with _lab.RunLogger(NAME, cfg) as log:
         one = descend(cfg, 10.0, 0.1, steps)  # the guide's x^2 example

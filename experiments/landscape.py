@@ -264,8 +264,8 @@ def guide_table_text(checks):
 
 def main(cfg: Config):
     rng = _lab.seeded(cfg)
-    grid = min(cfg.grid, 11) if cfg.quick else cfg.grid
-    steps = min(cfg.steps, 300) if cfg.quick else cfg.steps
+    grid = _lab.quick_cap(cfg, "grid", 11)
+    steps = _lab.quick_cap(cfg, "steps", 300)
     tdev, mdev = _lab.resolve_device(cfg.device, cfg.backend)
     x = np.linspace(-3, 3, cfg.n)[:, None]  # (n, 1)
     y = np.sin(x)  # (n, 1)

@@ -119,7 +119,7 @@ def rel(a, b):
 
 def main(cfg: Config):
     rng = _lab.seeded(cfg)
-    steps = min(cfg.steps, 150) if cfg.quick else cfg.steps
+    steps = _lab.quick_cap(cfg, "steps", 150)
     size, price = make_houses(cfg, rng)
     mean, std, rms = size.mean(), size.std(), np.sqrt(np.mean(size**2))
     xs, xr, y = ((size - mean) / std)[:, None], (size / rms)[:, None], price[:, None]  # (n, 1) each

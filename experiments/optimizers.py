@@ -220,7 +220,7 @@ def scale_figure(scales, impl):
 
 def init_runs(cfg, log, rng):
     x, y = regression_task(rng)
-    steps = min(cfg.init_steps, 100) if cfg.quick else cfg.init_steps
+    steps = _lab.quick_cap(cfg, "init_steps", 100)
     inits = {"he": None, f"std{cfg.large_std:g}": cfg.large_std, f"std{3 * cfg.large_std:g}": 3 * cfg.large_std}
     state = init.default_generator().bit_generator.state
     scales, hist, drift = {}, {}, {}
@@ -262,7 +262,7 @@ def _main(cfg: Config):
     if land["shallow"] is None:
         raise SystemExit(f"optimizers: no local minimum between w0={cfg.w0} and the global minimum for "
                          f"a={cfg.bump_a}, b={cfg.bump_b}; choose a bumpier landscape")
-    n_seeds = min(cfg.seeds, 8) if cfg.quick else cfg.seeds
+    n_seeds = _lab.quick_cap(cfg, "seeds", 8)
     bw, gw = land["barrier"][0], land["global"][0]
 
     with _lab.RunLogger(NAME, cfg) as log:

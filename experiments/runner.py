@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import errno
 import importlib
-import json
 import os
 import signal
 import sys
@@ -384,6 +383,9 @@ def _run_here(args, cfg):
     from . import _dist
 
     t0 = time.perf_counter()
+    from . import _lab
+
+    _lab.GIVEN = set(getattr(args, "_given", ()))  # --quick caps them too, and says so (_lab.quick_cap)
     metrics = run_one(args._module, cfg)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
     if not _dist.is_main():
@@ -469,17 +471,18 @@ def run_one(mod, cfg):
     """Run an experiment. A Ctrl-C or SIGTERM inside it comes back as status 'interrupted' (with
     the signal and the checkpoint written), a failed write (disk full, ...) as 'write-failed':
     a record for the JSON and the exit code, not a traceback."""
-    from . import checkpoint
+    from . import _lab, checkpoint
     from ._threads import one_thread
 
     checkpoint.reset_stats()
+    _lab.CAPPED.clear()
     base = {"config": dataclasses.asdict(cfg), "claims": [], "results": {}, "max_drift": None, "drift_ok": None}
     try:
         with one_thread():  # the experiments' models are small; see _threads.py
             metrics = mod.main(cfg)
     except KeyboardInterrupt as e:
         sig = signal.Signals(getattr(e, "signum", signal.SIGINT)).name
-        saved = checkpoint.last_written()
+        saved = checkpoint.save_on_stop(sig)  # after a finished training loop, outside one: that loop kept
         how = "by SIGTERM" if sig == "SIGTERM" else "by the user (Ctrl-C)"
         notes = [f"interrupted {how}"] + ([f"checkpoint {saved}: continue with --resume {saved}"] if saved else [])
         return {**base, "status": "interrupted", "signal": sig, "checkpoint": saved,
@@ -497,6 +500,8 @@ def run_one(mod, cfg):
             notes.append(f"checkpoint {saved}: continue with --resume {saved} once there is room")
         return {**base, "status": "write-failed", "error": f"{code}: {e.strerror}", "stopped_at": st["at"],
                 "logdir": st["root"], "checkpoint": saved, "notes": notes}
+    if _lab.CAPPED:  # given values that --quick capped: said, not silent
+        metrics.setdefault("notes", []).extend(dict.fromkeys(_lab.CAPPED))
     if cfg.save_every and not checkpoint.stats()["segments"]:
         metrics.setdefault("notes", []).append(
             f"--save-every {cfg.save_every}: {getattr(mod, 'NAME', '?')} has no _lab.train loop to checkpoint; nothing saved")
@@ -600,10 +605,10 @@ def print_tensorboard_hint(logdir, names=()):
 
 def write_json(path, results):
     """Write atomically (a half-written JSON never replaces a good one); False if it could not be written."""
+    from ._lab import strict_json
     from .checkpoint import atomic_write, replaceable
 
-    text = json.dumps(results, default=_json_default)  # NaN and Infinity are not JSON: strings, as verify writes them
-    data = json.dumps(json.loads(text, parse_constant=lambda c: str(float(c))), indent=2).encode()
+    data = strict_json(results).encode()  # NaN and Infinity are not JSON: strings, as verify writes them
     try:
         if replaceable(path):
             atomic_write(path, data)
@@ -615,13 +620,3 @@ def write_json(path, results):
         return False
     print(f"wrote {path}", file=sys.stderr)
     return True
-
-
-def _json_default(o):
-    import numpy as np
-
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)

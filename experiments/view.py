@@ -62,8 +62,8 @@ def describe(run):
     text = o["status"]
     if o.get("claims"):
         text += f", {o['claims_hold']}/{o['claims']} claims hold"
-    if o.get("max_drift") is not None:
-        text += f", drift {o['max_drift']:.1e}" + ("" if o.get("drift_ok") else " OVER tolerance")
+    if o.get("max_drift") is not None:  # a number, or "nan"/"inf" (strict JSON): float() reads both
+        text += f", drift {float(o['max_drift']):.1e}" + ("" if o.get("drift_ok") else " OVER tolerance")
     return os.path.basename(run), text
 
 

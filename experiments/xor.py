@@ -70,7 +70,7 @@ def folded_gap(twins, n=41):
 
 def main(cfg: Config):
     _lab.seeded(cfg)
-    steps = min(cfg.steps, 300) if cfg.quick else cfg.steps
+    steps = _lab.quick_cap(cfg, "steps", 300)
     with _lab.RunLogger(NAME, cfg) as log:
         lin, lin_hist, lin_acc = fit(cfg, log, nn.Linear(2, 1), "linear/", steps)
         mlp_model = nn.mlp((2, cfg.hidden, 1), activation=nn.Tanh)

@@ -259,17 +259,20 @@ def test_one_sides_checkpoint_loads_into_the_other(tmp_path, opt, src):
 # -- exact resume, in-process ------------------------------------------------------------------
 
 
-def two_segment_run(cfg, stop_at=None):
+def two_segment_run(cfg, stop_at=None, stop_outside=None):
     """A small run in the experiments' shape: segment 1 SGD with momentum, segment 2 Adam with a
     learning-rate schedule, mini-batches drawn each step from the seeded generator (so the
     generator's state must travel with the checkpoint). stop_at=(segment, step) sends this
-    process a real SIGTERM during that step."""
+    process a real SIGTERM during that step; stop_outside="between" before the second segment's
+    set-up, "after" once both have trained (outside any training loop, the logger open)."""
     rng = _lab.seeded(cfg)
     x = rng.normal(size=(64, 3))
     y = np.tanh(x @ rng.normal(size=(3, 2)))
     out = {}
     with _lab.RunLogger("ckpt-test", cfg) as log:
         for seg, (opt, steps) in enumerate([("sgd", 12), ("adam", 14)]):
+            if stop_outside == "between" and seg == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
             model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))
             make = ((lambda p: optim.SGD(p, lr=0.05, momentum=0.9)) if opt == "sgd"
                     else (lambda p: optim.Adam(p, lr=0.02)))
@@ -285,6 +288,8 @@ def two_segment_run(cfg, stop_at=None):
 
             hist = _lab.train(twins, log, batches, steps, desc=f"seg{seg}", progress=False, prefix=f"{opt}/")
             out[opt] = {"hist": hist, "state": twins.state_dict(), "after": rng.normal(size=2).tolist()}
+        if stop_outside == "after":
+            os.kill(os.getpid(), signal.SIGTERM)
     return out
 
 
@@ -328,6 +333,32 @@ def test_sigterm_at_a_step_checkpoints_there_and_the_resume_is_bit_identical(tmp
     assert state["reason"] == "SIGTERM" and state["step"] == k + 1 and len(state["done"]) == seg
     got = two_segment_run(dataclasses.replace(cfg, resume="latest"))
     assert_runs_equal(ref, got)
+
+
+@pytest.mark.parametrize("where", ["between", "after"])
+def test_a_stop_outside_a_loop_keeps_the_finished_loops(tmp_path, where):
+    """--save-every 0 writes checkpoints only when stopped. A real SIGTERM outside any training loop, after
+    one finished ("between": the second loop's set-up; "after": what an experiment does after training,
+    evaluation and plots) used to write none: the training done was lost (found by helper-21). Now the
+    finished loops are saved; the resume skips them and ends as the uninterrupted run, bit for bit."""
+    import types
+
+    from experiments import runner
+
+    cfg = _lab.RunConfig(device="cpu", progress=False, logdir=str(tmp_path))
+    ref = two_segment_run(dataclasses.replace(cfg, logdir=str(tmp_path / "ref")))
+    exp = types.SimpleNamespace(NAME="ckpt-test", main=lambda c: two_segment_run(c, stop_outside=where))
+    with checkpoint.handle_signals():
+        m = runner.run_one(exp, cfg)
+    assert m["status"] == "interrupted" and m["signal"] == "SIGTERM", m
+    (path,) = glob.glob(str(tmp_path / "ckpt-test" / "*" / "checkpoints" / "*.safetensors"))
+    assert os.path.basename(path) == ("seg0-step0000012-end.safetensors" if where == "between"
+                                      else "seg1-step0000014-end.safetensors")
+    assert m["checkpoint"] == path and f"continue with --resume {path}" in " ".join(m["notes"])
+    state = checkpoint.load(path)
+    assert state["reason"] == "SIGTERM" and state["current"] is None
+    assert len(state["done"]) == (1 if where == "between" else 2)
+    assert_runs_equal(ref, two_segment_run(dataclasses.replace(cfg, resume=path)))
 
 
 def test_a_checkpoint_from_other_code_is_refused(tmp_path):

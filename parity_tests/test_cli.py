@@ -285,3 +285,55 @@ def test_a_resume_with_another_logdir_continues_in_its_folder_and_makes_no_other
     assert r.returncode == 0, r.stdout + r.stderr
     assert not new.exists()
     assert f"--logdir {first}" in r.stdout
+
+
+def test_quick_caps_a_given_value_and_says_so(monkeypatch):
+    """--quick is a quick profile: a value given above its cap is capped, and the run's notes (printed beside
+    the claims and in the JSON) say so; helper-21 found it silent. Not given (the default is larger than the
+    cap): the quick profile, no note. Without --quick: the value as given."""
+    import dataclasses
+    import types
+
+    from experiments import xor
+
+    exp = types.SimpleNamespace(NAME="capped", main=lambda c: {"status": "ok", "notes": [],
+                                                               "used": _lab.quick_cap(c, "steps", 300)})
+    cfg = xor.Config(quick=True, steps=5000, progress=False)
+    monkeypatch.setattr(_lab, "GIVEN", {"steps"})
+    m = runner.run_one(exp, cfg)
+    assert m["used"] == 300
+    assert m["notes"] == ["--quick caps --steps at 300: this run used 300, not the 5000 given (without --quick it "
+                          "uses 5000)"]
+    assert runner.run_one(exp, dataclasses.replace(cfg, steps=50))["used"] == 50  # under the cap: as given
+    assert runner.run_one(exp, dataclasses.replace(cfg, quick=False)) == {"status": "ok", "notes": [], "used": 5000}
+    monkeypatch.setattr(_lab, "GIVEN", set())
+    assert runner.run_one(exp, cfg) == {"status": "ok", "notes": [], "used": 300}
+
+
+@pytest.mark.slow  # a real run
+def test_run_quick_with_a_larger_steps_says_it_was_capped(tmp_path):
+    out = tmp_path / "x.json"
+    r = cli("run", "xor", "--quick", "--steps", "5000", "--no-progress", "--json", str(out), "--logdir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    m = json.loads(out.read_text())["xor"]
+    assert m["config"]["steps"] == 5000 and any("--quick caps --steps at 300" in n for n in m["notes"]), m["notes"]
+    assert "(--quick caps --steps at 300" in r.stdout
+
+
+def test_outcome_json_is_strict_json_when_a_run_diverged(tmp_path):
+    """A diverged run's drift is NaN: outcome.json (what `backprop-lab runs` lists) holds it as the string
+    "nan", so that any JSON reader takes the file (Python's json wrote a bare NaN token), and the listing
+    still shows it."""
+    from experiments import view
+
+    _lab.write_outcome(str(tmp_path), "xor", {"status": "diverged", "config": {"lr": 1e3}, "claims": [],
+                                              "max_drift": float("nan"), "drift_ok": False})
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    o = json.loads((tmp_path / "outcome.json").read_text(), parse_constant=refuse)
+    assert o["max_drift"] == "nan" and o["status"] == "diverged"
+    assert view.describe(str(tmp_path))[1] == "diverged, drift nan OVER tolerance"
+    assert json.loads(_lab.strict_json({"a": [float("inf"), -float("inf"), 1.5]}), parse_constant=refuse) == \
+        {"a": ["inf", "-inf", 1.5]}
