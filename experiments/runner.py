@@ -409,9 +409,10 @@ def _rank_exit_code(results):
 
 
 def cmd_all(args):
-    from . import _dist
+    from . import _dist, _lab
     from ._lab import RunConfig
 
+    _lab.GIVEN = set()  # all's options are not an experiment's sizes: --quick's caps apply unsaid
     no_gpu(args._parser, args.device, args.backend)
     if _dist.launched() and args.nproc > 1:
         args._parser.error(f"--nproc {args.nproc} inside torchrun: torchrun already started the processes")
