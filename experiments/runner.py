@@ -380,11 +380,9 @@ def cmd_run(args):
 
 def _run_here(args, cfg):
     """Run the experiment in this process (one rank of several under torchrun: rank 0 alone prints and writes)."""
-    from . import _dist
+    from . import _dist, _lab
 
     t0 = time.perf_counter()
-    from . import _lab
-
     _lab.GIVEN = set(getattr(args, "_given", ()))  # --quick caps them too, and says so (_lab.quick_cap)
     metrics = run_one(args._module, cfg)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
