@@ -302,6 +302,54 @@ def numpy_floor_step(sizes, batch, dtype):
     return step, lambda: dict(zip(names, (v for pair in zip(Ws, bs) for v in pair)))
 
 
+TORCH_FLOOR = "torch-floor"  # timed beside the rows, reported under the table (not a row of its own)
+
+
+def torch_floor_step(sizes, batch, dtype):
+    """(step(), params()): the same ReLU-MLP step as manual-torch's (same weights, data, loss and SGD), written as
+    straight-line torch ops on CPU tensors with autograd off: addmm per layer, relu, the loss's gradient by hand,
+    the backward's matrix multiplies, threshold_backward, and SGD as torch.optim.SGD's own in-place
+    sub_(g, alpha=lr). No modules, no checks, no saved-tensor bookkeeping: what any hand-written step on torch
+    tensors costs at least, so a goal below it is out of reach of torch's ops themselves, not of this code."""
+    model, _, _ = build(sizes, dtype)
+    params = [(n, torch.tensor(np.array(p.data))) for n, p in model.named_parameters()]
+    Ws = [t for n, t in params if n.endswith("weight")]
+    bs = [t for n, t in params if n.endswith("bias")]
+    x, y = data(sizes, batch)
+    x = torch.from_numpy(x.astype(dtype))
+    mse = sizes[-1] == 1
+    y = torch.from_numpy(y.astype(dtype) if mse else y.astype(np.int64))
+    rows = torch.arange(batch)
+
+    @torch.no_grad()
+    def step():
+        a, saved = x, []
+        for W, b in zip(Ws[:-1], bs[:-1]):
+            z = torch.addmm(b, a, W.T)
+            saved.append((a, z))
+            a = torch.relu(z)
+        out = torch.addmm(bs[-1], a, Ws[-1].T)
+        if mse:  # mean((out - y)^2), d/dout = 2 (out - y) / n
+            g = out - y
+            loss = torch.mean(g * g)
+            g.mul_(2.0 / g.numel())
+        else:  # mean cross-entropy of logits, d/dout = (softmax - onehot) / N
+            g = torch.softmax(out, 1)
+            loss = -torch.mean(torch.log(g[rows, y]))
+            g[rows, y] -= 1.0
+            g.div_(batch)
+        grads = [(g.T @ a, g.sum(0))]
+        for i in range(len(saved) - 1, -1, -1):
+            g = torch.ops.aten.threshold_backward(g @ Ws[i + 1], saved[i][1], 0)
+            grads.append((g.T @ saved[i][0], g.sum(0)))
+        for (gw, gb), W, b in zip(reversed(grads), Ws, bs):
+            W.sub_(gw, alpha=LR)
+            b.sub_(gb, alpha=LR)
+        return loss
+
+    return step, lambda: {n: t.numpy() for n, t in params}
+
+
 MATMULS = "torch-matmuls"  # timed beside the rows, reported under the table (not a row of its own)
 UNFUSED = "autograd-unfused"  # likewise, for the GPT rows
 CONVS = "torch-convs"  # likewise, for the CNN rows
@@ -309,7 +357,10 @@ CONVS = "torch-convs"  # likewise, for the CNN rows
 FLOORS = {
     FLOOR: ("manual-numpy", "numpy_floor", "floor", "the floor under manual-numpy: the same step as straight-line "
                                                     "NumPy (no modules,\n  no checks; bench.numpy_floor_step)"),
-    MATMULS: ("manual-torch", "torch_matmuls", "matmuls", "the floor under manual-torch: the step's matrix multiplies "
+    TORCH_FLOOR: ("manual-torch", "torch_floor", "floor", "the floor under manual-torch: the same step as straight-line "
+                                                          "torch ops (no modules,\n  no checks, autograd off; "
+                                                          "bench.torch_floor_step)"),
+    MATMULS: ("manual-torch", "torch_matmuls", "matmuls", "the floor under the floor: the step's matrix multiplies "
                                                           "alone on torch tensors\n  (no other op; "
                                                           "bench.torch_matmul_step)"),
     UNFUSED: ("manual-torch", "autograd_unfused", "unfused", "beside manual-torch: torch autograd on the same model with "
@@ -860,6 +911,7 @@ def bench_model(name, sizes, batch, dtype, device, rounds, target_s, peaks):
     steps = make_steps(sizes, batch, dtype, device)
     if device == "cpu" and spec_kind(sizes) == "mlp":
         steps[FLOOR] = numpy_floor_step(sizes, batch, dtype)
+        steps[TORCH_FLOOR] = torch_floor_step(sizes, batch, dtype)
     if device == "cpu" and spec_kind(sizes) in ("gpt", "norm"):
         steps[UNFUSED] = (unfused_gpt_step if spec_kind(sizes) == "gpt" else unfused_norm_step)(sizes, batch, dtype)
     err = check_agree(steps, dtype)  # the floors that compute the step are checked with the rows

@@ -16,23 +16,27 @@ import pytest
 from experiments import bench
 
 
+@pytest.mark.parametrize("floor", ["numpy", "torch"])
 @pytest.mark.parametrize("sizes, batch", [((2, 4, 1), 4), ((2, 16, 16, 1), 64), ((64, 32, 32, 10), 16)])
-def test_numpy_floor_takes_autograds_step(sizes, batch):
+def test_the_floors_take_autograds_step(sizes, batch, floor):
+    name, make = (bench.FLOOR, bench.numpy_floor_step) if floor == "numpy" else (bench.TORCH_FLOOR, bench.torch_floor_step)
     steps = bench.make_steps(sizes, batch, "float64", "cpu", only="autograd")
-    steps[bench.FLOOR] = bench.numpy_floor_step(sizes, batch, "float64")
+    steps[name] = make(sizes, batch, "float64")
     assert bench.check_agree(steps, "float64") <= 1e-13  # raises on any loss or weight that differs
     for _ in range(3):  # and it keeps stepping alike
         for step, _ in steps.values():
             step()
-    a, f = steps["autograd"][1](), steps[bench.FLOOR][1]()
+    a, f = steps["autograd"][1](), steps[name][1]()
     assert max(float(np.max(np.abs(a[k] - f[k]))) for k in a) <= 1e-13
 
 
-def test_a_wrong_floor_is_caught(monkeypatch):
+@pytest.mark.parametrize("floor", ["numpy", "torch"])
+def test_a_wrong_floor_is_caught(monkeypatch, floor):
+    name, make = (bench.FLOOR, bench.numpy_floor_step) if floor == "numpy" else (bench.TORCH_FLOOR, bench.torch_floor_step)
     steps = bench.make_steps((2, 16, 16, 1), 64, "float64", "cpu", only="autograd")
-    steps[bench.FLOOR] = bench.numpy_floor_step((2, 16, 16, 1), 64, "float64")
+    steps[name] = make((2, 16, 16, 1), 64, "float64")
     monkeypatch.setattr(bench, "LR", bench.LR * 1.01)  # read by the floor's update: it steps 1% too far
-    with pytest.raises(AssertionError, match="numpy-floor updated"):
+    with pytest.raises(AssertionError, match=f"{name} updated"):
         bench.check_agree(steps, "float64")
 
 
@@ -43,9 +47,10 @@ def test_the_floor_is_reported_with_manual_numpy_for_mlps_only():
     assert rows[0]["numpy_floor_ms"] > 0 and rows[0]["numpy_floor_ratio"] > 0
     assert all("numpy_floor_ms" not in r for r in rows[1:])
     assert rows[1]["torch_matmuls_ms"] > 0 and rows[1]["torch_matmuls_ratio"] > 0  # beside manual-torch only
-    assert all("torch_matmuls_ms" not in r for r in (rows[0], rows[2]))
+    assert rows[1]["torch_floor_ms"] > 0 and rows[1]["torch_floor_ratio"] > 0
+    assert all("torch_matmuls_ms" not in r and "torch_floor_ms" not in r for r in (rows[0], rows[2]))
     cnn = bench.bench_model("cnn-digits", {"cnn": "digits"}, 4, "float64", "cpu", rounds=1, target_s=0.001, peaks=peaks)
-    assert all("numpy_floor_ms" not in r and "torch_matmuls_ms" not in r for r in cnn)
+    assert all("numpy_floor_ms" not in r and "torch_matmuls_ms" not in r and "torch_floor_ms" not in r for r in cnn)
 
 
 def test_the_matmul_floor_runs_the_steps_matmuls():
