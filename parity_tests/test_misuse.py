@@ -573,6 +573,14 @@ PROBES = {
                            Raises(TypeError, r"torch_ref.twin: expected a manual model \(a manual.nn.Module\), got function")),
     "Parameter-of-a-list": (lambda: nn.Parameter([1.0, 2.0]), Raises(TypeError, r"expected a NumPy array or a torch tensor, got list")),
     "Parameter-requires-grad": (lambda: nn.Parameter(torch.zeros(2, requires_grad=True)), Raises(ValueError, r"requires_grad=False .* pass t.detach\(\)")),
+    # -- helper-22: dtypes, schedulers, GPT ---------------------------------------------------
+    # torch: 'result type Float can't be cast to the desired output type Long'; manual returned float64
+    "dropout-int": (lambda: F.dropout(np.arange(4), 0.5), Raises(TypeError, r"dropout: expected input of dtype float32 or float64 .* got int64")),
+    "Dropout-bool": (lambda: nn.Dropout()(X34 > 0), Raises(TypeError, r"expected input of dtype float32 or float64 .* got bool")),
+    "dropout_backward-float16": (lambda: F.dropout_backward(X34.astype(np.float16), X34.astype(np.float16), 0.0),
+                                 Raises(TypeError, r"dropout_backward: expected input of dtype float32 or float64 .* got float16")),
+    "dropout-torch-complex": (lambda: F.dropout(torch.zeros(3, dtype=torch.complex64), 0.5),
+                              Raises(TypeError, r"dropout: expected input of dtype float32 or float64 .* got torch.complex64")),
 }
 
 

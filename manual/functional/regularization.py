@@ -30,6 +30,7 @@ def _check_grad(op, grad_output, expected, like):
 
 def _dropout_check(op, input, p, training, mask):
     xp = namespace(input, mask, op=op)
+    B.check_float(op, input)  # torch refuses integer, bool and complex input too (int once came back float64)
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
         raise ValueError(f"{op}: expected dropout probability p in [0, 1], got {p!r}")
     if training not in (True, False):
