@@ -254,6 +254,34 @@ def torch_ce_smoothing_ignore_weight():
     return grad_of(lambda x: TF.cross_entropy(x, T([0, -100, 2]), weight=T(a(0.5, 2.0, 1.0, 0.1)), label_smoothing=0.1), X34)
 
 
+def cosine_lrs(lib, T_max):
+    """The lr of 6 steps of CosineAnnealingLR(T_max) on SGD(lr=0.1), optimizer.step() first, as torch asks."""
+    w = nn.Parameter(np.zeros(2)) if lib is optim else torch.zeros(2, requires_grad=True)
+    opt = lib.SGD([w], lr=0.1)
+    sched = lib.lr_scheduler.CosineAnnealingLR(opt, T_max=T_max)
+    lrs = []
+    for _ in range(6):
+        opt.step()
+        sched.step()
+        lrs += sched.get_last_lr()
+    return np.array(lrs) if lib is optim else T(lrs, dtype=torch.float64)
+
+
+def scheduler_before_optimizer():
+    opt = optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1)
+    optim.lr_scheduler.LinearLR(opt).step()  # no opt.step() yet: the first lr of the schedule is skipped
+
+
+def sequential(opt, n):
+    s = optim.lr_scheduler
+    return s.SequentialLR(opt, [s.LinearLR(opt) for _ in range(n)], milestones=list(range(2, 2 * n, 2)))
+
+
+def sequential_loads_other_count():
+    opt = optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1)
+    sequential(opt, 2).load_state_dict(sequential(opt, 3).state_dict())
+
+
 MASKED = np.array([[0.0, -np.inf, 1.0], [-np.inf, 0.5, 2.0], [-np.inf, 1.0, 0.0]])  # masked logits
 MASKED_T = np.array([0, 2, -100])
 MASKED_IGN = np.array([[-np.inf, 0.0, 1.0], [0.5, 0.2, -1.0]])  # row 0 ignored, its column 0 masked
@@ -581,6 +609,16 @@ PROBES = {
                                  Raises(TypeError, r"dropout_backward: expected input of dtype float32 or float64 .* got float16")),
     "dropout-torch-complex": (lambda: F.dropout(torch.zeros(3, dtype=torch.complex64), 0.5),
                               Raises(TypeError, r"dropout: expected input of dtype float32 or float64 .* got torch.complex64")),
+    "CosineAnnealingLR-T_max-numpy-int": (lambda: cosine_lrs(optim, np.int64(4)), LikeTorch(lambda: cosine_lrs(torch.optim, np.int64(4)))),
+    "scheduler-step-before-optimizer-step": (scheduler_before_optimizer, Warns(r"lr_scheduler.step\(\)` before `optimizer.step\(\)")),
+    "SequentialLR-load-other-scheduler-count": (sequential_loads_other_count,  # torch: 'list index out of range'
+                                                Raises(ValueError, r"SequentialLR.load_state_dict: expected the state of 2 schedulers, got 3")),
+    "SequentialLR-milestones-decreasing": (  # torch: accepted, then bisect on an unsorted list picks the schedulers
+        lambda: (lambda o: optim.lr_scheduler.SequentialLR(o, [optim.lr_scheduler.LinearLR(o) for _ in range(3)], milestones=[5, 3]))(
+            optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1)),
+        Raises(ValueError, r"SequentialLR: expected milestones in increasing order, got \[5, 3\]")),
+    "LambdaLR-optimizer-None": (lambda: optim.lr_scheduler.LambdaLR(None, lambda t: 1.0),  # was 'NoneType' object has no attribute
+                                Raises(TypeError, r"LambdaLR: expected a manual.optim.Optimizer, got NoneType")),
 }
 
 

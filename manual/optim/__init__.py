@@ -41,12 +41,10 @@ def _no_graph(step):
     """torch's step runs under no_grad: a .grad that requires grad must not pull the parameters
     (updated in place) or the optimizer state into an autograd graph. Only torch parameters can be
     pulled in, and entering no_grad costs ~1.5 us, a tenth of a small net's update: NumPy skips it."""
-    if B.torch is None:
-        return step
-
     @functools.wraps(step)
     def wrapped(self):
-        if all(type(p.data) is np.ndarray for g in self.param_groups for p in g["params"]):
+        self._opt_called = True  # lr_scheduler warns when it steps before the optimizer ever did (as torch)
+        if B.torch is None or all(type(p.data) is np.ndarray for g in self.param_groups for p in g["params"]):
             return step(self)
         with B.torch.no_grad():
             return step(self)
