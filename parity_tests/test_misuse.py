@@ -282,6 +282,19 @@ def sequential_loads_other_count():
     sequential(opt, 2).load_state_dict(sequential(opt, 3).state_dict())
 
 
+def gpt_empty_sequence(manual):
+    """Logits and the tied weight's gradient of a GPT on (1, 0) token ids (nothing to attend to)."""
+    m = tiny_gpt()
+    if manual:
+        y = m(np.zeros((1, 0), np.int64))
+        m.backward(np.ones_like(y))
+        return y, m.transformer.wte.weight.grad
+    t = torch_ref.twin(m)
+    y = t(torch.zeros((1, 0), dtype=torch.int64))
+    y.backward(torch.ones_like(y))
+    return y, t.transformer.wte.weight.grad
+
+
 MASKED = np.array([[0.0, -np.inf, 1.0], [-np.inf, 0.5, 2.0], [-np.inf, 1.0, 0.0]])  # masked logits
 MASKED_T = np.array([0, 2, -100])
 MASKED_IGN = np.array([[-np.inf, 0.0, 1.0], [0.5, 0.2, -1.0]])  # row 0 ignored, its column 0 masked
@@ -619,6 +632,12 @@ PROBES = {
         Raises(ValueError, r"SequentialLR: expected milestones in increasing order, got \[5, 3\]")),
     "LambdaLR-optimizer-None": (lambda: optim.lr_scheduler.LambdaLR(None, lambda t: 1.0),  # was 'NoneType' object has no attribute
                                 Raises(TypeError, r"LambdaLR: expected a manual.optim.Optimizer, got NoneType")),
+    "GPT-empty-sequence": (lambda: gpt_empty_sequence(True), LikeTorch(lambda: gpt_empty_sequence(False))),  # was 'list index out of range'
+    "GPT.generate-temperature-str": (lambda: tiny_gpt().generate(np.array([[1, 2]]), 2, temperature="1"),
+                                     Raises(TypeError, r"GPT.generate: expected temperature to be a real number, got str '1'")),
+    "GPT.generate-generator-seed": (lambda: tiny_gpt().generate(np.array([[1, 2]]), 2, greedy=False, generator=0),
+                                    Raises(TypeError, r"GPT.generate: expected generator to be a NumPy Generator .*got int")),
+    "GPTConfig-dropout-str": (lambda: nn.GPTConfig(dropout="0.1"), Raises(TypeError, r"GPTConfig: expected dropout to be a real number in \[0, 1\), got str '0.1'")),
 }
 
 

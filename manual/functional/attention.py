@@ -119,6 +119,9 @@ def _weights(xp, query, key, attn_mask, is_causal, scale, stats=None):
     elif attn_mask is not None:
         s = s + attn_mask  # not in place: the mask may broadcast s to a larger shape
     if s.shape[-1] == 0:  # no keys: empty weights, so the output is 0 (as torch), and max has nothing to reduce
+        if stats is not None:  # (..., L, 1) statistics all the same: m = 0, z = 1 (a GPT on T = 0 tokens)
+            stats[:] = (xp.zeros(s.shape[:-1] + (1,), dtype=s.dtype, device=s.device),
+                        xp.ones(s.shape[:-1] + (1,), dtype=s.dtype, device=s.device))
         return s
     m = xp.max(s, axis=-1, keepdims=True)  # (..., L, 1); -inf for a row with every key masked
     if attn_mask is not None:
