@@ -295,6 +295,14 @@ def gpt_empty_sequence(manual):
     return y, t.transformer.wte.weight.grad
 
 
+def moved_between_forward_and_backward(move):
+    """forward on NumPy float64, then the model moved (.to("cpu") or .float()), then backward."""
+    m = nn.Sequential(nn.Linear(4, 3), nn.Tanh()).double()
+    m(X34)
+    move(m)
+    return m.backward(np.ones((3, 3)))
+
+
 MASKED = np.array([[0.0, -np.inf, 1.0], [-np.inf, 0.5, 2.0], [-np.inf, 1.0, 0.0]])  # masked logits
 MASKED_T = np.array([0, 2, -100])
 MASKED_IGN = np.array([[-np.inf, 0.0, 1.0], [0.5, 0.2, -1.0]])  # row 0 ignored, its column 0 masked
@@ -638,6 +646,10 @@ PROBES = {
     "GPT.generate-generator-seed": (lambda: tiny_gpt().generate(np.array([[1, 2]]), 2, greedy=False, generator=0),
                                     Raises(TypeError, r"GPT.generate: expected generator to be a NumPy Generator .*got int")),
     "GPTConfig-dropout-str": (lambda: nn.GPTConfig(dropout="0.1"), Raises(TypeError, r"GPTConfig: expected dropout to be a real number in \[0, 1\), got str '0.1'")),
+    "to-cpu-between-forward-and-backward": (lambda: moved_between_forward_and_backward(lambda m: m.to("cpu")),  # was a bare '@' TypeError
+                                            Raises(RuntimeError, r"Tanh\(\).backward: the module was moved by .to\(...\) after forward .*run forward again")),
+    "float-between-forward-and-backward": (lambda: moved_between_forward_and_backward(lambda m: m.float()),  # was a float64 .grad on float32 weights
+                                           Raises(RuntimeError, r"the module was moved by .to\(...\) after forward")),
 }
 
 
