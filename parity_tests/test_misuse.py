@@ -303,6 +303,20 @@ def moved_between_forward_and_backward(move):
     return m.backward(np.ones((3, 3)))
 
 
+def adam_state_left_behind():
+    """An Adam stepped on NumPy parameters, the model then moved to torch: its state stayed on NumPy (torch: the
+    state stays on the old device too, and its step fails naming the two devices)."""
+    m = nn.Linear(4, 3).double()
+    opt = optim.Adam(m.parameters())
+    m(X34)
+    m.backward(np.ones((3, 3)))
+    opt.step()
+    m.to("cpu")
+    m(T(X34))
+    m.backward(torch.ones(3, 3, dtype=torch.float64))
+    opt.step()
+
+
 MASKED = np.array([[0.0, -np.inf, 1.0], [-np.inf, 0.5, 2.0], [-np.inf, 1.0, 0.0]])  # masked logits
 MASKED_T = np.array([0, 2, -100])
 MASKED_IGN = np.array([[-np.inf, 0.0, 1.0], [0.5, 0.2, -1.0]])  # row 0 ignored, its column 0 masked
@@ -650,6 +664,9 @@ PROBES = {
                                             Raises(RuntimeError, r"Tanh\(\).backward: the module was moved by .to\(...\) after forward .*run forward again")),
     "float-between-forward-and-backward": (lambda: moved_between_forward_and_backward(lambda m: m.float()),  # was a float64 .grad on float32 weights
                                            Raises(RuntimeError, r"the module was moved by .to\(...\) after forward")),
+    "Adam-state-on-another-backend": (adam_state_left_behind,  # was numpy's 'Concatenation operation is not implemented'
+                                      Raises(ValueError, r"Adam.step: param_groups\[0\]\['params'\]\[0\]: expected its state exp_avg like the "
+                                                         r"parameter \(torch cpu\), got \(numpy\)")),
 }
 
 
