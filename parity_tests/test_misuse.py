@@ -667,6 +667,17 @@ PROBES = {
     "Adam-state-on-another-backend": (adam_state_left_behind,  # was numpy's 'Concatenation operation is not implemented'
                                       Raises(ValueError, r"Adam.step: param_groups\[0\]\['params'\]\[0\]: expected its state exp_avg like the "
                                                          r"parameter \(torch cpu\), got \(numpy\)")),
+    # NumPy integers where torch takes an int (np.argmax, array shapes, arithmetic on NumPy sizes): accepted as torch
+    "softmax-dim-numpy-int": (lambda: (F.softmax(X34, np.int64(1)), F.log_softmax_backward(G34, X34, np.int32(-1))),
+                              LikeTorch(lambda: (TF.softmax(T(X34), np.int64(1)),) + grad_of(lambda x: TF.log_softmax(x, -1), X34, g=G34))),
+    "conv2d-stride-numpy-int": (lambda: F.conv2d(X4D, X4D[:2, :, :2, :2], stride=np.int64(2), padding=(np.int64(1), 0)),
+                                LikeTorch(lambda: TF.conv2d(T(X4D), T(X4D[:2, :, :2, :2]), stride=np.int64(2), padding=(1, 0)))),
+    "conv2d-groups-adaptive-size-numpy-int": (lambda: (F.conv2d(X4D[:, :2], X4D[:, :1, :2, :2], groups=np.int64(2)),
+                                                       F.adaptive_avg_pool2d(X4D, (np.int64(2), None))),
+                                              LikeTorch(lambda: (TF.conv2d(T(X4D[:, :2]), T(X4D[:, :1, :2, :2]), groups=2),
+                                                                 TF.adaptive_avg_pool2d(T(X4D), (2, None))))),
+    "max_pool2d-kernel-numpy-int": (lambda: nn.MaxPool2d(np.int64(2))(X4D),
+                                    LikeTorch(lambda: torch.nn.MaxPool2d(np.int64(2))(T(X4D)))),
 }
 
 
