@@ -463,7 +463,7 @@ PROBES = {
                                   Raises(RuntimeError, r"total norm of order 2.0 .* is inf")),
     # -- mixed backends and devices -------------------------------------------------------------
     "relu_backward-numpy-grad-torch-input": (lambda: F.relu_backward(np.ones(3), torch.ones(3, dtype=torch.float64)),
-                                             Raises(TypeError, r"mixed backends: expected every array on numpy .* got a torch array as argument 2")),
+                                             Raises(TypeError, r"mixed backends: expected every array on numpy .* got a torch array as input")),
     "Linear-numpy-model-torch-input": (lambda: nn.Linear(4, 3).double()(torch.tensor(X34)),
                                        Raises(TypeError, r"expected an input on NumPy \(where the parameters are\), got one on torch cpu")),
     "mse_loss-numpy-torch": (lambda: F.mse_loss(X34, torch.tensor(X34)), Raises(TypeError, r"mixed backends")),
@@ -678,6 +678,16 @@ PROBES = {
                                                                  TF.adaptive_avg_pool2d(T(X4D), (2, None))))),
     "max_pool2d-kernel-numpy-int": (lambda: nn.MaxPool2d(np.int64(2))(X4D),
                                     LikeTorch(lambda: torch.nn.MaxPool2d(np.int64(2))(T(X4D)))),
+    # mixed backends named by the argument's name: 'argument 2' counted the op's internal check, not its signature
+    "layer_norm-numpy-weight-torch-input": (lambda: F.layer_norm(T(X34), (4,), np.ones(4)),
+                                            Raises(TypeError, r"layer_norm: mixed backends: expected every array on torch \(like input\), "
+                                                              r"got a numpy array as weight")),
+    "batch_norm_backward-numpy-bias": (lambda: F.batch_norm_backward(T(X34), T(X34), None, None, T(np.ones(4)), np.zeros(4), training=True),
+                                       Raises(TypeError, r"batch_norm_backward: mixed backends: .* got a numpy array as bias")),
+    "dropout-numpy-mask-torch-input": (lambda: F.dropout(T(X34), 0.5, mask=np.ones((3, 4), bool)),
+                                       Raises(TypeError, r"dropout: mixed backends: .* got a numpy array as mask")),
+    "bce-numpy-pos_weight": (lambda: F.binary_cross_entropy_with_logits(T(X34), T(X34 * 0), pos_weight=np.ones(4)),
+                             Raises(TypeError, r"binary_cross_entropy_with_logits: mixed backends: .* got a numpy array as pos_weight")),
 }
 
 

@@ -22,7 +22,7 @@ from .._backend import check_float, check_same_dtype, namespace
 def _backward_args(op, grad_output, input, output=None):
     """Namespace of a backward's arrays, checking grad_output against the input (or output=):
     same backend, device, dtype and shape, so nothing broadcasts or promotes silently."""
-    xp = namespace(grad_output, input, output, op=op)
+    xp = namespace(grad_output, input, output, op=op, names=("grad_output", "input", "output"))
     ref = output if output is not None else input
     if ref is None:
         raise TypeError(f"{op}: expected the forward's input (or its output=), got neither")

@@ -55,7 +55,8 @@ def _numel(x):
 
 def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean", pos_weight=None):
     """l = -w [p t log s(x) + (1 - t) log(1 - s(x))], p = pos_weight, via softplus(-x) = log1p(e^-|x|) + max(-x, 0)."""
-    xp = namespace(input, target, weight, pos_weight, op="binary_cross_entropy_with_logits")
+    xp = namespace(input, target, weight, pos_weight, op="binary_cross_entropy_with_logits",
+                   names=("input", "target", "weight", "pos_weight"))
     _check_bce("binary_cross_entropy_with_logits", input, target, weight, pos_weight, reduction)
     softplus_neg = xp.log1p(xp.exp(-xp.abs(input))) + xp.clip(-input, min=0.0)  # -log s(x), never overflows
     if pos_weight is None:
@@ -71,7 +72,8 @@ def binary_cross_entropy_with_logits_backward(
     grad_output, input, target, weight=None, reduction="mean", pos_weight=None
 ):
     """d l/dx = w [(1 + (p - 1) t) s(x) - p t]  (= w (s(x) - t) when p = 1)."""
-    namespace(grad_output, input, target, weight, pos_weight, op="binary_cross_entropy_with_logits_backward")
+    namespace(grad_output, input, target, weight, pos_weight, op="binary_cross_entropy_with_logits_backward",
+              names=("grad_output", "input", "target", "weight", "pos_weight"))
     _check_bce("binary_cross_entropy_with_logits_backward", input, target, weight, pos_weight, reduction)
     check_grad_output("binary_cross_entropy_with_logits_backward", grad_output, input.shape, reduction)
     check_same_dtype("binary_cross_entropy_with_logits_backward", grad_output=grad_output, input=input)
