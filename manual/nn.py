@@ -267,9 +267,12 @@ class Module:
 
     # -- placement -------------------------------------------------------------------------
     def to(self, *args, device=None, dtype=None):
-        """Move to a backend/device and/or dtype: .to("cuda"), .to("float64"), .to(device="numpy", dtype=...)."""
+        """Move to a backend/device and/or dtype: .to("cuda"), .to("float64"), .to(device="numpy", dtype=...);
+        .to(array): that array's backend, device and dtype (torch's .to(tensor))."""
         for a in args:
-            if _is_dtype(a) or _looks_like_dtype(a):
+            if B._is_array(a):
+                device, dtype = B.device_of(a), a.dtype
+            elif _is_dtype(a) or _looks_like_dtype(a):
                 dtype = a
             else:
                 device = a

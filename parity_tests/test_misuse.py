@@ -688,6 +688,14 @@ PROBES = {
                                        Raises(TypeError, r"dropout: mixed backends: .* got a numpy array as mask")),
     "bce-numpy-pos_weight": (lambda: F.binary_cross_entropy_with_logits(T(X34), T(X34 * 0), pos_weight=np.ones(4)),
                              Raises(TypeError, r"binary_cross_entropy_with_logits: mixed backends: .* got a numpy array as pos_weight")),
+    "Module.to-a-tensor": (  # torch: the tensor's dtype and device (was NumPy's 'Could not convert tensor')
+        lambda: (lambda w: (w, T(float(isinstance(w, torch.Tensor)), dtype=torch.float64)))(
+            nn.Linear(2, 2, generator=np.random.default_rng(0)).to(torch.zeros(1, dtype=torch.float64)).weight.data),
+        LikeTorch(lambda: (T(nn.Linear(2, 2, generator=np.random.default_rng(0)).weight.data, dtype=torch.float64), T(1.0, dtype=torch.float64)))),
+    "Module.to-a-float16-array": (lambda: nn.Linear(2, 2).to(np.zeros(1, np.float16)),
+                                  Raises(TypeError, r"dtype: expected float32 or float64, got dtype\('float16'\)")),
+    "CrossEntropyLoss-weight-list": (lambda: nn.CrossEntropyLoss(weight=[1.0, 1.0, 1.0, 1.0])(X34, np.array([0, 1, 2])),
+                                     Raises(TypeError, r"cross_entropy: expected a NumPy array or a torch tensor as weight, got list")),
 }
 
 

@@ -109,7 +109,7 @@ def _broadcasts(shape, to):
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
     """l_i = -(1 - eps) w_y log p_y - (eps/C) sum_c w_c log p_c,  p = softmax(x) over classes."""
-    xp = namespace(input, target, weight, op="cross_entropy")
+    xp = namespace(input, target, weight, op="cross_entropy", names=("input", "target", "weight"))
     ignore_index = B.as_int("cross_entropy", "ignore_index", ignore_index)
     x2, t, C, is_index = _ce_prepare("cross_entropy", xp, input, target, weight, ignore_index, reduction, label_smoothing)
     logp = log_softmax(x2, -1)  # (M, C)
@@ -151,7 +151,8 @@ def cross_entropy_backward(
         l_i = -sum_c w_c t'_c log p_c,    dl_i/dx = (sum_c w_c t'_c) p - w t'
       reduction="mean" divides by the number of rows.
     """
-    xp = namespace(grad_output, input, target, weight, op="cross_entropy_backward")
+    xp = namespace(grad_output, input, target, weight, op="cross_entropy_backward",
+                   names=("grad_output", "input", "target", "weight"))
     ignore_index = B.as_int("cross_entropy_backward", "ignore_index", ignore_index)
     x2, t, C, is_index = _ce_prepare(
         "cross_entropy_backward", xp, input, target, weight, ignore_index, reduction, label_smoothing
