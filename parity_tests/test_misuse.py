@@ -696,6 +696,10 @@ PROBES = {
                                   Raises(TypeError, r"dtype: expected float32 or float64, got dtype\('float16'\)")),
     "CrossEntropyLoss-weight-list": (lambda: nn.CrossEntropyLoss(weight=[1.0, 1.0, 1.0, 1.0])(X34, np.array([0, 1, 2])),
                                      Raises(TypeError, r"cross_entropy: expected a NumPy array or a torch tensor as weight, got list")),
+    "LinearLR-start_factor-str": (lambda: optim.lr_scheduler.LinearLR(optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1), start_factor="0.5"),
+                                  Raises(TypeError, r"LinearLR: expected start_factor to be a real number, got str '0.5'")),  # torch: bare '>'
+    "CosineAnnealingLR-eta_min-str": (lambda: optim.lr_scheduler.CosineAnnealingLR(optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1), 10, eta_min="0"),
+                                      Raises(TypeError, r"CosineAnnealingLR: expected eta_min to be a real number, got str '0'")),  # torch: at step 1
 }
 
 

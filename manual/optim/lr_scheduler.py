@@ -95,6 +95,13 @@ def _check_optimizer(sched, optimizer):
         raise TypeError(f"{type(sched).__name__}: expected a manual.optim.Optimizer, got {type(optimizer).__name__}")
 
 
+def _check_real(sched, **values):
+    """A factor or a learning rate a real number (a NumPy one too), named, not a bare comparison error."""
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{type(sched).__name__}: expected {name} to be a real number, got {type(v).__name__} {v!r}")
+
+
 class LambdaLR(LRScheduler):
     """lr = base_lr * lr_lambda(last_epoch)."""
 
@@ -138,6 +145,7 @@ class LinearLR(LRScheduler):
     """
 
     def __init__(self, optimizer, start_factor=1.0 / 3, end_factor=1.0, total_iters=5, last_epoch=-1):
+        _check_real(self, start_factor=start_factor, end_factor=end_factor)
         if not 0 < start_factor <= 1:
             raise ValueError(f"LinearLR: expected start_factor in (0, 1], got {start_factor}")
         if not 0 <= end_factor <= 1:
@@ -166,6 +174,7 @@ class CosineAnnealingLR(LRScheduler):
     def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):
         if not isinstance(T_max, numbers.Integral) or isinstance(T_max, bool) or T_max < 1:
             raise ValueError(f"CosineAnnealingLR: expected T_max a positive int (steps), got {T_max!r}")
+        _check_real(self, eta_min=eta_min)
         self.T_max, self.eta_min = int(T_max), eta_min  # a NumPy integer too (torch takes it), kept as an int
         super().__init__(optimizer, last_epoch)
 
