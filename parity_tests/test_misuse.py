@@ -700,6 +700,10 @@ PROBES = {
                                   Raises(TypeError, r"LinearLR: expected start_factor to be a real number, got str '0.5'")),  # torch: bare '>'
     "CosineAnnealingLR-eta_min-str": (lambda: optim.lr_scheduler.CosineAnnealingLR(optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1), 10, eta_min="0"),
                                       Raises(TypeError, r"CosineAnnealingLR: expected eta_min to be a real number, got str '0'")),  # torch: at step 1
+    # torch broadcasts (3,) against (3, 1) to (3, 3) with a warning: manual refuses, and says what torch would have done
+    "MSELoss-target-N-vs-N1": (lambda: nn.MSELoss()(X34[:, 0].copy(), X34[:, :1].copy()),
+                               Raises(ValueError, r"mse_loss: expected target of shape \(3,\) \(the input's\), got \(3, 1\): torch would "
+                                                  r"broadcast the two to \(3, 3\)")),
 }
 
 

@@ -40,6 +40,15 @@ def _mse_loss_backward(grad_output, input, target, reduction):
 
 def _check_mse(op, input, target, reduction):
     check_reduction(op, reduction)
+    if input.shape != target.shape:
+        try:  # torch broadcasts them, with only a warning: (N,) against (N, 1) is an (N, N) loss, almost always a bug
+            wide = np.broadcast_shapes(tuple(input.shape), tuple(target.shape))
+        except ValueError:
+            wide = None
+        if wide is not None:
+            raise ValueError(f"{op}: expected target of shape {tuple(input.shape)} (the input's), got "
+                             f"{tuple(target.shape)}: torch would broadcast the two to {wide} (with a warning); "
+                             "reshape one of them")
     check_same_shape(op, input, target)
     check_same_dtype(op, input=input, target=target)
 
