@@ -43,8 +43,10 @@ def _is_array(x) -> bool:
     return isinstance(x, (np.ndarray, np.generic)) or (torch is not None and isinstance(x, torch.Tensor))
 
 
-def namespace(*arrays, op: str = "manual"):
+def namespace(*arrays, op: str = "manual", names=None):
     """The Array API namespace of `arrays`, all of which must share one backend and device.
+
+    names: the arguments' names, for the error (else "argument i", counting `arrays`).
 
     Cached per array type: `array_namespace` costs microseconds per call, and the hot
     path (one training step of a small MLP) makes dozens of calls. The common case (every
@@ -67,24 +69,25 @@ def namespace(*arrays, op: str = "manual"):
                     break
             else:
                 return xp
-    return _namespace_checked(arrays, op)
+    return _namespace_checked(arrays, op, names)
 
 
-def _namespace_checked(arrays, op):
+def _namespace_checked(arrays, op, names=None):
     """The slow path of `namespace`: validate every argument and explain what is wrong."""
     first = None
+    arg = (lambda i: names[i - 1]) if names else (lambda i: f"argument {i}")  # noqa: E731
     for i, a in enumerate(arrays, 1):
         if a is None:
             continue
         if not _is_array(a):
-            raise TypeError(f"{op}: expected a NumPy array or a torch tensor as argument {i}, got {type(a).__name__}")
+            raise TypeError(f"{op}: expected a NumPy array or a torch tensor as {arg(i)}, got {type(a).__name__}")
         if first is None:
-            first = a
+            first, like = a, (names[i - 1] if names else "the first argument")
             continue
         if backend_name(a) != backend_name(first):
             raise TypeError(
                 f"{op}: mixed backends: expected every array on {backend_name(first)} "
-                f"(like the first argument), got a {backend_name(a)} array as argument {i}"
+                f"(like {like}), got a {backend_name(a)} array as {arg(i)}"
             )
         if backend_name(a) == "torch" and a.device != first.device:
             raise ValueError(

@@ -52,6 +52,9 @@ class GPTConfig:
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: expected n_embd divisible by n_head, got n_embd={self.n_embd}, "
                              f"n_head={self.n_head}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real):
+            raise TypeError(f"GPTConfig: expected dropout to be a real number in [0, 1), got "
+                            f"{type(self.dropout).__name__} {self.dropout!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig: expected dropout in [0, 1), got {self.dropout!r}")
 
@@ -269,8 +272,12 @@ class GPT(Module):
                             f"{type(max_new_tokens).__name__} {max_new_tokens!r}")
         if max_new_tokens < 0:
             raise ValueError(f"GPT.generate: expected max_new_tokens to be an integer >= 0, got {max_new_tokens}")
+        temperature = B.as_float("GPT.generate", "temperature", temperature)
         if not temperature > 0:  # 0: logits / 0 are inf or NaN (torch.multinomial refuses those)
             raise ValueError(f"GPT.generate: expected temperature > 0, got {temperature!r}")
+        if generator is not None and not isinstance(generator, np.random.Generator):
+            raise TypeError(f"GPT.generate: expected generator to be a NumPy Generator (np.random.default_rng(seed)) "
+                            f"or None, got {type(generator).__name__} {generator!r}")
         was = self.training
         self.eval()
         try:

@@ -267,9 +267,12 @@ class Module:
 
     # -- placement -------------------------------------------------------------------------
     def to(self, *args, device=None, dtype=None):
-        """Move to a backend/device and/or dtype: .to("cuda"), .to("float64"), .to(device="numpy", dtype=...)."""
+        """Move to a backend/device and/or dtype: .to("cuda"), .to("float64"), .to(device="numpy", dtype=...);
+        .to(array): that array's backend, device and dtype (torch's .to(tensor))."""
         for a in args:
-            if _is_dtype(a) or _looks_like_dtype(a):
+            if B._is_array(a):
+                device, dtype = B.device_of(a), a.dtype
+            elif _is_dtype(a) or _looks_like_dtype(a):
                 dtype = a
             else:
                 device = a
@@ -277,11 +280,13 @@ class Module:
             B.dtype_name(dtype)  # "float16" and friends: a dtype error naming what is supported
         if device is not None:
             B.parse_device(device)
+        moved = False
         for _, m in self.named_modules():
             for p in m._parameters.values():
                 dev = B.device_of(p.data) if device is None else device
                 dt = p.data.dtype if dtype is None else dtype
-                p.data = B.place(p.data, dev, dt)
+                old, p.data = p.data, B.place(p.data, dev, dt)
+                moved = moved or _placement(old) != _placement(p.data)
                 if p.grad is not None:
                     p.grad = B.place(p.grad, dev, dt)
             for name, b in list(m._buffers.items()):
@@ -293,6 +298,13 @@ class Module:
                                           else B.torch.as_tensor(B.to_numpy(b), device=tdev))
                         continue
                     m.register_buffer(name, B.place(b, dev, b.dtype if dtype is None else dtype))
+                    moved = moved or _placement(b) != _placement(m._buffers[name])
+        if moved:  # what forward saved is on the old backend, device or dtype: backward would mix the two
+            for _, m in self.named_modules():
+                d = m.__dict__
+                for k, v in list(d.items()):
+                    if k.startswith("_") and type(v) is tuple and len(v) == 3 and B._is_array(v[0]):
+                        d[k] = _MOVED
         return self
 
     def double(self):
@@ -311,7 +323,7 @@ class Module:
         return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
 
 
-_NEVER, _NO_GRAD, _FREED = "never", "no_grad", "freed"  # why _saved found no entry
+_NEVER, _NO_GRAD, _FREED, _MOVED = "never", "no_grad", "freed", "moved"  # why _saved found no entry
 _IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])  # load_state_dict's result
 
 try:
@@ -327,7 +339,14 @@ def _changed(a0, s0, a1, s1):
     return not ((a0 == s0 or (a0 != a0 and s0 != s0)) and (a1 == s1 or (a1 != a1 and s1 != s1)))
 
 
+def _placement(a):
+    return type(a), getattr(a, "device", None), a.dtype
+
+
 def _unsaved_message(module, why):
+    if why == _MOVED:
+        return (f"{module!r}.backward: the module was moved by .to(...) after forward (another backend, device or "
+                "dtype), so what forward saved is still on the old placement: run forward again after moving it")
     if why == _NO_GRAD:
         return (f"{module!r}.backward: the last forward ran under manual.no_grad(), which saves nothing for "
                 "backward: run forward again outside no_grad() before backward")

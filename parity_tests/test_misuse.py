@@ -254,6 +254,69 @@ def torch_ce_smoothing_ignore_weight():
     return grad_of(lambda x: TF.cross_entropy(x, T([0, -100, 2]), weight=T(a(0.5, 2.0, 1.0, 0.1)), label_smoothing=0.1), X34)
 
 
+def cosine_lrs(lib, T_max):
+    """The lr of 6 steps of CosineAnnealingLR(T_max) on SGD(lr=0.1), optimizer.step() first, as torch asks."""
+    w = nn.Parameter(np.zeros(2)) if lib is optim else torch.zeros(2, requires_grad=True)
+    opt = lib.SGD([w], lr=0.1)
+    sched = lib.lr_scheduler.CosineAnnealingLR(opt, T_max=T_max)
+    lrs = []
+    for _ in range(6):
+        opt.step()
+        sched.step()
+        lrs += sched.get_last_lr()
+    return np.array(lrs) if lib is optim else T(lrs, dtype=torch.float64)
+
+
+def scheduler_before_optimizer():
+    opt = optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1)
+    optim.lr_scheduler.LinearLR(opt).step()  # no opt.step() yet: the first lr of the schedule is skipped
+
+
+def sequential(opt, n):
+    s = optim.lr_scheduler
+    return s.SequentialLR(opt, [s.LinearLR(opt) for _ in range(n)], milestones=list(range(2, 2 * n, 2)))
+
+
+def sequential_loads_other_count():
+    opt = optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1)
+    sequential(opt, 2).load_state_dict(sequential(opt, 3).state_dict())
+
+
+def gpt_empty_sequence(manual):
+    """Logits and the tied weight's gradient of a GPT on (1, 0) token ids (nothing to attend to)."""
+    m = tiny_gpt()
+    if manual:
+        y = m(np.zeros((1, 0), np.int64))
+        m.backward(np.ones_like(y))
+        return y, m.transformer.wte.weight.grad
+    t = torch_ref.twin(m)
+    y = t(torch.zeros((1, 0), dtype=torch.int64))
+    y.backward(torch.ones_like(y))
+    return y, t.transformer.wte.weight.grad
+
+
+def moved_between_forward_and_backward(move):
+    """forward on NumPy float64, then the model moved (.to("cpu") or .float()), then backward."""
+    m = nn.Sequential(nn.Linear(4, 3), nn.Tanh()).double()
+    m(X34)
+    move(m)
+    return m.backward(np.ones((3, 3)))
+
+
+def adam_state_left_behind():
+    """An Adam stepped on NumPy parameters, the model then moved to torch: its state stayed on NumPy (torch: the
+    state stays on the old device too, and its step fails naming the two devices)."""
+    m = nn.Linear(4, 3).double()
+    opt = optim.Adam(m.parameters())
+    m(X34)
+    m.backward(np.ones((3, 3)))
+    opt.step()
+    m.to("cpu")
+    m(T(X34))
+    m.backward(torch.ones(3, 3, dtype=torch.float64))
+    opt.step()
+
+
 MASKED = np.array([[0.0, -np.inf, 1.0], [-np.inf, 0.5, 2.0], [-np.inf, 1.0, 0.0]])  # masked logits
 MASKED_T = np.array([0, 2, -100])
 MASKED_IGN = np.array([[-np.inf, 0.0, 1.0], [0.5, 0.2, -1.0]])  # row 0 ignored, its column 0 masked
@@ -400,7 +463,7 @@ PROBES = {
                                   Raises(RuntimeError, r"total norm of order 2.0 .* is inf")),
     # -- mixed backends and devices -------------------------------------------------------------
     "relu_backward-numpy-grad-torch-input": (lambda: F.relu_backward(np.ones(3), torch.ones(3, dtype=torch.float64)),
-                                             Raises(TypeError, r"mixed backends: expected every array on numpy .* got a torch array as argument 2")),
+                                             Raises(TypeError, r"mixed backends: expected every array on numpy .* got a torch array as input")),
     "Linear-numpy-model-torch-input": (lambda: nn.Linear(4, 3).double()(torch.tensor(X34)),
                                        Raises(TypeError, r"expected an input on NumPy \(where the parameters are\), got one on torch cpu")),
     "mse_loss-numpy-torch": (lambda: F.mse_loss(X34, torch.tensor(X34)), Raises(TypeError, r"mixed backends")),
@@ -573,6 +636,74 @@ PROBES = {
                            Raises(TypeError, r"torch_ref.twin: expected a manual model \(a manual.nn.Module\), got function")),
     "Parameter-of-a-list": (lambda: nn.Parameter([1.0, 2.0]), Raises(TypeError, r"expected a NumPy array or a torch tensor, got list")),
     "Parameter-requires-grad": (lambda: nn.Parameter(torch.zeros(2, requires_grad=True)), Raises(ValueError, r"requires_grad=False .* pass t.detach\(\)")),
+    # -- helper-22: dtypes, schedulers, GPT ---------------------------------------------------
+    # torch: 'result type Float can't be cast to the desired output type Long'; manual returned float64
+    "dropout-int": (lambda: F.dropout(np.arange(4), 0.5), Raises(TypeError, r"dropout: expected input of dtype float32 or float64 .* got int64")),
+    "Dropout-bool": (lambda: nn.Dropout()(X34 > 0), Raises(TypeError, r"expected input of dtype float32 or float64 .* got bool")),
+    "dropout_backward-float16": (lambda: F.dropout_backward(X34.astype(np.float16), X34.astype(np.float16), 0.0),
+                                 Raises(TypeError, r"dropout_backward: expected input of dtype float32 or float64 .* got float16")),
+    "dropout-torch-complex": (lambda: F.dropout(torch.zeros(3, dtype=torch.complex64), 0.5),
+                              Raises(TypeError, r"dropout: expected input of dtype float32 or float64 .* got torch.complex64")),
+    "CosineAnnealingLR-T_max-numpy-int": (lambda: cosine_lrs(optim, np.int64(4)), LikeTorch(lambda: cosine_lrs(torch.optim, np.int64(4)))),
+    "scheduler-step-before-optimizer-step": (scheduler_before_optimizer, Warns(r"lr_scheduler.step\(\)` before `optimizer.step\(\)")),
+    "SequentialLR-load-other-scheduler-count": (sequential_loads_other_count,  # torch: 'list index out of range'
+                                                Raises(ValueError, r"SequentialLR.load_state_dict: expected the state of 2 schedulers, got 3")),
+    "SequentialLR-milestones-decreasing": (  # torch: accepted, then bisect on an unsorted list picks the schedulers
+        lambda: (lambda o: optim.lr_scheduler.SequentialLR(o, [optim.lr_scheduler.LinearLR(o) for _ in range(3)], milestones=[5, 3]))(
+            optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1)),
+        Raises(ValueError, r"SequentialLR: expected milestones in increasing order, got \[5, 3\]")),
+    "LambdaLR-optimizer-None": (lambda: optim.lr_scheduler.LambdaLR(None, lambda t: 1.0),  # was 'NoneType' object has no attribute
+                                Raises(TypeError, r"LambdaLR: expected a manual.optim.Optimizer, got NoneType")),
+    "GPT-empty-sequence": (lambda: gpt_empty_sequence(True), LikeTorch(lambda: gpt_empty_sequence(False))),  # was 'list index out of range'
+    "GPT.generate-temperature-str": (lambda: tiny_gpt().generate(np.array([[1, 2]]), 2, temperature="1"),
+                                     Raises(TypeError, r"GPT.generate: expected temperature to be a real number, got str '1'")),
+    "GPT.generate-generator-seed": (lambda: tiny_gpt().generate(np.array([[1, 2]]), 2, greedy=False, generator=0),
+                                    Raises(TypeError, r"GPT.generate: expected generator to be a NumPy Generator .*got int")),
+    "GPTConfig-dropout-str": (lambda: nn.GPTConfig(dropout="0.1"), Raises(TypeError, r"GPTConfig: expected dropout to be a real number in \[0, 1\), got str '0.1'")),
+    "to-cpu-between-forward-and-backward": (lambda: moved_between_forward_and_backward(lambda m: m.to("cpu")),  # was a bare '@' TypeError
+                                            Raises(RuntimeError, r"Tanh\(\).backward: the module was moved by .to\(...\) after forward .*run forward again")),
+    "float-between-forward-and-backward": (lambda: moved_between_forward_and_backward(lambda m: m.float()),  # was a float64 .grad on float32 weights
+                                           Raises(RuntimeError, r"the module was moved by .to\(...\) after forward")),
+    "Adam-state-on-another-backend": (adam_state_left_behind,  # was numpy's 'Concatenation operation is not implemented'
+                                      Raises(ValueError, r"Adam.step: param_groups\[0\]\['params'\]\[0\]: expected its state exp_avg like the "
+                                                         r"parameter \(torch cpu\), got \(numpy\)")),
+    # NumPy integers where torch takes an int (np.argmax, array shapes, arithmetic on NumPy sizes): accepted as torch
+    "softmax-dim-numpy-int": (lambda: (F.softmax(X34, np.int64(1)), F.log_softmax_backward(G34, X34, np.int32(-1))),
+                              LikeTorch(lambda: (TF.softmax(T(X34), np.int64(1)),) + grad_of(lambda x: TF.log_softmax(x, -1), X34, g=G34))),
+    "conv2d-stride-numpy-int": (lambda: F.conv2d(X4D, X4D[:2, :, :2, :2], stride=np.int64(2), padding=(np.int64(1), 0)),
+                                LikeTorch(lambda: TF.conv2d(T(X4D), T(X4D[:2, :, :2, :2]), stride=np.int64(2), padding=(1, 0)))),
+    "conv2d-groups-adaptive-size-numpy-int": (lambda: (F.conv2d(X4D[:, :2], X4D[:, :1, :2, :2], groups=np.int64(2)),
+                                                       F.adaptive_avg_pool2d(X4D, (np.int64(2), None))),
+                                              LikeTorch(lambda: (TF.conv2d(T(X4D[:, :2]), T(X4D[:, :1, :2, :2]), groups=2),
+                                                                 TF.adaptive_avg_pool2d(T(X4D), (2, None))))),
+    "max_pool2d-kernel-numpy-int": (lambda: nn.MaxPool2d(np.int64(2))(X4D),
+                                    LikeTorch(lambda: torch.nn.MaxPool2d(np.int64(2))(T(X4D)))),
+    # mixed backends named by the argument's name: 'argument 2' counted the op's internal check, not its signature
+    "layer_norm-numpy-weight-torch-input": (lambda: F.layer_norm(T(X34), (4,), np.ones(4)),
+                                            Raises(TypeError, r"layer_norm: mixed backends: expected every array on torch \(like input\), "
+                                                              r"got a numpy array as weight")),
+    "batch_norm_backward-numpy-bias": (lambda: F.batch_norm_backward(T(X34), T(X34), None, None, T(np.ones(4)), np.zeros(4), training=True),
+                                       Raises(TypeError, r"batch_norm_backward: mixed backends: .* got a numpy array as bias")),
+    "dropout-numpy-mask-torch-input": (lambda: F.dropout(T(X34), 0.5, mask=np.ones((3, 4), bool)),
+                                       Raises(TypeError, r"dropout: mixed backends: .* got a numpy array as mask")),
+    "bce-numpy-pos_weight": (lambda: F.binary_cross_entropy_with_logits(T(X34), T(X34 * 0), pos_weight=np.ones(4)),
+                             Raises(TypeError, r"binary_cross_entropy_with_logits: mixed backends: .* got a numpy array as pos_weight")),
+    "Module.to-a-tensor": (  # torch: the tensor's dtype and device (was NumPy's 'Could not convert tensor')
+        lambda: (lambda w: (w, T(float(isinstance(w, torch.Tensor)), dtype=torch.float64)))(
+            nn.Linear(2, 2, generator=np.random.default_rng(0)).to(torch.zeros(1, dtype=torch.float64)).weight.data),
+        LikeTorch(lambda: (T(nn.Linear(2, 2, generator=np.random.default_rng(0)).weight.data, dtype=torch.float64), T(1.0, dtype=torch.float64)))),
+    "Module.to-a-float16-array": (lambda: nn.Linear(2, 2).to(np.zeros(1, np.float16)),
+                                  Raises(TypeError, r"dtype: expected float32 or float64, got dtype\('float16'\)")),
+    "CrossEntropyLoss-weight-list": (lambda: nn.CrossEntropyLoss(weight=[1.0, 1.0, 1.0, 1.0])(X34, np.array([0, 1, 2])),
+                                     Raises(TypeError, r"cross_entropy: expected a NumPy array or a torch tensor as weight, got list")),
+    "LinearLR-start_factor-str": (lambda: optim.lr_scheduler.LinearLR(optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1), start_factor="0.5"),
+                                  Raises(TypeError, r"LinearLR: expected start_factor to be a real number, got str '0.5'")),  # torch: bare '>'
+    "CosineAnnealingLR-eta_min-str": (lambda: optim.lr_scheduler.CosineAnnealingLR(optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1), 10, eta_min="0"),
+                                      Raises(TypeError, r"CosineAnnealingLR: expected eta_min to be a real number, got str '0'")),  # torch: at step 1
+    # torch broadcasts (3,) against (3, 1) to (3, 3) with a warning: manual refuses, and says what torch would have done
+    "MSELoss-target-N-vs-N1": (lambda: nn.MSELoss()(X34[:, 0].copy(), X34[:, :1].copy()),
+                               Raises(ValueError, r"mse_loss: expected target of shape \(3,\) \(the input's\), got \(3, 1\): torch would "
+                                                  r"broadcast the two to \(3, 3\)")),
 }
 
 

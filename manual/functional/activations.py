@@ -11,6 +11,10 @@ times faster in NumPy and equally exact. Inputs must be float32 or float64 (chec
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
+
 from .. import _backend as B
 from .._backend import check_float, check_same_dtype, namespace
 
@@ -18,7 +22,7 @@ from .._backend import check_float, check_same_dtype, namespace
 def _backward_args(op, grad_output, input, output=None):
     """Namespace of a backward's arrays, checking grad_output against the input (or output=):
     same backend, device, dtype and shape, so nothing broadcasts or promotes silently."""
-    xp = namespace(grad_output, input, output, op=op)
+    xp = namespace(grad_output, input, output, op=op, names=("grad_output", "input", "output"))
     ref = output if output is not None else input
     if ref is None:
         raise TypeError(f"{op}: expected the forward's input (or its output=), got neither")
@@ -171,12 +175,14 @@ def tanh_backward(grad_output, input=None, *, output=None):
 
 def _check_dim(op, x, dim):
     """dim as torch takes it: an int in [-ndim, ndim), and 0 or -1 for a 0-d input (a 1-element axis)."""
-    if not isinstance(dim, int) or isinstance(dim, bool):
+    if not isinstance(dim, numbers.Integral) or isinstance(dim, (bool, np.bool_)):  # np.int64 too, as torch
         hint = " (torch's implicit choice of dim is deprecated: pass dim=)" if dim is None else ""
         raise TypeError(f"{op}: expected dim to be an int, got {type(dim).__name__} {dim!r}{hint}")
+    dim = int(dim)
     n = max(x.ndim, 1)
     if not -n <= dim < n:
         raise IndexError(f"{op}: expected dim in [{-n}, {n}) for input of shape {tuple(x.shape)}, got {dim}")
+    return dim
 
 
 def _edge(x, dim):
@@ -219,7 +225,7 @@ def softmax(input, dim, dtype=None):
     input = _cast("softmax", input, dtype)
     xp = namespace(input, op="softmax")
     check_float("softmax", input)
-    _check_dim("softmax", input, dim)
+    dim = _check_dim("softmax", input, dim)
     if _edge(input, dim):  # 0-d: softmax of one value is 1; an empty dim: nothing to normalise
         return xp.reshape(softmax(xp.reshape(input, (1,)), 0), ()) if input.ndim == 0 else input + 0
     e = xp.exp(input - xp.max(input, axis=dim, keepdims=True))
@@ -231,7 +237,7 @@ def softmax_backward(grad_output, input=None, dim=-1, *, output=None, dtype=None
     returned in x's; with output= and no input, input_dtype= names x's dtype)."""
     input, back = _backward_cast("softmax_backward", input, dtype, input_dtype)
     xp = _backward_args("softmax_backward", grad_output, input, output)
-    _check_dim("softmax_backward", grad_output, dim)
+    dim = _check_dim("softmax_backward", grad_output, dim)
     y = softmax(input, dim) if output is None else output
     if grad_output.ndim == 0:
         dx = y * (grad_output - grad_output * y)
@@ -245,7 +251,7 @@ def log_softmax(input, dim, dtype=None):
     input = _cast("log_softmax", input, dtype)
     xp = namespace(input, op="log_softmax")
     check_float("log_softmax", input)
-    _check_dim("log_softmax", input, dim)
+    dim = _check_dim("log_softmax", input, dim)
     if _edge(input, dim):
         return xp.reshape(log_softmax(xp.reshape(input, (1,)), 0), ()) if input.ndim == 0 else input + 0
     shifted = input - xp.max(input, axis=dim, keepdims=True)
@@ -257,7 +263,7 @@ def log_softmax_backward(grad_output, input=None, dim=-1, *, output=None, dtype=
     returned in x's; with output= and no input, input_dtype= names x's dtype)."""
     input, back = _backward_cast("log_softmax_backward", input, dtype, input_dtype)
     xp = _backward_args("log_softmax_backward", grad_output, input, output)
-    _check_dim("log_softmax_backward", grad_output, dim)
+    dim = _check_dim("log_softmax_backward", grad_output, dim)
     p = softmax(input, dim) if output is None else xp.exp(output)
     if grad_output.ndim == 0:
         dx = grad_output - p * grad_output

@@ -35,7 +35,8 @@ def _shape(a):
 
 def _check(op, query, key, value, attn_mask, dropout_p, is_causal, scale, dropout_mask):
     """Validate the arguments; returns (xp, the output's leading shape, L, S)."""
-    xp = namespace(query, key, value, attn_mask, dropout_mask, op=op)
+    xp = namespace(query, key, value, attn_mask, dropout_mask, op=op,
+                   names=("query", "key", "value", "attn_mask", "dropout_mask"))
     check_same_dtype(op, query=query, key=key, value=value)
     for name, a in (("query", query), ("key", key), ("value", value)):
         if a.ndim < 2:
@@ -119,6 +120,9 @@ def _weights(xp, query, key, attn_mask, is_causal, scale, stats=None):
     elif attn_mask is not None:
         s = s + attn_mask  # not in place: the mask may broadcast s to a larger shape
     if s.shape[-1] == 0:  # no keys: empty weights, so the output is 0 (as torch), and max has nothing to reduce
+        if stats is not None:  # (..., L, 1) statistics all the same: m = 0, z = 1 (a GPT on T = 0 tokens)
+            stats[:] = (xp.zeros(s.shape[:-1] + (1,), dtype=s.dtype, device=s.device),
+                        xp.ones(s.shape[:-1] + (1,), dtype=s.dtype, device=s.device))
         return s
     m = xp.max(s, axis=-1, keepdims=True)  # (..., L, 1); -inf for a row with every key masked
     if attn_mask is not None:
@@ -183,7 +187,7 @@ def scaled_dot_product_attention_backward(grad_output, query, key, value, attn_m
     """
     op = OP + "_backward"
     xp, lead, L, S = _check(op, query, key, value, attn_mask, dropout_p, is_causal, scale, dropout_mask)
-    namespace(grad_output, query, attn_weight, op=op)
+    namespace(grad_output, query, attn_weight, op=op, names=("grad_output", "query", "attn_weight"))
     expected = lead + (L, value.shape[-1])
     if _shape(grad_output) != expected:
         raise ValueError(f"{op}: expected grad_output of shape {expected} (the output's), got {_shape(grad_output)}")

@@ -40,6 +40,15 @@ def _mse_loss_backward(grad_output, input, target, reduction):
 
 def _check_mse(op, input, target, reduction):
     check_reduction(op, reduction)
+    if input.shape != target.shape:
+        try:  # torch broadcasts them, with only a warning: (N,) against (N, 1) is an (N, N) loss, almost always a bug
+            wide = np.broadcast_shapes(tuple(input.shape), tuple(target.shape))
+        except ValueError:
+            wide = None
+        if wide is not None:
+            raise ValueError(f"{op}: expected target of shape {tuple(input.shape)} (the input's), got "
+                             f"{tuple(target.shape)}: torch would broadcast the two to {wide} (with a warning); "
+                             "reshape one of them")
     check_same_shape(op, input, target)
     check_same_dtype(op, input=input, target=target)
 
@@ -55,7 +64,8 @@ def _numel(x):
 
 def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean", pos_weight=None):
     """l = -w [p t log s(x) + (1 - t) log(1 - s(x))], p = pos_weight, via softplus(-x) = log1p(e^-|x|) + max(-x, 0)."""
-    xp = namespace(input, target, weight, pos_weight, op="binary_cross_entropy_with_logits")
+    xp = namespace(input, target, weight, pos_weight, op="binary_cross_entropy_with_logits",
+                   names=("input", "target", "weight", "pos_weight"))
     _check_bce("binary_cross_entropy_with_logits", input, target, weight, pos_weight, reduction)
     softplus_neg = xp.log1p(xp.exp(-xp.abs(input))) + xp.clip(-input, min=0.0)  # -log s(x), never overflows
     if pos_weight is None:
@@ -71,7 +81,8 @@ def binary_cross_entropy_with_logits_backward(
     grad_output, input, target, weight=None, reduction="mean", pos_weight=None
 ):
     """d l/dx = w [(1 + (p - 1) t) s(x) - p t]  (= w (s(x) - t) when p = 1)."""
-    namespace(grad_output, input, target, weight, pos_weight, op="binary_cross_entropy_with_logits_backward")
+    namespace(grad_output, input, target, weight, pos_weight, op="binary_cross_entropy_with_logits_backward",
+              names=("grad_output", "input", "target", "weight", "pos_weight"))
     _check_bce("binary_cross_entropy_with_logits_backward", input, target, weight, pos_weight, reduction)
     check_grad_output("binary_cross_entropy_with_logits_backward", grad_output, input.shape, reduction)
     check_same_dtype("binary_cross_entropy_with_logits_backward", grad_output=grad_output, input=input)
@@ -107,7 +118,7 @@ def _broadcasts(shape, to):
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
     """l_i = -(1 - eps) w_y log p_y - (eps/C) sum_c w_c log p_c,  p = softmax(x) over classes."""
-    xp = namespace(input, target, weight, op="cross_entropy")
+    xp = namespace(input, target, weight, op="cross_entropy", names=("input", "target", "weight"))
     ignore_index = B.as_int("cross_entropy", "ignore_index", ignore_index)
     x2, t, C, is_index = _ce_prepare("cross_entropy", xp, input, target, weight, ignore_index, reduction, label_smoothing)
     logp = log_softmax(x2, -1)  # (M, C)
@@ -149,7 +160,8 @@ def cross_entropy_backward(
         l_i = -sum_c w_c t'_c log p_c,    dl_i/dx = (sum_c w_c t'_c) p - w t'
       reduction="mean" divides by the number of rows.
     """
-    xp = namespace(grad_output, input, target, weight, op="cross_entropy_backward")
+    xp = namespace(grad_output, input, target, weight, op="cross_entropy_backward",
+                   names=("grad_output", "input", "target", "weight"))
     ignore_index = B.as_int("cross_entropy_backward", "ignore_index", ignore_index)
     x2, t, C, is_index = _ce_prepare(
         "cross_entropy_backward", xp, input, target, weight, ignore_index, reduction, label_smoothing

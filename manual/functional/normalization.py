@@ -116,7 +116,7 @@ def _norm_backward_rows(xp, grad_output, weight, xhat, rstd, gxhat, k):
 # -- layer norm ----------------------------------------------------------------------------
 
 def _ln_check(op, input, normalized_shape, weight, bias, eps):
-    xp = namespace(input, weight, bias, op=op)
+    xp = namespace(input, weight, bias, op=op, names=("input", "weight", "bias"))
     check_same_dtype(op, input=input, weight=weight, bias=bias)
     if isinstance(normalized_shape, numbers.Integral):
         normalized_shape = (int(normalized_shape),)
@@ -144,7 +144,7 @@ def layer_norm_backward(grad_output, input, normalized_shape, weight=None, bias=
     """
     op = "layer_norm_backward"
     xp, axes = _ln_check(op, input, normalized_shape, weight, bias, eps)
-    namespace(grad_output, input, op=op)
+    namespace(grad_output, input, op=op, names=("grad_output", "input"))
     _check_grad(op, grad_output, input)
     xhat, rstd = _stats(xp, input, axes, eps)
     gxhat = grad_output * xhat
@@ -169,7 +169,8 @@ def _channel_view(xp, a, ndim):
 
 
 def _bn_check(op, input, running_mean, running_var, weight, bias, training, momentum, eps):
-    xp = namespace(input, running_mean, running_var, weight, bias, op=op)
+    xp = namespace(input, running_mean, running_var, weight, bias, op=op,
+                   names=("input", "running_mean", "running_var", "weight", "bias"))
     check_same_dtype(op, input=input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     if input.ndim < 2:
         raise ValueError(f"{op}: expected input of shape (N, C) or (N, C, *) with at least 2 dimensions, "
@@ -239,7 +240,7 @@ def batch_norm_backward(grad_output, input, running_mean, running_var, weight=No
     """
     op = "batch_norm_backward"
     xp, axes, m = _bn_check(op, input, running_mean, running_var, weight, bias, training, momentum, eps)
-    namespace(grad_output, input, op=op)
+    namespace(grad_output, input, op=op, names=("grad_output", "input"))
     _check_grad(op, grad_output, input)
     nd = input.ndim
     wc = None if weight is None else _channel_view(xp, weight, nd)
@@ -266,7 +267,7 @@ def batch_norm_backward(grad_output, input, running_mean, running_var, weight=No
 # -- group norm ----------------------------------------------------------------------------
 
 def _gn_check(op, input, num_groups, weight, bias, eps):
-    xp = namespace(input, weight, bias, op=op)
+    xp = namespace(input, weight, bias, op=op, names=("input", "weight", "bias"))
     check_same_dtype(op, input=input, weight=weight, bias=bias)
     if input.ndim < 2:
         raise ValueError(f"{op}: expected input of shape (N, C, *) with at least 2 dimensions, got shape {_shape(input)}")
@@ -300,7 +301,7 @@ def group_norm_backward(grad_output, input, num_groups, weight=None, bias=None, 
     """
     op = "group_norm_backward"
     xp = _gn_check(op, input, num_groups, weight, bias, eps)
-    namespace(grad_output, input, op=op)
+    namespace(grad_output, input, op=op, names=("grad_output", "input"))
     _check_grad(op, grad_output, input)
     nd, shape = input.ndim, _shape(input)
     xhat, rstd = _stats(xp, _grouped(xp, input, num_groups), (2,), eps)  # (N, G, M)

@@ -29,7 +29,8 @@ def _check_grad(op, grad_output, expected, like):
 # -- dropout -------------------------------------------------------------------------------
 
 def _dropout_check(op, input, p, training, mask):
-    xp = namespace(input, mask, op=op)
+    xp = namespace(input, mask, op=op, names=("input", "mask"))
+    B.check_float(op, input)  # torch refuses integer, bool and complex input too (int once came back float64)
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
         raise ValueError(f"{op}: expected dropout probability p in [0, 1], got {p!r}")
     if training not in (True, False):
@@ -89,7 +90,7 @@ def dropout_backward(grad_output, input, p=0.5, training=True, *, mask=None):
     """
     op = "dropout_backward"
     xp = _dropout_check(op, input, p, training, mask)
-    namespace(grad_output, input, op=op)
+    namespace(grad_output, input, op=op, names=("grad_output", "input"))
     _check_grad(op, grad_output, _shape(input), input)
     if not _active(p, training):
         return grad_output + 0.0
@@ -101,7 +102,7 @@ def dropout_backward(grad_output, input, p=0.5, training=True, *, mask=None):
 # -- embedding -----------------------------------------------------------------------------
 
 def _emb_check(op, input, weight, padding_idx):
-    xp = namespace(input, weight, op=op)
+    xp = namespace(input, weight, op=op, names=("input", "weight"))
     if weight.ndim != 2:
         raise ValueError(f"{op}: expected weight of shape (num_embeddings, embedding_dim), got {_shape(weight)}")
     if input.dtype not in (xp.int64, xp.int32):  # torch takes no other index dtype
@@ -136,7 +137,7 @@ def embedding_backward(grad_output, input, weight, padding_idx=None):
     """
     op = "embedding_backward"
     xp, pad = _emb_check(op, input, weight, padding_idx)
-    namespace(grad_output, weight, op=op)
+    namespace(grad_output, weight, op=op, names=("grad_output", "weight"))
     n, d = weight.shape
     _check_grad(op, grad_output, _shape(input) + (d,), weight)
     idx = xp.reshape(input, (-1,))

@@ -41,12 +41,10 @@ def _no_graph(step):
     """torch's step runs under no_grad: a .grad that requires grad must not pull the parameters
     (updated in place) or the optimizer state into an autograd graph. Only torch parameters can be
     pulled in, and entering no_grad costs ~1.5 us, a tenth of a small net's update: NumPy skips it."""
-    if B.torch is None:
-        return step
-
     @functools.wraps(step)
     def wrapped(self):
-        if all(type(p.data) is np.ndarray for g in self.param_groups for p in g["params"]):
+        self._opt_called = True  # lr_scheduler warns when it steps before the optimizer ever did (as torch)
+        if B.torch is None or all(type(p.data) is np.ndarray for g in self.param_groups for p in g["params"]):
             return step(self)
         with B.torch.no_grad():
             return step(self)
@@ -295,6 +293,21 @@ def _bad_grad(opt, group, p):
     )
 
 
+def _check_state(opt, group, p, name, a):
+    """State kept from an earlier step on another backend or device than the parameter now (the model was moved
+    by .to(...) after the optimizer stepped): named, not a NumPy-torch error from inside the update."""
+    d = p.data
+    if type(a) is type(d) and (type(d) is np.ndarray or a.device == d.device):
+        return
+    where = lambda x: "numpy" if type(x) is np.ndarray else f"torch {x.device}"  # noqa: E731
+    i = [id(q) for q in group["params"]].index(id(p))
+    raise ValueError(
+        f"{type(opt).__name__}.step: param_groups[{opt.param_groups.index(group)}]['params'][{i}]: expected its state "
+        f"{name} like the parameter ({where(d)}), got ({where(a)}): the model was moved after the optimizer "
+        "stepped; build the optimizer after .to(...), or move its state with load_state_dict(state_dict())"
+    )
+
+
 @functools.lru_cache(maxsize=None)
 def _signature_defaults(cls):
     import inspect
@@ -365,6 +378,8 @@ class SGD(Optimizer):
                     if wd:
                         grad = grad + wd * d
                     buf = bufs[i]
+                    if buf is not None:
+                        _check_state(self, g, p, "momentum_buffer", buf)
                     if buf is None:
                         buf = bufs[i] = grad + 0  # a copy: the buffer is updated in place
                     else:
@@ -396,6 +411,8 @@ class GuideMomentum(Optimizer):
 
     def _update(self, p, grad, group, state):
         v = state.get("velocity")
+        if v is not None:
+            _check_state(self, group, p, "velocity", v)
         if v is None:
             v = state["velocity"] = group["lr"] * grad
         else:
@@ -438,6 +455,8 @@ class Adam(Optimizer):
             state["step"] = 0
             state["exp_avg"] = xp.zeros_like(p.data)
             state["exp_avg_sq"] = xp.zeros_like(p.data)
+        else:
+            _check_state(self, group, p, "exp_avg", state["exp_avg"])
         b1, b2 = (float(b) for b in group["betas"])  # floats: an np.float64 would promote float32 to float64
         lr, wd = float(group["lr"]), float(group["weight_decay"])
         state["step"] += 1

@@ -15,7 +15,9 @@ bit for bit, including at a SequentialLR milestone (where torch switches to the 
 from __future__ import annotations
 
 import math
+import numbers
 import types
+import warnings
 from bisect import bisect_right
 
 __all__ = ["LRScheduler", "LambdaLR", "LinearLR", "CosineAnnealingLR", "SequentialLR"]
@@ -27,10 +29,7 @@ class LRScheduler:
     _is_initial = False
 
     def __init__(self, optimizer, last_epoch=-1):
-        from . import Optimizer
-
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"{type(self).__name__}: expected a manual.optim.Optimizer, got {type(optimizer).__name__}")
+        _check_optimizer(self, optimizer)
         self.optimizer = optimizer
         if last_epoch == -1:
             for group in optimizer.param_groups:
@@ -62,6 +61,11 @@ class LRScheduler:
         return self._last_lr
 
     def step(self):
+        if self._step_count == 1 and not getattr(self.optimizer, "_opt_called", False):  # torch's warning, its words
+            warnings.warn(
+                "Detected call of `lr_scheduler.step()` before `optimizer.step()`: expected `optimizer.step()` "
+                "first, then `lr_scheduler.step()`; in this order the first value of the learning rate schedule "
+                "is skipped (torch warns the same)", UserWarning, stacklevel=2)
         self._step_count += 1
         self._update_lr()
 
@@ -84,10 +88,25 @@ class LRScheduler:
         self.__dict__.update(state_dict)
 
 
+def _check_optimizer(sched, optimizer):
+    from . import Optimizer
+
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"{type(sched).__name__}: expected a manual.optim.Optimizer, got {type(optimizer).__name__}")
+
+
+def _check_real(sched, **values):
+    """A factor or a learning rate a real number (a NumPy one too), named, not a bare comparison error."""
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{type(sched).__name__}: expected {name} to be a real number, got {type(v).__name__} {v!r}")
+
+
 class LambdaLR(LRScheduler):
     """lr = base_lr * lr_lambda(last_epoch)."""
 
     def __init__(self, optimizer, lr_lambda, last_epoch=-1):
+        _check_optimizer(self, optimizer)
         self.optimizer = optimizer
         n = len(optimizer.param_groups)
         if isinstance(lr_lambda, (list, tuple)):
@@ -126,6 +145,7 @@ class LinearLR(LRScheduler):
     """
 
     def __init__(self, optimizer, start_factor=1.0 / 3, end_factor=1.0, total_iters=5, last_epoch=-1):
+        _check_real(self, start_factor=start_factor, end_factor=end_factor)
         if not 0 < start_factor <= 1:
             raise ValueError(f"LinearLR: expected start_factor in (0, 1], got {start_factor}")
         if not 0 <= end_factor <= 1:
@@ -152,9 +172,10 @@ class CosineAnnealingLR(LRScheduler):
     lr_t = eta_min + (lr_(t-1) - eta_min)(1 + cos(pi t / T_max)) / (1 + cos(pi (t - 1) / T_max))."""
 
     def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):
-        if not isinstance(T_max, int) or isinstance(T_max, bool) or T_max < 1:
+        if not isinstance(T_max, numbers.Integral) or isinstance(T_max, bool) or T_max < 1:
             raise ValueError(f"CosineAnnealingLR: expected T_max a positive int (steps), got {T_max!r}")
-        self.T_max, self.eta_min = T_max, eta_min
+        _check_real(self, eta_min=eta_min)
+        self.T_max, self.eta_min = int(T_max), eta_min  # a NumPy integer too (torch takes it), kept as an int
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
@@ -188,6 +209,8 @@ class SequentialLR(LRScheduler):
             raise ValueError(
                 f"SequentialLR: expected {len(schedulers) - 1} milestone(s) (one fewer than the schedulers), got {len(milestones)}"
             )
+        if any(b < a for a, b in zip(milestones, milestones[1:])):  # torch takes them; bisect then picks nonsense
+            raise ValueError(f"SequentialLR: expected milestones in increasing order, got {list(milestones)}")
         self._schedulers = list(schedulers)
         self._milestones = list(milestones)
         self.last_epoch = last_epoch + 1
@@ -224,6 +247,9 @@ class SequentialLR(LRScheduler):
     def load_state_dict(self, state_dict):
         state_dict = dict(state_dict)
         subs = state_dict.pop("_schedulers")
+        if len(subs) != len(self._schedulers):  # zip would drop the rest, and step() fail later on the milestones
+            raise ValueError(f"SequentialLR.load_state_dict: expected the state of {len(self._schedulers)} schedulers, "
+                             f"got {len(subs)}")
         self.__dict__.update(state_dict)
         for s, sd in zip(self._schedulers, subs):
             s.load_state_dict(sd)
