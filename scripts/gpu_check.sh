@@ -30,6 +30,10 @@ step "bench: CUDA rows (float32, quick), time and memory"
 timeout 170 python3 -m experiments bench --quick --device cuda --dtype float32 --logdir "$OUT/runs" \
   --json "$OUT/bench_cuda.json" 2>&1 | grep -v '^USDT' | tee "$OUT/bench.log"
 
+step "where a CUDA step's time goes (kernels a step, GPU busy time): scripts/step_profile.py"
+timeout 60 python3 scripts/step_profile.py --device cuda 784-1024-1024-10 gpt-sort lenet-28x28 2>&1 \
+  | grep -v 'profiler.py\|_warn_once' | tee "$OUT/profile.log" | grep -v '^    '
+
 step "the default test tier (python -m pytest, as CI runs it), CUDA cases included"
 timeout 200 python3 -m pytest -q -p no:cacheprovider -rfE --durations=5 parity_tests 2>&1 \
   | tee "$OUT/pytest.log" | tail -40
