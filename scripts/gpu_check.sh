@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device checks, as one prepared script for a lent GPU machine (see the device tool's README): the
-# CUDA bench rows, the whole default test tier (its CUDA cases included), verify on every device, every
-# experiment on CUDA (`all --quick --device cuda`) and one torchrun process on nccl. Each step has its
+# CUDA bench rows, a profile of three CUDA steps, the default test tier (its CUDA cases included), verify on
+# every device, every experiment on CUDA (`all --quick --device cuda`) and one torchrun process on nccl. Each step has its
 # own time limit, so that one stuck step leaves the others' results; logs and JSON go to $OUT.
 #
 # That machine has torch (CUDA), tensorboard, pytest and hypothesis but no network. Bring the rest as
