@@ -57,6 +57,9 @@ class GPTConfig:
                             f"{type(self.dropout).__name__} {self.dropout!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig: expected dropout in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.bias, (bool, np.bool_)):  # "no" would be truthy: biases the user did not ask for
+            raise TypeError(f"GPTConfig: expected bias to be True or False, got {type(self.bias).__name__} {self.bias!r}")
+        self.bias = bool(self.bias)
 
 
 class ModuleDict(Module):

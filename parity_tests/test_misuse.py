@@ -660,6 +660,7 @@ PROBES = {
     "GPT.generate-generator-seed": (lambda: tiny_gpt().generate(np.array([[1, 2]]), 2, greedy=False, generator=0),
                                     Raises(TypeError, r"GPT.generate: expected generator to be a NumPy Generator .*got int")),
     "GPTConfig-dropout-str": (lambda: nn.GPTConfig(dropout="0.1"), Raises(TypeError, r"GPTConfig: expected dropout to be a real number in \[0, 1\), got str '0.1'")),
+    "GPTConfig-bias-str": (lambda: nn.GPTConfig(bias="no"), Raises(TypeError, r"GPTConfig: expected bias to be True or False, got str 'no'")),
     "to-cpu-between-forward-and-backward": (lambda: moved_between_forward_and_backward(lambda m: m.to("cpu")),  # was a bare '@' TypeError
                                             Raises(RuntimeError, r"Tanh\(\).backward: the module was moved by .to\(...\) after forward .*run forward again")),
     "float-between-forward-and-backward": (lambda: moved_between_forward_and_backward(lambda m: m.float()),  # was a float64 .grad on float32 weights
