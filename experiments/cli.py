@@ -101,9 +101,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _PipeGuard:
+    """sys.stdout / sys.stderr while a command runs: once the reader of a pipe is gone (`backprop-lab run xor
+    | head -3`, head has exited) the rest of what is printed is dropped, not a BrokenPipeError in the middle of
+    the command: a run still writes its JSON and logs and ends with its own exit code."""
+
+    def __init__(self, stream):
+        self._stream, self.broken = stream, False
+
+    def _lost(self):
+        self.broken = True
+        try:  # what is still buffered goes nowhere, so that Python's flush at exit cannot fail either
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # not a real file (pytest's capture): nothing to redirect
+            pass
+
+    def write(self, text):
+        if not self.broken:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._lost()
+        return len(text)
+
+    def flush(self):
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._lost()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv=None) -> int:
     """Exit codes: README "Exit codes" (runner.exit_code). SIGINT and SIGTERM, from start-up on,
     end the run cleanly (experiments/signals.py: Stop); exit 130 and 143."""
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _PipeGuard(sys.stdout), _PipeGuard(sys.stderr)
+    try:
+        return _guarded_main(argv)
+    finally:  # --help and usage errors leave with SystemExit: what they printed is flushed here too
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = streams
+
+
+def _guarded_main(argv):
     from .signals import Stop, handle_signals  # stdlib only: installed before the heavy imports
 
     with handle_signals():

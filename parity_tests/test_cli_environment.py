@@ -1,0 +1,64 @@
+"""The command line in the places a user puts it: output piped into `head`, a terminal of 100 columns,
+errors on stderr. Each test here began as something a new user met that the other CLI tests missed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def closed_stdout(*args, timeout=300):
+    """Run the CLI with its stdout a pipe whose reader is gone (`backprop-lab ... | head -1` once head has
+    exited): every write to stdout fails with EPIPE. Returns (exit code, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "experiments", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the only reader: from now on the child's writes to stdout raise BrokenPipeError
+    err = proc.stderr.read()
+    return proc.wait(timeout), err
+
+
+def fake_run(logdir, name="xor", stamp="20260101-000000"):
+    run = logdir / name / stamp
+    run.mkdir(parents=True)
+    (run / "outcome.json").write_text(json.dumps({"status": "ok", "claims": 4, "claims_hold": 4}))
+    return run
+
+
+@pytest.mark.parametrize("argv", [["list"], ["runs"], ["--help"], ["run", "xor", "--help"]])
+def test_output_into_a_closed_pipe_is_no_traceback(argv, tmp_path):
+    """`backprop-lab list | head -1` printed a BrokenPipeError traceback and exited 1."""
+    if argv == ["runs"]:
+        for i in range(3):
+            fake_run(tmp_path, stamp=f"2026010{i}-000000")
+        argv = ["runs", "--logdir", str(tmp_path)]
+    code, err = closed_stdout(*argv)
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+    assert code == 0, err
+
+
+@pytest.mark.slow
+def test_a_run_piped_into_head_still_writes_its_json(tmp_path):
+    """`run xor --quick --json r.json | head -3`: the table's print raised BrokenPipeError after the training,
+    before the JSON was written: the run's results were lost, with a traceback."""
+    out = tmp_path / "r.json"
+    code, err = closed_stdout("run", "xor", "--quick", "--no-progress", "--logdir", str(tmp_path / "runs"),
+                              "--json", str(out))
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert code == 0, err
+    assert json.loads(out.read_text())["xor"]["status"] == "ok"
+
+
+def test_the_pipe_guard_leaves_the_streams_as_they_were(capsys):
+    """cli.main wraps sys.stdout and sys.stderr while it runs and puts the originals back."""
+    before = sys.stdout, sys.stderr
+    assert cli.main(["list"]) == 0
+    assert (sys.stdout, sys.stderr) == before
+    assert "xor" in capsys.readouterr().out
