@@ -15,12 +15,24 @@ import sys
 COMMANDS = ["runner", "view", "bench", "verify"]
 
 
+WIDTH = 100  # terminal output fits this many columns
+
+
+def wrap_message(text):
+    """A message within WIDTH columns: each line wrapped at spaces, continued with a 2-space indent; a path or a
+    word longer than a line is left whole (cut, it could not be pasted)."""
+    import textwrap
+
+    return "\n".join(w for line in text.split("\n") for w in textwrap.wrap(
+        line, WIDTH, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False) or [""])
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse exits 2 on a bad option; make the message list what is valid."""
 
     def error(self, message):
         self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n(see `{self.prog} --help` for the valid options)\n")
+        self.exit(2, wrap_message(f"{self.prog}: error: {message}") + f"\n(see `{self.prog} --help` for the valid options)\n")
 
 
 def check_paths(args):
@@ -161,7 +173,7 @@ def _guarded_main(argv):
                 try:
                     return _main(argv)
                 except checkpoint.CheckpointError as e:  # a checkpoint that does not fit the run, found late
-                    print(f"backprop-lab: error: {e}", file=sys.stderr)
+                    print(wrap_message(f"backprop-lab: error: {e}"), file=sys.stderr)
                     return 2
         except KeyboardInterrupt as e:  # during start-up, or outside an experiment
             stop = e if isinstance(e, Stop) else Stop()

@@ -156,7 +156,9 @@ def cmd_view(args):
     try:
         spec = select(args.where, args.names, args.all_runs)
     except LookupError as e:
-        print(f"backprop-lab view: error: {e}", file=sys.stderr)
+        from .cli import wrap_message
+
+        print(wrap_message(f"backprop-lab view: error: {e}"), file=sys.stderr)
         return 2
     if args.port and not port_is_free(args.port):  # else TensorBoard starts and exits with its own error
         args._parser.error(f"--port {args.port}: in use on 127.0.0.1; leave --port out for a free one")

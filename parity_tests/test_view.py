@@ -282,6 +282,8 @@ def test_runs_and_view_bad_values_exit_2(argv, capsys):
 
 
 def test_view_of_an_experiment_without_runs_exits_2_and_says_how_to_make_one(tmp_path, capsys):
+    import re
+
     assert cli_main(["view", "xor", "--logdir", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
+    err = re.sub(r"\n  (?=\S)", " ", capsys.readouterr().err)  # errors wrap at 100 columns
     assert "no runs of xor" in err and "backprop-lab run xor" in err
