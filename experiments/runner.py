@@ -589,15 +589,21 @@ def print_summary(results):
     print("\n".join(summary_lines(results)))
 
 
+def venv_command(script, module):
+    """The venv's own `script` (beside this Python: works with the venv not activated), else `python -m module`,
+    quoted for pasting."""
+    from shlex import quote
+
+    exe = os.path.join(os.path.dirname(sys.executable), script)
+    return quote(exe) if os.path.exists(exe) else f"{quote(sys.executable)} -m {module}"
+
+
 def print_tensorboard_hint(logdir, names=()):
     """How to look at what just ran: `backprop-lab view` (the venv's TensorBoard, latest runs only). Both
     commands name the venv's own executables: they work whether or not the venv is activated."""
     from shlex import quote  # the lines are for pasting: a path with a space stays one argument
 
-    here = os.path.dirname(sys.executable)
-    exe, cli = os.path.join(here, "tensorboard"), os.path.join(here, "backprop-lab")
-    tb = quote(exe) if os.path.exists(exe) else f"{quote(sys.executable)} -m tensorboard.main"
-    cli = quote(cli) if os.path.exists(cli) else f"{quote(sys.executable)} -m experiments"
+    tb, cli = venv_command("tensorboard", "tensorboard.main"), venv_command("backprop-lab", "experiments")
     print(f"\nview the latest runs:  {cli} view {' '.join(names)}".rstrip()
           + ("" if logdir == "runs" else f" --logdir {quote(logdir)}"))
     print(f"every run, not only the latest:\n  {tb} --logdir {quote(logdir)}")

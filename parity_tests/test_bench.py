@@ -253,3 +253,22 @@ def test_keep_freed_memory_stops_the_page_faults_of_fresh_arrays():
         assert r.returncode == 0, r.stderr
         faults[mode] = float(r.stdout)
     assert faults["default"] > 500 and faults["keep"] < 5, faults
+
+
+def test_the_ceiling_and_tensorboard_lines_fit_and_can_be_pasted():
+    """The matmul ceiling with both dtypes was 111 columns; the closing line said `tensorboard --logdir ...`,
+    which is not on the PATH when the venv is not activated (README runs `.venv/bin/backprop-lab`)."""
+    import os
+    import shlex
+    import sys
+
+    peaks = {dt: {"numpy": 293.8, "torch": 323.1, "cuda": 19106.0} for dt in ("float32", "float64")}
+    text = bench.ceiling_line(2048, 7, peaks)
+    assert max(map(len, text.splitlines())) <= 100, text
+    assert " ".join(text.split()) == ("matmul ceiling (n=2048, best of 7 rounds, GFLOP/s): float32: numpy 294, "
+                                      "torch 323, cuda 19106; float64: numpy 294, torch 323, cuda 19106")
+    line = bench.tensorboard_line("my runs/bench/20260101-000000").strip()
+    argv = shlex.split(line.split(":", 1)[1])
+    here = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    assert argv[0] == (here if os.path.exists(here) else sys.executable), line
+    assert argv[-2:] == ["--logdir", "my runs/bench/20260101-000000"]
