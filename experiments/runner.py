@@ -460,7 +460,7 @@ def _all_here(args):
     if _dist.world_size() > 1:
         print(f"{_dist.world_size()} processes: the batch experiments split each step's batch over them, the others "
               "ran the same on each (rank 0 wrote the logs)")
-    print(f"{len(results)} experiments in {time.perf_counter() - t0:.1f} s")
+    print(f"{len(results)} experiment{'s' * (len(results) != 1)} in {time.perf_counter() - t0:.1f} s")
     print_tensorboard_hint(args.logdir, list(results) if args.only else ())
     if args.json and not write_json(args.json, results):
         return EXIT_WRITE_FAILED

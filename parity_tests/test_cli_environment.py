@@ -62,3 +62,13 @@ def test_the_pipe_guard_leaves_the_streams_as_they_were(capsys):
     assert cli.main(["list"]) == 0
     assert (sys.stdout, sys.stderr) == before
     assert "xor" in capsys.readouterr().out
+
+
+def test_all_only_one_says_one_experiment(tmp_path, monkeypatch, capsys):
+    """`all --quick --only xor` ended with "1 experiments in 3.3 s"."""
+    from experiments import runner
+
+    monkeypatch.setattr(runner, "run_one", lambda mod, cfg: {"status": "ok", "claims": [], "config": {}, "notes": []})
+    assert cli.main(["all", "--only", "xor", "--no-progress", "--logdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "\n1 experiment in " in out, out
