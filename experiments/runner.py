@@ -476,6 +476,7 @@ def run_one(mod, cfg):
 
     checkpoint.reset_stats()
     _lab.CAPPED.clear()
+    _lab.CURRENT_ROOT = None
     base = {"config": dataclasses.asdict(cfg), "claims": [], "results": {}, "max_drift": None, "drift_ok": None}
     try:
         with one_thread():  # the experiments' models are small; see _threads.py
@@ -485,8 +486,8 @@ def run_one(mod, cfg):
         saved = checkpoint.save_on_stop(sig)  # after a finished training loop, outside one: that loop kept
         how = "by SIGTERM" if sig == "SIGTERM" else "by the user (Ctrl-C)"
         notes = [f"interrupted {how}"] + ([f"checkpoint {saved}: continue with --resume {saved}"] if saved else [])
-        return {**base, "status": "interrupted", "signal": sig, "checkpoint": saved,
-                "stopped_at": checkpoint.stats()["at"], "logdir": checkpoint.stats()["root"], "notes": notes}
+        return _stopped(mod, {**base, "status": "interrupted", "signal": sig, "checkpoint": saved,
+                              "stopped_at": checkpoint.stats()["at"], "notes": notes})
     except OSError as e:
         if not checkpoint.is_write_failure(e):
             raise
@@ -498,14 +499,26 @@ def run_one(mod, cfg):
                  + "; the logs written before it are kept"]
         if saved:
             notes.append(f"checkpoint {saved}: continue with --resume {saved} once there is room")
-        return {**base, "status": "write-failed", "error": f"{code}: {e.strerror}", "stopped_at": st["at"],
-                "logdir": st["root"], "checkpoint": saved, "notes": notes}
+        return _stopped(mod, {**base, "status": "write-failed", "error": f"{code}: {e.strerror}", "stopped_at": st["at"],
+                              "checkpoint": saved, "notes": notes})
     if _lab.CAPPED:  # given values that --quick capped: said, not silent
         metrics.setdefault("notes", []).extend(dict.fromkeys(_lab.CAPPED))
     if cfg.save_every and not checkpoint.stats()["segments"]:
         metrics.setdefault("notes", []).append(
             f"--save-every {cfg.save_every}: {getattr(mod, 'NAME', '?')} has no _lab.train loop to checkpoint; nothing saved")
     return metrics
+
+
+def _stopped(mod, metrics):
+    """A run that did not reach its end: its folder (the checkpoint's, else the one its logger made, even before
+    a training loop began) and, there, its outcome, so that `backprop-lab runs` lists it as interrupted (or
+    write-failed), not as "no outcome recorded"."""
+    from . import _lab, checkpoint
+
+    root = checkpoint.stats()["root"] or _lab.CURRENT_ROOT
+    if root is not None:
+        _lab.write_outcome(root, getattr(mod, "NAME", "?"), metrics)  # a failed write here changes nothing
+    return {**metrics, "logdir": root}
 
 
 # exit codes (README "Exit codes"): 0 every claim holds, 1 a claim does not hold or drift is over

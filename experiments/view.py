@@ -60,6 +60,10 @@ def describe(run):
     if o is None:
         return os.path.basename(run), "no outcome recorded (running, stopped, or not an experiment)"
     text = o["status"]
+    if o.get("signal"):  # interrupted: by which signal, and the checkpoint that continues it
+        text += f" ({o['signal']})"
+    if o.get("checkpoint"):
+        text += f", checkpoint {os.path.basename(o['checkpoint'])}"
     if o.get("claims"):
         text += f", {o['claims_hold']}/{o['claims']} claims hold"
     if o.get("max_drift") is not None:  # a number, or "nan"/"inf" (strict JSON): float() reads both
