@@ -156,6 +156,47 @@ def select(logdir, names, all_runs):
     return spec
 
 
+LOAD_WAIT_S = 120  # how long view waits for TensorBoard to load every run before it prints the URL anyway
+
+
+def _get(url):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read().decode())
+
+
+def expected_runs(spec):
+    """(runs, runs with scalars) that TensorBoard will find under the spec: every folder with an event file; of
+    those, the ones in a run that finished (its outcome: ok or diverged) surely hold scalars (a run stopped
+    before its first step, or killed, may hold only its config text)."""
+    runs = scalars = 0
+    for path in spec.values():
+        for folder, _, files in os.walk(path):
+            if any(f.startswith("events.out.tfevents") for f in files):
+                runs += 1
+                o = outcome(os.path.dirname(folder))  # LOGDIR/<experiment>/<run>/<impl>: the run's outcome
+                scalars += bool(o and o.get("status") in ("ok", "diverged"))
+    return runs, scalars
+
+
+def wait_until_loaded(url, proc, deadline, expected):
+    """True once TensorBoard has read the expected (runs, runs with scalars): text tags for every run (each
+    writes its config first), scalar tags for the finished ones. TensorBoard answers before it has read the
+    event files, and finds and reads the runs one after another: a URL opened at once showed some
+    experiments and not others (after one `all --quick`, 20 of the 26 runs 1 s after the URL)."""
+    runs, with_scalars = expected
+    while proc.poll() is None:
+        try:
+            if (len(_get(url + "data/plugin/scalars/tags")) >= with_scalars
+                    and len(_get(url + "data/plugin/text/tags")) >= runs):
+                return True
+        except (OSError, ValueError):  # HTTP 500 seen now and then while runs are still loading
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.25)
+    return False
+
+
 def cmd_view(args):
     try:
         spec = select(args.where, args.names, args.all_runs)
@@ -188,8 +229,10 @@ def cmd_view(args):
                     print("backprop-lab view: TensorBoard did not answer within 60 s", file=sys.stderr)
                     return 1
                 time.sleep(0.25)
-        print(f"\nTensorBoard: {url}   ({len(spec)} experiment(s), {2 * len(spec)} runs if both implementations "
-              f"ran; Ctrl-C stops it)", flush=True)
+        expected = expected_runs(spec)
+        loaded = wait_until_loaded(url, proc, time.monotonic() + LOAD_WAIT_S, expected)
+        print(f"\nTensorBoard: {url}   ({len(spec)} experiment(s), {expected[0]} runs; Ctrl-C stops it)" + ("" if loaded else f"\n(still loading after {LOAD_WAIT_S} s: charts fill in "
+                                           "as the runs load)"), flush=True)
         proc.wait()
         return 0
     except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) is how one stops viewing: not an error
