@@ -145,6 +145,12 @@ def select(logdir, names, all_runs):
                           "make one with `backprop-lab run xor` (or pass --logdir where the runs are)")
     names = names or list(runs)
     missing = [n for n in names if n not in runs]
+    from .runner import EXPERIMENTS, RUN_ONLY
+
+    known = [*EXPERIMENTS, *RUN_ONLY, "bench"]
+    unknown = [n for n in missing if n not in known]
+    if unknown:  # else it said "make one with `backprop-lab run nosuch`"
+        raise LookupError(f"{', '.join(unknown)}: not an experiment; expected some of: {', '.join(known)}")
     if missing:
         have = ", ".join(runs) or "none"
         raise LookupError(f"no runs of {', '.join(missing)} under {logdir} (runs there: {have}); "

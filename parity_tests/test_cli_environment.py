@@ -72,3 +72,15 @@ def test_all_only_one_says_one_experiment(tmp_path, monkeypatch, capsys):
     assert cli.main(["all", "--only", "xor", "--no-progress", "--logdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "\n1 experiment in " in out, out
+
+
+def test_view_of_an_unknown_name_says_it_is_not_an_experiment(tmp_path, capsys):
+    """`view nosuch` said "no runs of nosuch ...; make one with `backprop-lab run nosuch`", a command that
+    fails: a name that is no experiment is named as such, with the valid ones."""
+    import re
+
+    fake_run(tmp_path)
+    assert cli.main(["view", "nosuch", "--logdir", str(tmp_path)]) == 2
+    err = re.sub(r"\n  (?=\S)", " ", capsys.readouterr().err)
+    assert "nosuch: not an experiment; expected some of: gradient-descent," in err and "ddp, bench" in err, err
+    assert "run nosuch" not in err
