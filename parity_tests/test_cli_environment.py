@@ -84,3 +84,42 @@ def test_view_of_an_unknown_name_says_it_is_not_an_experiment(tmp_path, capsys):
     err = re.sub(r"\n  (?=\S)", " ", capsys.readouterr().err)
     assert "nosuch: not an experiment; expected some of: gradient-descent," in err and "ddp, bench" in err, err
     assert "run nosuch" not in err
+
+
+def test_the_command_lines_own_process_ignores_signals_once_it_is_done(monkeypatch):
+    """main() as the console script calls it (argv None): once the command is done, SIGINT and SIGTERM are
+    ignored for the process's exit; called with a list (a caller's process), the handlers are left alone."""
+    import signal
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        assert cli.main(["list"]) == 0
+        assert {s: signal.getsignal(s) for s in old} == old
+        monkeypatch.setattr(sys, "argv", ["backprop-lab", "list"])
+        assert cli.main() == 0
+        assert all(signal.getsignal(s) is signal.SIG_IGN for s in old)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@pytest.mark.slow
+def test_ctrl_c_after_the_results_are_written_keeps_exit_0(tmp_path):
+    """SIGINT in the half second after `run xor --quick --json` wrote its JSON (the interpreter's exit) made the
+    process exit 130, silently, with every claim holding and the JSON saying "ok"."""
+    import signal
+    import time
+
+    out = tmp_path / "r.json"
+    proc = subprocess.Popen([sys.executable, "-m", "experiments", "run", "xor", "--quick", "--no-progress",
+                             "--logdir", str(tmp_path / "runs"), "--json", str(out)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = []
+    for line in proc.stderr:
+        err.append(line)
+        if line.startswith("wrote "):  # the last thing the command does; then the interpreter's exit
+            time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+    code = proc.wait(60)
+    assert code == 0, "".join(err)
+    assert json.loads(out.read_text())["xor"]["status"] == "ok"
