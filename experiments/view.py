@@ -73,6 +73,19 @@ def describe(run):
 
 # -- runs ------------------------------------------------------------------------------------
 
+RUNNING_S = 600  # a run without an outcome, written to this recently, may be running: --clean keeps it
+
+
+def maybe_running(run, now=None):
+    """No outcome yet (a finished, interrupted or failed run records one) and a file changed in the last
+    RUNNING_S seconds: another process may be writing it."""
+    if outcome(run) is not None:
+        return False
+    newest = max((os.path.getmtime(os.path.join(d, f)) for d, _, files in os.walk(run) for f in files),
+                 default=os.path.getmtime(run))
+    return (now or time.time()) - newest < RUNNING_S
+
+
 def cmd_runs(args):
     if not args.clean:  # else they would be ignored, and `runs --keep 2` would look like it kept 2
         given = [f"--keep {args.keep}"] * (args.keep != 1) + ["--dry-run"] * args.dry_run
@@ -87,6 +100,11 @@ def cmd_runs(args):
         return 0
     if args.clean:
         doomed = [r for rs in runs.values() for r in rs[:max(len(rs) - args.keep, 0)]]
+        live = [r for r in doomed if maybe_running(r)]
+        doomed = [r for r in doomed if r not in live]
+        for r in live:  # removing it under a running `all` ended that run with exit 74
+            print(f"keeping {r}: no outcome recorded and written to in the last {RUNNING_S // 60} minutes "
+                  "(still running?)")
         if not doomed:
             print(f"nothing to remove: no experiment has more than {args.keep} run(s) under {args.where}")
             return 0

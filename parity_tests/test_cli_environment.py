@@ -123,3 +123,23 @@ def test_ctrl_c_after_the_results_are_written_keeps_exit_0(tmp_path):
     code = proc.wait(60)
     assert code == 0, "".join(err)
     assert json.loads(out.read_text())["xor"]["status"] == "ok"
+
+
+def test_runs_clean_keeps_a_run_that_may_still_be_running(tmp_path, capsys):
+    """`runs --clean --keep 1` while an older run was still being written (an `all` in another terminal)
+    removed its folder under it. A run with no outcome whose files changed in the last 10 minutes is kept
+    and said; one untouched for longer (killed) is removed as before."""
+    import os
+
+    old_killed = tmp_path / "xor" / "20260101-000000"
+    running = tmp_path / "xor" / "20260101-000100"
+    for run in (old_killed, running):
+        (run / "manual").mkdir(parents=True)
+        (run / "manual" / "events.out.tfevents.1.host.1.0").write_bytes(b"")
+    hour_ago = os.path.getmtime(running) - 3600
+    os.utime(old_killed / "manual" / "events.out.tfevents.1.host.1.0", (hour_ago, hour_ago))
+    fake_run(tmp_path, stamp="20260101-000200")  # the newest, finished
+    assert cli.main(["runs", "--logdir", str(tmp_path), "--clean", "--keep", "1"]) == 0
+    out = capsys.readouterr().out
+    assert running.exists() and f"keeping {running}: no outcome recorded" in out, out
+    assert not old_killed.exists()
