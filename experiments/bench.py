@@ -804,8 +804,8 @@ def run(args):
     if args.device in ("auto", "cuda") and torch.cuda.is_available():
         devices.append("cuda")
     elif args.device == "cuda":
-        print("bench --device cuda: torch sees no CUDA GPU", file=sys.stderr)
-        return 2
+        args._parser.error("--device cuda: torch sees no CUDA GPU (torch.cuda.is_available() is False); "
+                           "--device cpu or auto gives the CPU rows")
     models = [m for m in MODELS if m[0] in args.models] if args.models else \
         [m for m in MODELS if not (quick and m[0] in QUICK_SKIP)]
 

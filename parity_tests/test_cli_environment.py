@@ -143,3 +143,15 @@ def test_runs_clean_keeps_a_run_that_may_still_be_running(tmp_path, capsys):
     out = capsys.readouterr().out
     assert running.exists() and f"keeping {running}: no outcome recorded" in out, out
     assert not old_killed.exists()
+
+
+def test_verify_device_cuda_without_a_gpu_is_a_usage_error_on_stderr(capsys):
+    """It was printed on stdout (exit 2), unlike run's, all's and bench's."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: --device cuda is valid here")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["verify", "--device", "cuda"])
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and not out and "backprop-lab verify: error: --device cuda: torch sees no CUDA GPU" in err

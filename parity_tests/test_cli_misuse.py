@@ -148,6 +148,11 @@ PROBES = {
                              r"argument --port: expected a port in 0\.\.65535 \(0: a free one\), got -1"),
     "view --port above 65535": (lambda t, L: ["view", "--port", "65536"], r"argument --port: expected a port in 0\.\.65535"),
 }
+if not __import__("torch").cuda.is_available():  # a usage error as run's, all's and verify's: stderr, exit 2
+    PROBES.update({
+        "bench --device cuda without a GPU": (lambda t, L: ["bench", "--device", "cuda"],
+                                              r"backprop-lab bench: error: --device cuda: torch sees no CUDA GPU"),
+    })
 if not ROOT_USER:
     PROBES.update({
         "experiment folder not writable": (lambda t, L: ["run", "xor", "--logdir", L] if unwritable(t / "runs" / "xor", folder=True) else [],
