@@ -1018,4 +1018,7 @@ def log_tensorboard(logroot, out):
         w.add_text("machine", "```\n" + json.dumps(out["machine"], indent=1) + "\n```", 0)
         w.flush()
         w.close()
+    from ._lab import write_outcome  # so that `backprop-lab runs` lists it as ok / interrupted, not as unknown
+
+    write_outcome(root, "bench", {"status": out.get("status", "ok"), "config": out.get("protocol", {}), "claims": []})
     return root

@@ -272,3 +272,13 @@ def test_the_ceiling_and_tensorboard_lines_fit_and_can_be_pasted():
     here = os.path.join(os.path.dirname(sys.executable), "tensorboard")
     assert argv[0] == (here if os.path.exists(here) else sys.executable), line
     assert argv[-2:] == ["--logdir", "my runs/bench/20260101-000000"]
+
+
+def test_a_bench_run_folder_records_its_outcome(tmp_path):
+    """`backprop-lab runs` listed a finished bench as "no outcome recorded (running, stopped, or not an
+    experiment)" (and `runs --clean` kept a recent one as possibly running)."""
+    from experiments import view
+
+    root = bench.log_tensorboard(str(tmp_path), {"status": "ok", "machine": {}, "rows": [], "scaling": [],
+                                                 "protocol": {"rounds": 3}})
+    assert view.describe(root)[1] == "ok" and not view.maybe_running(root)
