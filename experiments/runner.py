@@ -492,11 +492,15 @@ def run_one(mod, cfg):
         if not checkpoint.is_write_failure(e):
             raise
         saved, st = checkpoint.last_written(), checkpoint.stats()
-        where = e.filename or st["root"] or cfg.logdir
+        where = os.fsdecode(e.filename) if e.filename is not None else st["root"] or cfg.logdir
         code = errno.errorcode.get(e.errno, e.errno)
-        notes = [f"stopped: a write failed ({code}: {e.strerror}) under {where}"
-                 + (f" after step {st['at'][1]} of {st['at'][0]}" if st["at"] else "")
-                 + "; the logs written before it are kept"]
+        after = f" after step {st['at'][1]} of {st['at'][0]}" if st["at"] else ""
+        if e.errno == errno.ENOENT:  # the run's folder removed under it: nothing there is kept
+            notes = [f"stopped: {where} is gone ({code}: the run folder was removed while the run wrote it){after}"]
+            saved = saved if saved and os.path.exists(saved) else None
+        else:
+            notes = [f"stopped: a write failed ({code}: {e.strerror}) under {where}{after}; "
+                     "the logs written before it are kept"]
         if saved:
             notes.append(f"checkpoint {saved}: continue with --resume {saved} once there is room")
         return _stopped(mod, {**base, "status": "write-failed", "error": f"{code}: {e.strerror}", "stopped_at": st["at"],
