@@ -127,6 +127,8 @@ class RunLogger:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S") + run_label(cfg) + (f"_nproc={world}" if world > 1 else "")
             self.root = root = ((resume and checkpoint.run_root(resume["path"]))
                                 or make_run_dir(os.path.join(cfg.logdir, experiment), stamp))
+            global CURRENT_ROOT
+            CURRENT_ROOT = root  # runner.run_one records a stop's outcome here (no checkpoint may know the folder)
             # max_queue: torch's default of 10 events makes every add_scalar past the tenth wait for the writer
             # thread (a GIL hand-over each: 8.6 of activations' 49 s profiled); flush_secs bounds what a kill -9
             # could lose, and close() (also on Ctrl-C, SIGTERM, divergence) writes everything
@@ -902,6 +904,7 @@ def result(cfg, log: RunLogger, results: dict, claims: list[Claim], drift=None, 
 
 
 OUTCOME = "outcome.json"  # in each run folder: what `backprop-lab runs` lists
+CURRENT_ROOT = None  # the run folder of the RunLogger made last (runner.run_one resets it before each run)
 
 
 def strict_json(obj, indent=2) -> str:
@@ -926,7 +929,8 @@ def write_outcome(root, experiment, metrics):
     claims = metrics.get("claims", [])
     outcome = {"experiment": experiment, "status": metrics["status"], "config": metrics["config"],
                "claims_hold": sum(bool(c["holds"]) for c in claims), "claims": len(claims),
-               "max_drift": metrics.get("max_drift"), "drift_ok": metrics.get("drift_ok")}
+               "max_drift": metrics.get("max_drift"), "drift_ok": metrics.get("drift_ok"),
+               **{k: metrics[k] for k in ("signal", "checkpoint", "stopped_at", "error") if metrics.get(k)}}
     try:
         with open(os.path.join(root, OUTCOME), "w") as f:
             f.write(strict_json(outcome, indent=1))

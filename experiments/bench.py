@@ -855,8 +855,8 @@ def run(args):
     if args.device in ("auto", "cuda") and torch.cuda.is_available():
         devices.append("cuda")
     elif args.device == "cuda":
-        print("bench --device cuda: torch sees no CUDA GPU", file=sys.stderr)
-        return 2
+        args._parser.error("--device cuda: torch sees no CUDA GPU (torch.cuda.is_available() is False); "
+                           "--device cpu or auto gives the CPU rows")
     models = [m for m in MODELS if m[0] in args.models] if args.models else \
         [m for m in MODELS if not (quick and m[0] in QUICK_SKIP)]
 
@@ -869,8 +869,7 @@ def run(args):
 
     n_peak = 1024 if quick else 2048
     peaks = {dt: matmul_peak(n_peak, dt, rounds=3 if quick else 7) for dt in dtypes}
-    print(f"\nmatmul ceiling (n={n_peak}, best of {3 if quick else 7} rounds, GFLOP/s): " + "; ".join(
-        f"{dt}: " + ", ".join(f"{k} {v:.0f}" for k, v in p.items()) for dt, p in peaks.items()))
+    print("\n" + ceiling_line(n_peak, 3 if quick else 7, peaks))
 
     rows, scaling, dp, status, code = [], [], [], "ok", 0
     try:
@@ -898,12 +897,31 @@ def run(args):
            "data_parallel": dp,
            "protocol": {"rounds": rounds, "block_target_s": target_s, "settle_s": SETTLE_S}}
     logdir = log_tensorboard(args.logdir, out)
-    print(f"\nTensorBoard: tensorboard --logdir {logdir}")
+    print(tensorboard_line(logdir))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
         print(f"wrote {args.json}", file=sys.stderr)
     return code
+
+
+def ceiling_line(n, rounds, peaks):
+    """The matmul ceiling, wrapped at 100 columns (with both dtypes it was 111)."""
+    import textwrap
+
+    text = f"matmul ceiling (n={n}, best of {rounds} rounds, GFLOP/s): " + "; ".join(
+        f"{dt}: " + ", ".join(f"{k} {v:.0f}" for k, v in p.items()) for dt, p in peaks.items())
+    return "\n".join(textwrap.wrap(text, 100, subsequent_indent="  ", break_on_hyphens=False))
+
+
+def tensorboard_line(logdir):
+    """How to look at the bench's logs, with the venv's own TensorBoard (a bare `tensorboard` is not on the PATH
+    when the venv is not activated, as in README's `.venv/bin/backprop-lab`)."""
+    from shlex import quote
+
+    from .runner import venv_command
+
+    return f"\nTensorBoard: {venv_command('tensorboard', 'tensorboard.main')} --logdir {quote(logdir)}"
 
 
 def bench_model(name, sizes, batch, dtype, device, rounds, target_s, peaks):
@@ -1052,4 +1070,7 @@ def log_tensorboard(logroot, out):
         w.add_text("machine", "```\n" + json.dumps(out["machine"], indent=1) + "\n```", 0)
         w.flush()
         w.close()
+    from ._lab import write_outcome  # so that `backprop-lab runs` lists it as ok / interrupted, not as unknown
+
+    write_outcome(root, "bench", {"status": out.get("status", "ok"), "config": out.get("protocol", {}), "claims": []})
     return root

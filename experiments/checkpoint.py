@@ -546,7 +546,17 @@ WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, 
 
 
 def is_write_failure(e: BaseException) -> bool:
-    return isinstance(e, OSError) and e.errno in WRITE_ERRNOS
+    """A write this run could not do: the errnos above, or a file of the run's own folder gone (the folder
+    removed under the running run: ENOENT)."""
+    if not isinstance(e, OSError):
+        return False
+    if e.errno in WRITE_ERRNOS:
+        return True
+    from . import _lab
+
+    root = _STATS["root"] or _lab.CURRENT_ROOT
+    name = os.fsdecode(e.filename) if e.filename is not None else ""
+    return e.errno == errno.ENOENT and root is not None and os.path.abspath(name).startswith(os.path.abspath(root) + os.sep)
 
 
 @contextmanager

@@ -15,12 +15,24 @@ import sys
 COMMANDS = ["runner", "view", "bench", "verify"]
 
 
+WIDTH = 100  # terminal output fits this many columns
+
+
+def wrap_message(text):
+    """A message within WIDTH columns: each line wrapped at spaces, continued with a 2-space indent; a path or a
+    word longer than a line is left whole (cut, it could not be pasted)."""
+    import textwrap
+
+    return "\n".join(w for line in text.split("\n") for w in textwrap.wrap(
+        line, WIDTH, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False) or [""])
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse exits 2 on a bad option; make the message list what is valid."""
 
     def error(self, message):
         self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n(see `{self.prog} --help` for the valid options)\n")
+        self.exit(2, wrap_message(f"{self.prog}: error: {message}") + f"\n(see `{self.prog} --help` for the valid options)\n")
 
 
 def check_paths(args):
@@ -101,9 +113,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _PipeGuard:
+    """sys.stdout / sys.stderr while a command runs: once the reader of a pipe is gone (`backprop-lab run xor
+    | head -3`, head has exited) the rest of what is printed is dropped, not a BrokenPipeError in the middle of
+    the command: a run still writes its JSON and logs and ends with its own exit code."""
+
+    def __init__(self, stream):
+        self._stream, self.broken = stream, False
+
+    def _lost(self):
+        self.broken = True
+        try:  # what is still buffered goes nowhere, so that Python's flush at exit cannot fail either
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # not a real file (pytest's capture): nothing to redirect
+            pass
+
+    def write(self, text):
+        if not self.broken:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._lost()
+        return len(text)
+
+    def flush(self):
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._lost()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv=None) -> int:
     """Exit codes: README "Exit codes" (runner.exit_code). SIGINT and SIGTERM, from start-up on,
     end the run cleanly (experiments/signals.py: Stop); exit 130 and 143."""
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _PipeGuard(sys.stdout), _PipeGuard(sys.stderr)
+    try:
+        return _guarded_main(argv)
+    finally:  # --help and usage errors leave with SystemExit: what they printed is flushed here too
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = streams
+        if argv is None:  # the command line's own process (not a caller's, as the tests'): it is about to exit
+            _done_with_signals()
+
+
+def _done_with_signals():
+    """The command is done and its exit code decided: a Ctrl-C or SIGTERM during the interpreter's exit (half a
+    second of joining threads and freeing modules after `run xor --quick`) turned exit 0 into a silent 130 after
+    every result was printed and written. Ignored from here to the end of the process."""
+    import signal
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+
+
+def _guarded_main(argv):
     from .signals import Stop, handle_signals  # stdlib only: installed before the heavy imports
 
     with handle_signals():
@@ -114,7 +185,7 @@ def main(argv=None) -> int:
                 try:
                     return _main(argv)
                 except checkpoint.CheckpointError as e:  # a checkpoint that does not fit the run, found late
-                    print(f"backprop-lab: error: {e}", file=sys.stderr)
+                    print(wrap_message(f"backprop-lab: error: {e}"), file=sys.stderr)
                     return 2
         except KeyboardInterrupt as e:  # during start-up, or outside an experiment
             stop = e if isinstance(e, Stop) else Stop()

@@ -459,7 +459,7 @@ def _all_here(args):
     if _dist.world_size() > 1:
         print(f"{_dist.world_size()} processes: the batch experiments split each step's batch over them, the others "
               "ran the same on each (rank 0 wrote the logs)")
-    print(f"{len(results)} experiments in {time.perf_counter() - t0:.1f} s")
+    print(f"{len(results)} experiment{'s' * (len(results) != 1)} in {time.perf_counter() - t0:.1f} s")
     print_tensorboard_hint(args.logdir, list(results) if args.only else ())
     if args.json and not write_json(args.json, results):
         return EXIT_WRITE_FAILED
@@ -475,6 +475,7 @@ def run_one(mod, cfg):
 
     checkpoint.reset_stats()
     _lab.CAPPED.clear()
+    _lab.CURRENT_ROOT = None
     base = {"config": dataclasses.asdict(cfg), "claims": [], "results": {}, "max_drift": None, "drift_ok": None}
     try:
         with one_thread():  # the experiments' models are small; see _threads.py
@@ -484,27 +485,43 @@ def run_one(mod, cfg):
         saved = checkpoint.save_on_stop(sig)  # after a finished training loop, outside one: that loop kept
         how = "by SIGTERM" if sig == "SIGTERM" else "by the user (Ctrl-C)"
         notes = [f"interrupted {how}"] + ([f"checkpoint {saved}: continue with --resume {saved}"] if saved else [])
-        return {**base, "status": "interrupted", "signal": sig, "checkpoint": saved,
-                "stopped_at": checkpoint.stats()["at"], "logdir": checkpoint.stats()["root"], "notes": notes}
+        return _stopped(mod, {**base, "status": "interrupted", "signal": sig, "checkpoint": saved,
+                              "stopped_at": checkpoint.stats()["at"], "notes": notes})
     except OSError as e:
         if not checkpoint.is_write_failure(e):
             raise
         saved, st = checkpoint.last_written(), checkpoint.stats()
-        where = e.filename or st["root"] or cfg.logdir
+        where = os.fsdecode(e.filename) if e.filename is not None else st["root"] or cfg.logdir
         code = errno.errorcode.get(e.errno, e.errno)
-        notes = [f"stopped: a write failed ({code}: {e.strerror}) under {where}"
-                 + (f" after step {st['at'][1]} of {st['at'][0]}" if st["at"] else "")
-                 + "; the logs written before it are kept"]
+        after = f" after step {st['at'][1]} of {st['at'][0]}" if st["at"] else ""
+        if e.errno == errno.ENOENT:  # the run's folder removed under it: nothing there is kept
+            notes = [f"stopped: {where} is gone ({code}: the run folder was removed while the run wrote it){after}"]
+            saved = saved if saved and os.path.exists(saved) else None
+        else:
+            notes = [f"stopped: a write failed ({code}: {e.strerror}) under {where}{after}; "
+                     "the logs written before it are kept"]
         if saved:
             notes.append(f"checkpoint {saved}: continue with --resume {saved} once there is room")
-        return {**base, "status": "write-failed", "error": f"{code}: {e.strerror}", "stopped_at": st["at"],
-                "logdir": st["root"], "checkpoint": saved, "notes": notes}
+        return _stopped(mod, {**base, "status": "write-failed", "error": f"{code}: {e.strerror}", "stopped_at": st["at"],
+                              "checkpoint": saved, "notes": notes})
     if _lab.CAPPED:  # given values that --quick capped: said, not silent
         metrics.setdefault("notes", []).extend(dict.fromkeys(_lab.CAPPED))
     if cfg.save_every and not checkpoint.stats()["segments"]:
         metrics.setdefault("notes", []).append(
             f"--save-every {cfg.save_every}: {getattr(mod, 'NAME', '?')} has no _lab.train loop to checkpoint; nothing saved")
     return metrics
+
+
+def _stopped(mod, metrics):
+    """A run that did not reach its end: its folder (the checkpoint's, else the one its logger made, even before
+    a training loop began) and, there, its outcome, so that `backprop-lab runs` lists it as interrupted (or
+    write-failed), not as "no outcome recorded"."""
+    from . import _lab, checkpoint
+
+    root = checkpoint.stats()["root"] or _lab.CURRENT_ROOT
+    if root is not None:
+        _lab.write_outcome(root, getattr(mod, "NAME", "?"), metrics)  # a failed write here changes nothing
+    return {**metrics, "logdir": root}
 
 
 # exit codes (README "Exit codes"): 0 every claim holds, 1 a claim does not hold or drift is over
@@ -588,15 +605,21 @@ def print_summary(results):
     print("\n".join(summary_lines(results)))
 
 
+def venv_command(script, module):
+    """The venv's own `script` (beside this Python: works with the venv not activated), else `python -m module`,
+    quoted for pasting."""
+    from shlex import quote
+
+    exe = os.path.join(os.path.dirname(sys.executable), script)
+    return quote(exe) if os.path.exists(exe) else f"{quote(sys.executable)} -m {module}"
+
+
 def print_tensorboard_hint(logdir, names=()):
     """How to look at what just ran: `backprop-lab view` (the venv's TensorBoard, latest runs only). Both
     commands name the venv's own executables: they work whether or not the venv is activated."""
     from shlex import quote  # the lines are for pasting: a path with a space stays one argument
 
-    here = os.path.dirname(sys.executable)
-    exe, cli = os.path.join(here, "tensorboard"), os.path.join(here, "backprop-lab")
-    tb = quote(exe) if os.path.exists(exe) else f"{quote(sys.executable)} -m tensorboard.main"
-    cli = quote(cli) if os.path.exists(cli) else f"{quote(sys.executable)} -m experiments"
+    tb, cli = venv_command("tensorboard", "tensorboard.main"), venv_command("backprop-lab", "experiments")
     print(f"\nview the latest runs:  {cli} view {' '.join(names)}".rstrip()
           + ("" if logdir == "runs" else f" --logdir {quote(logdir)}"))
     print(f"every run, not only the latest:\n  {tb} --logdir {quote(logdir)}")

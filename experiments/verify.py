@@ -171,29 +171,46 @@ def _model_abs(d):
     return max((e[0] for e in d["errors"].values() if math.isfinite(e[0])), default=0.0)
 
 
+WIDTH = 100  # terminal output fits this many columns
+COLS = "  {:8} {:10} {:>8} {:>8} {:>6} {:>6}  {:4}  "  # then the worst sample, wrapped at WIDTH
+
+
 def _table(rows) -> str:
-    head = (f"{'op / model':34} {'dtype':8} {'device':10} {'max abs':>8} {'max rel':>8} {'rtol':>6} {'atol':>6}"
-            "  pass  worst sample")
-    lines = [head, "-" * len(head)]
+    """One heading per op or model, then a row per dtype and device (the name on each row took 35 of the
+    100 columns); the worst sample wraps in its column, a failure's note goes below its row."""
+    import textwrap
+
+    head = COLS.format("dtype", "device", "max abs", "max rel", "rtol", "atol", "pass")
+    indent = len(head)
+    lines = ["op / model", head + "worst sample", None]
+    name = None
     for r in rows:
+        if r["name"] != name:
+            name = r["name"]
+            lines.append(name)
         ok = "ok" if r["passed"] else f"FAIL {r['failed']}/{r['cases']}"
-        note = f"  <- {r['note']}" if r["note"] else ""
-        lines.append(f"{r['name']:34} {r['dtype']:8} {r['device']:10} {r['max_abs']:8.1e} {r['max_rel']:8.1e} "
-                     f"{r['rtol']:6.0e} {r['atol']:6.0e}  {ok:4}  {r['worst']}{note}")
+        cells = COLS.format(r["dtype"], r["device"], f"{r['max_abs']:.1e}", f"{r['max_rel']:.1e}",
+                            f"{r['rtol']:.0e}", f"{r['atol']:.0e}", ok)
+        worst = textwrap.wrap(r["worst"], WIDTH - max(indent, len(cells)), break_on_hyphens=False) or [""]
+        lines.append((cells + worst[0]).rstrip())
+        lines += [" " * indent + w for w in worst[1:]]
+        if r["note"]:
+            lines += textwrap.wrap(f"<- {r['note']}", WIDTH, initial_indent="    ", subsequent_indent="       ")
+    lines[2] = "-" * max(map(len, lines[3:] or [head]))
     return "\n".join(lines)
 
 
 def run(args) -> int:
     backends = [b for b in DEVICES[args.device] if b in available_backends()]
     if args.device in ("cuda", "all") and "torch-cuda" not in backends:
-        print(f"verify --device {args.device}: torch sees no CUDA GPU (torch.cuda.is_available() is False)")
-        return 2
+        args._parser.error(f"--device {args.device}: torch sees no CUDA GPU (torch.cuda.is_available() is False); "
+                           "--device cpu or auto checks NumPy and torch-cpu")
     dtypes = list(DTYPES) if args.dtype == "all" else [args.dtype]
     only = set(args.only or ())
     known = {op.name for op in OPS} | {f"mlp[{a}]" for a in ACTIVATIONS} | {"gpt"} | set(NETS)
     if only - known:
-        print(f"verify --only: unknown name(s) {sorted(only - known)}; expected some of {sorted(known)}")
-        return 2
+        args._parser.error(f"--only: unknown name(s) {', '.join(sorted(only - known))}; "
+                           f"expected some of: {', '.join(sorted(known))}")
     t0 = time.perf_counter()
     rows, details = _op_rows(dtypes, backends, only)
     mrows, mdetails = _model_rows(dtypes, backends, only)

@@ -60,6 +60,10 @@ def describe(run):
     if o is None:
         return os.path.basename(run), "no outcome recorded (running, stopped, or not an experiment)"
     text = o["status"]
+    if o.get("signal"):  # interrupted: by which signal, and the checkpoint that continues it
+        text += f" ({o['signal']})"
+    if o.get("checkpoint"):
+        text += f", checkpoint {os.path.basename(o['checkpoint'])}"
     if o.get("claims"):
         text += f", {o['claims_hold']}/{o['claims']} claims hold"
     if o.get("max_drift") is not None:  # a number, or "nan"/"inf" (strict JSON): float() reads both
@@ -68,6 +72,19 @@ def describe(run):
 
 
 # -- runs ------------------------------------------------------------------------------------
+
+RUNNING_S = 600  # a run without an outcome, written to this recently, may be running: --clean keeps it
+
+
+def maybe_running(run, now=None):
+    """No outcome yet (a finished, interrupted or failed run records one) and a file changed in the last
+    RUNNING_S seconds: another process may be writing it."""
+    if outcome(run) is not None:
+        return False
+    newest = max((os.path.getmtime(os.path.join(d, f)) for d, _, files in os.walk(run) for f in files),
+                 default=os.path.getmtime(run))
+    return (now or time.time()) - newest < RUNNING_S
+
 
 def cmd_runs(args):
     if not args.clean:  # else they would be ignored, and `runs --keep 2` would look like it kept 2
@@ -83,6 +100,11 @@ def cmd_runs(args):
         return 0
     if args.clean:
         doomed = [r for rs in runs.values() for r in rs[:max(len(rs) - args.keep, 0)]]
+        live = [r for r in doomed if maybe_running(r)]
+        doomed = [r for r in doomed if r not in live]
+        for r in live:  # removing it under a running `all` ended that run with exit 74
+            print(f"keeping {r}: no outcome recorded and written to in the last {RUNNING_S // 60} minutes "
+                  "(still running?)")
         if not doomed:
             print(f"nothing to remove: no experiment has more than {args.keep} run(s) under {args.where}")
             return 0
@@ -141,6 +163,12 @@ def select(logdir, names, all_runs):
                           "make one with `backprop-lab run xor` (or pass --logdir where the runs are)")
     names = names or list(runs)
     missing = [n for n in names if n not in runs]
+    from .runner import EXPERIMENTS, RUN_ONLY
+
+    known = [*EXPERIMENTS, *RUN_ONLY, "bench"]
+    unknown = [n for n in missing if n not in known]
+    if unknown:  # else it said "make one with `backprop-lab run nosuch`"
+        raise LookupError(f"{', '.join(unknown)}: not an experiment; expected some of: {', '.join(known)}")
     if missing:
         have = ", ".join(runs) or "none"
         raise LookupError(f"no runs of {', '.join(missing)} under {logdir} (runs there: {have}); "
@@ -152,11 +180,54 @@ def select(logdir, names, all_runs):
     return spec
 
 
+LOAD_WAIT_S = 120  # how long view waits for TensorBoard to load every run before it prints the URL anyway
+
+
+def _get(url):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read().decode())
+
+
+def expected_runs(spec):
+    """(runs, runs with scalars) that TensorBoard will find under the spec: every folder with an event file; of
+    those, the ones in a run that finished (its outcome: ok or diverged) surely hold scalars (a run stopped
+    before its first step, or killed, may hold only its config text)."""
+    runs = scalars = 0
+    for path in spec.values():
+        for folder, _, files in os.walk(path):
+            if any(f.startswith("events.out.tfevents") for f in files):
+                runs += 1
+                o = outcome(os.path.dirname(folder))  # LOGDIR/<experiment>/<run>/<impl>: the run's outcome
+                scalars += bool(o and o.get("status") in ("ok", "diverged"))
+    return runs, scalars
+
+
+def wait_until_loaded(url, proc, deadline, expected):
+    """True once TensorBoard has read the expected (runs, runs with scalars): text tags for every run (each
+    writes its config first), scalar tags for the finished ones. TensorBoard answers before it has read the
+    event files, and finds and reads the runs one after another: a URL opened at once showed some
+    experiments and not others (after one `all --quick`, 20 of the 26 runs 1 s after the URL)."""
+    runs, with_scalars = expected
+    while proc.poll() is None:
+        try:
+            if (len(_get(url + "data/plugin/scalars/tags")) >= with_scalars
+                    and len(_get(url + "data/plugin/text/tags")) >= runs):
+                return True
+        except (OSError, ValueError):  # HTTP 500 seen now and then while runs are still loading
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.25)
+    return False
+
+
 def cmd_view(args):
     try:
         spec = select(args.where, args.names, args.all_runs)
     except LookupError as e:
-        print(f"backprop-lab view: error: {e}", file=sys.stderr)
+        from .cli import wrap_message
+
+        print(wrap_message(f"backprop-lab view: error: {e}"), file=sys.stderr)
         return 2
     if args.port and not port_is_free(args.port):  # else TensorBoard starts and exits with its own error
         args._parser.error(f"--port {args.port}: in use on 127.0.0.1; leave --port out for a free one")
@@ -182,8 +253,10 @@ def cmd_view(args):
                     print("backprop-lab view: TensorBoard did not answer within 60 s", file=sys.stderr)
                     return 1
                 time.sleep(0.25)
-        print(f"\nTensorBoard: {url}   ({len(spec)} experiment(s), {2 * len(spec)} runs if both implementations "
-              f"ran; Ctrl-C stops it)", flush=True)
+        expected = expected_runs(spec)
+        loaded = wait_until_loaded(url, proc, time.monotonic() + LOAD_WAIT_S, expected)
+        print(f"\nTensorBoard: {url}   ({len(spec)} experiment(s), {expected[0]} runs; Ctrl-C stops it)" + ("" if loaded else f"\n(still loading after {LOAD_WAIT_S} s: charts fill in "
+                                           "as the runs load)"), flush=True)
         proc.wait()
         return 0
     except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) is how one stops viewing: not an error

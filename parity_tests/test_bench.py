@@ -258,3 +258,32 @@ def test_keep_freed_memory_stops_the_page_faults_of_fresh_arrays():
         assert r.returncode == 0, r.stderr
         faults[mode] = float(r.stdout)
     assert faults["default"] > 500 and faults["keep"] < 5, faults
+
+
+def test_the_ceiling_and_tensorboard_lines_fit_and_can_be_pasted():
+    """The matmul ceiling with both dtypes was 111 columns; the closing line said `tensorboard --logdir ...`,
+    which is not on the PATH when the venv is not activated (README runs `.venv/bin/backprop-lab`)."""
+    import os
+    import shlex
+    import sys
+
+    peaks = {dt: {"numpy": 293.8, "torch": 323.1, "cuda": 19106.0} for dt in ("float32", "float64")}
+    text = bench.ceiling_line(2048, 7, peaks)
+    assert max(map(len, text.splitlines())) <= 100, text
+    assert " ".join(text.split()) == ("matmul ceiling (n=2048, best of 7 rounds, GFLOP/s): float32: numpy 294, "
+                                      "torch 323, cuda 19106; float64: numpy 294, torch 323, cuda 19106")
+    line = bench.tensorboard_line("my runs/bench/20260101-000000").strip()
+    argv = shlex.split(line.split(":", 1)[1])
+    here = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    assert argv[0] == (here if os.path.exists(here) else sys.executable), line
+    assert argv[-2:] == ["--logdir", "my runs/bench/20260101-000000"]
+
+
+def test_a_bench_run_folder_records_its_outcome(tmp_path):
+    """`backprop-lab runs` listed a finished bench as "no outcome recorded (running, stopped, or not an
+    experiment)" (and `runs --clean` kept a recent one as possibly running)."""
+    from experiments import view
+
+    root = bench.log_tensorboard(str(tmp_path), {"status": "ok", "machine": {}, "rows": [], "scaling": [],
+                                                 "protocol": {"rounds": 3}})
+    assert view.describe(root)[1] == "ok" and not view.maybe_running(root)

@@ -57,10 +57,13 @@ def test_unknown_experiment_exits_2_and_lists_the_valid_ones():
 
 
 def parse_error(capsys, *argv):
-    """cli.main(argv) in-process (no interpreter start-up): argparse's exit code and stderr."""
+    """cli.main(argv) in-process (no interpreter start-up): argparse's exit code and stderr, its message
+    unwrapped (errors wrap at 100 columns, continued with a 2-space indent)."""
+    import re
+
     with pytest.raises(SystemExit) as e:
         cli_main(list(argv))
-    return e.value.code, capsys.readouterr().err
+    return e.value.code, re.sub(r"\n  (?=\S)", " ", capsys.readouterr().err)
 
 
 def test_unknown_command_exits_2_and_lists_the_valid_ones(capsys):

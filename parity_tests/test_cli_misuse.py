@@ -148,6 +148,11 @@ PROBES = {
                              r"argument --port: expected a port in 0\.\.65535 \(0: a free one\), got -1"),
     "view --port above 65535": (lambda t, L: ["view", "--port", "65536"], r"argument --port: expected a port in 0\.\.65535"),
 }
+if not __import__("torch").cuda.is_available():  # a usage error as run's, all's and verify's: stderr, exit 2
+    PROBES.update({
+        "bench --device cuda without a GPU": (lambda t, L: ["bench", "--device", "cuda"],
+                                              r"backprop-lab bench: error: --device cuda: torch sees no CUDA GPU"),
+    })
 if not ROOT_USER:
     PROBES.update({
         "experiment folder not writable": (lambda t, L: ["run", "xor", "--logdir", L] if unwritable(t / "runs" / "xor", folder=True) else [],
@@ -155,6 +160,11 @@ if not ROOT_USER:
         "json file not writable": (lambda t, L: ["run", "xor", "--json", unwritable(t / "r.json")],
                                    r"--json .*r\.json: the file exists and is not writable"),
     })
+
+
+def unwrap(err):
+    """The message as one line: errors wrap at 100 columns, continued with a 2-space indent."""
+    return re.sub(r"\n  (?=\S)", " ", err)
 
 
 @pytest.mark.parametrize("name", list(PROBES))
@@ -169,8 +179,9 @@ def test_bad_command_line_is_refused_before_any_work(name, tmp_path, capsys):
         cli.main(argv + ["--no-progress"] if argv[0] == "run" else argv)
     err = capsys.readouterr().err
     assert e.value.code == 2, err
-    assert re.search(pattern, err), f"{name}: expected /{pattern}/ in:\n{err}"
+    assert re.search(pattern, unwrap(err)), f"{name}: expected /{pattern}/ in:\n{err}"
     assert "Traceback" not in err
+    assert all(len(line) <= 100 or " " not in line.strip() for line in err.splitlines()), f"{name}: over 100 columns:\n{err}"
     made = [d for d in logdir.rglob("*") if d.is_dir()]
     assert not made, f"{name}: a run started before the refusal: {made}"
 
@@ -188,7 +199,7 @@ def test_view_with_no_runs_at_all_exits_2_without_starting_tensorboard(tmp_path,
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("TensorBoard was started"))
     logdir = tmp_path if where == "empty" else tmp_path / "nowhere"
     assert cli.main(["view", "--logdir", str(logdir)]) == 2
-    err = capsys.readouterr().err
+    err = unwrap(capsys.readouterr().err)
     assert re.search(rf"no runs under {re.escape(str(logdir))}.*backprop-lab run xor", err), err
     assert "Traceback" not in err
 
@@ -224,7 +235,7 @@ def test_view_on_a_port_in_use_exits_2_without_starting_tensorboard(tmp_path, ca
         port = s.getsockname()[1]
         with pytest.raises(SystemExit) as e:
             cli.main(["view", "--logdir", str(tmp_path), "--port", str(port)])
-    err = capsys.readouterr().err
+    err = unwrap(capsys.readouterr().err)
     assert e.value.code == 2, err
     assert re.search(rf"--port {port}: in use on 127\.0\.0\.1; leave --port out for a free one", err), err
     assert "Traceback" not in err

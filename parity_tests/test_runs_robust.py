@@ -124,6 +124,68 @@ def test_run_one_interrupted_mid_training_keeps_the_logs(tmp_path):
         assert any("interrupted" in t for t in texts(ea))
 
 
+@pytest.mark.parametrize("when", ["before training", "mid-training"])
+def test_an_interrupted_run_is_listed_as_interrupted_and_names_its_folder(tmp_path, when):
+    """`timeout -s INT 3 backprop-lab run digits`: the run folder was made, but no outcome was written, so
+    `backprop-lab runs` listed it as "no outcome recorded (running, stopped, ...)", and the summary printed
+    no "run folder:" line (the folder was known only once a training loop had started)."""
+    from experiments import view
+
+    cfg = _lab.RunConfig(device="cpu", progress=False, logdir=str(tmp_path))
+    x, y = data()
+    seen = {}
+
+    def batches(step):
+        if step == 7:
+            raise KeyboardInterrupt
+        return x, y
+
+    def main(cfg):
+        with _lab.RunLogger("ctrl-c", cfg) as log:
+            seen["root"] = log.root
+            if when == "before training":
+                raise KeyboardInterrupt  # loading data, building the model
+            _lab.train(small_twins(cfg, lr=0.1), log, batches, 100, progress=False)
+        return _lab.result(cfg, log, {}, [])
+
+    m = runner.run_one(types.SimpleNamespace(main=main, NAME="ctrl-c"), cfg)
+    assert m["status"] == "interrupted" and m["logdir"] == seen["root"]
+    name, text = view.describe(seen["root"])
+    assert text.startswith("interrupted (SIGINT)"), text
+    outcome = json.loads((Path(seen["root"]) / _lab.OUTCOME).read_text())
+    assert outcome["status"] == "interrupted" and outcome["signal"] == "SIGINT"
+
+
+def test_a_run_folder_removed_under_the_run_is_a_write_failure_not_a_traceback(tmp_path):
+    """`runs --clean` or an `rm -rf` in another terminal removed a running run's folder: the next event write
+    raised FileNotFoundError (TensorBoard's writer threads printed their tracebacks, the command one more, exit
+    1). It is a failed write of this run (exit 74), named as a removed folder, with no checkpoint to offer."""
+    import shutil
+
+    cfg = _lab.RunConfig(device="cpu", progress=False, logdir=str(tmp_path))
+    x, y = data()
+    seen = {}
+
+    def batches(step):
+        if step == 5:
+            shutil.rmtree(seen["root"])
+        return x, y
+
+    def main(cfg):
+        with _lab.RunLogger("removed", cfg) as log:
+            seen["root"] = log.root
+            _lab.train(small_twins(cfg, lr=0.1), log, batches, 5000, progress=False)
+            for w in log.writers.values():
+                w.flush()
+        return _lab.result(cfg, log, {}, [])
+
+    with checkpoint.quiet_writer_threads():  # as cli.main runs it: a writer thread's failed write is not printed
+        m = runner.run_one(types.SimpleNamespace(main=main, NAME="removed"), cfg)
+    assert m["status"] == "write-failed" and runner.exit_code({"removed": m}) == 74, m
+    assert "the run folder was removed while the run wrote it" in m["notes"][0] and "b'" not in m["notes"][0]
+    assert m["checkpoint"] is None
+
+
 def event_size(logdir):
     files = glob.glob(os.path.join(logdir, "xor", "*", "manual", "events.out.tfevents.*"))
     return max((os.path.getsize(f) for f in files), default=0)

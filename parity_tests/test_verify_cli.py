@@ -47,7 +47,14 @@ def test_a_broken_op_backward_exits_1_and_is_named(tmp_path, capsys, monkeypatch
     code = main(["verify", "--device", "cpu", "--dtype", "float32", "--only", "tanh", "sigmoid", "--json", str(path)])
     assert code == 1
     out = capsys.readouterr().out
-    assert "FAILED: tanh" in out and any(line.startswith("tanh") and "FAIL" in line for line in out.splitlines())
+    assert "FAILED: tanh" in out
+    lines = out.splitlines()  # a heading per op, then its rows: the tanh rows fail, the sigmoid rows pass
+    rows, name = {}, None
+    for line in lines[3:]:
+        if line and not line.startswith(" "):
+            name = line
+        rows[name] = rows.get(name, "") + line
+    assert "FAIL" in rows["tanh"] and "FAIL" not in rows["sigmoid"], out
     rows = {r["name"]: r for r in json.loads(path.read_text())["rows"]}
     assert rows["tanh"]["passed"] is False and rows["sigmoid"]["passed"] is True
 
@@ -67,6 +74,20 @@ def test_a_broken_model_names_the_first_diverging_layer(tmp_path, capsys, monkey
     assert models and all(m["first_divergent"] == "4" for m in models)
 
 
-def test_bad_arguments_exit_2(capsys):
-    assert main(["verify", "--only", "nosuchop"]) == 2
-    assert "unknown name(s) ['nosuchop']" in capsys.readouterr().out
+def test_bad_arguments_exit_2_on_stderr(capsys):
+    """An unknown --only name was printed to stdout as one line of 700 columns (a Python list of every name)."""
+    with pytest.raises(SystemExit) as e:
+        main(["verify", "--only", "nosuchop", "relu"])
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and not out
+    assert "backprop-lab verify: error: --only: unknown name(s) nosuchop; expected some of: adaptive_avg_pool2d," in err
+    assert "['" not in err
+
+
+def test_the_table_fits_100_columns(capsys):
+    """The rows were 106 to 128 columns (the op's name, 35 wide, on every row): a heading per op now."""
+    assert main(["verify", "--device", "cpu", "--only", "binary_cross_entropy_with_logits", "gelu", "mlp[leaky_relu]",
+                 "scaled_dot_product_attention"]) == 0
+    out = capsys.readouterr().out
+    assert max(map(len, out.splitlines())) <= 100, out
+    assert "binary_cross_entropy_with_logits\n  float64  numpy" in out

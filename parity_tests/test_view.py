@@ -82,6 +82,9 @@ def session_groups(base):
                  "sliceSize": 1000})
 
 
+AT_URL = {}  # TensorBoard's answers the moment view printed the URL
+
+
 @pytest.fixture(scope="module")
 def board(all_quick, tmp_path_factory):
     """`backprop-lab view --logdir LOGDIR`: its URL, once TensorBoard has loaded every run."""
@@ -100,6 +103,7 @@ def board(all_quick, tmp_path_factory):
             m = re.search(r"TensorBoard: (http://127\.0\.0\.1:\d+/)", line)
             url = m and m.group(1).rstrip("/")
             assert time.monotonic() < deadline, "no URL printed:\n" + "".join(lines)
+        AT_URL["scalars"] = get(f"{url}/data/plugin/scalars/tags")  # what a user sees who opens it at once
         n_runs = 2 * len(runner.EXPERIMENTS)
         while True:  # the Python loader reads runs one after another
             try:
@@ -163,6 +167,15 @@ def test_one_all_writes_two_runs_per_experiment(all_quick):
 
 
 # -- a real TensorBoard, started by `backprop-lab view` ----------------------------------------
+
+def test_every_run_is_loaded_when_the_url_is_printed(board):
+    """TensorBoard answers before it has read the event files, and reads the runs one after another: view
+    printed the URL at its first answer, and a user opening it at once saw 20 of the 26 runs (1 s later).
+    view now prints it once every run is read, and says how many runs there are."""
+    url, text = board
+    assert len(AT_URL["scalars"]) == 2 * len(runner.EXPERIMENTS), sorted(AT_URL["scalars"])
+    assert f"({len(runner.EXPERIMENTS)} experiment(s), {2 * len(runner.EXPERIMENTS)} runs; Ctrl-C stops it)" in text
+
 
 def test_view_serves_every_experiments_two_runs(board):
     url, printed = board
@@ -282,6 +295,8 @@ def test_runs_and_view_bad_values_exit_2(argv, capsys):
 
 
 def test_view_of_an_experiment_without_runs_exits_2_and_says_how_to_make_one(tmp_path, capsys):
+    import re
+
     assert cli_main(["view", "xor", "--logdir", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
+    err = re.sub(r"\n  (?=\S)", " ", capsys.readouterr().err)  # errors wrap at 100 columns
     assert "no runs of xor" in err and "backprop-lab run xor" in err
