@@ -130,7 +130,7 @@ def test_all_quick_only_xor_writes_the_json_report(tmp_path):
     report = json.loads(out.read_text())
     assert set(report) == {"xor"}
     check_report(report["xor"])
-    assert "1 experiments in" in r.stdout
+    assert "1 experiment in" in r.stdout and "1 experiments" not in r.stdout
 
 
 # `all --quick` over every experiment: parity_tests/test_view.py (one shared run, then TensorBoard).
