@@ -301,6 +301,9 @@ def min_max(x):
     if type(x) is np.ndarray:
         return int(x.min()), int(x.max())
     lo, hi = torch.aminmax(x)
+    if x.is_cuda:  # one copy to the host (one wait for the GPU), not one per value
+        lo, hi = torch.stack((lo, hi)).tolist()
+        return int(lo), int(hi)
     return int(lo), int(hi)
 
 
