@@ -1,5 +1,6 @@
-"""`backprop-lab bench`: one training step (forward, loss, backward, SGD update) of ReLU MLPs,
-hand-written (`manual` on NumPy, `manual` on torch tensors) against torch autograd.
+"""`backprop-lab bench`: one training step (forward, loss, backward, SGD update) of ReLU MLPs, MLPs
+with batch or layer norm, CNNs and GPTs, hand-written (`manual` on NumPy, `manual` on torch tensors)
+against torch autograd.
 
 Protocol: before any timing, each model checks that all implementations give the same loss
 and the same updated weights from the same start. Then paired rounds: in each round every
