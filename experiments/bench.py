@@ -899,10 +899,11 @@ def run(args):
            "protocol": {"rounds": rounds, "block_target_s": target_s, "settle_s": SETTLE_S}}
     logdir = log_tensorboard(args.logdir, out)
     print(tensorboard_line(logdir))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
-        print(f"wrote {args.json}", file=sys.stderr)
+    if args.json:  # atomically, inf/nan as strings (runner.write_json); a failed write is exit 74 (a stop's code wins)
+        from .runner import EXIT_WRITE_FAILED, write_json
+
+        if not write_json(args.json, out) and code == 0:
+            code = EXIT_WRITE_FAILED
     return code
 
 
@@ -1042,11 +1043,10 @@ def _print_rows(lines):
 def log_tensorboard(logroot, out):
     from torch.utils.tensorboard import SummaryWriter
 
-    root = os.path.join(logroot, "bench", _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    base, n = root, 1
-    while os.path.exists(root):  # never overwrite an earlier run
-        n += 1
-        root = f"{base}-{n}"
+    from ._lab import make_run_dir
+
+    # never an earlier run's folder, not even one made in the same second (os.mkdir is atomic)
+    root = make_run_dir(os.path.join(logroot, "bench"), _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     writers = {}
     for r in out["rows"]:
         w = writers.setdefault(r["impl"], SummaryWriter(os.path.join(root, r["impl"])))

@@ -8,7 +8,6 @@ disagree, the first layer (in backward order) whose gradient diverges. Exit 1 on
 
 from __future__ import annotations
 
-import json
 import math
 import time
 
@@ -225,18 +224,11 @@ def run(args) -> int:
     print(f"\n{n} checks over {', '.join(backends)}{skipped} in {seconds:.1f}s: "
           + ("all passed" if not failed else f"{len(failed)} row(s) FAILED: "
              + ", ".join(sorted({f"{r['name']}" for r in failed}))))
-    if args.json:
+    if args.json:  # atomically, inf/nan as strings (runner.write_json): a failed write is exit 74, as run's
+        from .runner import EXIT_WRITE_FAILED, write_json
+
         out = dict(passed=not failed, backends=backends, dtypes=dtypes, torch=torch.__version__,
                    rows=rows + mrows, samples=details, models=mdetails)
-        with open(args.json, "w") as f:
-            json.dump(_clean(out), f, indent=1)
+        if not write_json(args.json, out):
+            return EXIT_WRITE_FAILED
     return 1 if failed else 0
-
-
-def _clean(x):
-    """JSON has no inf/nan: write them as strings."""
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return _finite(x) if isinstance(x, float) else x

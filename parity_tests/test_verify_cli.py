@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -91,3 +92,12 @@ def test_the_table_fits_100_columns(capsys):
     out = capsys.readouterr().out
     assert max(map(len, out.splitlines())) <= 100, out
     assert "binary_cross_entropy_with_logits\n  float64  numpy" in out
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full (every write: ENOSPC)")
+def test_a_json_that_cannot_be_written_is_exit_74(capsys, tmp_path):
+    """verify's --json was a plain open() and write: a full disk gave a traceback and a half-written file. Now
+    runner.write_json (atomic; a device is written into, never replaced): exit 74 as run's, and why."""
+    assert main(["verify", "--device", "cpu", "--only", "relu", "--json", "/dev/full"]) == 74
+    assert "could not write --json /dev/full: No space left on device" in capsys.readouterr().err
+    assert os.path.exists("/dev/full") and not os.path.isfile("/dev/full")  # still the device
