@@ -317,6 +317,21 @@ def adam_state_left_behind():
     opt.step()
 
 
+def adam_state_after_float():
+    """An Adam stepped on float64 parameters, the model then made float32 by .float(): its moments stayed float64
+    (torch's Adam refuses: 'expected dtype double for `end` but got dtype float'; manual went on in float64)."""
+    m = nn.Linear(4, 3).double()
+    opt = optim.Adam(m.parameters())
+    m(X34)
+    m.backward(np.ones((3, 3)))
+    opt.step()
+    m.float()
+    opt.zero_grad()
+    m(X34.astype(np.float32))
+    m.backward(np.ones((3, 3), np.float32))
+    opt.step()
+
+
 MASKED = np.array([[0.0, -np.inf, 1.0], [-np.inf, 0.5, 2.0], [-np.inf, 1.0, 0.0]])  # masked logits
 MASKED_T = np.array([0, 2, -100])
 MASKED_IGN = np.array([[-np.inf, 0.0, 1.0], [0.5, 0.2, -1.0]])  # row 0 ignored, its column 0 masked
@@ -665,6 +680,7 @@ PROBES = {
                                             Raises(RuntimeError, r"Tanh\(\).backward: the module was moved by .to\(...\) after forward .*run forward again")),
     "float-between-forward-and-backward": (lambda: moved_between_forward_and_backward(lambda m: m.float()),  # was a float64 .grad on float32 weights
                                            Raises(RuntimeError, r"the module was moved by .to\(...\) after forward")),
+    "Adam-state-after-float": (adam_state_after_float, Raises(ValueError, r"Adam.step: param_groups\[0\]\['params'\]\[0\]: expected its state exp_avg of the parameter's dtype \(float32\), got float64")),
     "Adam-state-on-another-backend": (adam_state_left_behind,  # was numpy's 'Concatenation operation is not implemented'
                                       Raises(ValueError, r"Adam.step: param_groups\[0\]\['params'\]\[0\]: expected its state exp_avg like the "
                                                          r"parameter \(torch cpu\), got \(numpy\)")),

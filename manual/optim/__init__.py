@@ -293,12 +293,19 @@ def _bad_grad(opt, group, p):
     )
 
 
-def _check_state(opt, group, p, name, a):
+def _check_state(opt, group, p, name, a, dtype=False):
     """State kept from an earlier step on another backend or device than the parameter now (the model was moved
-    by .to(...) after the optimizer stepped): named, not a NumPy-torch error from inside the update."""
+    by .to(...) after the optimizer stepped): named, not a NumPy-torch error from inside the update. dtype=True:
+    another dtype too (Adam, as torch's, refuses float64 moments for float32 weights after .float())."""
     d = p.data
-    if type(a) is type(d) and (type(d) is np.ndarray or a.device == d.device):
+    if type(a) is type(d) and (type(d) is np.ndarray or a.device == d.device) and (not dtype or a.dtype == d.dtype):
         return
+    if dtype and type(a) is type(d) and a.dtype != d.dtype:
+        i = [id(q) for q in group["params"]].index(id(p))
+        raise ValueError(
+            f"{type(opt).__name__}.step: param_groups[{opt.param_groups.index(group)}]['params'][{i}]: expected its "
+            f"state {name} of the parameter's dtype ({d.dtype}), got {a.dtype}: the model's dtype changed after the "
+            "optimizer stepped; build the optimizer after .to(...), or move its state with load_state_dict(state_dict())")
     where = lambda x: "numpy" if type(x) is np.ndarray else f"torch {x.device}"  # noqa: E731
     i = [id(q) for q in group["params"]].index(id(p))
     raise ValueError(
@@ -456,7 +463,7 @@ class Adam(Optimizer):
             state["exp_avg"] = xp.zeros_like(p.data)
             state["exp_avg_sq"] = xp.zeros_like(p.data)
         else:
-            _check_state(self, group, p, "exp_avg", state["exp_avg"])
+            _check_state(self, group, p, "exp_avg", state["exp_avg"], dtype=True)
         b1, b2 = (float(b) for b in group["betas"])  # floats: an np.float64 would promote float32 to float64
         lr, wd = float(group["lr"]), float(group["weight_decay"])
         state["step"] += 1
