@@ -127,13 +127,13 @@ def _esc(text):
     return text.replace("%", "%%")
 
 
-def _int_in(expected, ok):
-    """An integer parser for argparse: an ArgumentTypeError naming `expected` and what came."""
+def _number_in(convert, expected, ok):
+    """A number parser for argparse (convert: int or float): an ArgumentTypeError naming `expected` and what came."""
     def parse(text):
         import argparse
 
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
         if not ok(value):
@@ -141,6 +141,10 @@ def _int_in(expected, ok):
         return value
 
     return parse
+
+
+def _int_in(expected, ok):
+    return _number_in(int, expected, ok)
 
 
 _non_negative = _int_in("an integer >= 0", lambda v: v >= 0)
@@ -157,19 +161,9 @@ def _finite(text):
 
 def _float_in(expected, ok):
     """A float parser: nan and inf (also 1e400, which overflows to inf) are refused, whatever `ok` says."""
-    def parse(text):
-        import argparse
-        import math
+    import math
 
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if not (math.isfinite(value) and ok(value)):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
-        return value
-
-    return parse
+    return _number_in(float, expected, lambda v: math.isfinite(v) and ok(v))
 
 
 # float options with a range, by name (as lr above): refused by argparse, before any work
