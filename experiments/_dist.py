@@ -71,18 +71,13 @@ def job(device="auto", backend="auto", timeout_s=600.0):
     if not launched() or _initialized():
         yield
         return
-    import torch
-
     from manual import parallel as P
 
     from ._lab import resolve_device
 
     tdev, _ = resolve_device(device, backend)
     if tdev == "cuda":
-        problem = gpus_for(tdev, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-        if problem:
-            raise SystemExit(problem)
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        take_local_gpu()
     P.init_process_group(device=tdev, timeout=timeout_s)
     import torch.distributed as dist
 
@@ -107,6 +102,17 @@ def gpus_for(device, nproc):
                 f"GPU (nccl runs one process per GPU, and torch sees {have}); --device cpu runs {nproc} "
                 "processes with gloo")
     return None
+
+
+def take_local_gpu():
+    """A torchrun rank on CUDA takes its GPU, cuda:LOCAL_RANK; SystemExit naming the way out when the machine
+    has fewer GPUs than processes (torchrun by hand; the launcher refuses that before it starts them)."""
+    import torch
+
+    problem = gpus_for("cuda", int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    if problem:
+        raise SystemExit(problem)
+    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def barrier_before_teardown():

@@ -103,12 +103,9 @@ def process_group(cfg, device):
         return
     if "WORLD_SIZE" in os.environ:  # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK
         if device == "cuda":
-            from ._dist import gpus_for
+            from ._dist import take_local_gpu
 
-            problem = gpus_for(device, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-            if problem:
-                raise SystemExit(problem)
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            take_local_gpu()
         P.init_process_group(device=device, timeout=cfg.timeout_s)
     else:
         P.init_process_group(device=device, timeout=cfg.timeout_s, store=dist.HashStore(), rank=0, world_size=1)

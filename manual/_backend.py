@@ -125,6 +125,11 @@ def as_float(op: str, name: str, value) -> float:
     return float(value)
 
 
+def is_int(v) -> bool:
+    """An int as torch takes one: a NumPy integer too (np.int64 from array arithmetic), not a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+
 def as_int(op: str, name: str, value) -> int:
     """An integer argument (ignore_index) as a Python int. torch takes an int, a NumPy integer or an integer
     tensor of one element, and refuses a bool or a float (TypeError, 'must be int, not float')."""
@@ -303,7 +308,6 @@ def min_max(x):
     lo, hi = torch.aminmax(x)
     if x.is_cuda:  # one copy to the host (one wait for the GPU), not one per value
         lo, hi = torch.stack((lo, hi)).tolist()
-        return int(lo), int(hi)
     return int(lo), int(hi)
 
 

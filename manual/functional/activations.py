@@ -11,10 +11,6 @@ times faster in NumPy and equally exact. Inputs must be float32 or float64 (chec
 
 from __future__ import annotations
 
-import numbers
-
-import numpy as np
-
 from .. import _backend as B
 from .._backend import check_float, check_same_dtype, namespace
 
@@ -175,7 +171,7 @@ def tanh_backward(grad_output, input=None, *, output=None):
 
 def _check_dim(op, x, dim):
     """dim as torch takes it: an int in [-ndim, ndim), and 0 or -1 for a 0-d input (a 1-element axis)."""
-    if not isinstance(dim, numbers.Integral) or isinstance(dim, (bool, np.bool_)):  # np.int64 too, as torch
+    if not B.is_int(dim):  # np.int64 too, as torch
         hint = " (torch's implicit choice of dim is deprecated: pass dim=)" if dim is None else ""
         raise TypeError(f"{op}: expected dim to be an int, got {type(dim).__name__} {dim!r}{hint}")
     dim = int(dim)

@@ -26,8 +26,6 @@ readable reference the fast version is tested against.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from .. import _backend as B
@@ -38,21 +36,16 @@ from .._backend import check_same_dtype, namespace
 
 def _ntuple(op, name, value, n, minimum):
     """An int or a sequence of n ints (or of 1, used for every dim, as torch), each >= minimum, as a tuple of n ints."""
-    vals = (value,) * n if _is_int(value) else value
+    vals = (value,) * n if B.is_int(value) else value
     if isinstance(vals, (tuple, list)) and len(vals) == 1:
         vals = tuple(vals) * n
-    if not isinstance(vals, (tuple, list)) or len(vals) != n or not all(_is_int(v) for v in vals):
+    if not isinstance(vals, (tuple, list)) or len(vals) != n or not all(B.is_int(v) for v in vals):
         sizes = f"1 or {n}" if n > 1 else "1"
         raise TypeError(f"{op}: expected {name} to be an int or a tuple of {sizes} ints, got {value!r}")
     if any(v < minimum for v in vals):
         what = "positive" if minimum == 1 else "non-negative"
         raise ValueError(f"{op}: expected {name} to be {what} (>= {minimum}), got {value!r}")
     return tuple(int(v) for v in vals)  # np.int64 as a Python int
-
-
-def _is_int(v):
-    """An int as torch takes one: a NumPy integer too (np.int64 from array arithmetic), not a bool."""
-    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
 
 
 class _Geometry:
@@ -69,7 +62,7 @@ def _conv_geometry(op, input, weight, bias, stride, padding, dilation, groups, n
     if input.ndim not in (nd + 1, nd + 2):
         lay = "(N, C, L) or (C, L)" if nd == 1 else "(N, C, H, W) or (C, H, W)"
         raise ValueError(f"{op}: expected a {nd + 2}-D input {lay}, got shape {tuple(input.shape)}")
-    if not _is_int(groups) or groups < 1:
+    if not B.is_int(groups) or groups < 1:
         raise ValueError(f"{op}: expected groups to be a positive int, got {groups!r}")
     out_ch, cin_g = weight.shape[0], weight.shape[1]
     channels = input.shape[-nd - 1]

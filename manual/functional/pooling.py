@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import _backend as B
 from .._backend import check_same_dtype, namespace
-from .conv import _is_int, _ntuple, _pad
+from .conv import _ntuple, _pad
 
 _NEG_INF = -math.inf
 
@@ -247,9 +247,9 @@ def avg_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0,
 
 def _adaptive_size(op, input, output_size):
     _check_input(op, input)
-    sizes = (output_size, output_size) if output_size is None or _is_int(output_size) else output_size
+    sizes = (output_size, output_size) if output_size is None or B.is_int(output_size) else output_size
     if (not isinstance(sizes, (tuple, list)) or len(sizes) != 2
-            or not all(v is None or (_is_int(v) and v >= 0) for v in sizes)):
+            or not all(v is None or (B.is_int(v) and v >= 0) for v in sizes)):
         raise ValueError(f"{op}: expected output_size to be a non-negative int or a tuple of 2 (non-negative int "
                          f"or None), got {output_size!r}")
     return tuple(n if v is None else int(v) for n, v in zip(input.shape[-2:], sizes))
