@@ -113,7 +113,11 @@ class CausalAttention(Module):
         C = self.n_embd
         if C3 != 3 * C:
             raise ValueError(f"{self!r}: expected packed q, k, v of shape (B, T, {3 * C}), got {tuple(qkv.shape)}")
-        q, k, v = (self._heads(xp, qkv[..., i * C:(i + 1) * C], B_, T) for i in range(3))  # (B, nh, T, hs)
+        # (B, T, 3C) -> (3, B, nh, T, hs) in one copy: q, k, v each contiguous, so no batched matmul below
+        # (forward's and backward's) has to copy a strided operand first, as torch's would
+        nh = self.n_head
+        heads = B.contiguous(xp.permute_dims(xp.reshape(qkv, (B_, T, 3, nh, C // nh)), (2, 0, 3, 1, 4)))
+        q, k, v = heads[0], heads[1], heads[2]  # (B, nh, T, hs)
         stats = []
         p = _weights(xp, q, k, None, True, 1.0 / math.sqrt(C // self.n_head), stats)  # (B, nh, T, T), causal
         if self.record_attention:
@@ -127,23 +131,26 @@ class CausalAttention(Module):
         # backward rebuilds P from its row max and sum (B, nh, T, 1) instead of keeping the (B, nh, T, T)
         # weights: one q k^T and one exp more, T/2 times less memory (flash attention's trade, torch's too)
         self._save(_q=q, _k=k, _v=v, _m=stats[0], _z=stats[1])
-        y = xp.matmul(p if d is None else p * d, v)  # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
-        return self._merge(xp, y, B_, T)
+        y = self._merge(xp, xp.matmul(p if d is None else p * d, v), B_, T)  # (B, nh, T, T) @ (B, nh, T, hs)
+        self._save(_y=y)  # for backward's rowsum(dO * O); the same array c_proj keeps as its input: no memory
+        return y
 
     def backward(self, grad_output, *, input_grad=True):
         """dq, dk, dv by the attention kernel's backward (manual.functional.attention), packed as (B, T, 3C)."""
         xp = B.namespace(grad_output)
         B_, T, C = grad_output.shape
-        q, k, v, m, z = (self._saved(n) for n in ("_q", "_k", "_v", "_m", "_z"))
+        q, k, v, m, z, y = (self._saved(n) for n in ("_q", "_k", "_v", "_m", "_z", "_y"))
         d = self._saved("_d") if self._dropout_used else None
-        g = self._heads(xp, grad_output, B_, T)
-        scale = 1.0 / math.sqrt(C // self.n_head)
+        nh, hs = self.n_head, C // self.n_head
+        # rowsum(dP * P) = rowsum(dO * O) per head: (B, T, C) -> (B, T, nh) -> (B, nh, T, 1)
+        rowsum = xp.permute_dims(xp.sum(xp.reshape(grad_output * y, (B_, T, nh, hs)), axis=-1), (0, 2, 1))[..., None]
+        g = B.contiguous(self._heads(xp, grad_output, B_, T))  # one copy for its two matmuls
+        scale = 1.0 / math.sqrt(hs)
         p = _weights_again(xp, q, k, scale, m, z)  # the forward's P, from its row statistics
-        grads = _attention_backward(xp, g, q, k, v, p, d, scale, None)[:3]
+        grads = _attention_backward(xp, g, q, k, v, p, d, scale, None, rowsum=rowsum)[:3]
         # packed (B, T, 3C) = concat of the merged dq, dk, dv: each written once into its slot of one array
-        nh = self.n_head
         out = xp.empty((B_, T, 3 * C), dtype=grad_output.dtype, device=grad_output.device)
-        slots = xp.reshape(out, (B_, T, 3, nh, C // nh))
+        slots = xp.reshape(out, (B_, T, 3, nh, hs))
         for i, t in enumerate(grads):  # (B, nh, T, hs) -> slot i, viewed as (B, T, nh, hs)
             slots[:, :, i] = xp.permute_dims(t, (0, 2, 1, 3))
         return out

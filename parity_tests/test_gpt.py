@@ -278,6 +278,32 @@ def test_gpt_dropout_trains_and_eval_is_deterministic():
     np.testing.assert_allclose(model(idx), twin(torch.as_tensor(idx)).detach().numpy(), rtol=1e-12, atol=1e-14)
 
 
+def test_gpt_attention_module_backward_with_dropout_matches_autograd(backend):
+    """The module's attention backward under dropout (its softmax term rowsum(dP * P) taken as rowsum(dO * O),
+    the identity that holds with the dropout factor D too) against autograd through
+    softmax(q k^T / sqrt(hs) + causal) * D @ v with the forward's own D, from the packed (B, T, 3C) input."""
+    from manual.gpt import CausalAttention
+
+    rng = np.random.default_rng(12)
+    Bn, T, C, nh = 2, 6, 8, 2
+    qkv = rng.standard_normal((Bn, T, 3 * C))
+    g = rng.standard_normal((Bn, T, C))
+    dev = DEVICE_OF[backend]
+    attn = CausalAttention(nh, C, dropout=0.4, generator=np.random.default_rng(5))
+    y = attn(B.place(qkv, dev, "float64"))
+    d = torch.as_tensor(B.to_numpy(attn.__dict__["_d"][0]))  # the keep-mask / (1 - p) the forward drew (a peek)
+    assert 0 < float((d == 0).double().mean()) < 1, "the dropout must drop some weights and keep others"
+    grad = B.to_numpy(attn.backward(B.place(g, dev, "float64")))
+
+    t = torch.tensor(qkv, requires_grad=True)
+    q, k, v = (u.reshape(Bn, T, nh, C // nh).transpose(1, 2) for u in t.split(C, dim=2))
+    s = q @ k.transpose(-1, -2) / np.sqrt(C // nh) + torch.triu(torch.full((T, T), -torch.inf, dtype=t.dtype), 1)
+    ref = ((torch.softmax(s, -1) * d) @ v).transpose(1, 2).reshape(Bn, T, C)
+    ref.backward(torch.as_tensor(g))
+    np.testing.assert_allclose(B.to_numpy(y), ref.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-11, atol=1e-13)
+
+
 # -- bad input -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("call, err, match", [

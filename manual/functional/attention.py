@@ -99,6 +99,8 @@ def _causal_bias(xp, L, S, like):
 
 def _scores(xp, query, key, scale, is_causal):
     """scale * q k^T (..., L, S), plus the causal bias (-inf above the diagonal) if is_causal: a new array."""
+    if is_causal and _shape(query)[:-2] == _shape(key)[:-2]:  # torch: the scale and the bias inside one baddbmm
+        return B.scaled_scores(query, key, scale, _causal_bias(xp, query.shape[-2], key.shape[-2], query))
     s = xp.matmul(query, xp.matrix_transpose(key))  # (..., L, E) @ (..., E, S) -> (..., L, S)
     s *= scale
     if is_causal:
@@ -128,7 +130,7 @@ def _weights(xp, query, key, attn_mask, is_causal, scale, stats=None):
     if attn_mask is not None:
         m = xp.where(m > -math.inf, m, xp.zeros_like(m))  # so exp(-inf - m) = 0 there, not NaN
     s -= m
-    e = B.exp_(s)
+    e = B.exp_causal_(s) if is_causal else B.exp_(s)  # causal: no exp of the masked -inf (its slow case)
     z = xp.sum(e, axis=-1, keepdims=True)
     if attn_mask is not None:
         z = xp.where(z > 0, z, xp.ones_like(z))  # a fully masked row: 0 / 1 = 0 (torch's safe softmax)
@@ -144,7 +146,7 @@ def _weights_again(xp, query, key, scale, m, z):
     keeps (..., L, 1) statistics instead of the (..., L, S) weights, as flash attention keeps its logsumexp."""
     s = _scores(xp, query, key, scale, True)
     s -= m
-    e = B.exp_(s)
+    e = B.exp_causal_(s)
     e /= z
     return e
 
@@ -202,24 +204,30 @@ def scaled_dot_product_attention_backward(grad_output, query, key, value, attn_m
     return _backward(xp, grad_output, query, key, value, p, d, sc, attn_mask)
 
 
-def _backward(xp, g, query, key, value, p, d, scale, attn_mask):
-    """The unchecked kernel: p the softmax weights (..., L, S), d the dropout factor or None."""
+def _backward(xp, g, query, key, value, p, d, scale, attn_mask, rowsum=None):
+    """The unchecked kernel: p the softmax weights (..., L, S), d the dropout factor or None.
+
+    rowsum: rowsum(dP * P) (..., L, 1) if the caller has it: it equals rowsum(dO * O), O the forward's output
+    (sum_j P_ij D_ij (dO_i . v_j) = dO_i . O_i), half the products of the (..., L, S) form when Ev < S, and no
+    (..., L, S) temporary (flash attention's D)."""
     pd = p if d is None else p * d
     grad_value = xp.matmul(xp.matrix_transpose(pd), g)  # (..., S, L) @ (..., L, Ev) -> (..., S, Ev)
     dp = xp.matmul(g, xp.matrix_transpose(value))  # (..., L, Ev) @ (..., Ev, S) -> (..., L, S)
     if d is not None:
         dp = dp * d
+    if rowsum is None:
+        rowsum = xp.sum(dp * p, axis=-1, keepdims=True)
     # softmax backward ds = p * (dp - rowsum(dp * p)), (..., L, S): in place on dp (this function's own)
     # unless p is larger (a mask that broadcasts the weights beyond the output's batch dims)
     if _shape(dp) == _shape(p):
-        dp -= xp.sum(dp * p, axis=-1, keepdims=True)
+        dp -= rowsum
         dp *= p
         ds = dp
     else:
-        ds = p * (dp - xp.sum(dp * p, axis=-1, keepdims=True))
+        ds = p * (dp - rowsum)
     grad_query = xp.matmul(ds, key)  # (..., L, S) @ (..., S, E) -> (..., L, E)
-    grad_query *= scale
     grad_key = xp.matmul(xp.matrix_transpose(ds), query)  # (..., S, L) @ (..., L, E) -> (..., S, E)
+    grad_query *= scale
     grad_key *= scale
     grad_mask = None
     if attn_mask is not None and attn_mask.dtype != xp.bool:
