@@ -660,6 +660,11 @@ PROBES = {
     "dropout-torch-complex": (lambda: F.dropout(torch.zeros(3, dtype=torch.complex64), 0.5),
                               Raises(TypeError, r"dropout: expected input of dtype float32 or float64 .* got torch.complex64")),
     "CosineAnnealingLR-T_max-numpy-int": (lambda: cosine_lrs(optim, np.int64(4)), LikeTorch(lambda: cosine_lrs(torch.optim, np.int64(4)))),
+    # a float period, as torch takes it (2.5: never the recursion's special step, its denominator never 0)
+    "CosineAnnealingLR-T_max-float": (lambda: np.concatenate([cosine_lrs(optim, t) for t in (10.0, 2.5, np.float64(2.5), 0.75)]),
+                                      LikeTorch(lambda: torch.cat([cosine_lrs(torch.optim, t) for t in (10.0, 2.5, np.float64(2.5), 0.75)]))),
+    "CosineAnnealingLR-T_max-0": (lambda: cosine_lrs(optim, 0.0),  # torch: ZeroDivisionError at its second step
+                                  Raises(ValueError, r"CosineAnnealingLR: expected T_max a positive number of steps .*got 0.0")),
     "scheduler-step-before-optimizer-step": (scheduler_before_optimizer, Warns(r"lr_scheduler.step\(\)` before `optimizer.step\(\)")),
     "SequentialLR-load-other-scheduler-count": (sequential_loads_other_count,  # torch: 'list index out of range'
                                                 Raises(ValueError, r"SequentialLR.load_state_dict: expected the state of 2 schedulers, got 3")),
