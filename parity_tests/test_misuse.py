@@ -342,6 +342,10 @@ NAN_G = a(2.0, 3.0, 5.0, 7.0, 11.0, 13.0)
 # only a tail shorter than two SIMD vectors, and elu's backward gives NaN at NaN in the one, g in the other)
 NAN_X96, NAN_G96 = np.tile(NAN_X, 16), np.tile(NAN_G, 16)
 
+CE_T = np.array([0, -100, 3])  # class indices, one ignored
+CE_W = a(0.5, 2.0, 1.0, 0.1)  # class weights
+CE_P = np.exp(X34) / np.exp(X34).sum(1, keepdims=True)  # class probabilities
+
 # id -> (probe, expected outcome)
 PROBES = {
     # -- shapes ---------------------------------------------------------------------------------
@@ -431,6 +435,25 @@ PROBES = {
                                Raises(TypeError, r"leaky_relu: expected negative_slope to be a real number, got ndarray")),
     "elu_backward-alpha-str": (lambda: F.elu_backward(X34, X34, "1.0"),
                                Raises(TypeError, r"elu_backward: expected alpha to be a real number, got str '1.0'")),
+    # torch smooths only when label_smoothing > 0: a negative value (NaN too) is no smoothing, not an error
+    "cross_entropy-label_smoothing-negative": (
+        lambda: (F.cross_entropy(X34, CE_T, weight=CE_W, label_smoothing=-0.1, reduction="none"),
+                 F.cross_entropy_backward(G34[:, 0].copy(), X34, CE_T, weight=CE_W, label_smoothing=-0.1, reduction="none"),
+                 F.cross_entropy(X34, CE_P, label_smoothing=-1.0),
+                 F.cross_entropy_backward(np.array(1.0), X34, CE_P, label_smoothing=-1.0),
+                 F.cross_entropy(X34, CE_T, label_smoothing=float("nan"))),
+        LikeTorch(lambda: (TF.cross_entropy(T(X34), T(CE_T), weight=T(CE_W), label_smoothing=-0.1, reduction="none"),
+                           *grad_of(lambda x: TF.cross_entropy(x, T(CE_T), weight=T(CE_W), label_smoothing=-0.1, reduction="none"),
+                                    X34, g=G34[:, 0].copy()),
+                           TF.cross_entropy(T(X34), T(CE_P), label_smoothing=-1.0),
+                           *grad_of(lambda x: TF.cross_entropy(x, T(CE_P), label_smoothing=-1.0), X34),
+                           TF.cross_entropy(T(X34), T(CE_T), label_smoothing=float("nan"))))),
+    "CrossEntropyLoss-label_smoothing-negative": (
+        lambda: (lambda c: (c(X34, CE_T), c.backward()))(nn.CrossEntropyLoss(weight=CE_W, label_smoothing=-0.1)),
+        LikeTorch(lambda: (lambda c: (c(T(X34), T(CE_T)), *grad_of(lambda x: c(x, T(CE_T)), X34)))(
+            torch.nn.CrossEntropyLoss(weight=T(CE_W), label_smoothing=-0.1)))),
+    "cross_entropy-label_smoothing-above-1": (lambda: F.cross_entropy(X34, CE_T, label_smoothing=1.1),  # torch: RuntimeError
+                                              Raises(ValueError, r"cross_entropy: expected label_smoothing at most 1 .*got 1.1")),
     "cross_entropy-label_smoothing-str": (lambda: F.cross_entropy(X34, np.array([0, 1, 2]), label_smoothing="0.1"),
                                           Raises(TypeError, r"cross_entropy: expected label_smoothing to be a real number, got str")),
     # a torch input that requires grad (autograd code's leftover): torch's erf refuses out= there, in place it takes

@@ -122,7 +122,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     ignore_index = B.as_int("cross_entropy", "ignore_index", ignore_index)
     x2, t, C, is_index = _ce_prepare("cross_entropy", xp, input, target, weight, ignore_index, reduction, label_smoothing)
     logp = log_softmax(x2, -1)  # (M, C)
-    eps = float(label_smoothing)  # an np.float64 would promote float32 to float64
+    eps = _ce_smoothing("cross_entropy", label_smoothing)  # <= 0 (or NaN): none, as torch
     if is_index:
         onehot, valid, wy = _ce_index_weights(xp, t, C, weight, ignore_index, x2)
         # gathered, not onehot * logp: a masked (-inf) logit off the target would make 0 * -inf = NaN
@@ -169,7 +169,7 @@ def cross_entropy_backward(
     check_grad_output("cross_entropy_backward", grad_output, _ce_loss_shape(input), reduction)
     check_same_dtype("cross_entropy_backward", grad_output=grad_output, input=input)
     p = softmax(x2, -1)  # (M, C)
-    eps = float(label_smoothing)  # an np.float64 would promote float32 to float64
+    eps = _ce_smoothing("cross_entropy_backward", label_smoothing)  # <= 0 (or NaN): none, as torch
     if reduction == "none":
         a = xp.reshape(grad_output, (-1,))  # (M,)
     if is_index:
@@ -257,8 +257,7 @@ def _ce_prepare(op, xp, input, target, weight, ignore_index, reduction, label_sm
     check_reduction(op, reduction)
     if input.ndim < 1:
         raise ValueError(f"{op}: expected input of shape (C,), (N, C) or (N, C, d1, ...), got a 0-d array")
-    if not (0.0 <= B.as_float(op, "label_smoothing", label_smoothing) <= 1.0):
-        raise ValueError(f"{op}: expected label_smoothing in [0, 1], got {label_smoothing}")
+    _ce_smoothing(op, label_smoothing)
     C = input.shape[0] if input.ndim == 1 else input.shape[1]
     if weight is not None and tuple(weight.shape) != (C,):
         raise ValueError(f"{op}: expected weight of shape ({C},) (one per class), got {tuple(weight.shape)}")
@@ -289,6 +288,17 @@ def _ce_prepare(op, xp, input, target, weight, ignore_index, reduction, label_sm
     x2 = _ce_flatten(xp, input, C)
     t = xp.reshape(target, (-1,)) if is_index else _ce_flatten(xp, target, C)
     return x2, t, C, is_index
+
+
+def _ce_smoothing(op, label_smoothing):
+    """eps as torch uses it: smoothing only when label_smoothing > 0 (so a negative value, or NaN, is 0: no
+    smoothing, as torch's `if (label_smoothing > 0.0)`), and above 1 refused (torch: 'label_smoothing must be
+    between 0.0 and 1.0'). A Python float: an np.float64 would promote float32 to float64."""
+    eps = B.as_float(op, "label_smoothing", label_smoothing)
+    if eps > 1.0:
+        raise ValueError(f"{op}: expected label_smoothing at most 1 (in [0, 1]; torch reads a value <= 0 as no "
+                         f"smoothing), got {label_smoothing}")
+    return eps if eps > 0.0 else 0.0
 
 
 def _ce_check_index_dtype(op, xp, input, target, gathers_weight):
