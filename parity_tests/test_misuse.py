@@ -342,6 +342,7 @@ NAN_G = a(2.0, 3.0, 5.0, 7.0, 11.0, 13.0)
 # only a tail shorter than two SIMD vectors, and elu's backward gives NaN at NaN in the one, g in the other)
 NAN_X96, NAN_G96 = np.tile(NAN_X, 16), np.tile(NAN_G, 16)
 
+Y34 = R.integers(-2, 3, size=(3, 4))  # integer regression targets, int64
 CE_T = np.array([0, -100, 3])  # class indices, one ignored
 CE_W = a(0.5, 2.0, 1.0, 0.1)  # class weights
 CE_P = np.exp(X34) / np.exp(X34).sum(1, keepdims=True)  # class probabilities
@@ -422,6 +423,17 @@ PROBES = {
     "tanh-int": (lambda: F.tanh(np.arange(4)), Raises(TypeError, r"tanh: expected input .* got int64")),
     "softmax-torch-float16": (lambda: F.softmax(torch.zeros(3, dtype=torch.float16), 0),
                               Raises(TypeError, r"softmax: expected input .* got torch.float16")),
+    # an integer (or bool) target: torch promotes it to the input's dtype
+    "mse_loss-int-target": (
+        lambda: (F.mse_loss(X34, Y34), F.mse_loss_backward(np.array(1.0), X34, Y34),
+                 F.mse_loss(X34, Y34 > 0, reduction="sum"), F.mse_loss_backward(G34, X34, Y34.astype(np.int32), reduction="none"),
+                 *(lambda c: (c(X34, Y34.astype(np.uint8)), c.backward()))(nn.MSELoss())),
+        LikeTorch(lambda: (TF.mse_loss(T(X34), T(Y34)), *grad_of(lambda x: TF.mse_loss(x, T(Y34)), X34),
+                           TF.mse_loss(T(X34), T(Y34 > 0), reduction="sum"),
+                           *grad_of(lambda x: TF.mse_loss(x, T(Y34.astype(np.int32)), reduction="none"), X34, g=G34),
+                           TF.mse_loss(T(X34), T(Y34.astype(np.uint8))), *grad_of(lambda x: TF.mse_loss(x, T(Y34.astype(np.uint8))), X34)))),
+    "mse_loss-int-input": (lambda: F.mse_loss(Y34, X34),  # torch takes it (no gradient to an integer input): manual does not
+                           Raises(TypeError, r"mse_loss: expected input of dtype float32 or float64 .* got int64")),
     "mse_loss-mixed-dtypes": (lambda: F.mse_loss(X34, X34.astype(np.float32)),
                               Raises(TypeError, r"mse_loss: mixed dtypes: .* input=float64, target=float32")),
     "Linear-float32-input-to-float64": (lambda: nn.Linear(4, 3).double()(X34.astype(np.float32)),
@@ -917,3 +929,22 @@ def test_optimizer_numpy_float64_hyperparameters_keep_float32_state(make, tmake)
     for k, v in opt.state[id(p)].items():
         assert getattr(v, "dtype", np.float32) == np.float32, f"{k}: {v.dtype}"
     np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("tdtype", ["int64", "int32", "uint8", "bool"])
+def test_mse_loss_integer_target_keeps_the_inputs_dtype(backend, tdtype):
+    """torch.result_type(float32 input, integer target) is float32: the loss, and its gradient, stay float32
+    (NumPy alone would make float32 - int64 float64). Expected values: torch autograd."""
+    x32, y = X32[0], (np.arange(15).reshape(3, 5) % 3).astype(tdtype)
+    xt = T(x32, requires_grad=True)
+    lt = TF.mse_loss(xt, T(y))
+    (gt,) = torch.autograd.grad(lt, xt)
+    x, t = (x32, y) if backend == "numpy" else (T(x32), T(y))
+    loss = F.mse_loss(x, t)
+    crit = nn.MSELoss()
+    mod_loss = crit(x, t)
+    for got, want in ((loss, lt), (F.mse_loss_backward(x.dtype.type(1.0) if backend == "numpy" else T(1.0), x, t), gt),
+                      (mod_loss, lt), (crit.backward(), gt)):
+        assert str(got.dtype).replace("torch.", "") == "float32", got.dtype
+        np.testing.assert_allclose(to_numpy(got), want.detach().numpy(), rtol=1e-6, atol=1e-7)

@@ -20,7 +20,7 @@ def mse_loss(input, target, reduction="mean"):
     """MSE = (1/n) sum_i (y_i - yhat_i)^2."""
     xp = namespace(input, target, op="mse_loss")
     _check_mse("mse_loss", input, target, reduction)
-    diff = input - target
+    diff = input - _like_input(target, input)
     return reduce(diff * diff, reduction, xp)
 
 
@@ -35,7 +35,15 @@ def mse_loss_backward(grad_output, input, target, reduction="mean"):
 
 def _mse_loss_backward(grad_output, input, target, reduction):
     """Unchecked kernel (MSELoss validated its input in forward); grad_output may be a float."""
-    return 2.0 * (input - target) * reduce_backward(grad_output, reduction, _numel(input))
+    return 2.0 * (input - _like_input(target, input)) * reduce_backward(grad_output, reduction, _numel(input))
+
+
+def _like_input(target, input):
+    """An integer or bool target in the input's dtype, as torch's type promotion makes it (float32 input, int64
+    target: a float32 loss; NumPy would make float32 - int64 float64); a float target is the input's dtype."""
+    if target.dtype == input.dtype:
+        return target
+    return namespace(input).astype(target, input.dtype)
 
 
 def _check_mse(op, input, target, reduction):
@@ -50,7 +58,11 @@ def _check_mse(op, input, target, reduction):
                              f"{tuple(target.shape)}: torch would broadcast the two to {wide} (with a warning); "
                              "reshape one of them")
     check_same_shape(op, input, target)
-    check_same_dtype(op, input=input, target=target)
+    xp = namespace(input)
+    if xp.isdtype(target.dtype, ("integral", "bool")):  # torch promotes it to the input's dtype (result_type)
+        check_float(op, input)
+    else:  # floats: one dtype (torch would promote float32 and float64 to float64; manual asks for one)
+        check_same_dtype(op, input=input, target=target)
 
 
 def _numel(x):
