@@ -346,6 +346,7 @@ Y34 = R.integers(-2, 3, size=(3, 4))  # integer regression targets, int64
 CE_T = np.array([0, -100, 3])  # class indices, one ignored
 CE_W = a(0.5, 2.0, 1.0, 0.1)  # class weights
 CE_P = np.exp(X34) / np.exp(X34).sum(1, keepdims=True)  # class probabilities
+CE_P32, CE_W32 = R.dirichlet(np.ones(4), 3).astype(np.float32), CE_W.astype(np.float32)
 
 # id -> (probe, expected outcome)
 PROBES = {
@@ -464,6 +465,21 @@ PROBES = {
         lambda: (lambda c: (c(X34, CE_T), c.backward()))(nn.CrossEntropyLoss(weight=CE_W, label_smoothing=-0.1)),
         LikeTorch(lambda: (lambda c: (c(T(X34), T(CE_T)), *grad_of(lambda x: c(x, T(CE_T)), X34)))(
             torch.nn.CrossEntropyLoss(weight=T(CE_W), label_smoothing=-0.1)))),
+    # float32 class probabilities (and class weights) on float64 logits: torch promotes, the loss float64
+    "cross_entropy-float32-probabilities-float64-input": (
+        lambda: (F.cross_entropy(X34, CE_P32), F.cross_entropy_backward(np.array(1.0), X34, CE_P32),
+                 F.cross_entropy(X34, CE_P32, weight=CE_W32, label_smoothing=0.2, reduction="none"),
+                 F.cross_entropy_backward(G34[:, 0].copy(), X34, CE_P32, weight=CE_W32, label_smoothing=0.2, reduction="none"),
+                 *(lambda c: (c(X34, CE_P32), c.backward()))(nn.CrossEntropyLoss(reduction="sum"))),
+        LikeTorch(lambda: (TF.cross_entropy(T(X34), T(CE_P32)), *grad_of(lambda x: TF.cross_entropy(x, T(CE_P32)), X34),
+                           TF.cross_entropy(T(X34), T(CE_P32), weight=T(CE_W32), label_smoothing=0.2, reduction="none"),
+                           *grad_of(lambda x: TF.cross_entropy(x, T(CE_P32), weight=T(CE_W32), label_smoothing=0.2,
+                                                               reduction="none"), X34, g=G34[:, 0].copy()),
+                           TF.cross_entropy(T(X34), T(CE_P32), reduction="sum"),
+                           *grad_of(lambda x: TF.cross_entropy(x, T(CE_P32), reduction="sum"), X34)))),
+    "cross_entropy-float16-probabilities": (lambda: F.cross_entropy(X34.astype(np.float32), CE_P32.astype(np.float16)),
+                                            Raises(TypeError, r"cross_entropy: expected class-probability target of dtype "
+                                                              r"float32 or float64 .*got float16")),
     "cross_entropy-label_smoothing-above-1": (lambda: F.cross_entropy(X34, CE_T, label_smoothing=1.1),  # torch: RuntimeError
                                               Raises(ValueError, r"cross_entropy: expected label_smoothing at most 1 .*got 1.1")),
     "cross_entropy-label_smoothing-str": (lambda: F.cross_entropy(X34, np.array([0, 1, 2]), label_smoothing="0.1"),
@@ -948,3 +964,38 @@ def test_mse_loss_integer_target_keeps_the_inputs_dtype(backend, tdtype):
                       (mod_loss, lt), (crit.backward(), gt)):
         assert str(got.dtype).replace("torch.", "") == "float32", got.dtype
         np.testing.assert_allclose(to_numpy(got), want.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("xdt, tdt, wdt", [("float64", "float32", None), ("float32", "float64", None),
+                                           ("float64", "float32", "float32"), ("float32", "float32", "float64")])
+def test_cross_entropy_probabilities_of_another_float_dtype_as_torch(backend, xdt, tdt, wdt):
+    """Class-probability targets (and weights) of float32 and float64 mixed: the loss in torch.result_type of
+    the three, the gradient in the input's dtype, the module's default grad_output in the loss's dtype.
+    Expected values and dtypes: torch autograd."""
+    rng = np.random.default_rng(24)
+    x, t = rng.standard_normal((4, 3, 2)).astype(xdt), rng.dirichlet(np.ones(3), (4, 2)).transpose(0, 2, 1).astype(tdt)
+    w = None if wdt is None else rng.random(3).astype(wdt)
+    tol = dict(rtol=1e-12, atol=1e-15) if xdt == "float64" else dict(rtol=1e-5, atol=1e-6)
+    xt = T(x, requires_grad=True)
+    for red in ("mean", "none"):
+        lt = TF.cross_entropy(xt, T(t), weight=None if w is None else T(w), label_smoothing=0.1, reduction=red)
+        g = rng.standard_normal(tuple(lt.shape)).astype(str(lt.dtype).replace("torch.", ""))
+        (gt,) = torch.autograd.grad(lt, xt, T(g))
+        conv = (lambda a: a) if backend == "numpy" else (lambda a: None if a is None else T(a))
+        kw = dict(weight=conv(w), label_smoothing=0.1, reduction=red)
+        loss = F.cross_entropy(conv(x), conv(t), **kw)
+        gx = F.cross_entropy_backward(conv(g), conv(x), conv(t), **kw)
+        for got, want in ((loss, lt), (gx, gt)):
+            assert str(got.dtype).replace("torch.", "") == str(want.dtype).replace("torch.", ""), (red, got.dtype, want.dtype)
+            np.testing.assert_allclose(to_numpy(got), want.detach().numpy(), **tol)
+    crit = nn.CrossEntropyLoss(weight=conv(w), label_smoothing=0.1)
+    crit(conv(x), conv(t))
+    lt = TF.cross_entropy(xt, T(t), weight=None if w is None else T(w), label_smoothing=0.1)
+    (gt,) = torch.autograd.grad(lt, xt)
+    gx = crit.backward()
+    assert str(gx.dtype).replace("torch.", "") == xdt
+    np.testing.assert_allclose(to_numpy(gx), gt.numpy(), **tol)
+    if np.dtype(xdt) != np.result_type(xdt, tdt, *([wdt] if wdt else [])):  # a grad_output of the input's dtype, not the loss's
+        with pytest.raises(TypeError, match=r"cross_entropy_backward: mixed dtypes: expected grad_output of the loss's dtype"):
+            F.cross_entropy_backward(conv(np.array(1.0, xdt)), conv(x), conv(t), weight=conv(w))

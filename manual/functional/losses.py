@@ -145,8 +145,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
             loss = (1.0 - eps) * loss - (eps / C) * xp.where(kept, xp.sum(wlogp, axis=1), zero)
         denom = xp.sum(wy)
     else:
-        wt = _ce_prob_weights(t, C, weight, eps)
-        loss = -xp.sum(logp * wt, axis=1)  # (M,)
+        wt = _ce_prob_weights(xp, t, C, weight, eps, _ce_loss_dtype(xp, input, target, weight))
+        loss = -xp.sum(logp * wt, axis=1)  # (M,), in the loss's dtype (logp promoted, as torch's product)
         denom = loss.shape[0]
     if reduction == "none":
         return xp.reshape(loss, _ce_loss_shape(input))
@@ -179,7 +179,13 @@ def cross_entropy_backward(
         "cross_entropy_backward", xp, input, target, weight, ignore_index, reduction, label_smoothing
     )
     check_grad_output("cross_entropy_backward", grad_output, _ce_loss_shape(input), reduction)
-    check_same_dtype("cross_entropy_backward", grad_output=grad_output, input=input)
+    loss_dtype = _ce_loss_dtype(xp, input, target, weight)
+    if loss_dtype == input.dtype:
+        check_same_dtype("cross_entropy_backward", grad_output=grad_output, input=input)
+    elif grad_output.dtype != loss_dtype:
+        raise TypeError(f"cross_entropy_backward: mixed dtypes: expected grad_output of the loss's dtype {loss_dtype} "
+                        f"(torch promotes input={input.dtype} with target={target.dtype}"
+                        f"{'' if weight is None else f', weight={weight.dtype}'}), got {grad_output.dtype}")
     p = softmax(x2, -1)  # (M, C)
     eps = _ce_smoothing("cross_entropy_backward", label_smoothing)  # <= 0 (or NaN): none, as torch
     if reduction == "none":
@@ -198,12 +204,14 @@ def cross_entropy_backward(
             w_row = 1.0 if weight is None else weight[None, :]
             g = g - (eps / C) * valid[:, None] * w_row
     else:
-        wt = _ce_prob_weights(t, C, weight, eps)
+        wt = _ce_prob_weights(xp, t, C, weight, eps, loss_dtype)
         if reduction != "none":
             a = grad_output / x2.shape[0] if reduction == "mean" else grad_output
         g = xp.sum(wt, axis=1)[:, None] * p - wt
     with np.errstate(invalid="ignore"):  # a zero-weight class as the only target: NaN, as torch
         g = (a[:, None] if a.ndim == 1 else a) * g
+    if g.dtype != input.dtype:  # a float64 target on float32 logits: the gradient in the input's dtype, as torch's
+        g = xp.astype(g, input.dtype)
     return _ce_restore(xp, g, input)
 
 
@@ -292,7 +300,12 @@ def _ce_prepare(op, xp, input, target, weight, ignore_index, reduction, label_sm
         check_same_dtype(op, input=input, weight=weight)
     else:
         check_same_shape(op, input, target, what="class-probability target")
-        check_same_dtype(op, input=input, target=target, weight=weight)
+        # each float32 or float64, not necessarily one dtype: torch promotes them (torch.result_type), the loss
+        # in the widest, the gradient in the input's
+        check_float(op, input)
+        check_float(op, target, "class-probability target")
+        if weight is not None:
+            check_float(op, weight, "weight")
         if ignore_index != -100:  # torch: "ignore_index is not supported for floating point target"
             raise ValueError(f"{op}: expected ignore_index=-100 (the default) with a class-probability target "
                              f"(ignore_index applies to class indices only, as in torch), got ignore_index={ignore_index} "
@@ -359,8 +372,26 @@ def _ce_index_weights(xp, t, C, weight, ignore_index, like):
     return onehot, valid, wy
 
 
-def _ce_prob_weights(t, C, weight, eps):
-    """Smoothed, class-weighted probability target (M, C)."""
+def _ce_prob_weights(xp, t, C, weight, eps, dtype):
+    """Smoothed, class-weighted probability target (M, C) in the loss's dtype. As torch: smoothed in the target's
+    own dtype, then promoted; the weight promoted before the product (torch's (logp * t) * w is in the loss's
+    dtype throughout: a float32 t * w would round where torch does not)."""
     if eps > 0:
         t = t * (1.0 - eps) + eps / C
-    return t if weight is None else t * weight
+    if t.dtype != dtype:
+        t = xp.astype(t, dtype)
+    if weight is None:
+        return t
+    return t * (weight if weight.dtype == dtype else xp.astype(weight, dtype))
+
+
+def _ce_loss_dtype(xp, input, target, weight):
+    """The loss's dtype: the input's for class indices; for class probabilities torch.result_type of input,
+    target and weight (float32 and float64: float64)."""
+    if not xp.isdtype(target.dtype, "real floating"):
+        return input.dtype
+    dtype = input.dtype
+    for a in (target, weight):
+        if a is not None and a.dtype != dtype:
+            dtype = xp.result_type(dtype, a.dtype)
+    return dtype
