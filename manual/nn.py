@@ -664,8 +664,11 @@ class _Loss(Module):
             if type(self)._kernel is not None:  # forward validated the arguments: skip re-checking
                 return type(self)._kernel(1.0, input, target, self.reduction)
             xp = B.namespace(input)
-            grad_output = xp.ones((), dtype=input.dtype, device=input.device)  # d loss / d loss
+            grad_output = xp.ones((), dtype=self._loss_dtype(xp, input, target), device=input.device)  # d loss / d loss
         return type(self)._bwd(grad_output, input, target, **self._kwargs())
+
+    def _loss_dtype(self, xp, input, target):
+        return input.dtype
 
     def extra_repr(self):
         return f"reduction={self.reduction!r}"
@@ -696,6 +699,9 @@ class CrossEntropyLoss(_Loss):
         self.register_buffer("weight", weight)
         self.ignore_index = B.as_int("CrossEntropyLoss", "ignore_index", ignore_index)  # torch: TypeError at call
         self.label_smoothing = label_smoothing
+
+    def _loss_dtype(self, xp, input, target):  # class probabilities of another float dtype: promoted, as torch
+        return _losses._ce_loss_dtype(xp, input, target, self.weight)
 
     def _kwargs(self):
         return {

@@ -312,8 +312,11 @@ def test_gpt_attention_module_backward_with_dropout_matches_autograd(backend):
     (lambda q: MF.scaled_dot_product_attention(q[0, 0], q[0, 0], q[0, 0]), ValueError, "at least 2 dimensions"),
     (lambda q: MF.scaled_dot_product_attention(q, q, q, np.ones((5, 5), bool), is_causal=True), ValueError,
      "attn_mask=None when is_causal=True"),
-    (lambda q: MF.scaled_dot_product_attention(q, q, q, np.ones((5, 5), np.float32)), TypeError,
-     "attn_mask of dtype bool or the query's dtype float64, got float32"),
+    # float32 query, float64 mask: torch refuses it too ('bool or float or to match query dtype')
+    (lambda q: MF.scaled_dot_product_attention(*(q.astype(np.float32),) * 3, np.ones((5, 5))), TypeError,
+     "attn_mask of dtype bool, float32 or the query's dtype float32, got float64"),
+    (lambda q: MF.scaled_dot_product_attention(q, q, q, np.ones((5, 5), np.float16)), TypeError,
+     "attn_mask of dtype bool, float32 or the query's dtype float64, got float16"),
     (lambda q: MF.scaled_dot_product_attention(q, q, q, np.ones((4, 5), bool)), ValueError,
      r"broadcastable to the attention weights' shape \(2, 5, 5\)"),
     (lambda q: MF.scaled_dot_product_attention(q, q, q, dropout_p=1.5), ValueError, r"dropout_p in \[0, 1\]"),
@@ -326,6 +329,29 @@ def test_attention_bad_input(call, err, match):
     q = np.random.default_rng(0).standard_normal((2, 5, 4))
     with pytest.raises(err, match=match):
         call(q)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_attention_float32_mask_on_float64_query_as_torch(backend):
+    """A float32 attn_mask on float64 query/key/value: torch takes it (promoted into the float64 scores; its
+    gradient comes back float32). It used to be refused. Expected values: torch autograd."""
+    rng = np.random.default_rng(3)
+    q, k, v = rng.standard_normal((2, 5, 4)), rng.standard_normal((2, 6, 4)), rng.standard_normal((2, 6, 3))
+    m32 = rng.standard_normal((5, 6)).astype(np.float32)
+    m32[1, :] = -np.inf  # a fully masked row: output 0, no NaN (torch's safe softmax)
+    m32[0, 2] = -np.inf
+    g = rng.standard_normal((2, 5, 3))
+    ts = [torch.tensor(a, requires_grad=True) for a in (q, k, v, m32)]
+    out = torch.nn.functional.scaled_dot_product_attention(*ts[:3], attn_mask=ts[3])
+    want = (out,) + torch.autograd.grad(out, ts, torch.tensor(g))
+    args = (q, k, v, m32) if backend == "numpy" else tuple(torch.tensor(a) for a in (q, k, v, m32))
+    gg = g if backend == "numpy" else torch.tensor(g)
+    got = (MF.scaled_dot_product_attention(*args[:3], attn_mask=args[3]),) + \
+        MF.scaled_dot_product_attention_backward(gg, *args[:3], attn_mask=args[3])
+    for name, a, b in zip(("output", "grad_query", "grad_key", "grad_value", "grad_attn_mask"), got, want):
+        assert str(a.dtype).replace("torch.", "") == str(b.dtype).replace("torch.", ""), (name, a.dtype, b.dtype)
+        np.testing.assert_allclose(B.to_numpy(a), b.detach().numpy(), rtol=1e-6 if name == "grad_attn_mask" else 1e-12,
+                                   atol=1e-7 if name == "grad_attn_mask" else 1e-14, err_msg=name)
 
 
 def test_gpt_bad_input():

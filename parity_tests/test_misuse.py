@@ -342,6 +342,12 @@ NAN_G = a(2.0, 3.0, 5.0, 7.0, 11.0, 13.0)
 # only a tail shorter than two SIMD vectors, and elu's backward gives NaN at NaN in the one, g in the other)
 NAN_X96, NAN_G96 = np.tile(NAN_X, 16), np.tile(NAN_G, 16)
 
+Y34 = R.integers(-2, 3, size=(3, 4))  # integer regression targets, int64
+CE_T = np.array([0, -100, 3])  # class indices, one ignored
+CE_W = a(0.5, 2.0, 1.0, 0.1)  # class weights
+CE_P = np.exp(X34) / np.exp(X34).sum(1, keepdims=True)  # class probabilities
+CE_P32, CE_W32 = R.dirichlet(np.ones(4), 3).astype(np.float32), CE_W.astype(np.float32)
+
 # id -> (probe, expected outcome)
 PROBES = {
     # -- shapes ---------------------------------------------------------------------------------
@@ -418,6 +424,17 @@ PROBES = {
     "tanh-int": (lambda: F.tanh(np.arange(4)), Raises(TypeError, r"tanh: expected input .* got int64")),
     "softmax-torch-float16": (lambda: F.softmax(torch.zeros(3, dtype=torch.float16), 0),
                               Raises(TypeError, r"softmax: expected input .* got torch.float16")),
+    # an integer (or bool) target: torch promotes it to the input's dtype
+    "mse_loss-int-target": (
+        lambda: (F.mse_loss(X34, Y34), F.mse_loss_backward(np.array(1.0), X34, Y34),
+                 F.mse_loss(X34, Y34 > 0, reduction="sum"), F.mse_loss_backward(G34, X34, Y34.astype(np.int32), reduction="none"),
+                 *(lambda c: (c(X34, Y34.astype(np.uint8)), c.backward()))(nn.MSELoss())),
+        LikeTorch(lambda: (TF.mse_loss(T(X34), T(Y34)), *grad_of(lambda x: TF.mse_loss(x, T(Y34)), X34),
+                           TF.mse_loss(T(X34), T(Y34 > 0), reduction="sum"),
+                           *grad_of(lambda x: TF.mse_loss(x, T(Y34.astype(np.int32)), reduction="none"), X34, g=G34),
+                           TF.mse_loss(T(X34), T(Y34.astype(np.uint8))), *grad_of(lambda x: TF.mse_loss(x, T(Y34.astype(np.uint8))), X34)))),
+    "mse_loss-int-input": (lambda: F.mse_loss(Y34, X34),  # torch takes it (no gradient to an integer input): manual does not
+                           Raises(TypeError, r"mse_loss: expected input of dtype float32 or float64 .* got int64")),
     "mse_loss-mixed-dtypes": (lambda: F.mse_loss(X34, X34.astype(np.float32)),
                               Raises(TypeError, r"mse_loss: mixed dtypes: .* input=float64, target=float32")),
     "Linear-float32-input-to-float64": (lambda: nn.Linear(4, 3).double()(X34.astype(np.float32)),
@@ -431,6 +448,40 @@ PROBES = {
                                Raises(TypeError, r"leaky_relu: expected negative_slope to be a real number, got ndarray")),
     "elu_backward-alpha-str": (lambda: F.elu_backward(X34, X34, "1.0"),
                                Raises(TypeError, r"elu_backward: expected alpha to be a real number, got str '1.0'")),
+    # torch smooths only when label_smoothing > 0: a negative value (NaN too) is no smoothing, not an error
+    "cross_entropy-label_smoothing-negative": (
+        lambda: (F.cross_entropy(X34, CE_T, weight=CE_W, label_smoothing=-0.1, reduction="none"),
+                 F.cross_entropy_backward(G34[:, 0].copy(), X34, CE_T, weight=CE_W, label_smoothing=-0.1, reduction="none"),
+                 F.cross_entropy(X34, CE_P, label_smoothing=-1.0),
+                 F.cross_entropy_backward(np.array(1.0), X34, CE_P, label_smoothing=-1.0),
+                 F.cross_entropy(X34, CE_T, label_smoothing=float("nan"))),
+        LikeTorch(lambda: (TF.cross_entropy(T(X34), T(CE_T), weight=T(CE_W), label_smoothing=-0.1, reduction="none"),
+                           *grad_of(lambda x: TF.cross_entropy(x, T(CE_T), weight=T(CE_W), label_smoothing=-0.1, reduction="none"),
+                                    X34, g=G34[:, 0].copy()),
+                           TF.cross_entropy(T(X34), T(CE_P), label_smoothing=-1.0),
+                           *grad_of(lambda x: TF.cross_entropy(x, T(CE_P), label_smoothing=-1.0), X34),
+                           TF.cross_entropy(T(X34), T(CE_T), label_smoothing=float("nan"))))),
+    "CrossEntropyLoss-label_smoothing-negative": (
+        lambda: (lambda c: (c(X34, CE_T), c.backward()))(nn.CrossEntropyLoss(weight=CE_W, label_smoothing=-0.1)),
+        LikeTorch(lambda: (lambda c: (c(T(X34), T(CE_T)), *grad_of(lambda x: c(x, T(CE_T)), X34)))(
+            torch.nn.CrossEntropyLoss(weight=T(CE_W), label_smoothing=-0.1)))),
+    # float32 class probabilities (and class weights) on float64 logits: torch promotes, the loss float64
+    "cross_entropy-float32-probabilities-float64-input": (
+        lambda: (F.cross_entropy(X34, CE_P32), F.cross_entropy_backward(np.array(1.0), X34, CE_P32),
+                 F.cross_entropy(X34, CE_P32, weight=CE_W32, label_smoothing=0.2, reduction="none"),
+                 F.cross_entropy_backward(G34[:, 0].copy(), X34, CE_P32, weight=CE_W32, label_smoothing=0.2, reduction="none"),
+                 *(lambda c: (c(X34, CE_P32), c.backward()))(nn.CrossEntropyLoss(reduction="sum"))),
+        LikeTorch(lambda: (TF.cross_entropy(T(X34), T(CE_P32)), *grad_of(lambda x: TF.cross_entropy(x, T(CE_P32)), X34),
+                           TF.cross_entropy(T(X34), T(CE_P32), weight=T(CE_W32), label_smoothing=0.2, reduction="none"),
+                           *grad_of(lambda x: TF.cross_entropy(x, T(CE_P32), weight=T(CE_W32), label_smoothing=0.2,
+                                                               reduction="none"), X34, g=G34[:, 0].copy()),
+                           TF.cross_entropy(T(X34), T(CE_P32), reduction="sum"),
+                           *grad_of(lambda x: TF.cross_entropy(x, T(CE_P32), reduction="sum"), X34)))),
+    "cross_entropy-float16-probabilities": (lambda: F.cross_entropy(X34.astype(np.float32), CE_P32.astype(np.float16)),
+                                            Raises(TypeError, r"cross_entropy: expected class-probability target of dtype "
+                                                              r"float32 or float64 .*got float16")),
+    "cross_entropy-label_smoothing-above-1": (lambda: F.cross_entropy(X34, CE_T, label_smoothing=1.1),  # torch: RuntimeError
+                                              Raises(ValueError, r"cross_entropy: expected label_smoothing at most 1 .*got 1.1")),
     "cross_entropy-label_smoothing-str": (lambda: F.cross_entropy(X34, np.array([0, 1, 2]), label_smoothing="0.1"),
                                           Raises(TypeError, r"cross_entropy: expected label_smoothing to be a real number, got str")),
     # a torch input that requires grad (autograd code's leftover): torch's erf refuses out= there, in place it takes
@@ -660,6 +711,11 @@ PROBES = {
     "dropout-torch-complex": (lambda: F.dropout(torch.zeros(3, dtype=torch.complex64), 0.5),
                               Raises(TypeError, r"dropout: expected input of dtype float32 or float64 .* got torch.complex64")),
     "CosineAnnealingLR-T_max-numpy-int": (lambda: cosine_lrs(optim, np.int64(4)), LikeTorch(lambda: cosine_lrs(torch.optim, np.int64(4)))),
+    # a float period, as torch takes it (2.5: never the recursion's special step, its denominator never 0)
+    "CosineAnnealingLR-T_max-float": (lambda: np.concatenate([cosine_lrs(optim, t) for t in (10.0, 2.5, np.float64(2.5), 0.75)]),
+                                      LikeTorch(lambda: torch.cat([cosine_lrs(torch.optim, t) for t in (10.0, 2.5, np.float64(2.5), 0.75)]))),
+    "CosineAnnealingLR-T_max-0": (lambda: cosine_lrs(optim, 0.0),  # torch: ZeroDivisionError at its second step
+                                  Raises(ValueError, r"CosineAnnealingLR: expected T_max a positive number of steps .*got 0.0")),
     "scheduler-step-before-optimizer-step": (scheduler_before_optimizer, Warns(r"lr_scheduler.step\(\)` before `optimizer.step\(\)")),
     "SequentialLR-load-other-scheduler-count": (sequential_loads_other_count,  # torch: 'list index out of range'
                                                 Raises(ValueError, r"SequentialLR.load_state_dict: expected the state of 2 schedulers, got 3")),
@@ -889,3 +945,57 @@ def test_optimizer_numpy_float64_hyperparameters_keep_float32_state(make, tmake)
     for k, v in opt.state[id(p)].items():
         assert getattr(v, "dtype", np.float32) == np.float32, f"{k}: {v.dtype}"
     np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("tdtype", ["int64", "int32", "uint8", "bool"])
+def test_mse_loss_integer_target_keeps_the_inputs_dtype(backend, tdtype):
+    """torch.result_type(float32 input, integer target) is float32: the loss, and its gradient, stay float32
+    (NumPy alone would make float32 - int64 float64). Expected values: torch autograd."""
+    x32, y = X32[0], (np.arange(15).reshape(3, 5) % 3).astype(tdtype)
+    xt = T(x32, requires_grad=True)
+    lt = TF.mse_loss(xt, T(y))
+    (gt,) = torch.autograd.grad(lt, xt)
+    x, t = (x32, y) if backend == "numpy" else (T(x32), T(y))
+    loss = F.mse_loss(x, t)
+    crit = nn.MSELoss()
+    mod_loss = crit(x, t)
+    for got, want in ((loss, lt), (F.mse_loss_backward(x.dtype.type(1.0) if backend == "numpy" else T(1.0), x, t), gt),
+                      (mod_loss, lt), (crit.backward(), gt)):
+        assert str(got.dtype).replace("torch.", "") == "float32", got.dtype
+        np.testing.assert_allclose(to_numpy(got), want.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("xdt, tdt, wdt", [("float64", "float32", None), ("float32", "float64", None),
+                                           ("float64", "float32", "float32"), ("float32", "float32", "float64")])
+def test_cross_entropy_probabilities_of_another_float_dtype_as_torch(backend, xdt, tdt, wdt):
+    """Class-probability targets (and weights) of float32 and float64 mixed: the loss in torch.result_type of
+    the three, the gradient in the input's dtype, the module's default grad_output in the loss's dtype.
+    Expected values and dtypes: torch autograd."""
+    rng = np.random.default_rng(24)
+    x, t = rng.standard_normal((4, 3, 2)).astype(xdt), rng.dirichlet(np.ones(3), (4, 2)).transpose(0, 2, 1).astype(tdt)
+    w = None if wdt is None else rng.random(3).astype(wdt)
+    tol = dict(rtol=1e-12, atol=1e-15) if xdt == "float64" else dict(rtol=1e-5, atol=1e-6)
+    xt = T(x, requires_grad=True)
+    for red in ("mean", "none"):
+        lt = TF.cross_entropy(xt, T(t), weight=None if w is None else T(w), label_smoothing=0.1, reduction=red)
+        g = rng.standard_normal(tuple(lt.shape)).astype(str(lt.dtype).replace("torch.", ""))
+        (gt,) = torch.autograd.grad(lt, xt, T(g))
+        conv = (lambda a: a) if backend == "numpy" else (lambda a: None if a is None else T(a))
+        kw = dict(weight=conv(w), label_smoothing=0.1, reduction=red)
+        loss = F.cross_entropy(conv(x), conv(t), **kw)
+        gx = F.cross_entropy_backward(conv(g), conv(x), conv(t), **kw)
+        for got, want in ((loss, lt), (gx, gt)):
+            assert str(got.dtype).replace("torch.", "") == str(want.dtype).replace("torch.", ""), (red, got.dtype, want.dtype)
+            np.testing.assert_allclose(to_numpy(got), want.detach().numpy(), **tol)
+    crit = nn.CrossEntropyLoss(weight=conv(w), label_smoothing=0.1)
+    crit(conv(x), conv(t))
+    lt = TF.cross_entropy(xt, T(t), weight=None if w is None else T(w), label_smoothing=0.1)
+    (gt,) = torch.autograd.grad(lt, xt)
+    gx = crit.backward()
+    assert str(gx.dtype).replace("torch.", "") == xdt
+    np.testing.assert_allclose(to_numpy(gx), gt.numpy(), **tol)
+    if np.dtype(xdt) != np.result_type(xdt, tdt, *([wdt] if wdt else [])):  # a grad_output of the input's dtype, not the loss's
+        with pytest.raises(TypeError, match=r"cross_entropy_backward: mixed dtypes: expected grad_output of the loss's dtype"):
+            F.cross_entropy_backward(conv(np.array(1.0, xdt)), conv(x), conv(t), weight=conv(w))

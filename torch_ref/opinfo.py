@@ -193,6 +193,16 @@ def _linear_samples(rng):
         Sample("4d-no-bias", (n(size=(2, 2, 3, 4)), n(size=(3, 4))), diff=full[:2]),
         Sample("wide", (n(size=(8, 16)) * 3, n(size=(10, 16)), n(size=10)), diff=full),
         Sample("empty", (np.zeros((0, 3)), n(size=(5, 3)), n(size=5)), diff=full),
+        # torch takes a 1-D weight (in,): the output has no features dim
+        Sample("1d-weight", (n(size=(4, 3)), n(size=3)), diff=full[:2]),
+        Sample("1d-weight-1d-input", (n(size=3), n(size=3)), diff=full[:2]),
+        Sample("1d-weight-3d-0d-bias", (n(size=(2, 3, 4)), n(size=4), np.asarray(n())), diff=full),
+        # a bias of another shape torch takes: broadcast to the output (2-D input: to its rows)
+        Sample("bias-1xout", (n(size=(4, 3)), n(size=(5, 3)), n(size=(1, 5))), diff=full),
+        Sample("bias-Nx1", (n(size=(4, 3)), n(size=(5, 3)), n(size=(4, 1))), diff=full),
+        Sample("bias-0d", (n(size=(4, 3)), n(size=(5, 3)), np.asarray(n())), diff=full),
+        Sample("3d-bias-broadcast", (n(size=(2, 3, 4)), n(size=(5, 4)), n(size=(2, 1, 5))), diff=full),
+        Sample("3d-bias-rows", (n(size=(2, 3, 4)), n(size=(5, 4)), n(size=(6, 1))), diff=full),  # torch: (M, 1), M = 2 * 3
     ]
 
 
@@ -450,6 +460,12 @@ def _linear_errors(rng):
         ErrorInput("in-features", (n(size=(4, 3)), n(size=(5, 2))), {}, ValueError, r"expected input with 2 features"),
         ErrorInput("bias-shape", (n(size=(4, 3)), n(size=(5, 3)), n(size=4)), {}, ValueError,
                    r"expected bias of shape \(5,\)"),
+        ErrorInput("bias-3d-rows", (n(size=(2, 3, 4)), n(size=(5, 4)), n(size=(3, 1))), {}, ValueError,  # torch: expand
+                   r"expected bias of shape \(5,\), got \(3, 1\): torch adds this bias to the output as rows of shape \(6, 5\)"),
+        ErrorInput("1d-weight-bias", (n(size=(4, 3)), n(size=3), n(size=4)), {}, ValueError,  # torch: 'mat2 must be a matrix'
+                   r"with a 1-D weight \(3,\), expected bias=None.*got bias of shape \(4,\)"),
+        ErrorInput("3d-weight", (n(size=(4, 3)), n(size=(2, 5, 3))), {}, ValueError,
+                   r"expected weight of shape \(out_features, in_features\), or \(in_features,\)"),
     ]
 
 

@@ -63,11 +63,13 @@ def _check(op, query, key, value, attn_mask, dropout_p, is_causal, scale, dropou
         raise ValueError(f"{op}: expected dropout_p in [0, 1], got {dropout_p!r}")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
         raise TypeError(f"{op}: expected scale to be None or a real number, got {scale!r}")
-    for name, m, dtypes in (("attn_mask", attn_mask, "bool or the query's dtype " + str(query.dtype)),
+    # torch takes a float mask of float32 or of the query's dtype (a float32 mask on float64 scores is promoted,
+    # its gradient float32): 'Expected attn_mask dtype to be bool or float or to match query dtype'
+    for name, m, dtypes in (("attn_mask", attn_mask, "bool, float32 or the query's dtype " + str(query.dtype)),
                             ("dropout_mask", dropout_mask, "bool")):
         if m is None:
             continue
-        if not (m.dtype == xp.bool or (name == "attn_mask" and m.dtype == query.dtype)):
+        if not (m.dtype == xp.bool or (name == "attn_mask" and m.dtype in (query.dtype, xp.float32))):
             raise TypeError(f"{op}: expected {name} of dtype {dtypes}, got {m.dtype}")
         try:
             if np.broadcast_shapes(_shape(m), lead + (L, S)) != lead + (L, S):
@@ -165,8 +167,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
                                  *, dropout_mask=None, generator=None):
     """softmax(q k^T * scale + mask) v, scale = 1/sqrt(E) by default; dropout on the weights.
 
-    attn_mask: boolean (True = take part) or float (added to the scores), broadcastable to
-    (..., L, S). dropout_mask (not in torch): the boolean keep-mask to use when dropout_p > 0,
+    attn_mask: boolean (True = take part) or float (added to the scores; float32 or the query's dtype),
+    broadcastable to (..., L, S). dropout_mask (not in torch): the boolean keep-mask to use when dropout_p > 0,
     so that a backward can use the same one; without it a mask is drawn from `generator`
     (a NumPy Generator; manual.init's default if None), which no backward can see.
     """
@@ -232,5 +234,7 @@ def _backward(xp, g, query, key, value, p, d, scale, attn_mask, rowsum=None):
     grad_mask = None
     if attn_mask is not None and attn_mask.dtype != xp.bool:
         grad_mask = _sum_to(xp, ds, _shape(attn_mask))
+        if grad_mask.dtype != attn_mask.dtype:  # a float32 mask on float64 scores: its gradient float32, as torch's
+            grad_mask = xp.astype(grad_mask, attn_mask.dtype)
     return (_sum_to(xp, grad_query, _shape(query)), _sum_to(xp, grad_key, _shape(key)),
             _sum_to(xp, grad_value, _shape(value)), grad_mask)

@@ -20,7 +20,7 @@ def mse_loss(input, target, reduction="mean"):
     """MSE = (1/n) sum_i (y_i - yhat_i)^2."""
     xp = namespace(input, target, op="mse_loss")
     _check_mse("mse_loss", input, target, reduction)
-    diff = input - target
+    diff = input - _like_input(target, input)
     return reduce(diff * diff, reduction, xp)
 
 
@@ -35,7 +35,15 @@ def mse_loss_backward(grad_output, input, target, reduction="mean"):
 
 def _mse_loss_backward(grad_output, input, target, reduction):
     """Unchecked kernel (MSELoss validated its input in forward); grad_output may be a float."""
-    return 2.0 * (input - target) * reduce_backward(grad_output, reduction, _numel(input))
+    return 2.0 * (input - _like_input(target, input)) * reduce_backward(grad_output, reduction, _numel(input))
+
+
+def _like_input(target, input):
+    """An integer or bool target in the input's dtype, as torch's type promotion makes it (float32 input, int64
+    target: a float32 loss; NumPy would make float32 - int64 float64); a float target is the input's dtype."""
+    if target.dtype == input.dtype:
+        return target
+    return namespace(input).astype(target, input.dtype)
 
 
 def _check_mse(op, input, target, reduction):
@@ -50,7 +58,11 @@ def _check_mse(op, input, target, reduction):
                              f"{tuple(target.shape)}: torch would broadcast the two to {wide} (with a warning); "
                              "reshape one of them")
     check_same_shape(op, input, target)
-    check_same_dtype(op, input=input, target=target)
+    xp = namespace(input)
+    if xp.isdtype(target.dtype, ("integral", "bool")):  # torch promotes it to the input's dtype (result_type)
+        check_float(op, input)
+    else:  # floats: one dtype (torch would promote float32 and float64 to float64; manual asks for one)
+        check_same_dtype(op, input=input, target=target)
 
 
 def _numel(x):
@@ -122,7 +134,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     ignore_index = B.as_int("cross_entropy", "ignore_index", ignore_index)
     x2, t, C, is_index = _ce_prepare("cross_entropy", xp, input, target, weight, ignore_index, reduction, label_smoothing)
     logp = log_softmax(x2, -1)  # (M, C)
-    eps = float(label_smoothing)  # an np.float64 would promote float32 to float64
+    eps = _ce_smoothing("cross_entropy", label_smoothing)  # <= 0 (or NaN): none, as torch
     if is_index:
         onehot, valid, wy = _ce_index_weights(xp, t, C, weight, ignore_index, x2)
         # gathered, not onehot * logp: a masked (-inf) logit off the target would make 0 * -inf = NaN
@@ -133,8 +145,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
             loss = (1.0 - eps) * loss - (eps / C) * xp.where(kept, xp.sum(wlogp, axis=1), zero)
         denom = xp.sum(wy)
     else:
-        wt = _ce_prob_weights(t, C, weight, eps)
-        loss = -xp.sum(logp * wt, axis=1)  # (M,)
+        wt = _ce_prob_weights(xp, t, C, weight, eps, _ce_loss_dtype(xp, input, target, weight))
+        loss = -xp.sum(logp * wt, axis=1)  # (M,), in the loss's dtype (logp promoted, as torch's product)
         denom = loss.shape[0]
     if reduction == "none":
         return xp.reshape(loss, _ce_loss_shape(input))
@@ -167,9 +179,15 @@ def cross_entropy_backward(
         "cross_entropy_backward", xp, input, target, weight, ignore_index, reduction, label_smoothing
     )
     check_grad_output("cross_entropy_backward", grad_output, _ce_loss_shape(input), reduction)
-    check_same_dtype("cross_entropy_backward", grad_output=grad_output, input=input)
+    loss_dtype = _ce_loss_dtype(xp, input, target, weight)
+    if loss_dtype == input.dtype:
+        check_same_dtype("cross_entropy_backward", grad_output=grad_output, input=input)
+    elif grad_output.dtype != loss_dtype:
+        raise TypeError(f"cross_entropy_backward: mixed dtypes: expected grad_output of the loss's dtype {loss_dtype} "
+                        f"(torch promotes input={input.dtype} with target={target.dtype}"
+                        f"{'' if weight is None else f', weight={weight.dtype}'}), got {grad_output.dtype}")
     p = softmax(x2, -1)  # (M, C)
-    eps = float(label_smoothing)  # an np.float64 would promote float32 to float64
+    eps = _ce_smoothing("cross_entropy_backward", label_smoothing)  # <= 0 (or NaN): none, as torch
     if reduction == "none":
         a = xp.reshape(grad_output, (-1,))  # (M,)
     if is_index:
@@ -186,12 +204,14 @@ def cross_entropy_backward(
             w_row = 1.0 if weight is None else weight[None, :]
             g = g - (eps / C) * valid[:, None] * w_row
     else:
-        wt = _ce_prob_weights(t, C, weight, eps)
+        wt = _ce_prob_weights(xp, t, C, weight, eps, loss_dtype)
         if reduction != "none":
             a = grad_output / x2.shape[0] if reduction == "mean" else grad_output
         g = xp.sum(wt, axis=1)[:, None] * p - wt
     with np.errstate(invalid="ignore"):  # a zero-weight class as the only target: NaN, as torch
         g = (a[:, None] if a.ndim == 1 else a) * g
+    if g.dtype != input.dtype:  # a float64 target on float32 logits: the gradient in the input's dtype, as torch's
+        g = xp.astype(g, input.dtype)
     return _ce_restore(xp, g, input)
 
 
@@ -257,8 +277,7 @@ def _ce_prepare(op, xp, input, target, weight, ignore_index, reduction, label_sm
     check_reduction(op, reduction)
     if input.ndim < 1:
         raise ValueError(f"{op}: expected input of shape (C,), (N, C) or (N, C, d1, ...), got a 0-d array")
-    if not (0.0 <= B.as_float(op, "label_smoothing", label_smoothing) <= 1.0):
-        raise ValueError(f"{op}: expected label_smoothing in [0, 1], got {label_smoothing}")
+    _ce_smoothing(op, label_smoothing)
     C = input.shape[0] if input.ndim == 1 else input.shape[1]
     if weight is not None and tuple(weight.shape) != (C,):
         raise ValueError(f"{op}: expected weight of shape ({C},) (one per class), got {tuple(weight.shape)}")
@@ -281,7 +300,12 @@ def _ce_prepare(op, xp, input, target, weight, ignore_index, reduction, label_sm
         check_same_dtype(op, input=input, weight=weight)
     else:
         check_same_shape(op, input, target, what="class-probability target")
-        check_same_dtype(op, input=input, target=target, weight=weight)
+        # each float32 or float64, not necessarily one dtype: torch promotes them (torch.result_type), the loss
+        # in the widest, the gradient in the input's
+        check_float(op, input)
+        check_float(op, target, "class-probability target")
+        if weight is not None:
+            check_float(op, weight, "weight")
         if ignore_index != -100:  # torch: "ignore_index is not supported for floating point target"
             raise ValueError(f"{op}: expected ignore_index=-100 (the default) with a class-probability target "
                              f"(ignore_index applies to class indices only, as in torch), got ignore_index={ignore_index} "
@@ -289,6 +313,17 @@ def _ce_prepare(op, xp, input, target, weight, ignore_index, reduction, label_sm
     x2 = _ce_flatten(xp, input, C)
     t = xp.reshape(target, (-1,)) if is_index else _ce_flatten(xp, target, C)
     return x2, t, C, is_index
+
+
+def _ce_smoothing(op, label_smoothing):
+    """eps as torch uses it: smoothing only when label_smoothing > 0 (so a negative value, or NaN, is 0: no
+    smoothing, as torch's `if (label_smoothing > 0.0)`), and above 1 refused (torch: 'label_smoothing must be
+    between 0.0 and 1.0'). A Python float: an np.float64 would promote float32 to float64."""
+    eps = B.as_float(op, "label_smoothing", label_smoothing)
+    if eps > 1.0:
+        raise ValueError(f"{op}: expected label_smoothing at most 1 (in [0, 1]; torch reads a value <= 0 as no "
+                         f"smoothing), got {label_smoothing}")
+    return eps if eps > 0.0 else 0.0
 
 
 def _ce_check_index_dtype(op, xp, input, target, gathers_weight):
@@ -337,8 +372,26 @@ def _ce_index_weights(xp, t, C, weight, ignore_index, like):
     return onehot, valid, wy
 
 
-def _ce_prob_weights(t, C, weight, eps):
-    """Smoothed, class-weighted probability target (M, C)."""
+def _ce_prob_weights(xp, t, C, weight, eps, dtype):
+    """Smoothed, class-weighted probability target (M, C) in the loss's dtype. As torch: smoothed in the target's
+    own dtype, then promoted; the weight promoted before the product (torch's (logp * t) * w is in the loss's
+    dtype throughout: a float32 t * w would round where torch does not)."""
     if eps > 0:
         t = t * (1.0 - eps) + eps / C
-    return t if weight is None else t * weight
+    if t.dtype != dtype:
+        t = xp.astype(t, dtype)
+    if weight is None:
+        return t
+    return t * (weight if weight.dtype == dtype else xp.astype(weight, dtype))
+
+
+def _ce_loss_dtype(xp, input, target, weight):
+    """The loss's dtype: the input's for class indices; for class probabilities torch.result_type of input,
+    target and weight (float32 and float64: float64)."""
+    if not xp.isdtype(target.dtype, "real floating"):
+        return input.dtype
+    dtype = input.dtype
+    for a in (target, weight):
+        if a is not None and a.dtype != dtype:
+            dtype = xp.result_type(dtype, a.dtype)
+    return dtype

@@ -172,10 +172,15 @@ class CosineAnnealingLR(LRScheduler):
     lr_t = eta_min + (lr_(t-1) - eta_min)(1 + cos(pi t / T_max)) / (1 + cos(pi (t - 1) / T_max))."""
 
     def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):
-        if not isinstance(T_max, numbers.Integral) or isinstance(T_max, bool) or T_max < 1:
-            raise ValueError(f"CosineAnnealingLR: expected T_max a positive int (steps), got {T_max!r}")
+        # torch takes any number (a float too: T_max=2.5 is a period of 5 steps); 0 divides by zero at its
+        # second step, and a negative or NaN period is no schedule: refused here, by name
+        if isinstance(T_max, bool) or not isinstance(T_max, numbers.Real) or not T_max > 0:
+            raise ValueError(f"CosineAnnealingLR: expected T_max a positive number of steps (an int, or a float "
+                             f"as torch takes), got {T_max!r}")
         _check_real(self, eta_min=eta_min)
-        self.T_max, self.eta_min = int(T_max), eta_min  # a NumPy integer too (torch takes it), kept as an int
+        # a NumPy integer kept as an int, a NumPy float as a float: the same arithmetic as torch's on the value
+        self.T_max = int(T_max) if isinstance(T_max, numbers.Integral) else float(T_max)
+        self.eta_min = eta_min
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
