@@ -42,8 +42,17 @@ GEOMETRIES = [  # (input shape, weight shape, kwargs)
 ]
 
 
+@pytest.fixture(params=["batch-last", "image-major"])
+def layout(request, monkeypatch):
+    """Both layouts of the im2col kernels (manual.functional.conv: chosen by the output's width), each forced."""
+    from manual.functional import conv as C
+
+    monkeypatch.setattr(C, "IMAGE_MAJOR_OW", 0 if request.param == "image-major" else 10 ** 9)
+    return request.param
+
+
 @pytest.mark.parametrize("xs, ws, kw", GEOMETRIES, ids=[str(i) for i in range(len(GEOMETRIES))])
-def test_im2col_conv_equals_the_loop_definition(xs, ws, kw):
+def test_im2col_conv_equals_the_loop_definition(xs, ws, kw, layout):
     rng = np.random.default_rng(sum(xs) + sum(ws))
     x, w, b = rng.normal(size=xs), rng.normal(size=ws), rng.normal(size=ws[0])
     y = F.conv2d(x, w, b, **kw)

@@ -4,8 +4,9 @@
   running maxima still below it (the running maximum only grows), its offset telescoped tap by tap.
   Checked equal, bit for bit, to the definition (argmax over the window, first maximum) on ties,
   plateaus, overlapping windows, padding, dilation and ceil_mode, in int32 (backward's own) and int64;
-- the batch-last im2col (C, H, W, N) gives the same numbers as the (N, C, H, W) loop definition
-  (test_conv.py checks the ops; here the module's own forward/backward on the shapes of the bench CNNs).
+- the im2col kernels, batch-last (C, H, W, N) and image-major (N, C, H, W), give the same numbers as the
+  loop definition (test_conv.py checks the ops; here the module's own forward/backward on the shapes of
+  the bench CNNs).
 """
 
 from __future__ import annotations
@@ -88,10 +89,14 @@ def test_max_pool_module_gradient_on_ties_equals_the_scatter_of_the_definition(b
 @pytest.mark.parametrize("shape,wshape,pad", [((5, 16, 4, 4), (32, 16, 3, 3), 1), ((3, 1, 12, 12), (6, 1, 5, 5), 2),
                                               ((3, 6, 7, 7), (4, 3, 3, 3), 0)])
 @pytest.mark.parametrize("per_chunk", [None, 1, 2])  # the whole batch at once; image by image; pairs, one short
-def test_batch_last_conv_module_equals_the_loop_definition(shape, wshape, pad, backend, per_chunk, monkeypatch):
-    """Also when the columns are built a chunk of images at a time (COL_BYTES): one image per chunk, and
-    two per chunk, the last chunk short (batches of 5 and 3)."""
+@pytest.mark.parametrize("layout", ["batch-last", "image-major"])
+def test_im2col_conv_module_equals_the_loop_definition(shape, wshape, pad, backend, per_chunk, layout, monkeypatch):
+    """Both layouts (batch-last and image-major, each forced; CUDA is always batch-last), also when the columns
+    are built a chunk of images at a time (COL_BYTES): one image per chunk, and two per chunk, the last chunk
+    short (batches of 5 and 3)."""
     from manual.functional import conv as C
+
+    monkeypatch.setattr(C, "IMAGE_MAJOR_OW", 0 if layout == "image-major" else 10 ** 9)
 
     if backend == "torch-cpu-fold":  # the CUDA path (B.fold_add_, torch's col2im) taken on CPU tensors
         monkeypatch.setattr(B, "folds", lambda a: isinstance(a, torch.Tensor))
@@ -135,3 +140,20 @@ def test_the_fold_path_equals_the_tap_by_tap_adds(kwargs, monkeypatch):
             torch.testing.assert_close(b, a, rtol=1e-13, atol=1e-13)
     expected = torch.autograd.grad(torch.nn.functional.conv2d(x.requires_grad_(), w, **kwargs), x, g)[0]
     torch.testing.assert_close(fold[0], expected, rtol=1e-12, atol=1e-12)
+
+
+def test_the_layout_is_image_major_for_wide_maps_on_the_cpu_only():
+    """LeNet's first layer (28 wide) runs image-major, its second (10 wide) and the digits CNN's batch-last;
+    forward and backward decide alike from the input's type and the geometry (what forward keeps has one
+    layout)."""
+    from manual.functional import conv as C
+
+    def geo(hw, k, pad):
+        x = np.zeros((2, 1, hw, hw))
+        return x, C._conv_geometry("t", x, np.zeros((3, 1, k, k)), None, 1, pad, 1, 1, 2)
+
+    assert C._image_major(*geo(28, 5, 2)) and not C._image_major(*geo(14, 5, 0))
+    x, g = geo(28, 5, 2)
+    assert C._image_major(torch.as_tensor(x), g)
+    if torch.cuda.is_available():
+        assert not C._image_major(torch.as_tensor(x, device="cuda"), g)

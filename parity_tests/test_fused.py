@@ -18,7 +18,6 @@ from manual import _backend as B
 from manual import nn
 from manual.functional import activations as A
 from manual.functional import cross_entropy, cross_entropy_backward, relu_backward
-from manual.functional import losses as L
 
 
 def _bits_equal(a, b):
