@@ -353,11 +353,14 @@ def exp_causal_(s):
     the exp never makes a subnormal or 0, its slow case: the half of the scores that the mask removes would
     otherwise take most of the exp's time (gpt-256x4's step: 1.1 of the 1.2 ms of each exp). A score more
     than |floor| below its row's maximum gets a weight below e^2 tiny / rowsum instead of a subnormal or
-    0: far below the rounding of any weight that counts (parity_tests/test_fused.py)."""
+    0: far below the rounding of any weight that counts (parity_tests/test_fused.py). NumPy float32 takes
+    the plain exp: its exp(-inf) is a fast case there, so the clamp and the mask would only add two
+    passes; a score below the floor then gets exp's own subnormal or 0 (the same bound holds)."""
     floor = _EXP_FLOOR.get(str(s.dtype).replace("torch.", ""))
     if type(s) is np.ndarray:
-        if floor is not None:
-            np.maximum(s, floor, out=s)
+        if s.dtype == np.float32 or floor is None:
+            return np.exp(s, out=s)
+        np.maximum(s, floor, out=s)
         np.exp(s, out=s)
         s *= np.tri(s.shape[-2], s.shape[-1], dtype=bool)  # 0 above the diagonal
         return s
@@ -706,11 +709,12 @@ def matmul_nt(a, b):
     return a @ b.T
 
 
-def contiguous(a):
-    """a with its elements in row-major order: a itself when they already are, else one copy. torch's
-    batched matmul copies a strided (permuted) operand on every call; one copy up front serves them all."""
+def bmm_operand(a):
+    """a as an operand of several batched matmuls: torch's batched matmul copies a strided (permuted) operand
+    on every call, so one copy up front (contiguous) serves them all; NumPy's matmul takes a strided stack
+    without copying it, so a NumPy array is returned as it is (a copy measured slower)."""
     if type(a) is np.ndarray:
-        return np.ascontiguousarray(a)
+        return a
     return a.contiguous()
 
 

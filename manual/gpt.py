@@ -116,7 +116,7 @@ class CausalAttention(Module):
         # (B, T, 3C) -> (3, B, nh, T, hs) in one copy: q, k, v each contiguous, so no batched matmul below
         # (forward's and backward's) has to copy a strided operand first, as torch's would
         nh = self.n_head
-        heads = B.contiguous(xp.permute_dims(xp.reshape(qkv, (B_, T, 3, nh, C // nh)), (2, 0, 3, 1, 4)))
+        heads = B.bmm_operand(xp.permute_dims(xp.reshape(qkv, (B_, T, 3, nh, C // nh)), (2, 0, 3, 1, 4)))
         q, k, v = heads[0], heads[1], heads[2]  # (B, nh, T, hs)
         stats = []
         p = _weights(xp, q, k, None, True, 1.0 / math.sqrt(C // self.n_head), stats)  # (B, nh, T, T), causal
@@ -144,7 +144,7 @@ class CausalAttention(Module):
         nh, hs = self.n_head, C // self.n_head
         # rowsum(dP * P) = rowsum(dO * O) per head: (B, T, C) -> (B, T, nh) -> (B, nh, T, 1)
         rowsum = xp.permute_dims(xp.sum(xp.reshape(grad_output * y, (B_, T, nh, hs)), axis=-1), (0, 2, 1))[..., None]
-        g = B.contiguous(self._heads(xp, grad_output, B_, T))  # one copy for its two matmuls
+        g = B.bmm_operand(self._heads(xp, grad_output, B_, T))  # one copy for its two matmuls
         scale = 1.0 / math.sqrt(hs)
         p = _weights_again(xp, q, k, scale, m, z)  # the forward's P, from its row statistics
         grads = _attention_backward(xp, g, q, k, v, p, d, scale, None, rowsum=rowsum)[:3]

@@ -283,7 +283,8 @@ def test_exp_causal_equals_exp_of_the_masked_scores(backend, dtype, L_, S_):
     """B.exp_causal_ (causal attention's exp, no exp of the masked -inf nor of a score whose exp is subnormal), on
     scores shifted by their row's maximum as attention's are: exactly 0 above the diagonal, the same bits as the
     backend's exp where the score is at least the floor, and exp(floor), a normal number below e^2 tiny,
-    where it is lower (-200 and -1000 below the row's maximum: exp gives a subnormal or 0 there); the
+    where it is lower (-200 and -1000 below the row's maximum: exp gives a subnormal or 0 there; NumPy
+    float32 keeps that plain exp); the
     softmax built from it equals the plain one to rounding."""
     rng = np.random.default_rng(4)
     s = rng.standard_normal((2, 3, L_, S_)) * 4
@@ -302,7 +303,8 @@ def test_exp_causal_equals_exp_of_the_masked_scores(backend, dtype, L_, S_):
     kept = ~low & ~above
     assert got[kept].tobytes() == plain[kept].tobytes()
     tiny = np.finfo(dtype).tiny
-    assert low.any() and np.all(got[low] == B.to_numpy(B.exp_(B.place(np.full(1, floor), dev, dtype)))[0])
-    assert np.all((got[low] >= tiny) & (got[low] < tiny * np.e ** 2))
+    assert low.any() and np.all(got[low] < tiny * np.e ** 2) and np.all(got[low] >= 0)
+    if not (backend == "numpy" and dtype == "float32"):  # there the plain exp (its exp(-inf) is fast): 0 or subnormal
+        assert np.all(got[low] == B.to_numpy(B.exp_(B.place(np.full(1, floor), dev, dtype)))[0])
     np.testing.assert_allclose(got / got.sum(-1, keepdims=True), plain / plain.sum(-1, keepdims=True),
                                rtol=1e-6 if dtype == "float32" else 1e-14, atol=tiny * 8)
