@@ -311,6 +311,14 @@ def min_max(x):
     return int(lo), int(hi)
 
 
+def take_rows(a, cols):
+    """a[i, cols[i]] for each row i of a (M, C), as (M,): a gather (torch.gather; NumPy's take_along_axis),
+    without the Array API wrapper's argument handling (8 of its 11 us on 256 x 10 here)."""
+    if type(a) is np.ndarray:
+        return np.take_along_axis(a, np.reshape(cols.astype(np.int64, copy=False), (-1, 1)), axis=1).reshape(-1)
+    return torch.gather(a, 1, cols.reshape(-1, 1).to(torch.int64)).reshape(-1)
+
+
 def index_add_rows_(g, cols, values):
     """g[i, cols[i]] += values[i] (or the scalar values) for every row i, in place: one entry per row, so no
     two updates meet. torch: one scatter_add_; NumPy: a fancy-indexed +=."""

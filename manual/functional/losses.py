@@ -251,8 +251,7 @@ def _target_logp(xp, logp, t, kept=None):
     caller to drop, by a select)."""
     if kept is not None:
         t = xp.where(kept, t, xp.zeros_like(t))
-    idx = xp.reshape(xp.astype(t, xp.int64, copy=False), (-1, 1))
-    return xp.reshape(xp.take_along_axis(logp, idx, axis=1), (-1,))
+    return B.take_rows(logp, t)
 
 
 def _ce_mean_backward_logp(logp, target, kept):
