@@ -17,7 +17,7 @@ from . import _backend as B
 from . import init as I
 from .functional import normalization as N
 from .functional import regularization as R
-from .nn import Module, Parameter, _accumulate
+from .nn import Module, Parameter, _Name, _accumulate
 
 
 def _int(cls, what, n, low=1):
@@ -81,7 +81,7 @@ class LayerNorm(_Norm):
     def forward(self, input):
         w, b = (None if p is None else p.data for p in (self.weight, self.bias))
         _check_input(self, input, w)
-        xp, axes = N._ln_check(f"{self!r}", input, self.normalized_shape, w, b, self.eps)
+        xp, axes = N._ln_check(_Name(self), input, self.normalized_shape, w, b, self.eps)
         xhat, rstd = N._stats(xp, input, axes, self.eps)
         self._save(_xhat=xhat, _rstd=rstd)
         return N._affine(xhat, w, b)
@@ -148,7 +148,7 @@ class _BatchNorm(_Norm):
         self._check_dims(input)
         use_batch = self.training or rm is None
         update = self.training and rm is not None
-        xp, axes, m = N._bn_check(f"{self!r}", input, rm if update or not use_batch else None,
+        xp, axes, m = N._bn_check(_Name(self), input, rm if update or not use_batch else None,
                                   rv if update or not use_batch else None, w, b, use_batch, 0.0, self.eps)
         if update:
             self.num_batches_tracked += 1  # in place, as torch
@@ -228,7 +228,7 @@ class GroupNorm(_Norm):
         _check_input(self, input, w)
         if input.ndim < 2 or input.shape[1] != self.num_channels:
             raise ValueError(f"{self!r}: expected input of shape (N, {self.num_channels}, *), got {tuple(input.shape)}")
-        xp = N._gn_check(f"{self!r}", input, self.num_groups, w, b, self.eps)
+        xp = N._gn_check(_Name(self), input, self.num_groups, w, b, self.eps)
         xhat, rstd = N._stats(xp, N._grouped(xp, input, self.num_groups), (2,), self.eps)  # (N, G, M)
         nd = input.ndim
         out = N._affine(xp.reshape(xhat, tuple(input.shape)), None if w is None else N._channel_view(xp, w, nd),
@@ -311,7 +311,7 @@ class Embedding(Module):
 
     def forward(self, input):
         w = self.weight.data
-        xp, _ = R._emb_check(f"{self!r}", input, w, self.padding_idx)
+        xp, _ = R._emb_check(_Name(self), input, w, self.padding_idx)
         self._save(_idx=input)
         out = xp.take(w, xp.reshape(input, (-1,)), axis=0)
         return xp.reshape(out, tuple(input.shape) + (self.embedding_dim,))

@@ -18,19 +18,7 @@ from . import init as I
 from .functional import conv as _C
 from .functional import pooling as _P
 from ._grad_mode import is_grad_enabled
-from .nn import Module, Parameter, _accumulate, _check_placement
-
-
-class _Name:
-    """The module's repr for error messages, built only when a message is (repr costs ~0.1 ms a call)."""
-
-    __slots__ = ("module",)
-
-    def __init__(self, module):
-        self.module = module
-
-    def __format__(self, spec):
-        return repr(self.module)
+from .nn import Module, Parameter, _accumulate, _check_placement, _Name
 
 
 def _check_grad(module, grad_output, shape, dtype):

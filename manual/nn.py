@@ -40,6 +40,22 @@ from .functional.linear import _linear, _linear_backward
 from .functional.losses import _mse_loss_backward
 
 
+class _Name:
+    """A module's repr for the op name in error messages, built only when a message is (f"{module!r}" at
+    every forward cost LayerNorm ~3 us of its ~60, repr going through extra_repr)."""
+
+    __slots__ = ("module",)
+
+    def __init__(self, module):
+        self.module = module
+
+    def __format__(self, spec):
+        return format(repr(self.module), spec)
+
+    def __str__(self):
+        return repr(self.module)
+
+
 class Parameter:
     """A learnable array: `.data` (NumPy array or torch tensor) and its `.grad` (None until backward)."""
 
