@@ -363,7 +363,8 @@ def exp_causal_(s):
     than |floor| below its row's maximum gets a weight below e^2 tiny / rowsum instead of a subnormal or
     0: far below the rounding of any weight that counts (parity_tests/test_fused.py). NumPy float32 takes
     the plain exp: its exp(-inf) is a fast case there, so the clamp and the mask would only add two
-    passes; a score below the floor then gets exp's own subnormal or 0 (the same bound holds)."""
+    passes; a score below the floor then gets exp's own subnormal or 0 (the same bound holds). CUDA takes
+    the plain exp too."""
     floor = _EXP_FLOOR.get(str(s.dtype).replace("torch.", ""))
     if type(s) is np.ndarray:
         if s.dtype == np.float32 or floor is None:
@@ -372,6 +373,8 @@ def exp_causal_(s):
         np.exp(s, out=s)
         s *= np.tri(s.shape[-2], s.shape[-1], dtype=bool)  # 0 above the diagonal
         return s
+    if s.is_cuda:  # a GPU's exp takes -inf and subnormals at full speed: one kernel, not three launches
+        return s.exp_()
     if floor is not None:
         s.clamp_(min=floor)
     return s.exp_().tril_()

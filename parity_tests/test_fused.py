@@ -276,7 +276,8 @@ def test_sub_mul_in_blocks_equals_the_whole_expression(dtype, shape, m_shape):
     np.testing.assert_allclose(t.numpy(), want, rtol=1e-6 if dtype == "float32" else 1e-14, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("backend", ["numpy", "torch", pytest.param("torch-cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")])])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("L_,S_", [(7, 7), (4, 9), (9, 4), (3, 3)])
 def test_exp_causal_equals_exp_of_the_masked_scores(backend, dtype, L_, S_):
@@ -284,7 +285,7 @@ def test_exp_causal_equals_exp_of_the_masked_scores(backend, dtype, L_, S_):
     scores shifted by their row's maximum as attention's are: exactly 0 above the diagonal, the same bits as the
     backend's exp where the score is at least the floor, and exp(floor), a normal number below e^2 tiny,
     where it is lower (-200 and -1000 below the row's maximum: exp gives a subnormal or 0 there; NumPy
-    float32 keeps that plain exp); the
+    float32 and CUDA keep that plain exp); the
     softmax built from it equals the plain one to rounding."""
     rng = np.random.default_rng(4)
     s = rng.standard_normal((2, 3, L_, S_)) * 4
@@ -294,7 +295,7 @@ def test_exp_causal_equals_exp_of_the_masked_scores(backend, dtype, L_, S_):
     s[..., 2, 0] = -200.0  # below float32's floor (about -86); row 2 keeps 3 keys, so its maximum stays
     s[..., 2, 1] = -1000.0  # below float64's floor (about -707)
     s[..., 2, 2] = 0.0
-    dev = "numpy" if backend == "numpy" else "cpu"
+    dev = {"numpy": "numpy", "torch": "cpu", "torch-cuda": "cuda"}[backend]
     got = B.to_numpy(B.exp_causal_(B.place(s.copy(), dev, dtype)))
     plain = B.to_numpy(B.exp_(B.place(s.copy(), dev, dtype)))  # place may return s itself
     floor = B._EXP_FLOOR[dtype]
@@ -304,7 +305,7 @@ def test_exp_causal_equals_exp_of_the_masked_scores(backend, dtype, L_, S_):
     assert got[kept].tobytes() == plain[kept].tobytes()
     tiny = np.finfo(dtype).tiny
     assert low.any() and np.all(got[low] < tiny * np.e ** 2) and np.all(got[low] >= 0)
-    if not (backend == "numpy" and dtype == "float32"):  # there the plain exp (its exp(-inf) is fast): 0 or subnormal
+    if backend == "torch" or dtype == "float64" and backend == "numpy":  # else the plain exp: 0 or subnormal
         assert np.all(got[low] == B.to_numpy(B.exp_(B.place(np.full(1, floor), dev, dtype)))[0])
     np.testing.assert_allclose(got / got.sum(-1, keepdims=True), plain / plain.sum(-1, keepdims=True),
                                rtol=1e-6 if dtype == "float32" else 1e-14, atol=tiny * 8)
