@@ -160,11 +160,13 @@ def _conv2d_images(x, weight, bias, geo, xp):
         nc = s.stop - s.start
         cols = _im2col_images(xpad if nc == n else xpad[s], (kh, kw), geo.stride, geo.dilation, geo.out_hw, xp)
         y = xp.reshape(w3 @ xp.reshape(cols, (nc, G, cg * kh * kw, oh * ow)), (nc, o, oh, ow))  # a new array
+        del cols  # before the next chunk's are built: one chunk of columns held at a time
         if bias is not None:
             y += xp.reshape(bias, (o, 1, 1))  # in place on our own product
         if out is None:
             return y, xpad
         out[s] = y  # a write into our own fresh array
+        del y
     return out, xpad
 
 
