@@ -437,6 +437,7 @@ def unfused_gpt_step(spec, batch, dtype):
     xt, yt = torch.as_tensor(x), torch.as_tensor(y.reshape(-1))
     nh, C = spec["n_head"], spec["n_embd"]
     causal = torch.full((T, T), -math.inf, dtype=getattr(torch, dtype)).triu(1)
+    floor = manual._backend._EXP_FLOOR[dtype]
 
     def ln(h, m):
         mu = h.mean(-1, keepdim=True)
@@ -453,9 +454,12 @@ def unfused_gpt_step(spec, batch, dtype):
         tr = tm.transformer
         h = tr.wte.weight[xt] + tr.wpe.weight[:T]
         for blk in tr.h:
-            q, k, v = (heads(t) for t in linear(ln(h, blk.ln_1), blk.attn.c_attn).split(C, dim=-1))
-            s = q @ k.transpose(-1, -2) * (1.0 / math.sqrt(C // nh)) + causal
-            e = torch.exp(s - s.max(-1, keepdim=True).values)
+            q, k, v = (heads(t).contiguous() for t in linear(ln(h, blk.ln_1), blk.attn.c_attn).split(C, dim=-1))
+            # manual's ops: scale and mask inside one baddbmm, exp of the shifted scores clamped at the floor
+            # (no subnormal or -inf into the exp: manual._backend.exp_causal_), then zero above the diagonal
+            s = torch.baddbmm(causal, q.reshape(-1, T, C // nh), k.reshape(-1, T, C // nh).transpose(1, 2),
+                              alpha=1.0 / math.sqrt(C // nh)).view(batch, nh, T, T)
+            e = (s - s.max(-1, keepdim=True).values).clamp(min=floor).exp().tril()
             a = (e / e.sum(-1, keepdim=True)) @ v
             h = h + linear(a.permute(0, 2, 1, 3).reshape(batch, T, C), blk.attn.c_proj)
             u = linear(ln(h, blk.ln_2), blk.mlp.c_fc)
