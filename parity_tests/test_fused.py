@@ -309,3 +309,23 @@ def test_exp_causal_equals_exp_of_the_masked_scores(backend, dtype, L_, S_):
         assert np.all(got[low] == B.to_numpy(B.exp_(B.place(np.full(1, floor), dev, dtype)))[0])
     np.testing.assert_allclose(got / got.sum(-1, keepdims=True), plain / plain.sum(-1, keepdims=True),
                                rtol=1e-6 if dtype == "float32" else 1e-14, atol=tiny * 8)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_scaled_scores_equal_the_product_scaled_plus_the_mask(backend, dtype):
+    """B.scaled_scores (torch: one baddbmm with the scale and the causal bias inside) equals q k^T, times the
+    scale, plus the bias, to rounding, with -inf exactly where the bias has it; leading dims kept."""
+    from manual.functional.attention import _causal_bias
+
+    rng = np.random.default_rng(6)
+    dev = "numpy" if backend == "numpy" else "cpu"
+    q, k = (B.place(rng.standard_normal((2, 3, 7, 5)), dev, dtype) for _ in range(2))
+    bias = _causal_bias(B.namespace(q), 7, 7, q)
+    got = B.to_numpy(B.scaled_scores(q, k, 0.37, bias))
+    qn, kn = B.to_numpy(q).astype(np.float64), B.to_numpy(k).astype(np.float64)
+    want = qn @ np.swapaxes(kn, -1, -2) * 0.37 + B.to_numpy(bias)
+    assert got.shape == (2, 3, 7, 7) and got.dtype == np.dtype(dtype)
+    assert np.array_equal(np.isneginf(got), np.isneginf(want))
+    keep = ~np.isneginf(want)
+    np.testing.assert_allclose(got[keep], want[keep], rtol=1e-5 if dtype == "float32" else 1e-13, atol=1e-6)
