@@ -406,6 +406,17 @@ def mul_reusing(buf, a, b):
     return a * b
 
 
+def mul_sub_reusing(buf, a, b, c):
+    """a * b - c, c broadcast against the product. NumPy: the product written into buf as mul_reusing, then c
+    subtracted there (the same bits). torch: one addcmul(-c, a, b), a pass over the result fewer (to
+    rounding: where the kernel fuses the multiply and the add, one rounding instead of two)."""
+    if type(buf) is np.ndarray:
+        out = mul_reusing(buf, a, b)
+        out -= c
+        return out
+    return torch.addcmul(-c, a, b)
+
+
 def sub_mul_(d, a, m):
     """d -= a * m in place on d, an array the caller owns (torch: one addcmul_ instead of a product and a
     subtraction). NumPy, with a of d's shape and m broadcast against it (the norms' (rows, 1) or (1, C)

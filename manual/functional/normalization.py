@@ -106,8 +106,8 @@ def _norm_backward_rows(xp, grad_output, weight, xhat, rstd, gxhat, k):
     else:  # the means at once: mean(gh) = g @ (w / D), mean(gh xhat) = (g xhat) @ (w / D)
         rows, wd = math.prod(shape[:len(shape) - k]), xp.reshape(weight, (d,)) / d
         mean_ghx = xp.reshape(xp.reshape(gxhat, (rows, d)) @ wd, _shape(rstd))
-        dx = B.mul_reusing(gxhat, grad_output, weight)  # NumPy: into gxhat, read for the last time above
-        dx -= xp.reshape(xp.reshape(grad_output, (rows, d)) @ wd, _shape(rstd))
+        mean_gh = xp.reshape(xp.reshape(grad_output, (rows, d)) @ wd, _shape(rstd))
+        dx = B.mul_sub_reusing(gxhat, grad_output, weight, mean_gh)  # g w - mean(gh); NumPy: into gxhat
     B.sub_mul_(dx, xhat, mean_ghx)  # dx -= xhat mean(gh xhat)
     dx *= rstd
     return dx
