@@ -435,8 +435,12 @@ PROBES = {
                            TF.mse_loss(T(X34), T(Y34.astype(np.uint8))), *grad_of(lambda x: TF.mse_loss(x, T(Y34.astype(np.uint8))), X34)))),
     "mse_loss-int-input": (lambda: F.mse_loss(Y34, X34),  # torch takes it (no gradient to an integer input): manual does not
                            Raises(TypeError, r"mse_loss: expected input of dtype float32 or float64 .* got int64")),
-    "mse_loss-mixed-dtypes": (lambda: F.mse_loss(X34, X34.astype(np.float32)),
-                              Raises(TypeError, r"mse_loss: mixed dtypes: .* input=float64, target=float32")),
+    # float32 with float64: torch promotes (a float64 loss), the gradient in the input's dtype
+    "mse_loss-mixed-dtypes": (lambda: (F.mse_loss(X34, G34.astype(np.float32)),
+                                       F.mse_loss_backward(G34, X34, G34.astype(np.float32), reduction="none")),
+                              LikeTorch(lambda: (TF.mse_loss(T(X34), T(G34.astype(np.float32))),
+                                                 *grad_of(lambda x: TF.mse_loss(x, T(G34.astype(np.float32)), reduction="none"),
+                                                          X34, g=G34)))),
     "Linear-float32-input-to-float64": (lambda: nn.Linear(4, 3).double()(X34.astype(np.float32)),
                                         Raises(TypeError, r"expected input of dtype float64 \(the parameters'\), got float32")),
     "Module.to-float16": (lambda: nn.Linear(2, 2).to("float16"),
@@ -964,6 +968,41 @@ def test_mse_loss_integer_target_keeps_the_inputs_dtype(backend, tdtype):
                       (mod_loss, lt), (crit.backward(), gt)):
         assert str(got.dtype).replace("torch.", "") == "float32", got.dtype
         np.testing.assert_allclose(to_numpy(got), want.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("xdt, tdt", [("float64", "float32"), ("float32", "float64")])
+def test_mse_loss_target_of_another_float_dtype_as_torch(backend, xdt, tdt):
+    """A float target of the other float dtype: torch promotes (the loss float64), the input's gradient in the
+    input's dtype, the module's default grad_output in the loss's dtype (manual refused the mix).
+    Expected values and dtypes: torch autograd."""
+    rng = np.random.default_rng(25)
+    x, t = rng.standard_normal((4, 3)).astype(xdt), rng.standard_normal((4, 3)).astype(tdt)
+    tol = dict(rtol=1e-12, atol=1e-15) if xdt == "float64" else dict(rtol=1e-6, atol=1e-7)
+    conv = (lambda a: a) if backend == "numpy" else T
+    xt = T(x, requires_grad=True)
+    for red in ("mean", "sum", "none"):
+        lt = TF.mse_loss(xt, T(t), reduction=red)
+        assert lt.dtype == torch.float64
+        g = rng.standard_normal(tuple(lt.shape))
+        (gt,) = torch.autograd.grad(lt, xt, T(g))
+        loss = F.mse_loss(conv(x), conv(t), reduction=red)
+        gx = F.mse_loss_backward(conv(g), conv(x), conv(t), reduction=red)
+        crit = nn.MSELoss(reduction=red)
+        mod_loss = crit(conv(x), conv(t))
+        mod_gx = crit.backward(conv(g))
+        for got, want in ((loss, lt), (gx, gt), (mod_loss, lt), (mod_gx, gt)):
+            assert str(got.dtype).replace("torch.", "") == str(want.dtype).replace("torch.", ""), (red, got.dtype, want.dtype)
+            np.testing.assert_allclose(to_numpy(got), want.detach().numpy(), **tol)
+    crit = nn.MSELoss()
+    crit(conv(x), conv(t))
+    (gt,) = torch.autograd.grad(TF.mse_loss(xt, T(t)), xt)
+    gx = crit.backward()
+    assert str(gx.dtype).replace("torch.", "") == xdt
+    np.testing.assert_allclose(to_numpy(gx), gt.numpy(), **tol)
+    if xdt == "float32":  # a grad_output of the input's dtype, not the loss's
+        with pytest.raises(TypeError, match=r"mse_loss_backward: mixed dtypes: expected grad_output of the loss's dtype"):
+            F.mse_loss_backward(conv(np.array(1.0, xdt)), conv(x), conv(t))
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])

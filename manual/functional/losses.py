@@ -20,7 +20,8 @@ def mse_loss(input, target, reduction="mean"):
     """MSE = (1/n) sum_i (y_i - yhat_i)^2."""
     xp = namespace(input, target, op="mse_loss")
     _check_mse("mse_loss", input, target, reduction)
-    diff = input - _like_input(target, input)
+    dtype = _mse_loss_dtype(xp, input, target)
+    diff = (input if input.dtype == dtype else xp.astype(input, dtype)) - _like_input(target, input, dtype)
     return reduce(diff * diff, reduction, xp)
 
 
@@ -29,21 +30,42 @@ def mse_loss_backward(grad_output, input, target, reduction="mean"):
     namespace(grad_output, input, target, op="mse_loss_backward")
     _check_mse("mse_loss_backward", input, target, reduction)
     check_grad_output("mse_loss_backward", grad_output, input.shape, reduction)
-    check_same_dtype("mse_loss_backward", grad_output=grad_output, input=input)
+    loss_dtype = _mse_loss_dtype(namespace(input), input, target)
+    if loss_dtype == input.dtype:
+        check_same_dtype("mse_loss_backward", grad_output=grad_output, input=input)
+    elif grad_output.dtype != loss_dtype:
+        raise TypeError(f"mse_loss_backward: mixed dtypes: expected grad_output of the loss's dtype {loss_dtype} "
+                        f"(torch promotes input={input.dtype} with target={target.dtype}), got {grad_output.dtype}")
     return _mse_loss_backward(grad_output, input, target, reduction)
 
 
 def _mse_loss_backward(grad_output, input, target, reduction):
-    """Unchecked kernel (MSELoss validated its input in forward); grad_output may be a float."""
-    return 2.0 * (input - _like_input(target, input)) * reduce_backward(grad_output, reduction, _numel(input))
+    """Unchecked kernel (MSELoss validated its input in forward); grad_output may be a float. A float target of
+    another float dtype: computed in the promoted dtype, the gradient returned in the input's (as torch's)."""
+    xp = namespace(input)
+    dtype = _mse_loss_dtype(xp, input, target)
+    if dtype == input.dtype:
+        return 2.0 * (input - _like_input(target, input)) * reduce_backward(grad_output, reduction, _numel(input))
+    grad = 2.0 * (xp.astype(input, dtype) - target) * reduce_backward(grad_output, reduction, _numel(input))
+    return xp.astype(grad, input.dtype)
 
 
-def _like_input(target, input):
+def _mse_loss_dtype(xp, input, target):
+    """The loss's dtype: the input's, or for a float target of another float dtype torch.result_type of the two
+    (float32 and float64: float64)."""
+    if target.dtype == input.dtype or not xp.isdtype(target.dtype, "real floating"):
+        return input.dtype
+    return xp.result_type(input.dtype, target.dtype)
+
+
+def _like_input(target, input, dtype=None):
     """An integer or bool target in the input's dtype, as torch's type promotion makes it (float32 input, int64
-    target: a float32 loss; NumPy would make float32 - int64 float64); a float target is the input's dtype."""
-    if target.dtype == input.dtype:
+    target: a float32 loss; NumPy would make float32 - int64 float64); a float target of the input's dtype as it is;
+    with dtype (the loss's), the target in that dtype."""
+    dtype = input.dtype if dtype is None else dtype
+    if target.dtype == dtype:
         return target
-    return namespace(input).astype(target, input.dtype)
+    return namespace(input).astype(target, dtype)
 
 
 def _check_mse(op, input, target, reduction):
@@ -59,10 +81,9 @@ def _check_mse(op, input, target, reduction):
                              "reshape one of them")
     check_same_shape(op, input, target)
     xp = namespace(input)
-    if xp.isdtype(target.dtype, ("integral", "bool")):  # torch promotes it to the input's dtype (result_type)
-        check_float(op, input)
-    else:  # floats: one dtype (torch would promote float32 and float64 to float64; manual asks for one)
-        check_same_dtype(op, input=input, target=target)
+    check_float(op, input)
+    if not xp.isdtype(target.dtype, ("integral", "bool")):  # an integer target: promoted to the input's dtype
+        check_float(op, target, "target")  # float32 with float64: promoted to float64, as torch (the gradient: the input's)
 
 
 def _numel(x):
