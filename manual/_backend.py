@@ -753,7 +753,8 @@ def scaled_scores(q, k, scale, bias):
         return s
     L, S = q.shape[-2], k.shape[-2]
     lead = tuple(q.shape[:-2])
-    s = torch.baddbmm(bias, q.reshape((-1, L, q.shape[-1])), k.reshape((-1, S, k.shape[-1])).transpose(1, 2),
+    n = math.prod(lead)  # not -1: a reshape of 0 elements (L or S = 0, a GPT on T = 0 tokens) cannot infer it
+    s = torch.baddbmm(bias, q.reshape((n, L, q.shape[-1])), k.reshape((n, S, k.shape[-1])).transpose(1, 2),
                       alpha=scale)
     return s.reshape(lead + (L, S))
 

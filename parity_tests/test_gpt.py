@@ -86,6 +86,39 @@ def test_gpt_without_bias_and_one_head_matches_autograd():
     assert max(errs.values()) <= GRAD_TOL["float64"], errs
 
 
+def test_causal_attention_on_no_queries_or_no_keys_as_torch(backend):
+    """L = 0 or S = 0 (a GPT on T = 0 tokens): torch gives empty or zero outputs and gradients; manual's torch
+    path crashed in its baddbmm's reshape to (-1, 0, E) (0 elements cannot infer the -1). Expected: torch."""
+    rng = np.random.default_rng(5)
+    dev = DEVICE_OF[backend]
+    for L, S in ((0, 3), (3, 0), (0, 0)):
+        q, k, v = rng.standard_normal((2, 2, L, 4)), rng.standard_normal((2, 2, S, 4)), rng.standard_normal((2, 2, S, 3))
+        tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+        ty = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+        g = rng.standard_normal(tuple(ty.shape))
+        ty.backward(torch.tensor(g))
+        mq, mk, mv, mg = (B.place(a, dev, "float64") for a in (q, k, v, g))
+        y = MF.scaled_dot_product_attention(mq, mk, mv, is_causal=True)
+        grads = MF.scaled_dot_product_attention_backward(mg, mq, mk, mv, is_causal=True)[:3]
+        for got, want in zip((y, *grads), (ty, tq.grad, tk.grad, tv.grad)):
+            assert tuple(got.shape) == tuple(want.shape)
+            np.testing.assert_array_equal(B.to_numpy(got), want.detach().numpy())
+    cfg = nn.GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=8)
+    model, rng = _gpt(backend, "float64", cfg, seed=5)
+    twin = torch_ref.twin(model, device=torch_device(backend))
+    idx = _ids(rng, backend, (2, 0), 11)
+    logits = model(idx)
+    model.zero_grad()
+    model.backward(B.place(np.zeros((2, 0, 11)), dev, "float64"))
+    with torch.enable_grad():
+        tl = twin(torch.as_tensor(B.to_numpy(idx), device=torch_device(backend)))
+        tl.backward(torch.zeros_like(tl))
+    assert tuple(logits.shape) == tuple(tl.shape) == (2, 0, 11)
+    tgrads = dict(twin.named_parameters())
+    for name, p in model.named_parameters():  # every gradient 0, as the twin's
+        np.testing.assert_array_equal(B.to_numpy(p.grad), tgrads[name].grad.cpu().numpy(), err_msg=name)
+
+
 def test_tied_weight_gradient_is_the_sum_of_both_uses():
     """lm_head.weight is transformer.wte.weight: its gradient = the head's use + the embedding's use.
 
