@@ -67,6 +67,9 @@ def _conv_geometry(op, input, weight, bias, stride, padding, dilation, groups, n
         raise ValueError(f"{op}: expected groups to be a positive int, got {groups!r}")
     out_ch, cin_g = weight.shape[0], weight.shape[1]
     channels = input.shape[-nd - 1]
+    if out_ch == 0:  # torch: 'expected weight to be at least 1 at dimension 0'
+        raise ValueError(f"{op}: expected weight with at least one output channel (weight.shape[0] >= 1, as torch), "
+                         f"got weight of shape {tuple(weight.shape)}")
     if out_ch % groups:
         raise ValueError(f"{op}: groups={groups} must divide out_channels: expected weight.shape[0] divisible "
                          f"by {groups}, got weight of shape {tuple(weight.shape)}")
