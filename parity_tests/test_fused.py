@@ -328,4 +328,5 @@ def test_scaled_scores_equal_the_product_scaled_plus_the_mask(backend, dtype):
     assert got.shape == (2, 3, 7, 7) and got.dtype == np.dtype(dtype)
     assert np.array_equal(np.isneginf(got), np.isneginf(want))
     keep = ~np.isneginf(want)
-    np.testing.assert_allclose(got[keep], want[keep], rtol=1e-5 if dtype == "float32" else 1e-13, atol=1e-6)
+    f32 = dtype == "float32"  # sums of 5 products of O(1) values, then one scale: a few ulp
+    np.testing.assert_allclose(got[keep], want[keep], rtol=1e-5 if f32 else 1e-13, atol=1e-6 if f32 else 1e-14)
